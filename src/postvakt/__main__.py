@@ -1,0 +1,3 @@
+from postvakt.cli import main
+
+main()

@@ -1,0 +1,479 @@
+"""TOML configuration -> frozen dataclasses.
+
+Rules of the house:
+- Every key has one meaning and one place; an unknown key is an error (a typo
+  in `networks` must not silently leave a relay open or shut).
+- Every error names the file, the key and what is wrong, in one line, and is a
+  `ConfigError`, never a traceback.
+- Defaults are written here, next to the key, with the reason for the number.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the admin: file, key, reason."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        self.source = source
+        self.key = key
+        self.reason = reason
+        where = f"{source}: {key}: " if key else f"{source}: "
+        super().__init__(where + reason)
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    smtp: tuple[HostPort, ...] = ()
+    submission: tuple[HostPort, ...] = ()
+    submissions: tuple[HostPort, ...] = ()
+    pop3: tuple[HostPort, ...] = ()
+    pop3s: tuple[HostPort, ...] = ()
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    local: tuple[str, ...] = ()
+    relay: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    networks: tuple[IPNetwork, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    clients: tuple[IPNetwork, ...] = ()
+    # DRAC and pop-before-smtp both default to 30 minutes.
+    pop_before_smtp: float = 30 * 60
+    # Grants survive a restart only when kept in SQLite ("memory" | "sqlite").
+    grant_store: str = "memory"
+    reject_code: int = 550
+    reject_enhanced: str = "5.7.1"
+    reject_text: str = "<{rcpt}>: Relaying denied"
+    # Append the plain-words reason (which roads were tried) to the reply.
+    explain_in_reply: bool = False
+
+
+SENDER_MODES = ("off", "warn", "reject")
+TRUSTED_SENDER_MODES = ("any", "domain", "owner")
+
+
+@dataclass(frozen=True)
+class SenderConfig:
+    """Anti-spoofing: who may use which sender address."""
+
+    # Authenticated users may use only addresses they own (their own, aliases, granted).
+    authenticated: str = "reject"
+    # A client allowed by no road may not claim one of our domains.
+    unauthenticated_local: str = "reject"
+    # Per road, what a trusted but not logged-in client may use as sender.
+    networks: str = "any"
+    clients: str = "any"
+    pop_before_smtp: str = "any"
+    # Check the header From:/Sender: at end of DATA as well.
+    header_from: str = "reject"
+
+
+@dataclass(frozen=True)
+class SMTPConfig:
+    # Postfix message_size_limit default (10240000 bytes).
+    max_message_size: int = 10_240_000
+    # Postfix smtpd_recipient_limit default; RFC 5321 §4.5.3.1.8 asks for at least 100.
+    max_recipients: int = 1000
+    # RFC 5321 §4.5.3.2.7: at least 5 minutes waiting for the next command.
+    idle_timeout: float = 300.0
+    # Postfix smtpd_soft_error_limit / smtpd_hard_error_limit / smtpd_error_sleep_time.
+    soft_error_limit: int = 10
+    hard_error_limit: int = 20
+    error_sleep: float = 1.0
+    # Postfix hopcount_limit.
+    max_hops: int = 50
+    # Worker processes sharing the listening ports (SO_REUSEPORT); 1 = in process.
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost: HostPort | None = None
+    routes: tuple[tuple[str, HostPort], ...] = ()
+    # RFC 5321 §4.5.4.1 suggests >= 30 min; Postfix starts at 300 s and caps at 4000 s.
+    retry_initial: float = 5 * 60
+    retry_max: float = 60 * 60
+    # Postfix maximal_queue_lifetime: 5 days.
+    give_up: float = 5 * 24 * 3600
+    # Postfix delay_warning_time when enabled: 4 hours.
+    delay_warning: float = 4 * 3600
+    # Postfix default_destination_concurrency_limit is 20; a small server needs less.
+    concurrency_per_destination: int = 5
+    connect_timeout: float = 30.0
+    # Outbound TLS: "opportunistic" (STARTTLS when offered) or "none".
+    tls: str = "opportunistic"
+
+    def route_for(self, domain: str) -> HostPort | None:
+        for d, hp in self.routes:
+            if d == domain:
+                return hp
+        return None
+
+
+@dataclass(frozen=True)
+class POP3Config:
+    # Plaintext USER/PASS before STLS on port 110: "never" | "networks" | "always".
+    plaintext: str = "never"
+    # Dovecot: first failed login delayed 2 s, doubling, at most 15 s.
+    fail_delay: float = 2.0
+    fail_delay_max: float = 15.0
+    max_failures: int = 3
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str
+    data_dir: Path
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    sender: SenderConfig = field(default_factory=SenderConfig)
+    smtp: SMTPConfig = field(default_factory=SMTPConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    pop3: POP3Config = field(default_factory=POP3Config)
+    # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
+    postmaster: str = ""
+    log_level: str = "info"
+    source: str = "<embedded default>"
+
+    @property
+    def postmaster_address(self) -> str:
+        if self.postmaster:
+            return self.postmaster
+        domain = self.domains.local[0] if self.domains.local else self.hostname
+        return f"postmaster@{domain}"
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain in self.domains.local
+
+    def is_relay_domain(self, domain: str) -> bool:
+        return domain in self.domains.relay
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
+
+
+def parse_duration(value: object, source: str, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(source, key, f"{value!r} is not a duration (e.g. \"30m\", \"2h\", 0)")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError(source, key, "a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ConfigError(source, key, f"{value!r} is not a duration (e.g. \"30m\", \"2h\", \"5d\", 0)")
+
+
+def parse_hostport(value: object, source: str, key: str, default_port: int | None = None) -> HostPort:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(source, key, f"{value!r} is not \"host:port\"")
+    text = value.strip()
+    host: str
+    port_text: str | None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(source, key, f"{value!r}: missing ']' after IPv6 address")
+        host = text[1:end]
+        rest = text[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else (None if not rest else "x")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif text.count(":") == 0:
+        host, port_text = text, None
+    else:
+        raise ConfigError(source, key, f"{value!r}: write IPv6 addresses as \"[::1]:25\"")
+    if port_text is None:
+        if default_port is None:
+            raise ConfigError(source, key, f"{value!r} has no port (write \"host:port\")")
+        return HostPort(host, default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(source, key, f"{value!r}: port must be a number from 0 to 65535")
+    if not host:
+        raise ConfigError(source, key, f"{value!r} has no host")
+    return HostPort(host, int(port_text))
+
+
+def parse_network(value: object, source: str, key: str) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ConfigError(source, key, f"{value!r} is not an address or network in quotes")
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise ConfigError(
+            source, key, f"{value!r} is not a valid IP address or CIDR network (e.g. \"192.0.2.0/24\")"
+        ) from None
+
+
+def normalize_domain(value: object, source: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(source, key, f"{value!r} is not a domain name")
+    d = value.strip().rstrip(".").lower()
+    try:
+        d = d.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(source, key, f"{value!r} is not a valid domain name") from None
+    if not _HOSTNAME.match(d):
+        raise ConfigError(source, key, f"{value!r} is not a valid domain name")
+    return d
+
+
+def _expect(value: object, typ: type | tuple[type, ...], source: str, key: str, what: str) -> Any:
+    if isinstance(value, bool) and typ is not bool and not (isinstance(typ, tuple) and bool in typ):
+        raise ConfigError(source, key, f"expected {what}, got {value!r}")
+    if not isinstance(value, typ):
+        raise ConfigError(source, key, f"expected {what}, got {value!r}")
+    return value
+
+
+def _list(value: object, source: str, key: str) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    return list(_expect(value, list, source, key, "a list"))
+
+
+def _choice(value: object, choices: tuple[str, ...], source: str, key: str) -> str:
+    if value not in choices:
+        raise ConfigError(source, key, f"{value!r} is not one of {', '.join(choices)}")
+    return str(value)
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], source: str, prefix: str) -> None:
+    for k in table:
+        if k not in allowed:
+            where = f"[{prefix}] {k}" if prefix else k
+            hint = ", ".join(sorted(allowed))
+            raise ConfigError(source, where, f"unknown key (known keys here: {hint})")
+
+
+def _table(raw: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(source, f"[{name}]", "must be a table")
+    return value
+
+
+def _scalar_table(
+    table: dict[str, Any], base: Any, source: str, section: str, durations: tuple[str, ...] = ()
+) -> Any:
+    """Fill a flat dataclass of ints/floats/strs/bools from a table, by the default's type."""
+    _check_keys(table, {f.name for f in fields(base)}, source, section)
+    changes: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"[{section}] {k}"
+        default = getattr(base, k)
+        if k in durations:
+            changes[k] = parse_duration(v, source, key)
+        elif isinstance(default, bool):
+            changes[k] = _expect(v, bool, source, key, "true or false")
+        elif isinstance(default, int):
+            n = _expect(v, int, source, key, "a whole number")
+            if n < 0:
+                raise ConfigError(source, key, "cannot be negative")
+            changes[k] = n
+        elif isinstance(default, float):
+            changes[k] = float(_expect(v, (int, float), source, key, "a number"))
+        else:
+            changes[k] = _expect(v, str, source, key, "a string")
+    return replace(base, **changes)
+
+
+# ---------------------------------------------------------------- loading
+
+TOP_KEYS = {
+    "hostname", "data_dir", "postmaster", "log_level",
+    "listen", "tls", "domains", "relay", "sender", "smtp", "delivery", "pop3",
+}
+
+
+def load(path: Path | str) -> Config:
+    p = Path(path)
+    source = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "", "no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(source, "", f"cannot read: {e}") from None
+    return loads(text, source=source, base_dir=p.resolve().parent)
+
+
+def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source, "", f"not valid TOML: {e}") from None
+    return from_dict(raw, source=source, base_dir=base_dir or Path.cwd())
+
+
+def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:
+    base_dir = base_dir or Path.cwd()
+    _check_keys(raw, TOP_KEYS, source, "")
+
+    def path_of(v: object, key: str) -> Path:
+        s = _expect(v, str, source, key, "a path")
+        q = Path(s).expanduser()
+        return q if q.is_absolute() else (base_dir / q)
+
+    hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
+    data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
+
+    lt = _table(raw, "listen", source)
+    _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
+    listen = ListenConfig(
+        **{
+            k: tuple(parse_hostport(x, source, f"[listen] {k}") for x in _list(v, source, f"[listen] {k}"))
+            for k, v in lt.items()
+        }
+    )
+
+    tt = _table(raw, "tls", source)
+    _check_keys(tt, {"cert", "key"}, source, "tls")
+    tls = TLSConfig(
+        cert=path_of(tt["cert"], "[tls] cert") if "cert" in tt else None,
+        key=path_of(tt["key"], "[tls] key") if "key" in tt else None,
+    )
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(source, "[tls]", "give both cert and key, or neither")
+
+    dt = _table(raw, "domains", source)
+    _check_keys(dt, {"local", "relay"}, source, "domains")
+    local = tuple(normalize_domain(d, source, "[domains] local") for d in _list(dt.get("local", []), source, "[domains] local"))
+    relay_domains = tuple(
+        normalize_domain(d, source, "[domains] relay") for d in _list(dt.get("relay", []), source, "[domains] relay")
+    )
+    for d in relay_domains:
+        if d in local:
+            raise ConfigError(source, "[domains] relay", f"{d!r} is also a local domain")
+    domains = DomainsConfig(local=local, relay=relay_domains)
+
+    rt = dict(_table(raw, "relay", source))
+    _check_keys(rt, {f.name for f in fields(RelayConfig)}, source, "relay")
+    rchanges: dict[str, Any] = {}
+    for k in ("networks", "clients"):
+        if k in rt:
+            rchanges[k] = tuple(parse_network(x, source, f"[relay] {k}") for x in _list(rt.pop(k), source, f"[relay] {k}"))
+    relay = _scalar_table(rt, RelayConfig(), source, "relay", durations=("pop_before_smtp",))
+    relay = replace(relay, **rchanges)
+    _choice(relay.grant_store, ("memory", "sqlite"), source, "[relay] grant_store")
+    if not 400 <= relay.reject_code <= 599:
+        raise ConfigError(source, "[relay] reject_code", "must be a 4xx or 5xx code")
+
+    sender = _scalar_table(_table(raw, "sender", source), SenderConfig(), source, "sender")
+    for k in ("authenticated", "unauthenticated_local", "header_from"):
+        _choice(getattr(sender, k), SENDER_MODES, source, f"[sender] {k}")
+    for k in ("networks", "clients", "pop_before_smtp"):
+        _choice(getattr(sender, k), TRUSTED_SENDER_MODES, source, f"[sender] {k}")
+
+    smtp = _scalar_table(_table(raw, "smtp", source), SMTPConfig(), source, "smtp", durations=("idle_timeout", "error_sleep"))
+    if smtp.workers < 1:
+        raise ConfigError(source, "[smtp] workers", "must be at least 1")
+
+    dlt = dict(_table(raw, "delivery", source))
+    _check_keys(dlt, {f.name for f in fields(DeliveryConfig)}, source, "delivery")
+    dchanges: dict[str, Any] = {}
+    if "smarthost" in dlt:
+        sh = dlt.pop("smarthost")
+        dchanges["smarthost"] = parse_hostport(sh, source, "[delivery] smarthost", 25) if sh else None
+    if "routes" in dlt:
+        routes = dlt.pop("routes")
+        if not isinstance(routes, dict):
+            raise ConfigError(source, "[delivery] routes", "must be a table { \"domain\" = \"host:port\" }")
+        dchanges["routes"] = tuple(
+            (normalize_domain(d, source, "[delivery] routes"), parse_hostport(hp, source, f"[delivery] routes.{d}", 25))
+            for d, hp in routes.items()
+        )
+    delivery = _scalar_table(
+        dlt, DeliveryConfig(), source, "delivery",
+        durations=("retry_initial", "retry_max", "give_up", "delay_warning", "connect_timeout"),
+    )
+    delivery = replace(delivery, **dchanges)
+    _choice(delivery.tls, ("opportunistic", "none"), source, "[delivery] tls")
+
+    pop3 = _scalar_table(
+        _table(raw, "pop3", source), POP3Config(), source, "pop3",
+        durations=("fail_delay", "fail_delay_max", "idle_timeout"),
+    )
+    _choice(pop3.plaintext, ("never", "networks", "always"), source, "[pop3] plaintext")
+
+    postmaster = raw.get("postmaster", "")
+    _expect(postmaster, str, source, "postmaster", "an address")
+    log_level = _choice(raw.get("log_level", "info"), ("debug", "info", "warning", "error"), source, "log_level")
+
+    cfg = Config(
+        hostname=hostname,
+        data_dir=data_dir,
+        listen=listen,
+        tls=tls,
+        domains=domains,
+        relay=relay,
+        sender=sender,
+        smtp=smtp,
+        delivery=delivery,
+        pop3=pop3,
+        postmaster=postmaster,
+        log_level=log_level,
+        source=source,
+    )
+    return cfg
+
+
+def embedded_default(cwd: Path | None = None) -> Config:
+    """What `postvakt serve` runs with no config file: see DESIGN.md."""
+    base = cwd or Path.cwd()
+    return from_dict(
+        {
+            "hostname": "mail.example.test",
+            "data_dir": "postvakt-data",
+            "listen": {
+                "smtp": ["127.0.0.1:2525"],
+                "submission": ["127.0.0.1:2587"],
+                "submissions": ["127.0.0.1:2465"],
+                "pop3": ["127.0.0.1:2110"],
+                "pop3s": ["127.0.0.1:2995"],
+            },
+            "domains": {"local": ["example.test"]},
+        },
+        source="<embedded default>",
+        base_dir=base,
+    )
