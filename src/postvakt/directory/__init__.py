@@ -1,1 +1,268 @@
-"""postvakt.directory."""
+"""Users, aliases and send-as rights, in SQLite under data_dir.
+
+Addresses are stored in one canonical form: the local part and domain both in
+lower case (we treat local parts case-insensitively, as every provider in
+practice does). Every lookup goes through `canonical`, so `ALICE@Example.TEST.`
+and `alice@example.test` are the same user.
+
+Postmaster (RFC 5321 §4.5.1): `postmaster@<every local domain>` and the bare
+`Postmaster` always resolve, to `config.postmaster` (default
+postmaster@<first local domain>), unless a user or alias of that name exists.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+if TYPE_CHECKING:
+    from postvakt.config import Config
+
+# Alias chains longer than this are a loop or a mistake (Postfix: 1000 recursion; we are small).
+MAX_ALIAS_DEPTH = 10
+# A password hash computed for unknown users, so that "no such user" costs the
+# same Argon2 time as "wrong password" (no timing oracle).
+_DUMMY_PASSWORD = "postvakt-timing-equaliser"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    address TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (strftime('%s','now'))
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT NOT NULL,
+    target TEXT NOT NULL,
+    PRIMARY KEY (alias, target)
+);
+CREATE TABLE IF NOT EXISTS sendas (
+    login TEXT NOT NULL,
+    address TEXT NOT NULL,
+    PRIMARY KEY (login, address)
+);
+"""
+
+
+class DirectoryError(Exception):
+    """A directory change that cannot be made; the message is for the admin."""
+
+
+def canonical(address: str) -> str:
+    """The stored form of an address: lower case, no brackets, no trailing dot, IDNA domain."""
+    a = address.strip()
+    if a.startswith("<") and a.endswith(">"):
+        a = a[1:-1]
+    if "@" not in a:
+        return a.lower()
+    local, _, domain = a.rpartition("@")
+    domain = domain.rstrip(".").lower()
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    return f"{local.lower()}@{domain}"
+
+
+def _check_mailbox(address: str) -> str:
+    a = canonical(address)
+    local, sep, domain = a.rpartition("@")
+    if not sep or not local or not domain or "." not in domain:
+        raise DirectoryError(f"{address!r} is not an address of the form user@domain")
+    if any(c in a for c in " \t\r\n\x00<>\"\\/") or local.startswith(".") or ".." in local:
+        raise DirectoryError(f"{address!r} contains characters a mailbox name cannot hold")
+    return a
+
+
+class Directory:
+    """The user database. Thread-safe: one connection, guarded by a lock."""
+
+    def __init__(self, path: Path, local_domains: Sequence[str], postmaster: str, data_dir: Path) -> None:
+        self.path = path
+        self.local_domains = tuple(local_domains)
+        self.postmaster = canonical(postmaster)
+        self.data_dir = data_dir
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._hasher = PasswordHasher()
+        self._dummy_hash = self._hasher.hash(_DUMMY_PASSWORD)
+
+    @classmethod
+    def for_config(cls, config: Config) -> Directory:
+        return cls(
+            config.data_dir / "directory.sqlite3",
+            config.domains.local,
+            config.postmaster_address,
+            config.data_dir,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def is_local(self, address: str) -> bool:
+        return canonical(address).rpartition("@")[2] in self.local_domains
+
+    # ------------------------------------------------------------ users
+
+    def add_user(self, address: str, password: str) -> str:
+        a = _check_mailbox(address)
+        if a.rpartition("@")[2] not in self.local_domains:
+            raise DirectoryError(
+                f"{a}: domain is not one of the local domains ({', '.join(self.local_domains) or 'none'})"
+            )
+        if not password:
+            raise DirectoryError("the password is empty")
+        if self.user_exists(a):
+            raise DirectoryError(f"{a}: user exists already")
+        h = self._hasher.hash(password)
+        self._q("INSERT INTO users(address, password_hash) VALUES (?, ?)", (a, h))
+        return a
+
+    def delete_user(self, address: str) -> None:
+        a = canonical(address)
+        if not self.user_exists(a):
+            raise DirectoryError(f"{a}: no such user")
+        self._q("DELETE FROM users WHERE address = ?", (a,))
+        self._q("DELETE FROM sendas WHERE login = ?", (a,))
+
+    def set_password(self, address: str, password: str) -> None:
+        a = canonical(address)
+        if not self.user_exists(a):
+            raise DirectoryError(f"{a}: no such user")
+        if not password:
+            raise DirectoryError("the password is empty")
+        self._q("UPDATE users SET password_hash = ? WHERE address = ?", (self._hasher.hash(password), a))
+
+    def users(self) -> list[str]:
+        return [str(r[0]) for r in self._q("SELECT address FROM users ORDER BY address")]
+
+    def user_exists(self, address: str) -> bool:
+        return bool(self._q("SELECT 1 FROM users WHERE address = ?", (canonical(address),)))
+
+    def password_hash(self, login: str) -> str | None:
+        rows = self._q("SELECT password_hash FROM users WHERE address = ?", (canonical(login),))
+        return str(rows[0][0]) if rows else None
+
+    def verify_password(self, login: str, password: str) -> str | None:
+        """The canonical login if the password is right, else None. Costs one Argon2 run either way."""
+        a = canonical(login)
+        stored = self.password_hash(a)
+        try:
+            self._hasher.verify(stored or self._dummy_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        return a if stored is not None else None
+
+    # ------------------------------------------------------------ aliases
+
+    def add_alias(self, alias: str, target: str) -> None:
+        a = _check_mailbox(alias)
+        t = _check_mailbox(target)
+        if a.rpartition("@")[2] not in self.local_domains:
+            raise DirectoryError(f"{a}: an alias must be in a local domain")
+        if a == t:
+            raise DirectoryError(f"{a}: an alias cannot point to itself")
+        self._q("INSERT OR IGNORE INTO aliases(alias, target) VALUES (?, ?)", (a, t))
+
+    def delete_alias(self, alias: str, target: str | None = None) -> None:
+        a = canonical(alias)
+        if target is None:
+            n = self._q("SELECT count(*) FROM aliases WHERE alias = ?", (a,))[0][0]
+            self._q("DELETE FROM aliases WHERE alias = ?", (a,))
+        else:
+            t = canonical(target)
+            n = self._q("SELECT count(*) FROM aliases WHERE alias = ? AND target = ?", (a, t))[0][0]
+            self._q("DELETE FROM aliases WHERE alias = ? AND target = ?", (a, t))
+        if not n:
+            raise DirectoryError(f"{a}: no such alias")
+
+    def aliases(self) -> list[tuple[str, str]]:
+        return [(str(a), str(t)) for a, t in self._q("SELECT alias, target FROM aliases ORDER BY alias, target")]
+
+    def _alias_targets(self, address: str) -> list[str]:
+        return [str(r[0]) for r in self._q("SELECT target FROM aliases WHERE alias = ?", (address,))]
+
+    # ------------------------------------------------------------ send-as
+
+    def add_sendas(self, login: str, address: str) -> None:
+        lg = canonical(login)
+        if not self.user_exists(lg):
+            raise DirectoryError(f"{lg}: no such user")
+        self._q("INSERT OR IGNORE INTO sendas(login, address) VALUES (?, ?)", (lg, _check_mailbox(address)))
+
+    def delete_sendas(self, login: str, address: str) -> None:
+        lg, a = canonical(login), canonical(address)
+        if not self._q("SELECT 1 FROM sendas WHERE login = ? AND address = ?", (lg, a)):
+            raise DirectoryError(f"{lg} has no right to send as {a}")
+        self._q("DELETE FROM sendas WHERE login = ? AND address = ?", (lg, a))
+
+    def sendas(self, login: str) -> list[str]:
+        return [str(r[0]) for r in self._q("SELECT address FROM sendas WHERE login = ? ORDER BY address", (canonical(login),))]
+
+    # ------------------------------------------------------------ lookups
+
+    def _postmaster_target(self, a: str) -> str | None:
+        local, _, domain = a.rpartition("@")
+        if a == "postmaster" or (local == "postmaster" and domain in self.local_domains):
+            return self.postmaster
+        return None
+
+    def resolve(self, address: str) -> list[str]:
+        """Final destinations: local mailboxes (users) and foreign forward targets. [] = unknown."""
+        out: list[str] = []
+        seen: set[str] = set()
+
+        def walk(a: str, depth: int) -> None:
+            if a in seen or depth > MAX_ALIAS_DEPTH:
+                return
+            seen.add(a)
+            domain = a.rpartition("@")[2]
+            if "@" in a and domain not in self.local_domains:
+                out.append(a)  # forwarded to a foreign address
+                return
+            if self.user_exists(a):
+                out.append(a)
+                return
+            targets = self._alias_targets(a)
+            if targets:
+                for t in targets:
+                    walk(t, depth + 1)
+                return
+            pm = self._postmaster_target(a)
+            if pm is not None and pm != a:
+                walk(pm, depth + 1)
+
+        walk(canonical(address), 0)
+        return list(dict.fromkeys(out))
+
+    def recipient_exists(self, address: str) -> bool:
+        a = canonical(address)
+        if self._postmaster_target(a) is not None:
+            return True  # RFC 5321 §4.5.1: postmaster is always accepted
+        return bool(self.resolve(a))
+
+    def may_send_as(self, login: str, address: str) -> bool:
+        lg, a = canonical(login), canonical(address)
+        if lg == a:
+            return True
+        if a.rpartition("@")[2] in self.local_domains and self.resolve(a) == [lg]:
+            return True  # a personal alias: it delivers to this user and nobody else
+        return bool(self._q("SELECT 1 FROM sendas WHERE login = ? AND address = ?", (lg, a)))
+
+    def maildir(self, mailbox: str) -> Path:
+        local, _, domain = canonical(mailbox).rpartition("@")
+        return self.data_dir / "mail" / domain / local

@@ -1,1 +1,173 @@
-"""postvakt.grants."""
+"""State every front must see: POP-before-SMTP grants and login-failure counters.
+
+A grant says "this client address logged in to our POP3 server as this user,
+and may relay until then". The POP3 front writes grants; the SMTP front reads
+them at RCPT time and hands the one it found to the (pure) policy.
+
+Stores sit behind one small interface. The memory store suits one process;
+the SQLite store survives a restart and is shared by worker processes on one
+machine; a Redis store is the several-node form.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from postvakt.policy import Grant
+
+if TYPE_CHECKING:
+    from postvakt.config import Config
+
+__all__ = [
+    "Grant",
+    "GrantStore",
+    "LoginFailures",
+    "MemoryGrantStore",
+    "SqliteGrantStore",
+    "open_grant_store",
+]
+
+
+class GrantStore(Protocol):
+    def grant(self, ip: str, login: str, expires: float) -> None: ...
+    def lookup(self, ip: str, now: float) -> Grant | None: ...
+    def all(self, now: float) -> list[Grant]: ...
+
+
+class MemoryGrantStore:
+    def __init__(self) -> None:
+        self._grants: dict[str, Grant] = {}
+
+    def grant(self, ip: str, login: str, expires: float) -> None:
+        self._grants[ip] = Grant(ip=ip, login=login, expires=expires)
+
+    def lookup(self, ip: str, now: float) -> Grant | None:
+        g = self._grants.get(ip)
+        if g is not None and g.expires <= now:
+            del self._grants[ip]
+            return None
+        return g
+
+    def all(self, now: float) -> list[Grant]:
+        for ip in [ip for ip, g in self._grants.items() if g.expires <= now]:
+            del self._grants[ip]
+        return sorted(self._grants.values(), key=lambda g: g.ip)
+
+
+class SqliteGrantStore:
+    """Grants in data_dir/grants.sqlite3: survive restarts, shared by processes."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS grants (ip TEXT PRIMARY KEY, login TEXT NOT NULL, expires REAL NOT NULL)"
+        )
+
+    def grant(self, ip: str, login: str, expires: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO grants(ip, login, expires) VALUES (?, ?, ?) "
+                "ON CONFLICT(ip) DO UPDATE SET login = excluded.login, expires = excluded.expires",
+                (ip, login, expires),
+            )
+
+    def lookup(self, ip: str, now: float) -> Grant | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT ip, login, expires FROM grants WHERE ip = ? AND expires > ?", (ip, now)
+            ).fetchone()
+        return Grant(ip=row[0], login=row[1], expires=row[2]) if row else None
+
+    def all(self, now: float) -> list[Grant]:
+        with self._lock:
+            self._db.execute("DELETE FROM grants WHERE expires <= ?", (now,))
+            rows = self._db.execute("SELECT ip, login, expires FROM grants ORDER BY ip").fetchall()
+        return [Grant(ip=r[0], login=r[1], expires=r[2]) for r in rows]
+
+
+def open_grant_store(config: Config) -> GrantStore:
+    if config.relay.grant_store == "sqlite":
+        return SqliteGrantStore(config.data_dir / "grants.sqlite3")
+    return MemoryGrantStore()
+
+
+# ---------------------------------------------------------------- login failures
+
+# Dovecot's authentication penalty: 2 s after the first failure, doubling, at most 15 s.
+FAIL_DELAY_START = 2.0
+FAIL_DELAY_MAX = 15.0
+# After this many failures in the window, refuse without checking (Postfix-style
+# 421/454): a password guesser gets nothing more to measure.
+FAIL_BLOCK_AFTER = 10
+# Failures older than this are forgotten.
+FAIL_WINDOW = 15 * 60
+
+
+@dataclass
+class _FailureRecord:
+    count: int
+    last: float
+
+
+class LoginFailures:
+    """Per-client-address failed-login counter shared by the SMTP and POP3 fronts.
+
+    `now` is wall-clock seconds (time.time()) everywhere, as for grants.
+    """
+
+    def __init__(
+        self,
+        delay_start: float = FAIL_DELAY_START,
+        delay_max: float = FAIL_DELAY_MAX,
+        block_after: int = FAIL_BLOCK_AFTER,
+        window: float = FAIL_WINDOW,
+    ) -> None:
+        self.delay_start = delay_start
+        self.delay_max = delay_max
+        self.block_after = block_after
+        self.window = window
+        self._records: dict[str, _FailureRecord] = {}
+
+    def _get(self, ip: str, now: float) -> _FailureRecord | None:
+        r = self._records.get(ip)
+        if r is not None and now - r.last > self.window:
+            del self._records[ip]
+            return None
+        return r
+
+    def failures(self, ip: str, now: float) -> int:
+        r = self._get(ip, now)
+        return r.count if r else 0
+
+    def delay(self, ip: str, now: float) -> float:
+        n = self.failures(ip, now)
+        if n == 0:
+            return 0.0
+        return float(min(self.delay_max, self.delay_start * 2 ** (n - 1)))
+
+    def blocked(self, ip: str, now: float) -> bool:
+        return self.failures(ip, now) >= self.block_after
+
+    def record_failure(self, ip: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        r = self._get(ip, now)
+        if r is None:
+            self._records[ip] = _FailureRecord(1, now)
+        else:
+            r.count += 1
+            r.last = now
+        if len(self._records) > 100_000:  # bounded: forget the oldest under a flood
+            oldest = min(self._records, key=lambda k: self._records[k].last)
+            del self._records[oldest]
+
+    def record_success(self, ip: str) -> None:
+        self._records.pop(ip, None)
