@@ -1,0 +1,169 @@
+"""The envelope of a queued message and the per-recipient delivery status.
+
+Both are plain values serialised as JSON. The envelope is written once, inside
+the queue file, at the commit point and never changes; the status is the only
+thing the queue manager rewrites (see the package docstring).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from postvakt.reply import Reply
+
+# Recipient states in the status file. A recipient is final once DONE or FAILED.
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+FINAL_STATES = (DONE, FAILED)
+
+# RFC 3461 §4.1: NOTIFY is NEVER or any of SUCCESS, FAILURE, DELAY.
+NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One RCPT TO as accepted by the front.
+
+    `orcpt` is the RFC 3461 ORCPT parameter after xtext decoding, with its
+    address type: "rfc822;alice@example.test". `notify` holds the upper-cased
+    NOTIFY keywords, or None when the client gave none.
+    """
+
+    address: str
+    orcpt: str | None = None
+    notify: tuple[str, ...] | None = None
+
+    def wants(self, event: str) -> bool:
+        """Whether a DSN for `event` (SUCCESS, FAILURE, DELAY) should be sent.
+
+        Without NOTIFY, RFC 3461 §4.1 leaves it to us: failures and delays are
+        reported, successes are not (as Postfix and sendmail do).
+        """
+        if self.notify is None:
+            return event in ("FAILURE", "DELAY")
+        return event in self.notify
+
+
+@dataclass(frozen=True)
+class Envelope:
+    sender: str
+    recipients: tuple[Recipient, ...]
+    received_at: float
+    client_ip: str
+    helo: str
+    login: str | None
+    smtputf8: bool = False
+    body: str | None = None
+    ret: str | None = None
+    envid: str | None = None
+    hold: str | None = None
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["recipients"] = [asdict(r) for r in self.recipients]
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        d = json.loads(data.decode("utf-8"))
+        if not isinstance(d, dict):
+            raise ValueError("envelope is not an object")
+        rcpts = tuple(
+            Recipient(
+                address=str(r["address"]),
+                orcpt=r.get("orcpt"),
+                notify=tuple(r["notify"]) if r.get("notify") is not None else None,
+            )
+            for r in d.pop("recipients")
+        )
+        if not rcpts:
+            raise ValueError("envelope has no recipients")
+        return cls(recipients=rcpts, **d)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One delivery: an envelope recipient (by index) and a final address.
+
+    Alias expansion turns one recipient into one or more units; a unit is what
+    succeeds, fails or waits, so a partly delivered message retries only the rest.
+    `local` is True for a mailbox of ours, False for a remote address.
+    """
+
+    rcpt: int
+    address: str
+    local: bool
+    state: str = PENDING
+    reply: tuple[int, str, str] | None = None
+    relay: str = ""
+    attempts: int = 0
+
+    @property
+    def last_reply(self) -> Reply | None:
+        return Reply(*self.reply) if self.reply else None
+
+    def settle(self, state: str, reply: Reply, relay: str) -> Unit:
+        return replace(
+            self,
+            state=state,
+            reply=(reply.code, reply.enhanced, reply.text),
+            relay=relay,
+            attempts=self.attempts + 1,
+        )
+
+
+@dataclass(frozen=True)
+class Status:
+    """What the manager knows beyond the envelope: units, tries, warnings."""
+
+    units: tuple[Unit, ...] | None = None  # None until recipients are expanded
+    attempts: int = 0
+    next_try: float = 0.0
+    last_try: float = 0.0
+    warned: bool = False
+    notified: tuple[int, ...] = field(default=())  # unit indexes already reported by DSN
+
+    def to_json(self) -> bytes:
+        d: dict[str, Any] = asdict(self)
+        return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Status:
+        d = json.loads(data.decode("utf-8"))
+        units = d.get("units")
+        return cls(
+            units=None
+            if units is None
+            else tuple(
+                Unit(
+                    rcpt=int(u["rcpt"]),
+                    address=str(u["address"]),
+                    local=bool(u["local"]),
+                    state=str(u["state"]),
+                    reply=tuple(u["reply"]) if u.get("reply") else None,  # type: ignore[arg-type]
+                    relay=str(u.get("relay", "")),
+                    attempts=int(u.get("attempts", 0)),
+                )
+                for u in units
+            ),
+            attempts=int(d.get("attempts", 0)),
+            next_try=float(d.get("next_try", 0.0)),
+            last_try=float(d.get("last_try", 0.0)),
+            warned=bool(d.get("warned", False)),
+            notified=tuple(d.get("notified", ())),
+        )
+
+    @property
+    def pending(self) -> list[Unit]:
+        return [u for u in self.units or () if u.state == PENDING]
+
+    @property
+    def last_error(self) -> str:
+        """The latest non-success reply, for `queue list`."""
+        for u in self.units or ():
+            if u.state != DONE and u.reply:
+                return str(Reply(*u.reply)).replace("\n", " ")
+        return ""
