@@ -11,6 +11,7 @@ machine; a Redis store is the several-node form.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -29,6 +30,7 @@ __all__ = [
     "LoginFailures",
     "MemoryGrantStore",
     "SqliteGrantStore",
+    "list_grants",
     "open_grant_store",
 ]
 
@@ -40,11 +42,42 @@ class GrantStore(Protocol):
 
 
 class MemoryGrantStore:
-    def __init__(self) -> None:
+    """Grants in this process's memory; gone after a restart.
+
+    With `snapshot`, every change also rewrites that JSON file (atomically), so
+    that `postvakt grants list` can show them from outside the server. The file
+    is a view, never read back by the server.
+    """
+
+    def __init__(self, snapshot: Path | None = None) -> None:
         self._grants: dict[str, Grant] = {}
+        self.snapshot = snapshot
+        if snapshot is not None:
+            self._write_snapshot()
+
+    def _write_snapshot(self) -> None:
+        if self.snapshot is None:
+            return
+        tmp = self.snapshot.with_suffix(".tmp")
+        rows = [{"ip": g.ip, "login": g.login, "expires": g.expires} for g in self._grants.values()]
+        try:
+            tmp.write_text(json.dumps(rows))
+            tmp.replace(self.snapshot)
+        except OSError:
+            pass  # a view only: never let it break a login
 
     def grant(self, ip: str, login: str, expires: float) -> None:
         self._grants[ip] = Grant(ip=ip, login=login, expires=expires)
+        self._write_snapshot()
+
+    @staticmethod
+    def read_snapshot(path: Path, now: float) -> list[Grant]:
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        grants = [Grant(ip=str(r["ip"]), login=str(r["login"]), expires=float(r["expires"])) for r in rows]
+        return sorted((g for g in grants if g.expires > now), key=lambda g: g.ip)
 
     def lookup(self, ip: str, now: float) -> Grant | None:
         g = self._grants.get(ip)
@@ -97,7 +130,14 @@ class SqliteGrantStore:
 def open_grant_store(config: Config) -> GrantStore:
     if config.relay.grant_store == "sqlite":
         return SqliteGrantStore(config.data_dir / "grants.sqlite3")
-    return MemoryGrantStore()
+    return MemoryGrantStore(snapshot=config.data_dir / "grants.json")
+
+
+def list_grants(config: Config, now: float) -> list[Grant]:
+    """What `postvakt grants list` shows, from outside the server."""
+    if config.relay.grant_store == "sqlite":
+        return SqliteGrantStore(config.data_dir / "grants.sqlite3").all(now)
+    return MemoryGrantStore.read_snapshot(config.data_dir / "grants.json", now)
 
 
 # ---------------------------------------------------------------- login failures

@@ -1,0 +1,220 @@
+"""`postvakt serve`: build the parts, open the listeners, run until SIGTERM.
+
+One process holds the listeners, the queue manager and the shared state. The
+front writes accepted mail into the queue and wakes the manager; it never
+delivers. SIGTERM stops accepting, lets transactions in flight finish (up to
+SHUTDOWN_GRACE), stops the manager (deliveries finish or are safely left for
+the next start), and exits. SIGHUP re-reads the config file: policy, limits
+and replies change at once; listener changes need a restart (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postvakt import config as config_mod
+from postvakt.auth import Authenticator
+from postvakt.config import Config, ConfigError, HostPort
+from postvakt.directory import Directory
+from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.queue import Queue
+from postvakt.server.tls import server_context
+
+log = logging.getLogger("postvakt")
+
+# How long SIGTERM waits for transactions in flight before closing them.
+SHUTDOWN_GRACE = 10.0
+
+
+@dataclass(eq=False)
+class App:
+    config: Config
+    directory: Directory
+    authenticator: Authenticator
+    grants: GrantStore
+    failures: LoginFailures
+    queue: Queue
+    ssl_context: Any
+    manager: Any = None
+    sessions: set[Any] = field(default_factory=set)
+    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    def message_queued(self) -> None:
+        if self.manager is not None:
+            self.manager.wake()
+
+    def crash_point(self, name: str) -> None:
+        from postvakt.queue import crash_point
+
+        crash_point(name)
+
+
+def build_app(config: Config) -> App:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    directory = Directory.for_config(config)
+    needs_tls = bool(
+        config.listen.smtp or config.listen.submission or config.listen.submissions
+        or config.listen.pop3 or config.listen.pop3s
+    )
+    return App(
+        config=config,
+        directory=directory,
+        authenticator=Authenticator(directory),
+        grants=open_grant_store(config),
+        failures=LoginFailures(),
+        queue=Queue(config.data_dir / "queue"),
+        ssl_context=server_context(config) if needs_tls else None,
+    )
+
+
+def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigError:
+    import errno
+
+    if err.errno == errno.EADDRINUSE:
+        reason = f"{hp} is already in use by another program"
+    elif err.errno == errno.EACCES:
+        reason = f"{hp}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif err.errno == errno.EADDRNOTAVAIL:
+        reason = f"{hp}: this machine has no such address"
+    else:
+        reason = f"{hp}: {err.strerror or err}"
+    return ConfigError(source, f"[listen] {kind}", reason)
+
+
+async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
+    from postvakt.server.smtp import SMTPSession
+
+    loop = asyncio.get_running_loop()
+    servers: list[tuple[str, asyncio.base_events.Server]] = []
+    cfg = app.config
+    for kind in ("smtp", "submission", "submissions"):
+        for hp in getattr(cfg.listen, kind):
+            ssl_ctx = app.ssl_context if kind == "submissions" else None
+            try:
+                srv = await loop.create_server(
+                    lambda k=kind: SMTPSession(app, k),  # type: ignore[misc]
+                    hp.host, hp.port, ssl=ssl_ctx, reuse_address=True, backlog=1024,
+                    ssl_handshake_timeout=30 if ssl_ctx else None,
+                )
+            except OSError as e:
+                raise _bind_error(kind, hp, e, cfg.source) from None
+            servers.append((kind, srv))
+    if cfg.listen.pop3 or cfg.listen.pop3s:
+        from postvakt.server.pop3 import start_pop3
+
+        try:
+            pop_servers = await start_pop3(
+                cfg, directory=app.directory, authenticator=app.authenticator,
+                grants=app.grants, failures=app.failures, ssl_context=app.ssl_context,
+            )
+        except OSError as e:
+            raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
+        for srv in pop_servers:
+            kind = "pop3s" if any(s.getsockname()[1] in [h.port for h in cfg.listen.pop3s] for s in srv.sockets) else "pop3"
+            servers.append((kind, srv))
+    return servers
+
+
+def _bound(servers: list[tuple[str, asyncio.base_events.Server]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for kind, srv in servers:
+        for s in srv.sockets:
+            name = s.getsockname()
+            host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
+            out.setdefault(kind, []).append(f"{host}:{name[1]}")
+    return out
+
+
+async def run(config: Config, config_path: Path | None) -> int:
+    app = build_app(config)
+    from postvakt.queue.manager import QueueManager
+
+    app.manager = QueueManager(config, app.directory, app.queue)
+    await app.manager.start()
+    try:
+        servers = await _listen(app)
+    except ConfigError:
+        await app.manager.stop(5)
+        raise
+    bound = _bound(servers)
+    (config.data_dir / "listening.json").write_text(json.dumps(bound))
+    for kind, addrs in bound.items():
+        log.info("listening %s on %s", kind, ", ".join(addrs))
+    print("postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
+    await stop.wait()
+
+    log.info("stopping: no new connections, finishing transactions in flight")
+    for _, srv in servers:
+        srv.close()
+    for s in list(app.sessions):
+        s.shutdown()
+    deadline = loop.time() + SHUTDOWN_GRACE
+    while (app.tasks or any(s.in_transaction for s in app.sessions)) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    for s in list(app.sessions):
+        if s.transport is not None:
+            s.transport.close()
+    await app.manager.stop(SHUTDOWN_GRACE)
+    app.directory.close()
+    log.info("stopped")
+    return 0
+
+
+def _reload(app: App, path: Path) -> None:
+    try:
+        new = config_mod.load(path)
+    except ConfigError as e:
+        log.error("reload refused, keeping the running config: %s", e)
+        return
+    if new.listen != app.config.listen or new.data_dir != app.config.data_dir:
+        log.warning("reload: [listen] and data_dir changes take effect after a restart")
+    app.config = new
+    if app.manager is not None and hasattr(app.manager, "config"):
+        app.manager.config = new
+    log.info("reloaded %s", path)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def serve(config: Config, config_path: Path | None) -> int:
+    setup_logging(config.log_level)
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(runner(run(config, config_path)))
+    return 0
+
+
+def pid_file(config: Config) -> Path:
+    return config.data_dir / "postvakt.pid"
+
+
+def write_pid(config: Config) -> None:
+    pid_file(config).write_text(f"{os.getpid()}\n")

@@ -1,0 +1,478 @@
+"""The SMTP front's asyncio adapter: sockets, TLS, time; nothing else.
+
+The sans-IO core (`postvakt.smtp`) owns the only receive buffer and every
+protocol rule; the policy (`postvakt.policy`) owns every decision; the queue
+owns durability. This module moves bytes between the socket and the core,
+asks the policy when the core asks for an answer, streams DATA into the spool
+and sends the `250` only after `commit()` returned (file and directory fsync).
+
+STARTTLS follows the order that keeps plaintext out of the encrypted session:
+the core queues `220` and emits `StartTLS`; we write the 220, pause reading,
+run `loop.start_tls()`, then tell the core, which drops whatever plaintext was
+pipelined behind the command and resets the session (RFC 3207 §4.2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING
+
+from postvakt import smtp
+from postvakt.address import parse_header_addresses
+from postvakt.policy import Client, Decision, check_header_from, check_rcpt, check_sender
+from postvakt.queue import Envelope, QueueWriteError, Recipient
+from postvakt.reply import Reply
+
+if TYPE_CHECKING:
+    from postvakt.queue import IncomingMessage
+    from postvakt.server.app import App
+
+log = logging.getLogger("postvakt.smtp")
+
+# The write buffer above which we stop reading from a client that does not read
+# our replies (robustness P13: 10^5 pipelined NOOPs must not grow memory).
+WRITE_HIGH_WATER = 256 * 1024
+
+REPLY_QUEUED = "Ok: queued as {qid}"
+REPLY_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins from your address, try again later")
+REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
+REPLY_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "{host} Error: too many connections from {ip}")
+
+
+def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
+    return [v for k, v in headers if k.lower() == name]
+
+
+class SMTPSession(asyncio.Protocol):
+    def __init__(self, app: App, kind: str) -> None:
+        self.app = app
+        self.kind = kind  # "smtp" | "submission" | "submissions"
+        self.transport: asyncio.Transport | None = None
+        self.conn: smtp.SMTPServer | None = None
+        self.ip = "?"
+        self.tls_info = ""
+        self.busy = False  # an answer is being computed in a task
+        self.closing = False
+        self.msg: IncomingMessage | None = None
+        self.msg_failed = False
+        self.sender = ""
+        self.rcpts: list[Recipient] = []
+        self.mail_event: smtp.MailFrom | None = None
+        self.hold_reason: str | None = None
+        self.warnings: list[str] = []
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.write_paused = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.sender or self.rcpts or self.msg is not None)
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else "?"
+        if self.ip.startswith("::ffff:"):
+            self.ip = self.ip[7:]
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        cfg = self.app.config
+        tls_active = transport.get_extra_info("ssl_object") is not None
+        if tls_active:
+            self._note_tls()
+        self.conn = smtp.SMTPServer(
+            smtp.Settings(
+                hostname=cfg.hostname,
+                max_message_size=cfg.smtp.max_message_size,
+                max_recipients=cfg.smtp.max_recipients,
+                soft_error_limit=cfg.smtp.soft_error_limit,
+                hard_error_limit=cfg.smtp.hard_error_limit,
+                max_hops=cfg.smtp.max_hops,
+                tls_available=self.app.ssl_context is not None,
+                tls_active=tls_active,
+                require_tls=self.kind == "submission",
+                require_auth=self.kind in ("submission", "submissions"),
+            )
+        )
+        self.app.sessions.add(self)
+        log.debug("connect client=%s port=%s", self.ip, self.kind)
+        self._flush()
+        self._reset_idle()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is None or self.closing:
+            return
+        self._reset_idle()
+        self.conn.receive_data(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None and not self.closing:
+            self.conn.receive_data(b"")
+            self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self._abort_message()
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        self.app.sessions.discard(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None and not self.transport.is_closing() and not self.busy:
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------ plumbing
+
+    def _reset_idle(self) -> None:
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        loop = asyncio.get_running_loop()
+        self.idle_handle = loop.call_later(self.app.config.smtp.idle_timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.conn is not None and not self.closing:
+            log.info("timeout client=%s port=%s", self.ip, self.kind)
+            self.conn.idle_timeout()
+            self._pump()
+
+    def _flush(self) -> None:
+        if self.conn is None or self.transport is None:
+            return
+        out = self.conn.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _close(self) -> None:
+        self.closing = True
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _client(self) -> Client:
+        assert self.conn is not None
+        now = time.time()
+        grant = self.app.grants.lookup(self.ip, now) if self.app.config.relay.pop_before_smtp > 0 else None
+        return Client(
+            ip=self.ip, port=self.kind, tls=self.conn.tls, login=self.conn.login, grant=grant, now=now
+        )
+
+    def _log_decision(self, stage: str, decision: Decision, **fields: str) -> None:
+        assert self.conn is not None
+        extra = " ".join(f"{k}=<{v}>" for k, v in fields.items())
+        log.info(
+            "%s client=%s port=%s login=%s %s rule=%s verdict=%s reply=%r",
+            stage, self.ip, self.kind, self.conn.login or "-", extra,
+            decision.rule, decision.verdict.value, str(decision.reply),
+        )
+
+    def _pump(self) -> None:
+        """Drive the core until it needs more input or an answer we compute in a task."""
+        conn = self.conn
+        if conn is None:
+            return
+        while not self.closing and not self.busy:
+            try:
+                event = conn.next_event()
+            except Exception:  # the core promises never to raise; if it does, fail closed
+                log.exception("core error client=%s", self.ip)
+                self._abort_message()
+                self._close()
+                return
+            if event is smtp.NEED_DATA or event is smtp.PAUSED:
+                break
+            self._handle(event)
+        if not self.closing:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        assert self.conn is not None
+        cfg = self.app.config.smtp
+        if self.conn.error_count > cfg.soft_error_limit and cfg.error_sleep > 0:
+            # Tar-pit an erring client (Postfix smtpd_error_sleep_time): delay the
+            # reply and stop reading meanwhile, so pipelined junk gains nothing.
+            out = self.conn.data_to_send()
+            if out and self.transport is not None:
+                self.busy = True
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(cfg.error_sleep, self._delayed_write, out)
+            return
+        self._flush()
+
+    def _delayed_write(self, out: bytes) -> None:
+        self.busy = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(out)
+        if not self.write_paused:
+            self.transport.resume_reading()
+        self._pump()
+
+    def _run(self, coro: object) -> None:
+        """Answer an event in a task; the core stays PAUSED until we respond."""
+        self.busy = True
+        assert self.transport is not None
+        self.transport.pause_reading()
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self.app.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[None]) -> None:
+        self.app.tasks.discard(task)
+        self.busy = False
+        if task.cancelled():
+            self._abort_message()
+            self._close()
+            return
+        if task.exception() is not None:
+            log.error("session error client=%s: %r", self.ip, task.exception())
+            self._abort_message()
+            if self.conn is not None:
+                self.conn.respond(Reply(451, "4.3.0", "Local error in processing"))
+        if self.transport is not None and not self.transport.is_closing() and not self.write_paused:
+            self.transport.resume_reading()
+        self._pump()
+
+    # ------------------------------------------------------------ events
+
+    def _handle(self, event: object) -> None:
+        conn = self.conn
+        assert conn is not None
+        if isinstance(event, smtp.MailFrom):
+            self._on_mail(event)
+        elif isinstance(event, smtp.RcptTo):
+            self._on_rcpt(event)
+        elif isinstance(event, smtp.DataStart):
+            self._on_data_start()
+        elif isinstance(event, smtp.DataChunk):
+            self._on_chunk(event.data)
+        elif isinstance(event, smtp.EndOfData):
+            self._run(self._on_end_of_data(event))
+        elif isinstance(event, smtp.AuthCredentials):
+            self._run(self._on_auth(event))
+        elif isinstance(event, smtp.StartTLS):
+            self._run(self._on_starttls())
+        elif isinstance(event, smtp.Helo):
+            self._reset_transaction()
+        elif isinstance(event, smtp.Quit | smtp.Close):
+            self._abort_message()
+            self._close()
+
+    def _reset_transaction(self) -> None:
+        self._abort_message()
+        self.sender = ""
+        self.rcpts = []
+        self.mail_event = None
+        self.hold_reason = None
+        self.warnings = []
+
+    def _on_mail(self, ev: smtp.MailFrom) -> None:
+        assert self.conn is not None
+        self._reset_transaction()
+        decision = check_sender(self._client(), ev.sender, self.app.config, self.app.directory)
+        self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
+        if decision.reply.positive:
+            self.sender = str(ev.sender)
+            self.mail_event = ev
+            self.warnings.extend(s.detail for s in decision.trace if s.result == "warn")
+        self.conn.respond(decision.reply)
+
+    def _on_rcpt(self, ev: smtp.RcptTo) -> None:
+        assert self.conn is not None
+        decision = check_rcpt(self._client(), ev.recipient, self.app.config, self.app.directory)
+        self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
+        if decision.reply.positive:
+            self.rcpts.append(Recipient(address=str(ev.recipient), orcpt=ev.orcpt, notify=ev.notify))
+        self.conn.respond(decision.reply)
+
+    def _on_data_start(self) -> None:
+        assert self.conn is not None
+        try:
+            self.msg = self.app.queue.new_message()
+            self.msg.write(self._received_header(self.msg.queue_id).encode("utf-8", "surrogateescape"))
+        except (QueueWriteError, OSError) as e:
+            log.error("queue error client=%s: %s", self.ip, e)
+            self._abort_message()
+            self.conn.respond(REPLY_QUEUE_ERROR)
+            return
+        self.msg_failed = False
+        self.conn.respond(REPLY_DATA_GO)
+
+    def _on_chunk(self, data: bytes) -> None:
+        if self.msg is None or self.msg_failed:
+            return
+        try:
+            self.msg.write(data)
+        except (QueueWriteError, OSError) as e:
+            log.error("queue write error client=%s id=%s: %s", self.ip, self.msg.queue_id, e)
+            self.msg_failed = True
+
+    async def _on_end_of_data(self, ev: smtp.EndOfData) -> None:
+        conn = self.conn
+        assert conn is not None
+        msg, self.msg = self.msg, None
+        if msg is None:
+            conn.respond(REPLY_QUEUE_ERROR)
+            return
+        if ev.problem is not None:
+            msg.abort()
+            log.info("DATA client=%s login=%s id=%s refused reply=%r", self.ip, conn.login or "-", msg.queue_id, str(ev.problem))
+            conn.respond(ev.problem)
+            return
+        if self.msg_failed:
+            msg.abort()
+            conn.respond(REPLY_QUEUE_ERROR)
+            return
+        header_from = [a for v in _header_values(ev.headers, "from") for a in self._parse_header(v)]
+        header_sender = [a for v in _header_values(ev.headers, "sender") for a in self._parse_header(v)]
+        decision = check_header_from(self._client(), header_from, header_sender, self.app.config, self.app.directory)
+        self._log_decision("DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))})
+        if not decision.reply.positive:
+            msg.abort()
+            conn.respond(decision.reply)
+            return
+        warnings = self.warnings + [s.detail for s in decision.trace if s.result == "warn"]
+        for w in warnings:
+            log.warning("sender warning id=%s client=%s login=%s: %s", msg.queue_id, self.ip, conn.login or "-", w)
+        mail = self.mail_event
+        envelope = Envelope(
+            sender=self.sender,
+            recipients=tuple(self.rcpts),
+            received_at=time.time(),
+            client_ip=self.ip,
+            helo=conn.helo or "",
+            login=conn.login,
+            smtputf8=bool(mail and mail.smtputf8),
+            body=mail.body if mail else None,
+            ret=mail.ret if mail else None,
+            envid=mail.envid if mail else None,
+            hold=self.hold_reason,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, msg.commit, envelope)
+        except (QueueWriteError, OSError) as e:
+            log.error("queue commit failed client=%s id=%s: %s", self.ip, msg.queue_id, e)
+            msg.abort()
+            conn.respond(REPLY_QUEUE_ERROR)
+            return
+        self.app.crash_point("before_250")
+        log.info(
+            "queued id=%s client=%s login=%s from=<%s> nrcpt=%d size=%d%s",
+            msg.queue_id, self.ip, conn.login or "-", self.sender, len(self.rcpts), ev.size,
+            " hold=" + self.hold_reason if self.hold_reason else "",
+        )
+        conn.respond(Reply(250, "2.0.0", REPLY_QUEUED.format(qid=msg.queue_id)))
+        self._flush()
+        self.app.crash_point("after_250")
+        self.app.message_queued()
+        self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = "", [], None, None, []
+
+    def _parse_header(self, value: str) -> list:  # type: ignore[type-arg]
+        try:
+            return parse_header_addresses(value)
+        except ValueError:
+            return []
+
+    async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
+        conn = self.conn
+        assert conn is not None
+        failures = self.app.failures
+        now = time.time()
+        if failures.blocked(self.ip, now):
+            log.info("AUTH client=%s port=%s user=<%s> refused: too many failures", self.ip, self.kind, ev.username)
+            conn.respond(REPLY_AUTH_BLOCKED)
+            return
+        delay = failures.delay(self.ip, now)
+        if delay:
+            await asyncio.sleep(delay)
+        login = await self.app.authenticator.verify(ev.username, ev.password)
+        if login is None:
+            failures.record_failure(self.ip, time.time())
+            log.info("AUTH client=%s port=%s user=<%s> mechanism=%s failed", self.ip, self.kind, ev.username, ev.mechanism)
+            conn.respond(REPLY_AUTH_FAILED)
+            return
+        failures.record_success(self.ip)
+        log.info("AUTH client=%s port=%s user=<%s> mechanism=%s ok", self.ip, self.kind, login, ev.mechanism)
+        conn.respond(REPLY_AUTH_OK)
+
+    async def _on_starttls(self) -> None:
+        conn, transport = self.conn, self.transport
+        assert conn is not None and transport is not None
+        ctx = self.app.ssl_context
+        self._flush()  # the 220
+        if ctx is None:
+            self._close()
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            new_transport = await asyncio.wait_for(
+                loop.start_tls(transport, self, ctx, server_side=True), timeout=60
+            )
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+            log.info("TLS handshake failed client=%s port=%s: %s", self.ip, self.kind, e)
+            self.closing = True
+            transport.abort()
+            return
+        if new_transport is None:
+            self.closing = True
+            return
+        self.transport = new_transport  # type: ignore[assignment]
+        self._note_tls()
+        self._reset_transaction()
+        conn.tls_started()
+
+    def _note_tls(self) -> None:
+        assert self.transport is not None
+        obj = self.transport.get_extra_info("ssl_object")
+        if obj is not None:
+            cipher = obj.cipher()
+            self.tls_info = f"{obj.version()} with cipher {cipher[0] if cipher else '?'}"
+
+    def _abort_message(self) -> None:
+        if self.msg is not None:
+            try:
+                self.msg.abort()
+            except OSError:
+                pass
+            self.msg = None
+
+    def _received_header(self, qid: str) -> str:
+        """RFC 5321 §4.4 trace header; protocol keyword per RFC 3848 (ESMTPSA = TLS + AUTH)."""
+        conn = self.conn
+        assert conn is not None
+        proto = "ESMTP" if conn.esmtp else "SMTP"
+        if conn.tls:
+            proto += "S"
+        if conn.login:
+            proto += "A"
+        helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
+        lines = [f"Received: from {helo} ([{self.ip}])", f"\tby {self.app.config.hostname} (postvakt) with {proto} id {qid}"]
+        if self.tls_info and conn.tls:
+            lines.append(f"\t(using {self.tls_info})")
+        if len(self.rcpts) == 1:
+            lines.append(f"\tfor <{self.rcpts[0].address}>")
+        lines[-1] += ";"
+        lines.append("\t" + email.utils.formatdate(localtime=False))
+        return "\r\n".join(lines) + "\r\n"
+
+    def shutdown(self) -> None:
+        """Server stopping: finish the transaction in flight, then say 421."""
+        if self.conn is not None and not self.closing:
+            self.conn.shutdown()
+            self._pump()
