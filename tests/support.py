@@ -1,0 +1,211 @@
+"""Helpers for end-to-end tests: write a config, start the real `postvakt serve`
+in a subprocess on loopback ports chosen by the kernel, and talk to it.
+
+    srv = start_server(tmp_path, users={"alice@pv.test": "secret"})
+    srv.port("submission")   # the bound port
+    srv.stop()               # SIGTERM, wait
+
+Port 0 in the config means "any free port"; the server writes what it bound to
+data_dir/listening.json once every listener is up, which is how we know it is ready.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOCAL_DOMAIN = "pv.test"
+HOSTNAME = "mx.pv.test"
+# The outside client of the relay tests: loopback, but not in `networks`.
+OUTSIDE_IP = "127.0.0.2"
+OTHER_OUTSIDE_IP = "127.0.0.3"
+START_TIMEOUT = 20.0
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(v)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    top = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    tables = [
+        f"[{k}]\n" + "\n".join(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+        for k, v in data.items()
+        if isinstance(v, dict)
+    ]
+    return "\n".join(top) + "\n\n" + "\n\n".join(tables) + "\n"
+
+
+def base_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    """A test config: only 127.0.0.1 is our network, so 127.0.0.2 is outside."""
+    cfg: dict[str, Any] = {
+        "hostname": HOSTNAME,
+        "data_dir": str(data_dir),
+        "listen": {
+            "smtp": ["127.0.0.1:0"],
+            "submission": ["127.0.0.1:0"],
+            "submissions": ["127.0.0.1:0"],
+            "pop3": ["127.0.0.1:0"],
+            "pop3s": ["127.0.0.1:0"],
+        },
+        "domains": {"local": [LOCAL_DOMAIN]},
+        "relay": {"networks": ["127.0.0.1/32"]},
+        "smtp": {"error_sleep": 0},
+        "delivery": {"retry_initial": "1s", "retry_max": "2s"},
+    }
+    for name, values in sections.items():
+        if values is None:
+            cfg.pop(name, None)
+        else:
+            cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def postvakt(*args: str, config: Path | None = None, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "postvakt", *args]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=60, check=check)
+
+
+@dataclass
+class Running:
+    config_path: Path
+    data_dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    ports: dict[str, list[int]] = field(default_factory=dict)
+
+    def port(self, kind: str = "smtp") -> int:
+        return self.ports[kind][0]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def add_user(self, address: str, password: str) -> None:
+        postvakt("user", "add", address, "--password-stdin", config=self.config_path, input=password + "\n")
+
+    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return postvakt(*args, config=self.config_path, input=input, check=check)
+
+    def start(self) -> Running:
+        ready = self.data_dir / "listening.json"
+        ready.unlink(missing_ok=True)
+        self.log_path = self.data_dir.parent / "server.log"
+        logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "postvakt", "serve", "--config", str(self.config_path)],
+            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        logf.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postvakt serve exited with {self.proc.returncode}:\n{self.log()}")
+            if ready.exists():
+                try:
+                    bound = json.loads(ready.read_text())
+                except ValueError:
+                    time.sleep(0.05)
+                    continue
+                self.ports = {k: [int(a.rsplit(":", 1)[1]) for a in v] for k, v in bound.items()}
+                return self
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"postvakt serve did not start in {START_TIMEOUT} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> Running:
+        self.stop()
+        return self.start()
+
+
+def write_server_config(tmp_path: Path, **sections: dict[str, Any]) -> tuple[Path, Path]:
+    data_dir = tmp_path / "data"
+    cfg_path = tmp_path / "postvakt.toml"
+    cfg_path.write_text(to_toml(base_config(data_dir, **sections)))
+    return cfg_path, data_dir
+
+
+def start_server(tmp_path: Path, users: dict[str, str] | None = None, **sections: dict[str, Any]) -> Running:
+    cfg_path, data_dir = write_server_config(tmp_path, **sections)
+    srv = Running(cfg_path, data_dir)
+    for address, password in (users or {}).items():
+        srv.add_user(address, password)
+    return srv.start()
+
+
+def connect_from(source_ip: str, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    """A raw client socket bound to `source_ip` (127.0.0.2 looks like an outside client)."""
+    s = socket.create_connection((host, port), timeout=timeout, source_address=(source_ip, 0))
+    return s
+
+
+class RawClient:
+    """Line-oriented raw SMTP/POP3 client for byte-exact tests."""
+
+    def __init__(self, port: int, source_ip: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        self.sock = connect_from(source_ip, port, timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
+
+    def line(self) -> str:
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed; pending {self.buf!r}")
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line.decode("utf-8", "replace")
+
+    def reply(self) -> str:
+        """One whole SMTP reply (multi-line joined by newlines)."""
+        lines = [self.line()]
+        while len(lines[-1]) >= 4 and lines[-1][3] == "-":
+            lines.append(self.line())
+        return "\n".join(lines)
+
+    def cmd(self, text: str) -> str:
+        self.send(text + "\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
