@@ -1,0 +1,410 @@
+"""POP3 listeners: a thin asyncio adapter around `postvakt.pop3`.
+
+The core decides every reply; this module only moves bytes, runs TLS
+(`loop.start_tls()` for STLS, `ssl=` for 995), asks the authenticator and the
+Maildir, keeps time (idle timeout, failure delays) and writes POP-before-SMTP
+grants.
+
+Login, in order (every refusal looks the same to the client):
+1. a client address with too many recent failures is refused without a check;
+2. the password is verified (cached Argon2, off the event loop);
+3. a failure is recorded for the address (shared with the SMTP front) and
+   answered only once the address's delay has passed since the attempt began,
+   so an unknown user and a wrong password take the same time;
+4. a success locks the Maildir ([IN-USE] if another session has it), takes
+   the snapshot, and only then grants relay to the client address for
+   `[relay] pop_before_smtp` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from postvakt.directory import canonical
+from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
+from postvakt.pop3 import (
+    NEED_DATA,
+    PAUSED,
+    Authenticate,
+    Close,
+    Fetch,
+    POP3Connection,
+    Settings,
+    StartTLS,
+    Update,
+)
+from postvakt.pop3 import replies as R
+
+if TYPE_CHECKING:
+    from postvakt.auth import Authenticator
+    from postvakt.config import Config
+    from postvakt.directory import Directory
+    from postvakt.grants import GrantStore, LoginFailures
+
+log = logging.getLogger("postvakt.pop3")
+
+
+class POP3Context:
+    """What every connection of one server process shares."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        directory: Directory,
+        authenticator: Authenticator,
+        grants: GrantStore,
+        failures: LoginFailures,
+        ssl_context: ssl.SSLContext | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.authenticator = authenticator
+        self.grants = grants
+        self.failures = failures
+        self.ssl_context = ssl_context
+        self.clock = clock
+
+    def plaintext_allowed(self, ip: str) -> bool:
+        mode = self.config.pop3.plaintext
+        if mode == "always":
+            return True
+        if mode == "networks":
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return False
+            return any(addr in net for net in self.config.relay.networks)
+        return False
+
+    def failure_delay(self, ip: str, now: float) -> float:
+        """Seconds between a failed attempt's start and its reply (grows per address)."""
+        p = self.config.pop3
+        return min(
+            max(self.failures.delay(ip, now), p.fail_delay), max(p.fail_delay_max, p.fail_delay)
+        )
+
+
+class POP3Protocol(asyncio.Protocol):
+    def __init__(self, ctx: POP3Context, *, implicit_tls: bool) -> None:
+        self.ctx = ctx
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.conn: POP3Connection | None = None
+        self.ip = ""
+        self.mailbox: MaildirMailbox | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle: asyncio.TimerHandle | None = None
+        self._tls_pending = False
+        self._writing_paused = False
+        self._start_tls_running = False
+        self._lost = False
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if peer else ""
+        cfg = self.ctx.config
+        self.conn = POP3Connection(
+            Settings(
+                tls_active=self.implicit_tls,
+                tls_available=self.ctx.ssl_context is not None and not self.implicit_tls,
+                plaintext_allowed=self.ctx.plaintext_allowed(self.ip),
+                max_failures=max(1, cfg.pop3.max_failures),
+            )
+        )
+        log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
+        self._flush()
+        self._touch()
+
+    def data_received(self, data: bytes) -> None:
+        assert self.conn is not None
+        if self._tls_pending:
+            # Reading was paused before the handshake, so these bytes came
+            # through TLS: the session continues encrypted.
+            self._tls_pending = False
+            self.conn.tls_started()
+        self.conn.receive_data(data)
+        self._touch()
+        if self.transport is not None and not self._start_tls_running:
+            self._pump()
+
+    def eof_received(self) -> bool | None:
+        if self.conn is not None:
+            self.conn.receive_data(b"")
+            self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._idle is not None:
+            self._idle.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        self._release()
+        log.info("pop3 disconnect client=%s", self.ip)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._pump()
+
+    # ------------------------------------------------------------ the event pump
+
+    def _pump(self) -> None:
+        conn = self.conn
+        if conn is None or self._lost:
+            return
+        while not self._writing_paused:
+            ev = conn.next_event()
+            if ev is NEED_DATA or ev is PAUSED:
+                break
+            if isinstance(ev, Authenticate):
+                self._spawn(self._authenticate(ev))
+            elif isinstance(ev, Fetch):
+                self._fetch(ev)
+            elif isinstance(ev, Update):
+                self._update(ev)
+            elif isinstance(ev, StartTLS):
+                self._flush()
+                self._spawn(self._start_tls())
+                return
+            elif isinstance(ev, Close):
+                self._flush()
+                self._release()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.conn is None or self.transport is None:
+            return
+        out = self.conn.data_to_send()
+        if out and not self.transport.is_closing():
+            self.transport.write(out)
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("pop3 internal error client=%s", self.ip, exc_info=task.exception())
+            if self.conn is not None and not self.conn.closed:
+                self.conn.abort(R.SYS_TEMP, "internal error")
+                self._pump()
+
+    def _touch(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        timeout = self.ctx.config.pop3.idle_timeout
+        if timeout > 0:
+            self._idle = asyncio.get_running_loop().call_later(timeout, self._on_idle)
+
+    def _on_idle(self) -> None:
+        if self.conn is not None:
+            self.conn.idle_timeout()
+            self._pump()
+
+    def _release(self) -> None:
+        mb, self.mailbox = self.mailbox, None
+        if mb is not None:
+            mb.close()
+
+    # ------------------------------------------------------------ events
+
+    async def _authenticate(self, ev: Authenticate) -> None:
+        conn = self.conn
+        assert conn is not None
+        ctx = self.ctx
+        started = ctx.clock()
+        loop = asyncio.get_running_loop()
+        if ctx.failures.blocked(self.ip, started):
+            login = None
+        else:
+            try:
+                login = await ctx.authenticator.verify(ev.login, ev.password)
+            except Exception:
+                log.exception("pop3 auth backend error client=%s", self.ip)
+                conn.login_failed(R.SYS_TEMP, counts=False)
+                self._pump()
+                return
+            if login is not None and ev.authzid:
+                # Acting for another user is never allowed; refuse like a bad password.
+                if canonical(ev.authzid) != login:
+                    login = None
+        if login is None:
+            ctx.failures.record_failure(self.ip, ctx.clock())
+            wait = started + ctx.failure_delay(self.ip, ctx.clock()) - ctx.clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            log.info(
+                "pop3 login failed client=%s user=%s mechanism=%s",
+                self.ip,
+                ev.login[:64],
+                ev.mechanism,
+            )
+            conn.login_failed(R.AUTH_FAILED)
+            self._pump()
+            return
+        ctx.failures.record_success(self.ip)
+        opening = loop.run_in_executor(None, MaildirMailbox.open, ctx.directory.maildir(login))
+        try:
+            mailbox = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The connection died while the Maildir was being opened: do not leak the lock.
+            opening.add_done_callback(_close_if_opened)
+            raise
+        except MailboxLocked:
+            log.info("pop3 mailbox in use client=%s user=%s", self.ip, login)
+            conn.login_failed(R.IN_USE, counts=False)
+            self._pump()
+            return
+        except MailboxError as e:
+            log.error("pop3 mailbox error client=%s user=%s: %s", self.ip, login, e)
+            conn.login_failed(R.SYS_TEMP, counts=False)
+            self._pump()
+            return
+        if self._lost:
+            mailbox.close()
+            return
+        self.mailbox = mailbox
+        conn.login_ok(login, mailbox.infos())
+        ttl = ctx.config.relay.pop_before_smtp
+        if ttl > 0:
+            expires = ctx.clock() + ttl
+            ctx.grants.grant(self.ip, login, expires)
+            log.info(
+                "pop3 login client=%s user=%s messages=%d pop-before-smtp until=%.0f",
+                self.ip,
+                login,
+                len(mailbox.messages),
+                expires,
+            )
+        else:
+            log.info(
+                "pop3 login client=%s user=%s messages=%d", self.ip, login, len(mailbox.messages)
+            )
+        self._pump()
+
+    def _fetch(self, ev: Fetch) -> None:
+        assert self.conn is not None and self.mailbox is not None
+        try:
+            data = self.mailbox.read(ev.uid)
+        except MailboxError as e:
+            log.error("pop3 read error client=%s: %s", self.ip, e)
+            data = None
+        if data is None:
+            log.info("pop3 message vanished client=%s uid=%s", self.ip, ev.uid)
+        self.conn.message(data)
+
+    def _update(self, ev: Update) -> None:
+        assert self.conn is not None
+        mb = self.mailbox
+        ok = True
+        if mb is not None and ev.deleted:
+            ok = mb.delete(ev.deleted)
+        log.info(
+            "pop3 quit client=%s user=%s deleted=%d ok=%s",
+            self.ip,
+            self.conn.login,
+            len(ev.deleted),
+            ok,
+        )
+        self.conn.update_done(ok)
+
+    async def _start_tls(self) -> None:
+        assert self.transport is not None and self.ctx.ssl_context is not None
+        loop = asyncio.get_running_loop()
+        old = self.transport
+        # No plaintext read from here on: what the kernel still holds goes to TLS.
+        old.pause_reading()
+        self._tls_pending = True
+        self._start_tls_running = True
+        try:
+            new = await loop.start_tls(old, self, self.ctx.ssl_context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError) as e:
+            log.info("pop3 stls handshake failed client=%s: %s", self.ip, e)
+            old.close()
+            return
+        finally:
+            self._start_tls_running = False
+        if new is None:
+            old.close()
+            return
+        self.transport = new
+        if self._tls_pending:
+            self._tls_pending = False
+            assert self.conn is not None
+            self.conn.tls_started()
+        log.info("pop3 stls client=%s", self.ip)
+        self._pump()
+
+
+def _close_if_opened(fut: asyncio.Future[MaildirMailbox]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        fut.result().close()
+
+
+async def start_pop3(
+    config: Config,
+    *,
+    directory: Directory,
+    authenticator: Authenticator,
+    grants: GrantStore,
+    failures: LoginFailures,
+    ssl_context: ssl.SSLContext | None,
+) -> list[asyncio.base_events.Server]:
+    """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS)."""
+    loop = asyncio.get_running_loop()
+    ctx = POP3Context(
+        config,
+        directory=directory,
+        authenticator=authenticator,
+        grants=grants,
+        failures=failures,
+        ssl_context=ssl_context,
+    )
+    servers: list[asyncio.base_events.Server] = []
+    try:
+        for hp in config.listen.pop3:
+            servers.append(
+                await loop.create_server(
+                    lambda: POP3Protocol(ctx, implicit_tls=False),
+                    hp.host,
+                    hp.port,
+                    reuse_address=True,
+                )
+            )
+        if config.listen.pop3s and ssl_context is None:
+            raise ValueError("[listen] pop3s needs a TLS context")
+        for hp in config.listen.pop3s:
+            servers.append(
+                await loop.create_server(
+                    lambda: POP3Protocol(ctx, implicit_tls=True),
+                    hp.host,
+                    hp.port,
+                    ssl=ssl_context,
+                    reuse_address=True,
+                )
+            )
+    except BaseException:
+        for s in servers:
+            s.close()
+        raise
+    return servers
