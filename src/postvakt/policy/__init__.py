@@ -1,1 +1,79 @@
-"""postvakt.policy."""
+"""Pure policy decisions: relaying and sender identity, each with a trace.
+
+Rules of the house:
+- Pure functions of (client, address, config, directory view): no I/O, no
+  clock (the client carries `now`), no sockets. A test enforces the imports.
+- A decision is a `Decision(verdict, reply, rule, trace)`. The log line,
+  `postvakt explain` and the reply's explanation all come from that trace.
+- A rule's name is the same string in config, trace, log and test ids.
+- The `AUTH=` MAIL parameter and anything else the client merely claims is
+  never an input; only what the server verified is in `Client`.
+"""
+
+from __future__ import annotations
+
+from postvakt.policy.relay import (
+    LOCAL_DOMAIN,
+    REJECT_UNAUTH_DESTINATION,
+    RELAY_DOMAIN,
+    RELAY_RULES,
+    check_rcpt,
+)
+from postvakt.policy.roads import (
+    PERMIT_AUTHENTICATED,
+    PERMIT_CLIENTS,
+    PERMIT_NETWORKS,
+    PERMIT_POP_BEFORE_SMTP,
+    ROADS,
+)
+from postvakt.policy.sender import (
+    HEADER_FROM,
+    NULL_SENDER,
+    SENDER_AUTHENTICATED,
+    SENDER_CLIENTS,
+    SENDER_NETWORKS,
+    SENDER_POP_BEFORE_SMTP,
+    SENDER_RULES,
+    SENDER_UNAUTHENTICATED_LOCAL,
+    check_header_from,
+    check_sender,
+)
+from postvakt.policy.types import (
+    PORTS,
+    Client,
+    Decision,
+    DirectoryView,
+    Grant,
+    Step,
+    Verdict,
+)
+
+__all__ = [
+    "HEADER_FROM",
+    "LOCAL_DOMAIN",
+    "NULL_SENDER",
+    "PERMIT_AUTHENTICATED",
+    "PERMIT_CLIENTS",
+    "PERMIT_NETWORKS",
+    "PERMIT_POP_BEFORE_SMTP",
+    "PORTS",
+    "REJECT_UNAUTH_DESTINATION",
+    "RELAY_DOMAIN",
+    "RELAY_RULES",
+    "ROADS",
+    "SENDER_AUTHENTICATED",
+    "SENDER_CLIENTS",
+    "SENDER_NETWORKS",
+    "SENDER_POP_BEFORE_SMTP",
+    "SENDER_RULES",
+    "SENDER_UNAUTHENTICATED_LOCAL",
+    "Client",
+    "Decision",
+    "DirectoryView",
+    "Grant",
+    "Step",
+    "Verdict",
+    "check_header_from",
+    "check_rcpt",
+    "check_sender",
+]

@@ -1,0 +1,288 @@
+"""Anti-spoofing: may this client use this sender address (envelope and From:)?
+
+Rules of the house:
+- One identity policy for the envelope (MAIL FROM) and the header (From:,
+  Sender:): both are judged by `_judge`, so they cannot disagree.
+- The client is who the server saw: the SMTP AUTH login, the POP-before-SMTP
+  grant, the client address. The `AUTH=` MAIL parameter is never an input.
+- `<>` always passes: bounces must get through (RFC 5321 §4.5.5).
+- Roads are tried in the relay order; the first open road decides which
+  `[sender]` setting applies, as it decides relaying.
+- A client on no road may use any foreign sender (that is ordinary inbound
+  mail), but not one of our domains (`[sender] unauthenticated_local`).
+- A header check is never stricter than the envelope rule for the same road:
+  its mode is the weaker of `[sender] header_from` and that rule. Mailing
+  lists and forwarders legitimately deliver "From: our user" from outside;
+  setting either to "warn" keeps that mail flowing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from postvakt.address import Address
+from postvakt.policy import roads as road_rules
+from postvakt.policy.types import (
+    NO_MATCH,
+    OFF,
+    PERMIT,
+    Client,
+    Decision,
+    DirectoryView,
+    Step,
+    Verdict,
+)
+from postvakt.reply import Reply
+
+if TYPE_CHECKING:
+    from postvakt.config import Config
+
+NULL_SENDER = "null_sender"
+SENDER_AUTHENTICATED = "sender_authenticated"
+SENDER_POP_BEFORE_SMTP = "sender_pop_before_smtp"
+SENDER_NETWORKS = "sender_networks"
+SENDER_CLIENTS = "sender_clients"
+SENDER_UNAUTHENTICATED_LOCAL = "sender_unauthenticated_local"
+HEADER_FROM = "header_from"
+SENDER_RULES = (
+    NULL_SENDER,
+    SENDER_AUTHENTICATED,
+    SENDER_POP_BEFORE_SMTP,
+    SENDER_NETWORKS,
+    SENDER_CLIENTS,
+    SENDER_UNAUTHENTICATED_LOCAL,
+    HEADER_FROM,
+)
+
+# Which [sender] key governs a client that came by which road.
+_ROAD_KEY = {
+    road_rules.PERMIT_POP_BEFORE_SMTP: "pop_before_smtp",
+    road_rules.PERMIT_NETWORKS: "networks",
+    road_rules.PERMIT_CLIENTS: "clients",
+}
+
+# RFC 3463 X.1.0 "other address status"; Postfix answers MAIL with 250 2.1.0 Ok.
+MAIL_OK = Reply(250, "2.1.0", "Ok")
+# After DATA the SMTP layer sends its own "queued as" reply; this one stands for "no objection".
+HEADER_OK = Reply(250, "2.0.0", "Ok")
+
+# Enforcement strength, weakest first; a combined check takes the weaker.
+_STRENGTH = {"off": 0, "warn": 1, "reject": 2}
+
+
+def _weaker(a: str, b: str) -> str:
+    return a if _STRENGTH[a] <= _STRENGTH[b] else b
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """Outcome of judging one address: `enforce` applies only when not ok."""
+
+    rule: str
+    ok: bool
+    detail: str
+    reason: str = ""
+    enforce: str = "reject"
+    login: str | None = None
+
+
+def _is_ours(address: Address, config: Config) -> bool:
+    return config.is_local_domain(address.domain) or config.is_relay_domain(address.domain)
+
+
+def _claims_ours(address: Address, config: Config) -> bool:
+    """Could this sender be one of ours? Literals might name this very host."""
+    return not address.domain or address.is_literal or _is_ours(address, config)
+
+
+def _road_steps(
+    client: Client, config: Config
+) -> tuple[list[Step], road_rules.Road | None, list[str]]:
+    """Roads tried in order up to the first open one: steps, that road, client hints."""
+    steps: list[Step] = []
+    hints: list[str] = []
+    for road in road_rules.each_road(client, config):
+        if road.ok:
+            steps.append(Step(road.rule, PERMIT, road.detail))
+            return steps, road, hints
+        steps.append(Step(road.rule, NO_MATCH, road.detail))
+        hints.append(road.hint)
+    return steps, None, hints
+
+
+def _judge(
+    client: Client,
+    address: Address,
+    road: road_rules.Road | None,
+    config: Config,
+    directory: DirectoryView,
+) -> _Finding:
+    if road is not None and road.rule == road_rules.PERMIT_AUTHENTICATED:
+        login = road.login or ""
+        mode = config.sender.authenticated
+        if mode == "off":
+            return _Finding(
+                SENDER_AUTHENTICATED,
+                True,
+                "[sender] authenticated = off: logged-in users may use any sender",
+            )
+        if directory.may_send_as(login, str(address)):
+            return _Finding(
+                SENDER_AUTHENTICATED, True, f"{login} may send as {address}", login=login
+            )
+        return _Finding(
+            SENDER_AUTHENTICATED,
+            False,
+            f"{login} may not send as {address}: not the user's own address, alias or send-as grant",
+            f"not owned by user {login}",
+            mode,
+            login,
+        )
+
+    if road is not None:
+        key = _ROAD_KEY[road.rule]
+        rule = f"sender_{key}"
+        mode = getattr(config.sender, key)
+        if mode == "any":
+            return _Finding(rule, True, f"[sender] {key} = any: {address} allowed")
+        if mode == "domain":
+            if _is_ours(address, config):
+                return _Finding(
+                    rule, True, f"[sender] {key} = domain: {address.domain} is one of our domains"
+                )
+            return _Finding(
+                rule,
+                False,
+                f"[sender] {key} = domain: {address.domain or address} is not one of our domains",
+                "not in our domains",
+            )
+        # "owner": the road's user must own the address.
+        if road.login is None:
+            return _Finding(
+                rule,
+                False,
+                f"[sender] {key} = owner, but this road has no user to own {address}",
+                "not logged in",
+            )
+        if directory.may_send_as(road.login, str(address)):
+            return _Finding(
+                rule,
+                True,
+                f"[sender] {key} = owner: {road.login} may send as {address}",
+                login=road.login,
+            )
+        return _Finding(
+            rule,
+            False,
+            f"[sender] {key} = owner: {road.login} may not send as {address}",
+            f"not owned by user {road.login}",
+            login=road.login,
+        )
+
+    mode = config.sender.unauthenticated_local
+    if not _claims_ours(address, config):
+        return _Finding(
+            SENDER_UNAUTHENTICATED_LOCAL,
+            True,
+            f"{address.domain} is not one of our domains: mail from outside may use it",
+        )
+    what = f"{address.domain}" if address.domain and not address.is_literal else f"{address}"
+    if mode == "off":
+        return _Finding(
+            SENDER_UNAUTHENTICATED_LOCAL,
+            True,
+            f"{what} is ours, but [sender] unauthenticated_local = off",
+        )
+    return _Finding(
+        SENDER_UNAUTHENTICATED_LOCAL,
+        False,
+        f"{address} uses our domain {what}, but the client is on no road (not logged in, not trusted)",
+        "not logged in",
+        mode,
+    )
+
+
+def _envelope_reply(sender: Address, reason: str, config: Config, hints: Sequence[str]) -> Reply:
+    text = f"<{sender}>: Sender address rejected: {reason}"
+    if config.relay.explain_in_reply and reason == "not logged in" and hints:
+        text = "\n".join((text, *hints))
+    return Reply(553, "5.7.1", text)
+
+
+def check_sender(
+    client: Client, sender: Address, config: Config, directory: DirectoryView
+) -> Decision:
+    """MAIL FROM: may this client use this envelope sender?"""
+    if sender.is_null:
+        step = Step(NULL_SENDER, PERMIT, "<> is the bounce address and is always accepted")
+        return Decision(Verdict.PERMIT, MAIL_OK, NULL_SENDER, (step,))
+    steps, road, hints = _road_steps(client, config)
+    finding = _judge(client, sender, road, config, directory)
+    if finding.ok:
+        steps.append(Step(finding.rule, PERMIT, finding.detail))
+        return Decision(Verdict.PERMIT, MAIL_OK, finding.rule, tuple(steps))
+    if finding.enforce == "warn":
+        steps.append(Step(finding.rule, "warn", f"{finding.detail} (warn only)"))
+        return Decision(Verdict.WARN, MAIL_OK, finding.rule, tuple(steps))
+    steps.append(Step(finding.rule, "reject", finding.detail))
+    reply = _envelope_reply(sender, finding.reason, config, hints)
+    return Decision(Verdict.REJECT, reply, finding.rule, tuple(steps))
+
+
+def check_header_from(
+    client: Client,
+    header_from: Sequence[Address],
+    header_sender: Sequence[Address],
+    config: Config,
+    directory: DirectoryView,
+) -> Decision:
+    """End of DATA: may this client put these addresses in From:/Sender:?
+
+    Every address in both fields is checked (a second author or a Sender:
+    does not excuse a From: the client does not own).
+    """
+    mode = config.sender.header_from
+    if mode == "off":
+        step = Step(HEADER_FROM, OFF, "[sender] header_from = off: From: is not checked")
+        return Decision(Verdict.PERMIT, HEADER_OK, HEADER_FROM, (step,))
+    fields = [("From:", a) for a in header_from] + [("Sender:", a) for a in header_sender]
+    fields = [(name, a) for name, a in fields if not a.is_null]
+    if not fields:
+        step = Step(HEADER_FROM, PERMIT, "no From: or Sender: address to check")
+        return Decision(Verdict.PERMIT, HEADER_OK, HEADER_FROM, (step,))
+
+    steps, road, _hints = _road_steps(client, config)
+    warned: list[str] = []
+    for name, address in fields:
+        finding = _judge(client, address, road, config, directory)
+        if finding.ok:
+            steps.append(Step(finding.rule, PERMIT, f"{name} {finding.detail}"))
+            continue
+        enforce = _weaker(mode, finding.enforce)
+        if enforce == "off":
+            steps.append(Step(finding.rule, OFF, f"{name} {finding.detail} (check off)"))
+            continue
+        if enforce == "warn":
+            steps.append(Step(finding.rule, "warn", f"{name} {finding.detail} (warn only)"))
+            warned.append(finding.rule)
+            continue
+        steps.append(Step(finding.rule, "reject", f"{name} {finding.detail}"))
+        phrase = (
+            finding.reason
+            if finding.reason.startswith("not owned")
+            else f"rejected: {finding.reason}"
+        )
+        reply = Reply(550, "5.7.1", f"{name[:-1]} header <{address}> {phrase}")
+        steps.append(Step(HEADER_FROM, "reject", f"[sender] header_from = {mode}"))
+        return Decision(Verdict.REJECT, reply, HEADER_FROM, tuple(steps))
+    if warned:
+        steps.append(
+            Step(HEADER_FROM, "warn", f"[sender] header_from = {mode}: accepted with findings")
+        )
+        return Decision(Verdict.WARN, HEADER_OK, HEADER_FROM, tuple(steps))
+    steps.append(
+        Step(HEADER_FROM, PERMIT, "every From:/Sender: address is allowed for this client")
+    )
+    return Decision(Verdict.PERMIT, HEADER_OK, HEADER_FROM, tuple(steps))

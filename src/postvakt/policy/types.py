@@ -1,0 +1,123 @@
+"""Values the policy speaks in: who the client is, and what was decided why."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from postvakt.reply import Reply
+
+# The ports a client can reach us on; the SMTP layer passes one of these.
+PORTS = ("smtp", "submission", "submissions")
+
+
+class Verdict(enum.Enum):
+    """What the server does with the command the decision is about."""
+
+    PERMIT = "permit"
+    REJECT = "reject"
+    DEFER = "defer"
+    # Accepted, but the finding is logged (a check in "warn" mode).
+    WARN = "warn"
+
+    @property
+    def accepted(self) -> bool:
+        return self in (Verdict.PERMIT, Verdict.WARN)
+
+
+# Step results. A rule either decides ("permit", "reject", "defer", "warn")
+# or says why it did not apply ("no match"), or was switched off ("off").
+PERMIT = "permit"
+REJECT = "reject"
+DEFER = "defer"
+WARN = "warn"
+NO_MATCH = "no match"
+OFF = "off"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule tried: its name (as in config and log), outcome, and why in plain words."""
+
+    rule: str
+    result: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.result}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A POP-before-SMTP grant: `login` logged in to POP3 from `ip`; valid until `expires`."""
+
+    ip: str
+    login: str
+    expires: float
+
+
+@dataclass(frozen=True)
+class Client:
+    """Everything the policy may know about the connection, as the server saw it.
+
+    `login` is the SMTP AUTH identity (never the `AUTH=` MAIL parameter);
+    `grant` is whatever the grant store returned for `ip`; `now` is passed in
+    so that the policy stays free of clocks and tests can pin time.
+    """
+
+    ip: str
+    port: str = "smtp"
+    tls: bool = False
+    login: str | None = None
+    grant: Grant | None = None
+    now: float = 0.0
+
+
+class DirectoryView(Protocol):
+    """The two questions the policy asks the directory; addresses are "local@domain"."""
+
+    def recipient_exists(self, address: str) -> bool: ...
+
+    def may_send_as(self, login: str, address: str) -> bool: ...
+
+
+def _quote_field(value: str) -> str:
+    if value and not any(ch in value for ch in ' "\\='):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A verdict, the reply to send, the rule that decided, and every rule tried."""
+
+    verdict: Verdict
+    reply: Reply
+    rule: str
+    trace: tuple[Step, ...]
+
+    @property
+    def accepted(self) -> bool:
+        return self.verdict.accepted
+
+    def rules(self) -> tuple[str, ...]:
+        """The names of the rules tried, in order."""
+        return tuple(step.rule for step in self.trace)
+
+    def reasons(self) -> tuple[str, ...]:
+        """The plain-words detail of every step that did not permit."""
+        return tuple(s.detail for s in self.trace if s.result != PERMIT)
+
+    def log_fields(self) -> dict[str, str]:
+        """Fields for the one log line per decision (grep-able keys)."""
+        return {
+            "verdict": self.verdict.value,
+            "rule": self.rule,
+            "reply": " / ".join(self.reply.lines()),
+            "trace": "; ".join(f"{s.rule}={s.result}: {s.detail}" for s in self.trace),
+        }
+
+    def log_line(self) -> str:
+        """`verdict=reject rule=reject_unauth_destination reply="550 ..." trace="..."`."""
+        return " ".join(f"{k}={_quote_field(v)}" for k, v in self.log_fields().items())
