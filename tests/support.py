@@ -209,3 +209,79 @@ class RawClient:
             self.sock.close()
         except OSError:
             pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpSink:
+    """Postfix's smtp-sink as a remote MX on loopback; every message dumped to a file.
+
+    `extra` passes smtp-sink options (see `man smtp-sink`), e.g. ["-B", "550 5.1.1 no", "-r", "rcpt"]
+    to make RCPT fail hard.
+    """
+
+    BINARY = "/usr/sbin/smtp-sink"
+
+    def __init__(self, tmp_path: Path, extra: list[str] | None = None, port: int | None = None) -> None:
+        self.dir = tmp_path / f"sink-{time.monotonic_ns()}"
+        self.dir.mkdir(parents=True)
+        os.chmod(self.dir, 0o777)
+        self.port = port or free_port()
+        args = [self.BINARY]
+        if os.geteuid() == 0:
+            args += ["-u", "nobody"]
+        args += [*(extra or []), "-d", f"{self.dir}/%Y%m%d%H%M%S.", f"127.0.0.1:{self.port}", "100"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"smtp-sink failed: {self.proc.stderr.read() if self.proc.stderr else ''!r}")
+                time.sleep(0.05)
+        raise RuntimeError("smtp-sink did not start")
+
+    def messages(self) -> list[str]:
+        return [p.read_text(errors="replace") for p in sorted(self.dir.iterdir()) if p.is_file()]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msgs = self.messages()
+            if len(msgs) >= count:
+                time.sleep(0.1)  # let the dump finish writing
+                return self.messages()
+            time.sleep(0.1)
+        return self.messages()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+def maildir_messages(data_dir: Path, mailbox: str) -> list[bytes]:
+    local, _, domain = mailbox.lower().rpartition("@")
+    root = data_dir / "mail" / domain / local
+    out = []
+    for sub in ("new", "cur"):
+        d = root / sub
+        if d.is_dir():
+            out += [p.read_bytes() for p in sorted(d.iterdir())]
+    return out
+
+
+def wait_maildir(data_dir: Path, mailbox: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msgs = maildir_messages(data_dir, mailbox)
+        if len(msgs) >= count:
+            return msgs
+        time.sleep(0.1)
+    return maildir_messages(data_dir, mailbox)

@@ -1,0 +1,327 @@
+"""The relay decision end to end: the real `postvakt serve`, real clients (swaks,
+curl, smtplib, raw sockets), a real remote MX (Postfix's smtp-sink).
+
+127.0.0.1 is our network; 127.0.0.2 is an outside client (a hotel, another ISP).
+Every relay attempt that must fail is also checked at the sink: nothing arrives.
+"""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import ssl
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import (
+    LOCAL_DOMAIN,
+    OTHER_OUTSIDE_IP,
+    OUTSIDE_IP,
+    RawClient,
+    Running,
+    SmtpSink,
+    start_server,
+    wait_maildir,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+
+REMOTE = "other.example"
+ALICE = f"alice@{LOCAL_DOMAIN}"
+BOB = f"bob@{LOCAL_DOMAIN}"
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
+    s = SmtpSink(tmp_path_factory.mktemp("sink"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink) -> Iterator[Running]:
+    srv = start_server(
+        tmp_path_factory.mktemp("srv"),
+        users={ALICE: PASSWORD, BOB: "bobs password"},
+        delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}},
+    )
+    yield srv
+    srv.stop()
+
+
+def swaks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["swaks", "--hide-informational", "--timeout", "20", *args],
+        capture_output=True, text=True, timeout=60,
+    )
+
+
+def marker_in_sink(sink: SmtpSink, marker: str, timeout: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(marker in m for m in sink.messages()):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+# ---------------------------------------------------------------- the DESIGN.md table, live
+
+
+def test_own_network_may_relay(server: Running, sink: SmtpSink) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--from", "x@home.example",
+              "--to", f"friend@{REMOTE}", "--header", "Subject: own-network-relay")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert marker_in_sink(sink, "own-network-relay")
+
+
+def test_outside_client_is_refused_relay(server: Running, sink: SmtpSink) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
+              "--from", "x@home.example", "--to", f"friend@{REMOTE}", "--header", "Subject: hotel-relay")
+    assert r.returncode != 0
+    assert f"550 5.7.1 <friend@{REMOTE}>: Relaying denied" in r.stdout
+    assert not marker_in_sink(sink, "hotel-relay", timeout=1.0)
+
+
+def test_outside_client_may_send_to_our_domain(server: Running) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
+              "--from", "someone@elsewhere.example", "--to", ALICE, "--header", "Subject: inbound-for-alice")
+    assert r.returncode == 0, r.stdout
+    msgs = wait_maildir(server.data_dir, ALICE)
+    assert any(b"inbound-for-alice" in m for m in msgs)
+
+
+def test_unknown_local_user_is_refused_at_rcpt(server: Running) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
+              "--from", "someone@elsewhere.example", "--to", f"nobody@{LOCAL_DOMAIN}", "--quit-after", "RCPT")
+    assert f"550 5.1.1 <nobody@{LOCAL_DOMAIN}>: Recipient address rejected: User unknown" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "tls_args"),
+    [("submission", ["--tls"]), ("submissions", ["--tls-on-connect"]), ("smtp", ["--tls"])],
+    ids=["587-starttls", "465-implicit", "25-starttls"],
+)
+def test_authenticated_outside_client_may_relay(server: Running, sink: SmtpSink, kind: str, tls_args: list[str]) -> None:
+    marker = f"auth-relay-{kind}"
+    r = swaks("--server", f"127.0.0.1:{server.port(kind)}", "--local-interface", OUTSIDE_IP, *tls_args,
+              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
+              "--from", ALICE, "--to", f"friend@{REMOTE}", "--header", f"Subject: {marker}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert marker_in_sink(sink, marker)
+
+
+def test_auth_login_mechanism(server: Running, sink: SmtpSink) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--local-interface", OUTSIDE_IP, "--tls",
+              "--auth", "LOGIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
+              "--from", ALICE, "--to", f"friend@{REMOTE}", "--header", "Subject: auth-login-relay")
+    assert r.returncode == 0, r.stdout
+    assert marker_in_sink(sink, "auth-login-relay")
+
+
+def test_submission_requires_auth(server: Running) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls",
+              "--from", ALICE, "--to", f"friend@{REMOTE}", "--quit-after", "RCPT")
+    assert "530 5.7.0 Authentication required" in r.stdout
+
+
+def test_submission_requires_starttls_first(server: Running) -> None:
+    c = RawClient(server.port("submission"), OUTSIDE_IP)
+    assert c.reply().startswith("220 ")
+    ehlo = c.cmd("EHLO client.example")
+    assert "STARTTLS" in ehlo and "AUTH" not in ehlo  # T5: no AUTH offered in clear
+    assert c.cmd(f"MAIL FROM:<{ALICE}>") == "530 5.7.0 Must issue a STARTTLS command first"
+    c.close()
+
+
+def test_wrong_password(server: Running) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls", "--local-interface", OTHER_OUTSIDE_IP,
+              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", "wrong",
+              "--from", ALICE, "--to", f"friend@{REMOTE}", "--quit-after", "AUTH")
+    assert "535 5.7.8 Authentication credentials invalid" in r.stdout
+
+
+# ---------------------------------------------------------------- other real clients
+
+
+def test_curl_smtp_outside_refused_and_smtps_with_login(server: Running, sink: SmtpSink, tmp_path: Path) -> None:
+    body = tmp_path / "mail.txt"
+    body.write_text("Subject: curl-relay\r\n\r\nhello from curl\r\n")
+    refused = subprocess.run(
+        ["curl", "-sS", "--interface", OUTSIDE_IP, f"smtp://127.0.0.1:{server.port('smtp')}",
+         "--mail-from", "x@home.example", "--mail-rcpt", f"friend@{REMOTE}", "--upload-file", str(body)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert refused.returncode != 0
+    assert "550" in refused.stderr
+    ok = subprocess.run(
+        ["curl", "-sS", "-k", "--interface", OUTSIDE_IP, f"smtps://127.0.0.1:{server.port('submissions')}",
+         "--user", f"{ALICE}:{PASSWORD}", "--mail-from", ALICE, "--mail-rcpt", f"friend@{REMOTE}",
+         "--upload-file", str(body)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert marker_in_sink(sink, "curl-relay")
+
+
+def test_smtplib_submission(server: Running, sink: SmtpSink) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), source_address=(OUTSIDE_IP, 0), timeout=20) as s:
+        s.starttls(context=ctx)
+        s.login(ALICE, PASSWORD)
+        refused = s.sendmail(ALICE, [f"friend@{REMOTE}"], "Subject: smtplib-relay\r\n\r\nhi\r\n")
+        assert refused == {}
+    assert marker_in_sink(sink, "smtplib-relay")
+
+
+def test_smtplib_outside_relay_refused(server: Running) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), source_address=(OUTSIDE_IP, 0), timeout=20) as s:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+            s.sendmail("x@home.example", [f"friend@{REMOTE}"], "Subject: no\r\n\r\nno\r\n")
+    code, text = e.value.recipients[f"friend@{REMOTE}"]
+    assert code == 550 and b"5.7.1" in text
+
+
+# ---------------------------------------------------------------- anti-spoofing (robustness §2 S1-S3)
+
+
+@pytest.mark.parametrize("sender", [ALICE, ALICE.upper(), f"{ALICE}.", f'"alice"@{LOCAL_DOMAIN}', f"@{REMOTE}:{ALICE}"])
+def test_s1_outside_client_cannot_claim_our_domain(server: Running, sender: str) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    r = c.cmd(f"MAIL FROM:<{sender}>")
+    assert r.startswith("553 5.7.1 "), r
+    assert "Sender address rejected: not logged in" in r
+    c.close()
+
+
+def test_s2_authenticated_user_cannot_send_as_another(server: Running) -> None:
+    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls",
+              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
+              "--from", BOB, "--to", f"friend@{REMOTE}", "--quit-after", "MAIL")
+    assert f"553 5.7.1 <{BOB}>: Sender address rejected: not owned by user {ALICE}" in r.stdout
+
+
+def test_s3_auth_parameter_grants_nothing(server: Running) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    assert c.cmd(f"MAIL FROM:<x@{REMOTE}> AUTH=<{ALICE}>").startswith("250")
+    assert c.cmd(f"RCPT TO:<v@{REMOTE}>").startswith("550 5.7.1")
+    c.close()
+
+
+# ---------------------------------------------------------------- relay tricks (robustness §2), live, client O
+
+IP = "[127.0.0.1]"
+H = "mx.pv.test"
+L = LOCAL_DOMAIN
+X = REMOTE
+
+REJECTED_RCPTS = {
+    "R1": f"<v@{X}>",
+    "R4": f"<v@{X}>",
+    "R5-percent": f"<v%{X}@{L}>",
+    "R5-percent-literal": f"<v%{X}@{IP}>",
+    "R6-bang": f"<{X}!v@{L}>",
+    "R6-bang-literal": f"<{X}!v@{IP}>",
+    "R6-bang-bare": f"<{X}!v>",
+    "R7-quoted-at": f'<"v@{X}"@{L}>',
+    "R7-quoted-at-literal": f'<"v@{X}"@{IP}>',
+    "R8-quoted-only": f'<"v@{X}">',
+    "R8-quoted-percent": f'<"v%{X}">',
+    "R9-double-at": f"<v@{X}@{L}>",
+    "R9-double-at-literal": f"<v@{X}@{IP}>",
+    "R9-double-at-host": f"<v@{X}@{H}>",
+    "R10-route": f"<@{L}:v@{X}>",
+    "R10-route-literal": f"<@{IP}:v@{X}>",
+    "R12-trailing-dot": f"<v@{X}.>",
+    "R12-case": "<v@OTHER.Example>",
+    "R14-evil-suffix": f"<v@evil{L}>",
+    "R14-dotted-suffix": f"<v@{L}.{X}>",
+    "R14-subdomain": f"<v@sub.{L}>",
+    "R15-literal": "<v@[8.8.8.8]>",
+    "R15-ipv6-literal": "<v@[IPv6:::1]>",
+    "R15-dotted-quad": "<v@127.0.0.1>",
+    "R16-no-domain": "<v>",
+    "R18-utf8-without-smtputf8": "<v@exämple.com>",
+}
+
+
+@pytest.mark.parametrize(("case", "rcpt"), list(REJECTED_RCPTS.items()), ids=list(REJECTED_RCPTS))
+def test_relay_trick_never_relays(server: Running, sink: SmtpSink, case: str, rcpt: str) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    sender = "<>" if case == "R2" else f"<u@{IP}>" if case == "R4" else f"<spam@{X}>"
+    assert c.cmd(f"MAIL FROM:{sender}").startswith("250")
+    r = c.cmd(f"RCPT TO:{rcpt}")
+    assert r[0] in "45", f"{case}: {rcpt} got {r}"
+    assert not r.startswith("421"), r
+    c.close()
+
+
+@pytest.mark.parametrize("sender", ["<>", f"<postmaster@{L}>", f"<u@{H}>"], ids=["R2-null", "R3-postmaster", "R3-hostname"])
+def test_r2_r3_sender_never_grants_relay(server: Running, sender: str) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    c.cmd(f"MAIL FROM:{sender}")  # may itself be refused (not logged in): either way no relay
+    r = c.cmd(f"RCPT TO:<v@{X}>")
+    assert r[0] in "45", r
+    c.close()
+
+
+def test_r11_route_to_local_user_is_local(server: Running) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    c.cmd(f"MAIL FROM:<spam@{X}>")
+    r = c.cmd(f"RCPT TO:<@{X}:{ALICE}>")
+    assert r.startswith("250") or r.startswith("501"), r
+    c.close()
+
+
+def test_r13_trailing_dot_upper_case_is_the_same_mailbox(server: Running) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    c.cmd(f"MAIL FROM:<spam@{X}>")
+    assert c.cmd(f"RCPT TO:<ALICE@{L.upper()}.>").startswith("250")
+    c.close()
+
+
+def test_r17_nul_and_cr_in_address(server: Running) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    c.cmd(f"MAIL FROM:<spam@{X}>")
+    r1 = c.cmd(f"RCPT TO:<u@{L}\x00@{X}>")
+    assert r1[0] == "5", r1
+    c.send(f"RCPT TO:<v@{X}\r>\r\n")
+    r2 = c.reply()
+    assert r2[0] == "5", r2
+    c.close()
+
+
+def test_r19_mixed_recipients_deliver_only_locally(server: Running, sink: SmtpSink) -> None:
+    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+    c.reply()
+    c.cmd("EHLO client.example")
+    assert c.cmd(f"MAIL FROM:<a@{X}>").startswith("250")
+    assert c.cmd(f"RCPT TO:<{BOB}>").startswith("250")
+    assert c.cmd(f"RCPT TO:<v@{X}>").startswith("550 5.7.1")
+    assert c.cmd("DATA").startswith("354")
+    c.send("Subject: r19-mixed\r\n\r\nbody\r\n.\r\n")
+    assert c.reply().startswith("250")
+    c.cmd("QUIT")
+    assert any(b"r19-mixed" in m for m in wait_maildir(server.data_dir, BOB))
+    assert not marker_in_sink(sink, "r19-mixed", timeout=1.0)
