@@ -100,6 +100,8 @@ class Unit:
     reply: tuple[int, str, str] | None = None
     relay: str = ""
     attempts: int = 0
+    # The peer accepted it with DSN on: success reports are its job now (RFC 3461 §5.2.3).
+    passed_on: bool = False
 
     @property
     def last_reply(self) -> Reply | None:
@@ -143,9 +145,10 @@ class Status:
                     address=str(u["address"]),
                     local=bool(u["local"]),
                     state=str(u["state"]),
-                    reply=tuple(u["reply"]) if u.get("reply") else None,  # type: ignore[arg-type]
+                    reply=tuple(u["reply"]) if u.get("reply") else None,
                     relay=str(u.get("relay", "")),
                     attempts=int(u.get("attempts", 0)),
+                    passed_on=bool(u.get("passed_on", False)),
                 )
                 for u in units
             ),

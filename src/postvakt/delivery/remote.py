@@ -1,0 +1,118 @@
+"""Remote delivery: one SMTP transaction per destination domain, with a
+concurrency limit per next hop and reuse of idle connections (Postfix's scache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from postvakt.config import Config
+from postvakt.delivery import DeliveryError
+from postvakt.delivery.resolver import SMTP_PORT, Resolver, destination
+from postvakt.delivery.smtpclient import Hop, MailParams, RcptParams, SMTPClient, SMTPClientError
+from postvakt.reply import Reply
+
+# Postfix smtp_connection_cache_time_limit is 2 s; a little longer suits a
+# small server whose queue manager looks every second.
+IDLE_REUSE = 5.0
+# Postfix smtp_connection_reuse_count_limit: bound how long one peer keeps a connection.
+MAX_TRANSACTIONS_PER_CONNECTION = 100
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    reply: Reply
+    relay: str = ""
+    peer_dsn: bool = False  # the peer took over DSN duties (RFC 3461 §5.2.3)
+
+
+class RemoteDelivery:
+    def __init__(self, config: Config, resolver: Resolver, mx_port: int = SMTP_PORT) -> None:
+        self.config = config
+        self.resolver = resolver
+        self.mx_port = mx_port
+        self._limits: dict[str, asyncio.Semaphore] = {}
+        self._idle: dict[Hop, list[tuple[SMTPClient, float]]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        idle, self._idle = self._idle, {}
+        await asyncio.gather(*(c.quit() for lst in idle.values() for c, _ in lst))
+
+    async def _reap(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for hop, lst in list(self._idle.items()):
+                keep = [(c, t) for c, t in lst if now - t < IDLE_REUSE and not c.closed]
+                for c, t in lst:
+                    if (c, t) not in keep:
+                        loop.create_task(c.quit())
+                self._idle[hop] = keep
+
+    async def _client(self, hop: Hop) -> SMTPClient:
+        lst = self._idle.get(hop, [])
+        while lst:
+            client, _ = lst.pop()
+            if not client.closed and await client.rset():
+                return client
+        return await SMTPClient.connect(
+            hop,
+            self.config.hostname,
+            timeout=self.config.delivery.connect_timeout,
+            starttls=self.config.delivery.tls == "opportunistic",
+        )
+
+    def _release(self, client: SMTPClient) -> None:
+        if client.closed:
+            return
+        if client.transactions >= MAX_TRANSACTIONS_PER_CONNECTION:
+            asyncio.get_running_loop().create_task(client.quit())
+            return
+        self._idle.setdefault(client.hop, []).append((client, asyncio.get_running_loop().time()))
+
+    async def deliver(
+        self, domain: str, mail: MailParams, rcpts: list[RcptParams], data: bytes
+    ) -> list[RemoteResult]:
+        """Deliver to all `rcpts` (one domain); a result per recipient, in order."""
+        try:
+            dest = await destination(domain, self.config.delivery, self.resolver, self.mx_port)
+        except DeliveryError as e:
+            return [RemoteResult(e.reply)] * len(rcpts)
+        limit = self._limits.setdefault(
+            dest.key, asyncio.Semaphore(max(1, self.config.delivery.concurrency_per_destination))
+        )
+        last = Reply(451, "4.4.1", f"no host to try for {domain}")
+        async with limit:
+            # Try the next MX (or address) when a host cannot be talked to at
+            # all; once a host answers MAIL, its answers are the results.
+            for hop in dest.hops:
+                try:
+                    client = await self._client(hop)
+                except SMTPClientError as e:
+                    last = e.reply
+                    continue
+                try:
+                    replies = await client.transaction(mail, rcpts, data)
+                except SMTPClientError as e:
+                    client.close()
+                    last = e.reply
+                    continue
+                except BaseException:
+                    client.close()
+                    raise
+                self._release(client)
+                peer_dsn = "DSN" in client.extensions
+                return [RemoteResult(r, str(hop), peer_dsn) for r in replies]
+        return [RemoteResult(last, "")] * len(rcpts)

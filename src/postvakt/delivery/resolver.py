@@ -1,0 +1,182 @@
+"""Where mail for a domain goes: routes, smarthost, MX (RFC 5321 §5.1, RFC 7505).
+
+The DNS sits behind the small `Resolver` interface, so tests hand in a stub
+and never touch real DNS. `DnsResolver` is the dnspython implementation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+
+from postvakt.config import DeliveryConfig
+from postvakt.delivery import DeliveryError
+from postvakt.delivery.smtpclient import Hop
+from postvakt.reply import Reply
+
+SMTP_PORT = 25
+# Postfix smtp_mx_address_limit: at most 5 addresses are tried per delivery.
+MAX_ADDRESSES = 5
+# DNS answers we wait for (dnspython's own default lifetime is 5 s).
+DNS_TIMEOUT = 10.0
+
+
+class DNSError(Exception):
+    """A lookup failed. `notfound`: the name does not exist (NXDOMAIN)."""
+
+    def __init__(self, name: str, notfound: bool, detail: str = "") -> None:
+        super().__init__(f"{name}: {detail or ('not found' if notfound else 'lookup failed')}")
+        self.name = name
+        self.notfound = notfound
+
+
+class Resolver(Protocol):
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        """MX records as (preference, exchange without trailing dot; "" for the
+        null MX "."). [] when the name exists without MX. Raises DNSError."""
+        ...
+
+    async def addresses(self, host: str) -> list[str]:
+        """A and AAAA addresses, IPv4 first. [] when there are none. Raises DNSError."""
+        ...
+
+
+class DnsResolver:
+    """The real thing, with dnspython's asyncio resolver."""
+
+    def __init__(self) -> None:
+        import dns.asyncresolver
+
+        self._r = dns.asyncresolver.Resolver()
+        self._r.lifetime = DNS_TIMEOUT
+
+    async def _query(self, name: str, rdtype: str) -> list[object]:
+        import dns.exception
+        import dns.resolver
+
+        try:
+            answer = await self._r.resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            raise DNSError(name, True) from None
+        except dns.resolver.NoAnswer:
+            return []
+        except (dns.exception.DNSException, OSError) as e:
+            raise DNSError(name, False, str(e) or type(e).__name__) from None
+        return list(answer)
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        out = []
+        for rr in await self._query(domain, "MX"):
+            exchange = str(rr.exchange).rstrip(".")  # type: ignore[attr-defined]
+            out.append((int(rr.preference), exchange))  # type: ignore[attr-defined]
+        return out
+
+    async def addresses(self, host: str) -> list[str]:
+        out: list[str] = []
+        notfound = None
+        for rdtype in ("A", "AAAA"):
+            try:
+                out += [str(rr) for rr in await self._query(host, rdtype)]
+            except DNSError as e:
+                notfound = e
+        if not out and notfound is not None:
+            raise notfound
+        return out
+
+
+@dataclass(frozen=True)
+class Destination:
+    """The next hop for a domain: a key for concurrency limits and the hops."""
+
+    key: str
+    hops: tuple[Hop, ...]
+
+
+def _literal(domain: str) -> str | None:
+    """ "[192.0.2.1]" or "[IPv6:2001:db8::1]" -> the address; None otherwise."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
+
+
+def _ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+async def _hops_for(resolver: Resolver, host: str, port: int) -> list[Hop]:
+    ip = _ip(host)
+    if ip is not None:
+        return [Hop(host, ip, port)]
+    return [Hop(host, a, port) for a in await resolver.addresses(host)]
+
+
+async def destination(
+    domain: str, delivery: DeliveryConfig, resolver: Resolver, port: int = SMTP_PORT
+) -> Destination:
+    """Routes first, then the smarthost, else MX. Raises DeliveryError.
+    `port` is where MX hosts and address literals listen (25; tests change it)."""
+    literal = _literal(domain)
+    if literal is not None:
+        return Destination(domain, (Hop(literal, literal, port),))
+    fixed = delivery.route_for(domain) or delivery.smarthost
+    if fixed is not None:
+        try:
+            hops = await _hops_for(resolver, fixed.host, fixed.port)
+        except DNSError as e:
+            raise DeliveryError(Reply(451, "4.4.3", f"route to {fixed}: {e}")) from None
+        if not hops:
+            raise DeliveryError(Reply(451, "4.4.3", f"route to {fixed}: host has no address"))
+        return Destination(str(fixed), tuple(hops[:MAX_ADDRESSES]))
+    return Destination(domain, tuple(await mx_hops(domain, resolver, port)))
+
+
+async def mx_hops(domain: str, resolver: Resolver, port: int = SMTP_PORT) -> list[Hop]:
+    """MX hosts in preference order, their addresses; A/AAAA when there is no MX."""
+    try:
+        records = await resolver.mx(domain)
+    except DNSError as e:
+        if e.notfound:
+            raise DeliveryError(
+                Reply(550, "5.1.2", f"Host or domain name not found: {domain}"), temporary=False
+            ) from None
+        raise DeliveryError(Reply(451, "4.4.3", f"MX lookup for {domain} failed: {e}")) from None
+    if any(exchange in ("", ".") for _, exchange in records):
+        # RFC 7505 §3: a null MX says "this domain accepts no mail"; bounce now.
+        raise DeliveryError(
+            Reply(556, "5.1.10", f"Domain {domain} does not accept mail (null MX)"),
+            temporary=False,
+        )
+    implicit = not records
+    hosts = (
+        [(domain, SMTP_PORT)]
+        if implicit
+        else [(exchange, SMTP_PORT) for _, exchange in sorted(records, key=lambda r: r[0])]
+    )
+    hops: list[Hop] = []
+    errors: list[DNSError] = []
+    for host, port in hosts:
+        try:
+            hops += await _hops_for(resolver, host, port)
+        except DNSError as e:
+            errors.append(e)
+        if len(hops) >= MAX_ADDRESSES:
+            break
+    if hops:
+        return hops[:MAX_ADDRESSES]
+    if implicit and (not errors or errors[0].notfound):
+        raise DeliveryError(
+            Reply(550, "5.1.2", f"Host or domain name not found: {domain} has no MX, A or AAAA"),
+            temporary=False,
+        )
+    why = str(errors[0]) if errors else "no MX host has an address"
+    raise DeliveryError(Reply(451, "4.4.3", f"Cannot find a host for {domain}: {why}"))

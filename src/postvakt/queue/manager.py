@@ -1,0 +1,456 @@
+"""The queue manager: the one place that moves messages on and delivers them.
+
+House rules:
+- Only the manager delivers, and only one manager runs per queue (an flock on
+  queue/manager.lock); SMTP workers only commit into incoming/.
+- A message is worked on only while it sits in active/, which the manager
+  enters by a rename. Every later rename may fail because the admin moved or
+  deleted the message meanwhile; that is respected, never an error.
+- Status is written before the message leaves active/, and a bounce is
+  committed before the original is removed: after a crash, a duplicate,
+  never a loss.
+- File I/O runs in the default executor; the event loop only waits on the
+  network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from postvakt.config import Config
+from postvakt.delivery import DeliveryError, maildir
+from postvakt.delivery.remote import RemoteDelivery, RemoteResult
+from postvakt.delivery.resolver import SMTP_PORT, DnsResolver, Resolver
+from postvakt.delivery.smtpclient import MailParams, RcptParams
+from postvakt.queue import dsn, schedule
+from postvakt.queue.envelope import DONE, FAILED, PENDING, Envelope, Status, Unit
+from postvakt.queue.spool import (
+    ACTIVE,
+    DEFERRED,
+    INCOMING,
+    CorruptEntry,
+    Queue,
+    QueuedMessage,
+    QueueWriteError,
+)
+from postvakt.reply import Reply
+
+if TYPE_CHECKING:
+    from postvakt.directory import Directory
+
+log = logging.getLogger("postvakt.queue")
+dlog = logging.getLogger("postvakt.delivery")
+
+# How often the manager looks at incoming/ and deferred/ without a wake():
+# picks up commits from other worker processes and admin changes within 1 s.
+SCAN_INTERVAL = 1.0
+# Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
+# a small server with Python threads for file I/O needs far fewer).
+MAX_ACTIVE = 200
+
+USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
+
+
+class QueueManagerError(Exception):
+    pass
+
+
+class QueueManager:
+    def __init__(
+        self,
+        config: Config,
+        directory: Directory | None,
+        queue: Queue,
+        resolver: Resolver | None = None,
+        *,
+        mx_port: int = SMTP_PORT,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.queue = queue
+        d = config.delivery
+        self.policy = schedule.RetryPolicy(d.retry_initial, d.retry_max, d.give_up, d.delay_warning)
+        self.remote = RemoteDelivery(
+            config, resolver if resolver is not None else DnsResolver(), mx_port
+        )
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._next_try: dict[str, float] = {}
+        self._stopping = False
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        fd = os.open(self.queue.root / "manager.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise QueueManagerError(
+                f"another queue manager is running on {self.queue.root}"
+            ) from None
+        self._lock_fd = fd
+        await asyncio.to_thread(self.queue.recover)
+        self.remote.start()
+        self._runner = self._loop.create_task(self._run())
+
+    def wake(self) -> None:
+        """Look at incoming/ now. Safe from any thread."""
+        if self._loop is not None and self._wake is not None and not self._stopping:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let deliveries in flight finish for up to `timeout` seconds; the rest
+        are cancelled and stay in active/, which recovery retries at next start."""
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.warning(
+                    "queue stop: %d deliveries abandoned, retried at next start", len(pending)
+                )
+        await self.remote.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while not self._stopping:
+            try:
+                await self.scan()
+            except Exception:
+                log.exception("queue scan failed; retrying in %.0f s", SCAN_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SCAN_INTERVAL)
+            self._wake.clear()
+
+    async def idle(self) -> bool:
+        """True when nothing is in delivery and incoming/ is empty (for tests)."""
+        ids = await asyncio.to_thread(self.queue.ids, INCOMING)
+        return not self._inflight and not ids
+
+    # ------------------------------------------------------------ scheduling
+
+    async def scan(self) -> None:
+        incoming = await asyncio.to_thread(self.queue.ids, INCOMING)
+        for qid in incoming:
+            if len(self._inflight) >= MAX_ACTIVE:
+                return
+            if qid not in self._inflight and self.queue.move(qid, INCOMING, ACTIVE):
+                self._next_try.pop(qid, None)
+                self._spawn(qid)
+        deferred = await asyncio.to_thread(self.queue.ids, DEFERRED)
+        present = set(deferred)
+        for qid in list(self._next_try):
+            if qid not in present:
+                del self._next_try[qid]
+        now = time.time()
+        for qid in deferred:
+            if len(self._inflight) >= MAX_ACTIVE:
+                return
+            if qid in self._inflight:
+                continue
+            due = self._next_try.get(qid)
+            if due is None:
+                status = await asyncio.to_thread(self.queue.read_status, qid)
+                due = self._next_try[qid] = status.next_try
+            if due <= now and self.queue.move(qid, DEFERRED, ACTIVE):
+                del self._next_try[qid]
+                self._spawn(qid)
+
+    def _spawn(self, qid: str) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._guarded(qid))
+        self._inflight[qid] = task
+
+    async def _guarded(self, qid: str) -> None:
+        try:
+            await self.process(qid)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Leave it in active/: a bug must not turn into a bounce or a loss.
+            # It is retried at the next start (or by `postvakt queue retry`).
+            log.exception("queue_id=%s delivery failed unexpectedly; left in active/", qid)
+        finally:
+            self._inflight.pop(qid, None)
+
+    # ------------------------------------------------------------ one message
+
+    async def process(self, qid: str) -> None:
+        q = self.queue
+        try:
+            msg = await asyncio.to_thread(q.load, qid, ACTIVE)
+            body = await asyncio.to_thread(q.read_body, msg)
+        except FileNotFoundError:
+            return  # held or deleted by the admin meanwhile
+        except (CorruptEntry, OSError) as e:
+            await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
+            return
+        status = await asyncio.to_thread(q.read_status, qid)
+        env = msg.envelope
+        if status.units is None:
+            expanded = await asyncio.to_thread(self.expand, env)
+            status = replace(status, units=expanded)
+            for u in expanded:
+                if u.state == FAILED:
+                    self._log(qid, u, 0.0, "bounced")
+        assert status.units is not None
+        units = list(status.units)
+        try:
+            await self._deliver(qid, msg, body, units)
+        except asyncio.CancelledError:
+            # Shutdown cut the delivery short: keep what is known to be done.
+            partial = replace(status, units=tuple(units))
+            await asyncio.shield(asyncio.to_thread(self._save_only, qid, partial))
+            raise
+        now = time.time()
+        status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
+        await self._settle(qid, msg, body, status, now)
+
+    def _save_only(self, qid: str, status: Status) -> None:
+        """Keep what was done when shutdown cuts a delivery short."""
+        if (self.queue.root / ACTIVE / qid).exists():
+            self.queue.write_status(qid, status)
+
+    async def _deliver(self, qid: str, msg: QueuedMessage, body: bytes, units: list[Unit]) -> None:
+        env = msg.envelope
+        jobs = []
+        for i, u in enumerate(units):
+            if u.state == PENDING and u.local:
+                jobs.append(self._local(qid, env, body, units, i))
+        by_domain: dict[str, list[int]] = {}
+        for i, u in enumerate(units):
+            if u.state == PENDING and not u.local:
+                by_domain.setdefault(u.address.rpartition("@")[2].lower(), []).append(i)
+        for domain, idx in by_domain.items():
+            jobs.append(self._remote(qid, env, body, units, domain, idx))
+        await asyncio.gather(*jobs)
+
+    async def _local(self, qid: str, env: Envelope, body: bytes, units: list[Unit], i: int) -> None:
+        u = units[i]
+        try:
+            path = await asyncio.to_thread(self._maildir_deliver, env, body, u.address)
+        except DeliveryError as e:
+            units[i] = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
+        else:
+            units[i] = u.settle(
+                DONE, Reply(250, "2.0.0", f"delivered to maildir as {path.name}"), "local"
+            )
+        self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
+
+    def _maildir_deliver(self, env: Envelope, body: bytes, mailbox: str) -> Path:
+        if self.directory is not None:
+            path = self.directory.maildir(mailbox)
+        else:
+            local, _, domain = mailbox.lower().rpartition("@")
+            path = self.config.data_dir / "mail" / domain / local
+        return maildir.deliver(path, body, return_path=env.sender, delivered_to=mailbox)
+
+    async def _remote(
+        self,
+        qid: str,
+        env: Envelope,
+        body: bytes,
+        units: list[Unit],
+        domain: str,
+        idx: list[int],
+    ) -> None:
+        mail = MailParams(
+            sender=env.sender,
+            size=len(body),
+            smtputf8=env.smtputf8,
+            body=env.body,
+            ret=env.ret,
+            envid=env.envid,
+        )
+        rcpts = []
+        for i in idx:
+            r = env.recipients[units[i].rcpt]
+            same = r.address.lower() == units[i].address.lower()
+            rcpts.append(
+                RcptParams(
+                    units[i].address,
+                    notify=r.notify if same else None,
+                    orcpt=r.orcpt if same else None,
+                )
+            )
+        results: Sequence[RemoteResult] = await self.remote.deliver(domain, mail, rcpts, body)
+        for i, res in zip(idx, results, strict=True):
+            u = units[i]
+            if res.reply.positive:
+                state = DONE
+            elif res.reply.permanent:
+                state = FAILED
+            else:
+                state = PENDING
+            units[i] = replace(u.settle(state, res.reply, res.relay), passed_on=res.peer_dsn)
+            self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
+
+    def _log(self, qid: str, u: Unit, delay: float, word: str) -> None:
+        r = u.last_reply
+        dlog.info(
+            "queue_id=%s to=<%s> relay=%s delay=%.2f status=%s reply=%r",
+            qid,
+            u.address,
+            u.relay or "none",
+            delay,
+            word,
+            str(r).replace("\n", " ") if r else "",
+        )
+
+    # ------------------------------------------------------------ expansion
+
+    def expand(self, env: Envelope) -> tuple[Unit, ...]:
+        """Envelope recipients -> delivery units (aliases, postmaster, dedup)."""
+        units: list[Unit] = []
+        seen: set[str] = set()
+        for i, r in enumerate(env.recipients):
+            addr = r.address
+            domain = addr.rpartition("@")[2].lower()
+            if "@" in addr and not self.config.is_local_domain(domain):
+                targets = [addr]
+            elif self.directory is not None:
+                targets = self.directory.resolve(addr)
+            else:
+                targets = [addr]
+            if not targets:
+                units.append(Unit(i, addr, True, FAILED, _tuple(USER_UNKNOWN), "local", 0))
+                continue
+            for t in targets:
+                if t.lower() in seen:
+                    continue
+                seen.add(t.lower())
+                units.append(Unit(i, t, self.config.is_local_domain(t.rpartition("@")[2].lower())))
+        return tuple(units)
+
+    # ------------------------------------------------------------ after a try
+
+    async def _settle(
+        self, qid: str, msg: QueuedMessage, body: bytes, status: Status, now: float
+    ) -> None:
+        env = msg.envelope
+        q = self.queue
+        assert status.units is not None
+        units = list(status.units)
+        if status.pending and schedule.expired(self.policy, env.received_at, now):
+            for i, u in enumerate(units):
+                if u.state == PENDING:
+                    units[i] = replace(u, state=FAILED)
+                    self._log(qid, units[i], now - env.received_at, "expired")
+            status = replace(status, units=tuple(units))
+        notified = set(status.notified)
+        fresh = [(i, u) for i, u in enumerate(units) if i not in notified and u.state != PENDING]
+        failed = [
+            dsn.Report(u, dsn.FAILED)
+            for i, u in fresh
+            if u.state == FAILED and env.recipients[u.rcpt].wants("FAILURE")
+        ]
+        succeeded = [
+            dsn.Report(u, dsn.DELIVERED if u.local else dsn.RELAYED)
+            for i, u in fresh
+            if u.state == DONE and env.recipients[u.rcpt].wants("SUCCESS") and not u.passed_on
+        ]
+        notices = [r for r in (failed, succeeded) if r]
+        pending = status.pending
+        if pending and schedule.warn_delay(self.policy, env.received_at, now, status.warned):
+            delayed = [
+                dsn.Report(u, dsn.DELAYED) for u in pending if env.recipients[u.rcpt].wants("DELAY")
+            ]
+            if delayed:
+                notices.append(delayed)
+            status = replace(status, warned=True)
+        for reports in notices:
+            await self._notify(qid, msg, body, reports, now)
+        status = replace(status, notified=tuple(sorted(notified | {i for i, _ in fresh})))
+        if not pending:
+            await asyncio.to_thread(q.remove, qid, ACTIVE)
+            return
+        nxt = schedule.next_retry(self.policy, env.received_at, status.attempts, now)
+        status = replace(status, next_try=nxt)
+
+        def park() -> bool:
+            if not (q.root / ACTIVE / qid).exists():
+                return False
+            q.write_status(qid, status)
+            return q.move(qid, ACTIVE, DEFERRED)
+
+        if await asyncio.to_thread(park):
+            self._next_try[qid] = nxt
+
+    async def _notify(
+        self, qid: str, msg: QueuedMessage, body: bytes, reports: list[dsn.Report], now: float
+    ) -> None:
+        env = msg.envelope
+        if not env.sender:
+            for rep in reports:
+                if rep.action == dsn.FAILED:
+                    log.warning(
+                        "queue_id=%s to=<%s> bounce dropped: the sender is <> (a bounce is never bounced)",
+                        qid,
+                        rep.unit.address,
+                    )
+            return
+        d = self.config.delivery
+        bounce_env, data = dsn.build(
+            hostname=self.config.hostname,
+            queue_id=qid,
+            envelope=env,
+            reports=reports,
+            original=body,
+            now=now,
+            delay_hours=d.delay_warning / 3600,
+            give_up_days=d.give_up / 86400,
+        )
+
+        def commit() -> str:
+            m = self.queue.new_message()
+            try:
+                m.write(data)
+                m.commit(bounce_env)
+            except QueueWriteError:
+                m.abort()
+                raise
+            return m.queue_id
+
+        bid = await asyncio.to_thread(commit)
+        log.info(
+            "queue_id=%s sender=<%s> dsn=%s action=%s recipients=%d",
+            qid,
+            env.sender,
+            bid,
+            reports[0].action,
+            len(reports),
+        )
+        self.wake()
+
+
+def _word(u: Unit) -> str:
+    return {DONE: "sent", FAILED: "bounced", PENDING: "deferred"}[u.state]
+
+
+def _tuple(r: Reply) -> tuple[int, str, str]:
+    return (r.code, r.enhanced, r.text)
