@@ -93,8 +93,13 @@ def _is_ours(address: Address, config: Config) -> bool:
 
 
 def _claims_ours(address: Address, config: Config) -> bool:
-    """Could this sender be one of ours? Literals might name this very host."""
-    return not address.domain or address.is_literal or _is_ours(address, config)
+    """Could this sender be one of ours? Our hostname is; a literal might name this host."""
+    return (
+        not address.domain
+        or address.is_literal
+        or address.domain == config.hostname
+        or _is_ours(address, config)
+    )
 
 
 def _road_steps(
@@ -274,7 +279,7 @@ def check_header_from(
             if finding.reason.startswith("not owned")
             else f"rejected: {finding.reason}"
         )
-        reply = Reply(550, "5.7.1", f"{name[:-1]} header <{address}> {phrase}")
+        reply = Reply(550, "5.7.1", f"{name} header <{address}> {phrase}")
         steps.append(Step(HEADER_FROM, "reject", f"[sender] header_from = {mode}"))
         return Decision(Verdict.REJECT, reply, HEADER_FROM, tuple(steps))
     if warned:

@@ -1,0 +1,8 @@
+"""Make the policy test helpers importable as a plain module."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
