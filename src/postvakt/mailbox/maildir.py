@@ -201,7 +201,7 @@ def _snapshot(path: Path) -> list[StoredMessage]:
     if moved:
         _fsync_dir(cur)
         _fsync_dir(new)
-    found: list[tuple[tuple[int, str], StoredMessage]] = []
+    found: list[tuple[tuple[int, int, str], StoredMessage]] = []
     seen: set[str] = set()
     for fn in os.listdir(cur):
         if fn.startswith("."):
@@ -225,8 +225,9 @@ def _snapshot(path: Path) -> list[StoredMessage]:
                 continue
         seen.add(uid)
         t = _LEADING_TIME.match(name)
-        # Delivery order: Maildir names start with the delivery time in seconds.
-        key = (int(t.group(1)) if t else int(st.st_mtime), name)
+        # Delivery order: Maildir names start with the delivery time in seconds;
+        # within one second the file's mtime (written once, in tmp/) decides.
+        key = (int(t.group(1)) if t else int(st.st_mtime), st.st_mtime_ns, name)
         found.append((key, StoredMessage(uid, name, p, size)))
     found.sort(key=lambda x: x[0])
     return [m for _, m in found]
