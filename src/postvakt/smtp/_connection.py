@@ -250,8 +250,14 @@ class SMTPServer:
         if nl < 0:
             if len(buf) < limit:
                 return None
-            buf.clear()
-            self._discarding = True
+            # Drop the over-long line up to its LF; if that has not come yet,
+            # drop what is here and go on dropping until it does.
+            end = buf.find(b"\n", limit)
+            if end < 0:
+                buf.clear()
+                self._discarding = True
+            else:
+                del buf[: end + 1]
             return replies.AUTH_LINE_TOO_LONG if in_auth else replies.LINE_TOO_LONG
         raw = bytes(buf[:nl])
         del buf[: nl + 1]
