@@ -157,11 +157,9 @@ async def mx_hops(domain: str, resolver: Resolver, port: int = SMTP_PORT) -> lis
             temporary=False,
         )
     implicit = not records
-    hosts = (
-        [(domain, SMTP_PORT)]
-        if implicit
-        else [(exchange, SMTP_PORT) for _, exchange in sorted(records, key=lambda r: r[0])]
-    )
+    # RFC 5321 §5.1: lowest preference first (sorted() is stable for ties).
+    ordered = sorted(records, key=lambda r: r[0])
+    hosts = [(domain, port)] if implicit else [(exchange, port) for _, exchange in ordered]
     hops: list[Hop] = []
     errors: list[DNSError] = []
     for host, port in hosts:

@@ -19,6 +19,7 @@ House rules:
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import ssl
 from dataclasses import dataclass, field
@@ -154,9 +155,8 @@ class SMTPClient:
                 Reply(451, "4.4.1", f"connect to {hop}: Connection timed out")
             ) from None
         except OSError as e:
-            raise SMTPClientError(
-                Reply(451, "4.4.1", f"connect to {hop}: {e.strerror or e}")
-            ) from None
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise SMTPClientError(Reply(451, "4.4.1", f"connect to {hop}: {why}")) from None
         client = cls(hop, reader, writer)
         try:
             greeting = await client.read_reply(TIMEOUT_GREETING)
