@@ -24,7 +24,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from postvakt.directory import canonical
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
@@ -48,6 +48,20 @@ if TYPE_CHECKING:
     from postvakt.grants import GrantStore, LoginFailures
 
 log = logging.getLogger("postvakt.pop3")
+
+
+def client_ip(peer: Any) -> str:
+    """The client address as grants and policy see it (IPv4-mapped IPv6 as plain IPv4)."""
+    if not peer:
+        return ""
+    text = str(peer[0]) if isinstance(peer, tuple | list) else str(peer)
+    try:
+        addr = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
 
 
 class POP3Context:
@@ -110,10 +124,10 @@ class POP3Protocol(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but speak its API.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else ""
+        self.ip = client_ip(peer)
         cfg = self.ctx.config
         self.conn = POP3Connection(
             Settings(
