@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,8 +229,9 @@ class SmtpSink:
     BINARY = "/usr/sbin/smtp-sink"
 
     def __init__(self, tmp_path: Path, extra: list[str] | None = None, port: int | None = None) -> None:
-        self.dir = tmp_path / f"sink-{time.monotonic_ns()}"
-        self.dir.mkdir(parents=True)
+        # smtp-sink drops root and runs as nobody, who cannot enter pytest's
+        # private temporary directories: dump into a world-writable one of its own.
+        self.dir = Path(tempfile.mkdtemp(prefix="postvakt-sink-"))
         os.chmod(self.dir, 0o777)
         self.port = port or free_port()
         args = [self.BINARY]
@@ -264,6 +267,7 @@ class SmtpSink:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def maildir_messages(data_dir: Path, mailbox: str) -> list[bytes]:

@@ -10,7 +10,6 @@ Errors are one line naming the problem, exit code 2 for bad config or usage,
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,28 @@ config_option = click.option(
 
 
 class _Group(click.Group):
-    """Turns ConfigError and directory errors into one-line messages."""
+    """Turns ConfigError and directory errors into one-line messages, and
+    loads the subsystems' commands only when they are used."""
+
+    LAZY = {
+        "explain": "postvakt.diagnose.explain:explain",
+        "queue": "postvakt.queue.commands:queue",
+        "doctor": "postvakt.diagnose.commands:doctor",
+        "relaytest": "postvakt.diagnose.commands:relaytest",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module, _, attr = self.LAZY[cmd_name].partition(":")
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            return cmd
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         from postvakt.directory import DirectoryError
@@ -337,35 +357,5 @@ def grants_list(config_path: str | None, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- subsystems' commands
-
-
-def _register(import_command: Callable[[], click.Command]) -> None:
-    main.add_command(import_command())
-
-
-def _explain() -> click.Command:
-    from postvakt.diagnose.explain import explain
-
-    return explain
-
-
-def _queue() -> click.Command:
-    from postvakt.queue.commands import queue
-
-    return queue
-
-
-def _doctor() -> click.Command:
-    from postvakt.diagnose.commands import doctor
-
-    return doctor
-
-
-def _relaytest() -> click.Command:
-    from postvakt.diagnose.commands import relaytest
-
-    return relaytest
-
-
-for _cmd in (_explain, _queue, _doctor, _relaytest):
-    _register(_cmd)
+# Registered in _Group.LAZY and imported on first use: `postvakt user add` does
+# not load the diagnostics, and a server start does not load the queue CLI.

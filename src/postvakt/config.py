@@ -113,6 +113,11 @@ class SMTPConfig:
     error_sleep: float = 1.0
     # Postfix hopcount_limit.
     max_hops: int = 50
+    # Postfix smtpd_client_connection_count_limit; clients in `networks` are exempt
+    # (Postfix smtpd_client_event_limit_exceptions). 0 = no limit.
+    max_connections_per_client: int = 50
+    # Postfix smtpd_min_data_rate: DATA slower than this is cut off (slowloris).
+    min_data_rate: int = 500
     # Worker processes sharing the listening ports (SO_REUSEPORT); 1 = in process.
     workers: int = 1
 

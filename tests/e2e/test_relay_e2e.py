@@ -261,8 +261,10 @@ def test_relay_trick_never_relays(server: Running, sink: SmtpSink, case: str, rc
     c = RawClient(server.port("smtp"), OUTSIDE_IP)
     c.reply()
     c.cmd("EHLO client.example")
-    sender = "<>" if case == "R2" else f"<u@{IP}>" if case == "R4" else f"<spam@{X}>"
-    assert c.cmd(f"MAIL FROM:{sender}").startswith("250")
+    sender = f"<u@{IP}>" if case == "R4" else f"<spam@{X}>"
+    mail = c.cmd(f"MAIL FROM:{sender}")
+    # R4: a sender at our own address literal may itself be refused (not logged in).
+    assert mail.startswith("250") or (case == "R4" and mail.startswith("553 5.7.1")), mail
     r = c.cmd(f"RCPT TO:{rcpt}")
     assert r[0] in "45", f"{case}: {rcpt} got {r}"
     assert not r.startswith("421"), r

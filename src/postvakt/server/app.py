@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -48,6 +49,13 @@ class App:
     manager: Any = None
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    def in_networks(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.config.relay.networks)
 
     def message_queued(self) -> None:
         if self.manager is not None:
@@ -119,9 +127,10 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
-        for srv in pop_servers:
-            kind = "pop3s" if any(s.getsockname()[1] in [h.port for h in cfg.listen.pop3s] for s in srv.sockets) else "pop3"
-            servers.append((kind, srv))
+        # start_pop3 returns the [listen] pop3 servers first, then the pop3s ones.
+        n_plain = len(cfg.listen.pop3)
+        for i, srv in enumerate(pop_servers):
+            servers.append(("pop3" if i < n_plain else "pop3s", srv))
     return servers
 
 

@@ -19,7 +19,7 @@ import email.utils
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from postvakt import smtp
 from postvakt.address import parse_header_addresses
@@ -43,7 +43,6 @@ REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins from your address, try again later")
 REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
-REPLY_TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "{host} Error: too many connections from {ip}")
 
 
 def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
@@ -68,6 +67,8 @@ class SMTPSession(asyncio.Protocol):
         self.hold_reason: str | None = None
         self.warnings: list[str] = []
         self.idle_handle: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
+        self.tls_pending: list[bytes] | None = None
         self.write_paused = False
 
     @property
@@ -77,8 +78,9 @@ class SMTPSession(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         if self.ip.startswith("::ffff:"):
@@ -104,13 +106,30 @@ class SMTPSession(asyncio.Protocol):
         )
         self.app.sessions.add(self)
         log.debug("connect client=%s port=%s", self.ip, self.kind)
+        if self._too_many_connections():
+            log.info("refused client=%s port=%s: too many connections", self.ip, self.kind)
+            transport.write(
+                Reply(421, "4.7.0", f"{cfg.hostname} Error: too many connections from {self.ip}").encode()
+            )
+            self.closing = True
+            transport.close()
+            return
         self._flush()
         self._reset_idle()
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None or self.closing:
             return
-        self._reset_idle()
+        if self.tls_pending is not None:
+            # Decrypted bytes that arrive after the handshake but before the
+            # core heard of it: they belong to the new session, keep them.
+            self.tls_pending.append(data)
+            return
+        if self.msg is not None:
+            # In DATA the deadline moves with the bytes that arrive, at the
+            # minimum data rate: a slow but honest upload goes on, one byte
+            # every few seconds does not (robustness P10).
+            self._extend_deadline(len(data))
         self.conn.receive_data(data)
         self._pump()
 
@@ -139,17 +158,36 @@ class SMTPSession(asyncio.Protocol):
 
     # ------------------------------------------------------------ plumbing
 
+    def _too_many_connections(self) -> bool:
+        limit = self.app.config.smtp.max_connections_per_client
+        if limit <= 0 or self.app.in_networks(self.ip):
+            return False
+        return sum(1 for s in self.app.sessions if s.ip == self.ip and not s.closing) > limit
+
     def _reset_idle(self) -> None:
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        """A per-request deadline: reset when we answer a command, not by every byte."""
         loop = asyncio.get_running_loop()
-        self.idle_handle = loop.call_later(self.app.config.smtp.idle_timeout, self._on_idle)
+        self.deadline = loop.time() + self.app.config.smtp.idle_timeout
+        if self.idle_handle is None:
+            self.idle_handle = loop.call_at(self.deadline, self._on_idle)
+
+    def _extend_deadline(self, nbytes: int) -> None:
+        rate = self.app.config.smtp.min_data_rate
+        if rate > 0:
+            self.deadline += nbytes / rate
 
     def _on_idle(self) -> None:
-        if self.conn is not None and not self.closing:
-            log.info("timeout client=%s port=%s", self.ip, self.kind)
-            self.conn.idle_timeout()
-            self._pump()
+        self.idle_handle = None
+        if self.conn is None or self.closing:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self.deadline or self.busy:
+            self.idle_handle = loop.call_at(max(self.deadline, loop.time() + 0.5), self._on_idle)
+            return
+        log.info("timeout client=%s port=%s", self.ip, self.kind)
+        self._abort_message()
+        self.conn.idle_timeout()
+        self._pump()
 
     def _flush(self) -> None:
         if self.conn is None or self.transport is None:
@@ -157,6 +195,7 @@ class SMTPSession(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
+            self._reset_idle()
 
     def _close(self) -> None:
         self.closing = True
@@ -176,9 +215,8 @@ class SMTPSession(asyncio.Protocol):
         assert self.conn is not None
         extra = " ".join(f"{k}=<{v}>" for k, v in fields.items())
         log.info(
-            "%s client=%s port=%s login=%s %s rule=%s verdict=%s reply=%r",
-            stage, self.ip, self.kind, self.conn.login or "-", extra,
-            decision.rule, decision.verdict.value, str(decision.reply),
+            "%s client=%s port=%s login=%s %s %s",
+            stage, self.ip, self.kind, self.conn.login or "-", extra, decision.log_line(),
         )
 
     def _pump(self) -> None:
@@ -219,6 +257,7 @@ class SMTPSession(asyncio.Protocol):
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.write(out)
+        self._reset_idle()
         if not self.write_paused:
             self.transport.resume_reading()
         self._pump()
@@ -420,6 +459,11 @@ class SMTPSession(asyncio.Protocol):
             self._close()
             return
         loop = asyncio.get_running_loop()
+        # Reading was paused while we answered; the TLS layer must read the
+        # handshake from the raw transport (uvloop does not resume it itself).
+        # Nothing can be read between these two lines: no await in between.
+        transport.resume_reading()
+        self.tls_pending = []
         try:
             new_transport = await asyncio.wait_for(
                 loop.start_tls(transport, self, ctx, server_side=True), timeout=60
@@ -436,6 +480,9 @@ class SMTPSession(asyncio.Protocol):
         self._note_tls()
         self._reset_transaction()
         conn.tls_started()
+        pending, self.tls_pending = self.tls_pending, None
+        for chunk in pending:
+            conn.receive_data(chunk)
 
     def _note_tls(self) -> None:
         assert self.transport is not None
