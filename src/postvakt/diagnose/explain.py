@@ -1,0 +1,466 @@
+"""`postvakt explain`: what the server would decide, and why, without a session.
+
+The admin names a client (address, login, port) and an envelope; explain
+builds the same `Client` the live server builds (the grant comes from the
+same store), runs the same policy functions, and prints every rule tried
+with its outcome, then the replies the server would send. Nothing here
+decides anything itself: the text is a rendering of the policy's trace.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+
+from postvakt.address import (
+    NULL_PATH,
+    Address,
+    AddressError,
+    parse_header_addresses,
+    parse_path,
+)
+from postvakt.config import Config
+from postvakt.policy import (
+    PORTS,
+    Client,
+    Decision,
+    DirectoryView,
+    Grant,
+    Step,
+    Verdict,
+    check_header_from,
+    check_rcpt,
+    check_sender,
+)
+from postvakt.reply import Reply
+
+# DESIGN.md default reply: submission ports take no MAIL before AUTH.
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+AUTH_REQUIRED_RULE = "auth_required"
+# Ports on which the server insists on SMTP AUTH before MAIL (DESIGN.md [listen]).
+AUTH_PORTS = ("submission", "submissions")
+
+
+class ExplainError(ValueError):
+    """Input explain cannot judge (bad IP, bad address); the message is for the admin."""
+
+
+class GrantLookup(Protocol):
+    def lookup(self, ip: str, now: float) -> Grant | None: ...
+
+
+@dataclass(frozen=True)
+class Checked:
+    """One command and the policy's decision on it."""
+
+    command: str
+    decision: Decision
+    # False when the server would never get to ask (MAIL already refused).
+    reached: bool = True
+
+
+@dataclass(frozen=True)
+class Explanation:
+    client: Client
+    checks: tuple[Checked, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def accepted(self) -> bool:
+        return all(c.decision.accepted for c in self.checks)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.accepted else 1
+
+
+def _client_ip(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ExplainError(f"--client: {text!r} is not an IP address") from None
+
+
+def _address(value: Address | str, what: str, *, allow_null: bool, smtputf8: bool) -> Address:
+    if isinstance(value, Address):
+        return value
+    text = value.strip()
+    if allow_null and text in ("", "<>"):
+        return NULL_PATH
+    path = text if text.startswith("<") else f"<{text}>"
+    try:
+        return parse_path(path, smtputf8=smtputf8, allow_null=allow_null)
+    except AddressError as e:
+        raise ExplainError(
+            f"{what}: {e.reply.text} (the server would answer {e.reply.code} {e.reply.enhanced})"
+        ) from None
+
+
+def _auth_required_decision(port: str) -> Decision:
+    step = Step(AUTH_REQUIRED_RULE, "reject", f"port {port} requires SMTP AUTH before MAIL")
+    return Decision(Verdict.REJECT, AUTH_REQUIRED, AUTH_REQUIRED_RULE, (step,))
+
+
+def run_explain(
+    config: Config,
+    directory: DirectoryView,
+    grants_store: GrantLookup | None,
+    *,
+    client_ip: str,
+    login: str | None = None,
+    port: str = "smtp",
+    mail_from: Address | str = "",
+    rcpts: Sequence[Address | str] = (),
+    header_from: str | Sequence[Address] | None = None,
+    now: float,
+    smtputf8: bool = False,
+) -> Explanation:
+    """Run the live server's policy for one imagined session."""
+    if port not in PORTS:
+        raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
+    ip = _client_ip(client_ip)
+    sender = _address(mail_from, "--from", allow_null=True, smtputf8=smtputf8)
+    recipients = [_address(r, "--to", allow_null=False, smtputf8=smtputf8) for r in rcpts]
+    header: list[Address] | None = None
+    if isinstance(header_from, str):
+        try:
+            header = parse_header_addresses(header_from, smtputf8=True)
+        except AddressError as e:
+            raise ExplainError(f"--header-from: {e.reply.text}") from None
+    elif header_from is not None:
+        header = list(header_from)
+
+    grant = grants_store.lookup(ip, now) if grants_store is not None else None
+    client = Client(
+        ip=ip,
+        port=port,
+        # On 587 AUTH needs STARTTLS first; on 465 TLS is implicit; on 25 assume plain.
+        tls=port == "submissions" or (port == "submission" and login is not None),
+        login=login,
+        grant=grant,
+        now=now,
+    )
+
+    checks: list[Checked] = []
+    mail_cmd = f"MAIL FROM:<{sender}>"
+    if port in AUTH_PORTS and login is None:
+        mail = _auth_required_decision(port)
+    else:
+        mail = check_sender(client, sender, config, directory)
+    checks.append(Checked(mail_cmd, mail))
+    for rcpt in recipients:
+        checks.append(
+            Checked(f"RCPT TO:<{rcpt}>", check_rcpt(client, rcpt, config, directory), mail.accepted)
+        )
+    if header is not None:
+        any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
+        decision = check_header_from(client, header, [], config, directory)
+        checks.append(
+            Checked(
+                "From: " + ", ".join(str(a) for a in header), decision, mail.accepted and any_rcpt
+            )
+        )
+    return Explanation(client, tuple(checks))
+
+
+def _describe_client(client: Client, config: Config) -> str:
+    parts = [f"client {client.ip} on port {client.port}"]
+    parts.append("with TLS" if client.tls else "without TLS")
+    parts.append(f"logged in as {client.login}" if client.login else "not logged in")
+    if client.grant is not None:
+        left = client.grant.expires - client.now
+        parts.append(f"POP3 login by {client.grant.login} (grant valid {max(0, int(left))} s more)")
+    elif config.relay.pop_before_smtp > 0:
+        parts.append("no POP3 login grant")
+    return ", ".join(parts)
+
+
+def render_text(exp: Explanation, config: Config, notes: Sequence[str] = ()) -> str:
+    lines = [_describe_client(exp.client, config)]
+    lines.extend(f"note: {n}" for n in (*exp.notes, *notes))
+    width = max((len(s.rule) for c in exp.checks for s in c.decision.trace), default=0)
+    rwidth = max((len(s.result) for c in exp.checks for s in c.decision.trace), default=0)
+    for check in exp.checks:
+        lines.append("")
+        lines.append(check.command)
+        for step in check.decision.trace:
+            lines.append(f"  {step.rule:<{width}}  {step.result:<{rwidth}}  {step.detail}")
+        lines.append(f"  => {check.decision.verdict.value.upper()} by {check.decision.rule}")
+    lines.append("")
+    lines.append("The server would reply:")
+    for check in exp.checks:
+        lines.append(f"  C: {check.command}")
+        if not check.reached:
+            lines.append("     (not reached: an earlier command was refused)")
+            continue
+        for reply_line in check.decision.reply.lines():
+            lines.append(f"  S: {reply_line}")
+    lines.append("")
+    lines.append("result: accepted" if exp.accepted else "result: refused")
+    return "\n".join(lines) + "\n"
+
+
+def _decision_dict(check: Checked) -> dict[str, Any]:
+    d = check.decision
+    return {
+        "command": check.command,
+        "reached": check.reached,
+        "verdict": d.verdict.value,
+        "rule": d.rule,
+        "reply": d.reply.lines(),
+        "trace": [{"rule": s.rule, "result": s.result, "detail": s.detail} for s in d.trace],
+    }
+
+
+def render_json(exp: Explanation, notes: Sequence[str] = ()) -> dict[str, Any]:
+    c = exp.client
+    grant = (
+        None
+        if c.grant is None
+        else {"ip": c.grant.ip, "login": c.grant.login, "expires": c.grant.expires}
+    )
+    return {
+        "client": {
+            "ip": c.ip,
+            "port": c.port,
+            "tls": c.tls,
+            "login": c.login,
+            "grant": grant,
+            "now": c.now,
+        },
+        "checks": [_decision_dict(check) for check in exp.checks],
+        "notes": [*exp.notes, *notes],
+        "accepted": exp.accepted,
+        "exit_code": exp.exit_code,
+    }
+
+
+def explain_text(
+    config: Config,
+    directory: DirectoryView,
+    grants_store: GrantLookup | None,
+    *,
+    client_ip: str,
+    login: str | None,
+    port: str,
+    mail_from: Address | str,
+    rcpts: Sequence[Address | str],
+    header_from: str | Sequence[Address] | None,
+    now: float,
+) -> tuple[str, int]:
+    """Every rule tried, then the replies; exit code 0 if everything is accepted, else 1."""
+    exp = run_explain(
+        config,
+        directory,
+        grants_store,
+        client_ip=client_ip,
+        login=login,
+        port=port,
+        mail_from=mail_from,
+        rcpts=rcpts,
+        header_from=header_from,
+        now=now,
+    )
+    return render_text(exp, config), exp.exit_code
+
+
+def explain_json(
+    config: Config,
+    directory: DirectoryView,
+    grants_store: GrantLookup | None,
+    *,
+    client_ip: str,
+    login: str | None,
+    port: str,
+    mail_from: Address | str,
+    rcpts: Sequence[Address | str],
+    header_from: str | Sequence[Address] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The same as `explain_text`, as data (for scripts and CI)."""
+    exp = run_explain(
+        config,
+        directory,
+        grants_store,
+        client_ip=client_ip,
+        login=login,
+        port=port,
+        mail_from=mail_from,
+        rcpts=rcpts,
+        header_from=header_from,
+        now=now,
+    )
+    return render_json(exp)
+
+
+# ---------------------------------------------------------------- the command
+
+
+class _NoUsers:
+    """Directory view before any user exists: nothing local exists, nobody owns anything."""
+
+    def recipient_exists(self, address: str) -> bool:
+        return address.lower() == "postmaster" or address.lower().startswith("postmaster@")
+
+    def may_send_as(self, login: str, address: str) -> bool:
+        return login.lower() == address.lower()
+
+
+@dataclass
+class _GrantList:
+    grants: list[Grant]
+
+    def lookup(self, ip: str, now: float) -> Grant | None:
+        for g in self.grants:
+            if g.ip == ip and g.expires > now:
+                return g
+        return None
+
+
+def _open_directory(config: Config) -> tuple[DirectoryView, Any, list[str]]:
+    """The real directory when it exists; explain never creates one."""
+    path = config.data_dir / "directory.sqlite3"
+    if not path.exists():
+        note = (
+            f"no user database at {path}: local recipients are unknown, senders own only themselves"
+        )
+        return _NoUsers(), None, [note]
+    from postvakt.directory import Directory
+
+    d = Directory.for_config(config)
+    return d, d, []
+
+
+def _open_grants(
+    config: Config, ip: str, pop_login: str | None, now: float
+) -> tuple[GrantLookup, list[str]]:
+    notes: list[str] = []
+    grants: list[Grant] = []
+    if pop_login is not None:
+        expires = now + config.relay.pop_before_smtp
+        grants.append(Grant(ip, pop_login, expires))
+        notes.append(f"assuming {pop_login} logged in to POP3 from {ip} just now")
+        return _GrantList(grants), notes
+    store_file = Path(config.data_dir) / (
+        "grants.sqlite3" if config.relay.grant_store == "sqlite" else "grants.json"
+    )
+    if store_file.exists():
+        from postvakt.grants import list_grants
+
+        grants = list_grants(config, now)
+    return _GrantList(grants), notes
+
+
+@click.command("explain")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: ./postvakt.toml, else the embedded default).",
+)
+@click.option("--client", "client_ip", metavar="IP", required=True, help="The client's IP address.")
+@click.option(
+    "--auth", "login", metavar="USER", default=None, help="Assume SMTP AUTH succeeded as USER."
+)
+@click.option(
+    "--port",
+    type=click.Choice(list(PORTS)),
+    default="smtp",
+    show_default=True,
+    help="The port the client connects to.",
+)
+@click.option(
+    "--from", "mail_from", metavar="ADDR", default="<>", show_default=True, help="Envelope sender."
+)
+@click.option(
+    "--to", "rcpts", metavar="ADDR", multiple=True, help="Envelope recipient (repeatable)."
+)
+@click.option("--header-from", metavar="ADDR", default=None, help="The From: header value.")
+@click.option(
+    "--pop-login",
+    metavar="USER",
+    default=None,
+    help="Assume USER just logged in to POP3 from --client.",
+)
+@click.option(
+    "--smtputf8", is_flag=True, help="The client used SMTPUTF8 (allows non-ASCII addresses)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+def explain(
+    config_path: str | None,
+    client_ip: str,
+    login: str | None,
+    port: str,
+    mail_from: str,
+    rcpts: tuple[str, ...],
+    header_from: str | None,
+    pop_login: str | None,
+    smtputf8: bool,
+    as_json: bool,
+) -> None:
+    """Show every rule tried for a client and envelope, and the replies the server would send.
+
+    Exit code 0 if the server would accept everything, 1 if it would refuse something.
+    """
+    from postvakt.cli import load_config
+
+    config = load_config(config_path)
+    now = time.time()
+    try:
+        ip = _client_ip(client_ip)
+        canonical_login = _canonical_login(login) if login is not None else None
+        canonical_pop = _canonical_login(pop_login) if pop_login is not None else None
+    except ExplainError as e:
+        raise click.UsageError(str(e)) from None
+    directory, closable, notes = _open_directory(config)
+    try:
+        grants, grant_notes = _open_grants(config, ip, canonical_pop, now)
+        notes += grant_notes
+        if (
+            canonical_login is not None
+            and closable is not None
+            and not closable.user_exists(canonical_login)
+        ):
+            notes.append(
+                f"{canonical_login} is not a user: a real SMTP AUTH would fail (535 5.7.8)"
+            )
+        try:
+            exp = run_explain(
+                config,
+                directory,
+                grants,
+                client_ip=ip,
+                login=canonical_login,
+                port=port,
+                mail_from=mail_from,
+                rcpts=rcpts,
+                header_from=header_from,
+                now=now,
+                smtputf8=smtputf8,
+            )
+        except ExplainError as e:
+            raise click.UsageError(str(e)) from None
+    finally:
+        if closable is not None:
+            closable.close()
+    if as_json:
+        click.echo(json.dumps(render_json(exp, notes), indent=2))
+    else:
+        click.echo(render_text(exp, config, notes), nl=False)
+    raise SystemExit(exp.exit_code)
+
+
+def _canonical_login(text: str) -> str:
+    """The login as the directory reports it after a successful AUTH (lower case)."""
+    try:
+        return str(parse_path(f"<{text.strip().strip('<>')}>", smtputf8=True)).lower()
+    except AddressError as e:
+        raise ExplainError(f"--auth/--pop-login: {e.reply.text}") from None
