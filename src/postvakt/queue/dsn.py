@@ -184,7 +184,8 @@ def build(
         f"Content-Transfer-Encoding: {cte}",
         "",
     ]
-    data = ("\r\n".join(head) + "\r\n").encode("utf-8") + returned
+    text = "\n".join(head).replace("\r", "") + "\n"
+    data = text.replace("\n", "\r\n").encode("utf-8") + returned
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     data += f"\r\n--{boundary}--\r\n".encode()

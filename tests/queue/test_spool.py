@@ -1,0 +1,294 @@
+"""The spool: commit point, abort, write errors, crash points, recovery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
+from postvakt.queue.envelope import DONE, Status, Unit
+from postvakt.queue.spool import CORRUPT, INCOMING, CorruptEntry
+from postvakt.reply import Reply
+
+BODY = b"Received: from client\r\nSubject: s\r\n\r\nhello\r\n"
+
+
+def env(**kw: object) -> Envelope:
+    base: dict[str, object] = dict(
+        sender="alice@pv.test",
+        recipients=(
+            Recipient("bob@pv.test"),
+            Recipient("carol@other.example", "rfc822;carol@other.example", ("FAILURE",)),
+        ),
+        received_at=1_700_000_000.0,
+        client_ip="127.0.0.1",
+        helo="client.test",
+        login="alice@pv.test",
+    )
+    base.update(kw)
+    return Envelope(**base)  # type: ignore[arg-type]
+
+
+def files(q: Queue) -> dict[str, list[str]]:
+    return {
+        d: sorted(os.listdir(q.root / d))
+        for d in ("tmp", "incoming", "active", "deferred", "hold", "corrupt", "status")
+    }
+
+
+def test_commit_is_a_single_rename_into_incoming(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    for chunk in (BODY[:5], BODY[5:]):
+        m.write(chunk)
+    assert files(q)["tmp"] == [m.queue_id] and files(q)["incoming"] == []
+    e = env(smtputf8=True, body="8BITMIME", ret="HDRS", envid="x1")
+    m.commit(e)
+    assert files(q)["tmp"] == [] and files(q)["incoming"] == [m.queue_id]
+    loaded = q.load(m.queue_id, INCOMING)
+    assert loaded.envelope == e
+    assert q.read_body(loaded) == BODY
+    m.abort()  # after commit: a no-op
+    assert files(q)["incoming"] == [m.queue_id]
+
+
+def test_hold_at_commit(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    m.write(BODY)
+    m.commit(env(hold="outbound limit for alice@pv.test"))
+    assert files(q)["hold"] == [m.queue_id] and files(q)["incoming"] == []
+
+
+def test_abort_removes_everything_and_is_idempotent(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    m.write(BODY)
+    m.abort()
+    m.abort()
+    assert all(v == [] for v in files(q).values())
+    with pytest.raises(QueueWriteError):
+        m.write(b"more")
+
+
+def test_queue_ids_unique_and_time_sortable(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    ids = []
+    for _ in range(200):
+        m = q.new_message()
+        ids.append(m.queue_id)
+        m.abort()
+    assert len(set(ids)) == 200
+    assert ids == sorted(ids)
+
+
+def test_queue_write_error_carries_451(tmp_path: Path) -> None:
+    assert QueueWriteError("x").reply == Reply(451, "4.3.0", "Queue file write error")
+
+
+WRITER = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    q = Queue(sys.argv[1])
+    limit, chunk = int(sys.argv[2]), int(sys.argv[3])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    m = q.new_message()
+    try:
+        m.write(b"x" * chunk)
+        m.commit(Envelope("a@pv.test", (Recipient("b@pv.test"),), 1.0, "127.0.0.1", "h", None))
+    except QueueWriteError as e:
+        print(e.reply.code, e.reply.enhanced, e.reply.text)
+        sys.exit(3)
+    print("committed", m.queue_id)
+    """
+)
+
+
+@pytest.mark.parametrize("chunk", [200_000, 4_000])  # fails in write() / in commit()
+def test_full_disk_gives_451_never_a_commit(tmp_path: Path, chunk: int) -> None:
+    """A file size limit makes every write past 4 KiB fail with EFBIG, as a full disk would."""
+    root = tmp_path / "queue"
+    Queue(root)
+    p = subprocess.run(
+        [sys.executable, "-c", WRITER, str(root), "4096", str(chunk)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert p.stdout.strip() == "451 4.3.0 Queue file write error"
+    assert all(v == [] for v in files(Queue(root)).values())
+
+
+CRASHER = textwrap.dedent(
+    """
+    import sys
+    from postvakt.queue import Envelope, Queue, Recipient, crash_point
+    q = Queue(sys.argv[1])
+    m = q.new_message()
+    print(m.queue_id, flush=True)
+    m.write(b"Subject: crash test\\r\\n\\r\\n" + b"y" * 100000 + b"\\r\\n")
+    m.commit(Envelope("a@pv.test", (Recipient("b@pv.test"),), 1.0, "127.0.0.1", "h", None))
+    crash_point("before_250")
+    print("250", flush=True)
+    crash_point("after_250")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("point", "committed"),
+    [
+        ("after_write", False),
+        ("after_fsync", False),
+        ("after_rename", True),
+        ("before_250", True),
+        ("after_250", True),
+    ],
+)
+def test_crash_points_recover_to_documented_state(
+    tmp_path: Path, point: str, committed: bool
+) -> None:
+    root = tmp_path / "queue"
+    Queue(root)
+    p = subprocess.run(
+        [sys.executable, "-c", CRASHER, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "POSTVAKT_CRASH_AT": point},
+    )
+    assert p.returncode == 137, p.stderr
+    qid = p.stdout.split()[0]
+    assert ("250" in p.stdout.split()) == (point == "after_250")
+    q = Queue(root)
+    r = q.recover()
+    state = files(q)
+    assert state["tmp"] == []
+    assert state["corrupt"] == []
+    if committed:
+        assert r.removed_tmp == 0
+        assert state["incoming"] == [qid]
+        m = q.load(qid, INCOMING)
+        assert q.read_body(m).endswith(b"y" * 100000 + b"\r\n")
+    else:
+        assert r.removed_tmp == 1
+        assert state["incoming"] == []
+
+
+def test_recovery_keeps_tmp_file_of_a_live_writer(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    m.write(BODY)
+    assert q.recover().removed_tmp == 0
+    m.commit(env())
+    assert files(q)["incoming"] == [m.queue_id]
+
+
+def commit(q: Queue, e: Envelope | None = None) -> str:
+    m = q.new_message()
+    m.write(BODY)
+    m.commit(e or env())
+    return m.queue_id
+
+
+def test_interrupted_delivery_is_requeued_with_its_status(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    qid = commit(q)
+    assert q.move(qid, "incoming", "active")
+    st = Status(
+        units=(
+            Unit(0, "bob@pv.test", True, DONE, (250, "2.0.0", "ok"), "local", 1),
+            Unit(1, "carol@other.example", False),
+        )
+    )
+    q.write_status(qid, st)
+    r = q.recover()
+    assert r.requeued_active == 1
+    assert files(q)["incoming"] == [qid] and files(q)["active"] == []
+    assert q.read_status(qid) == st  # done stays done: only carol is retried
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: b"",  # empty
+        lambda data: data[:-10],  # truncated trailer
+        lambda data: data[:20],  # no trailer at all
+        lambda data: data.replace(b"alice@pv.test", b"alicE@pv.test"),  # envelope bit flip
+        lambda data: data + b"junk",  # trailing garbage
+    ],
+)
+def test_corrupt_entry_is_quarantined_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage
+) -> None:  # type: ignore[no-untyped-def]
+    q = Queue(tmp_path / "queue")
+    good = commit(q)
+    bad = commit(q)
+    p = q.path("incoming", bad)
+    p.write_bytes(damage(p.read_bytes()))
+    with caplog.at_level(logging.ERROR, logger="postvakt.queue"):
+        r = q.recover()
+    assert r.quarantined == 1
+    assert files(q)["incoming"] == [good]
+    assert files(q)["corrupt"] == [bad]
+    assert any(bad in rec.getMessage() and "corrupt" in rec.getMessage() for rec in caplog.records)
+    # A second start finds nothing more to do: no crash loop.
+    assert q.recover().quarantined == 0
+
+
+def test_body_corruption_is_detected_on_read(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    qid = commit(q)
+    p = q.path("incoming", qid)
+    data = bytearray(p.read_bytes())
+    data[3] ^= 0x20
+    p.write_bytes(bytes(data))
+    m = q.load(qid, INCOMING)  # the envelope is fine
+    with pytest.raises(CorruptEntry):
+        q.read_body(m)
+
+
+def test_orphan_status_is_removed_and_bad_status_means_nothing_done(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    (q.root / "status" / "ABCDEF").write_bytes(b"{}")
+    (q.root / "status" / ".ABCDEF.123").write_bytes(b"half")
+    qid = commit(q)
+    (q.root / "status" / qid).write_bytes(b"{not json")
+    assert q.recover().removed_status == 2
+    assert files(q)["status"] == [qid]
+    assert q.read_status(qid) == Status()
+
+
+def test_admin_renames(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    qid = commit(q)
+    assert q.hold(qid) and q.find(qid) == "hold"
+    assert not q.retry(qid)  # held mail is not retried, only released
+    assert q.release(qid) and q.find(qid) == "incoming"
+    assert q.move(qid, "incoming", "deferred")
+    assert q.retry(qid) and q.find(qid) == "incoming"
+    assert q.delete(qid) and q.find(qid) is None
+    assert not q.delete(qid)
+    assert q.find("../../etc/passwd") is None
+
+
+def test_commit_is_durable_before_returning(tmp_path: Path) -> None:
+    """strace-free check of the order: after commit the file is complete in
+    incoming/ and nothing is left in tmp/."""
+    q = Queue(tmp_path / "queue")
+    start = time.time()
+    qid = commit(q)
+    st = os.stat(q.path("incoming", qid))
+    assert st.st_mtime >= start - 1
+    assert files(q)["tmp"] == []
+    assert CORRUPT not in q.ids("incoming")
