@@ -1,0 +1,373 @@
+"""The queue manager with real peers: Maildir, smtp-sink, bounces, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import logging
+import mailbox
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postvakt import config as C
+from postvakt.directory import Directory
+from postvakt.queue import Envelope, Queue, Recipient
+from postvakt.queue.manager import QueueManager, QueueManagerError
+
+BODY = b"Received: from client\r\nFrom: alice@pv.test\r\nSubject: %s\r\n\r\nhello\r\n"
+
+
+class NoDNS:
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        raise AssertionError(f"no DNS in tests ({domain})")
+
+    async def addresses(self, host: str) -> list[str]:
+        raise AssertionError(f"no DNS in tests ({host})")
+
+
+class World:
+    def __init__(self, tmp_path: Path, routes: dict[str, int], **delivery: Any) -> None:
+        self.config = C.from_dict(
+            {
+                "hostname": "mx.pv.test",
+                "data_dir": str(tmp_path / "data"),
+                "domains": {"local": ["pv.test"]},
+                "postmaster": "alice@pv.test",
+                "delivery": {
+                    "routes": {d: f"127.0.0.1:{p}" for d, p in routes.items()},
+                    **delivery,
+                },
+            }
+        )
+        self.directory = Directory.for_config(self.config)
+        for u in ("alice@pv.test", "bob@pv.test"):
+            self.directory.add_user(u, "pw")
+        self.directory.add_alias("list@pv.test", "bob@pv.test")
+        self.directory.add_alias("list@pv.test", "carol@a.example")
+        self.queue = Queue(self.config.data_dir / "queue")
+
+    def submit(
+        self, sender: str, rcpts: list[str | Recipient], subject: str = "test", **kw: Any
+    ) -> str:
+        m = self.queue.new_message()
+        m.write(BODY % subject.encode())
+        kw.setdefault("received_at", time.time())
+        m.commit(
+            Envelope(
+                sender=sender,
+                recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in rcpts),
+                client_ip="127.0.0.1",
+                helo="client.test",
+                login=None,
+                **kw,
+            )
+        )
+        return m.queue_id
+
+    def maildir(self, user: str) -> list[email.message.Message]:
+        path = self.directory.maildir(user)
+        if not path.exists():
+            return []
+        return [m for _, m in sorted(mailbox.Maildir(path, create=False).items())]
+
+    def manager(self) -> QueueManager:
+        return QueueManager(self.config, self.directory, self.queue, resolver=NoDNS())
+
+    def empty(self) -> bool:
+        return not any(self.queue.ids(s) for s in ("incoming", "active", "deferred"))
+
+
+async def until(pred: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = pred()
+        if not isinstance(r, bool):
+            r = await r
+        if r:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def run(world: World, body: Callable[[QueueManager], Awaitable[None]]) -> None:
+    async def go() -> None:
+        qm = world.manager()
+        await qm.start()
+        try:
+            await body(qm)
+        finally:
+            await qm.stop(5)
+
+    asyncio.run(go())
+
+
+def status_part(msg: email.message.Message) -> list[email.message.Message]:
+    assert msg.get_content_type() == "multipart/report"
+    return msg.get_payload()[1].get_payload()  # type: ignore[index,union-attr,no-any-return]
+
+
+def test_local_remote_and_unknown_recipient(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink()
+    w = World(tmp_path, {"a.example": sink.port})
+    w.submit("alice@pv.test", ["bob@pv.test", "dave@a.example", "nobody@pv.test"], "mixed")
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.empty() and len(w.maildir("alice@pv.test")) == 1)
+
+    run(w, body)
+    [m] = w.maildir("bob@pv.test")
+    assert (
+        m["Subject"] == "mixed"
+        and m["Delivered-To"] == "bob@pv.test"
+        and m["Return-Path"] == "<alice@pv.test>"
+    )
+    [dump] = sink.messages()
+    assert b"X-Rcpt-Args: <dave@a.example>" in dump and b"Subject: mixed" in dump
+    [bounce] = w.maildir("alice@pv.test")
+    assert bounce["Return-Path"] == "<>"
+    _, nobody = status_part(bounce)
+    assert nobody["Final-Recipient"] == "rfc822; nobody@pv.test"
+    assert nobody["Status"] == "5.1.1"
+
+
+def test_alias_expansion_and_postmaster(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink()
+    w = World(tmp_path, {"a.example": sink.port})
+    w.submit(
+        "someone@elsewhere.example", ["list@pv.test", "bob@pv.test", "postmaster@pv.test"], "alias"
+    )
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.empty() and len(sink.messages()) == 1)
+
+    run(w, body)
+    assert len(w.maildir("bob@pv.test")) == 1  # via the alias and directly: one copy
+    [pm] = w.maildir("alice@pv.test")  # postmaster -> config.postmaster
+    assert pm["Delivered-To"] == "alice@pv.test"
+    assert b"X-Rcpt-Args: <carol@a.example>" in sink.messages()[0]
+
+
+def test_4xx_stays_queued_across_restart_then_delivered(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    refusing = smtp_sink("-r", "RCPT")
+    w = World(tmp_path, {"a.example": refusing.port}, retry_initial=1)
+    qid = w.submit("alice@pv.test", ["dave@a.example"], "deferred")
+
+    async def first(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.queue.find(qid) == "deferred")
+
+    run(w, first)
+    st = w.queue.read_status(qid)
+    assert st.attempts >= 1 and "450 4.3.0" in st.last_error
+    refusing.proc.terminate()
+    refusing.proc.wait(5)
+    accepting = smtp_sink(port=refusing.port)
+
+    async def second(qm: QueueManager) -> None:
+        await until(w.empty)
+
+    run(w, second)  # a new manager, as after a server restart
+    [dump] = accepting.messages()
+    assert b"Subject: deferred" in dump
+    assert w.maildir("alice@pv.test") == []  # no bounce, no warning
+
+
+def test_5xx_bounces_to_sender_with_remote_reply(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink("-f", "RCPT")
+    w = World(tmp_path, {"a.example": sink.port})
+    w.submit("alice@pv.test", ["dave@a.example", "erin@a.example"], "to be bounced")
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.empty() and len(w.maildir("alice@pv.test")) == 1)
+
+    run(w, body)
+    [bounce] = w.maildir("alice@pv.test")
+    assert bounce["Subject"] == "Undelivered Mail Returned to Sender"
+    _, dave, erin = status_part(bounce)
+    assert dave["Final-Recipient"] == "rfc822; dave@a.example"
+    assert erin["Final-Recipient"] == "rfc822; erin@a.example"
+    assert dave["Diagnostic-Code"] == "smtp; 500 5.3.0 Error: command failed"
+    assert dave["Remote-MTA"] == f"dns; 127.0.0.1[127.0.0.1]:{sink.port}"
+    text = bounce.get_payload()[0].get_payload()  # type: ignore[index,union-attr]
+    assert "dave@a.example" in text and "500 5.3.0 Error: command failed" in text
+
+
+def test_failing_bounce_to_null_sender_is_dropped_not_looped(
+    tmp_path: Path,
+    smtp_sink,
+    caplog: pytest.LogCaptureFixture,  # type: ignore[no-untyped-def]
+) -> None:
+    sink = smtp_sink("-f", "RCPT")
+    w = World(tmp_path, {"a.example": sink.port})
+    qid = w.submit("", ["dave@a.example"], "a bounce")
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(w.empty)
+        await asyncio.sleep(0.3)
+
+    with caplog.at_level(logging.INFO):
+        run(w, body)
+    assert w.empty() and w.queue.ids("hold") == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(qid in ln and "bounce dropped" in ln for ln in lines)
+    assert not any("dsn=" in ln for ln in lines)
+
+
+def test_partly_delivered_message_retries_only_the_rest(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    good = smtp_sink()
+    bad = smtp_sink("-r", "RCPT")
+    w = World(tmp_path, {"a.example": good.port, "b.example": bad.port}, retry_initial=0.5)
+    qid = w.submit("alice@pv.test", ["bob@pv.test", "dave@a.example", "frank@b.example"], "partial")
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.queue.find(qid) == "deferred")
+        await until(lambda: w.queue.read_status(qid).attempts >= 3)  # it keeps retrying b
+
+    run(w, body)
+    assert len(good.messages()) == 1
+    assert len(w.maildir("bob@pv.test")) == 1
+    st = w.queue.read_status(qid)
+    assert [(u.address, u.state) for u in st.units or ()] == [
+        ("bob@pv.test", "done"),
+        ("dave@a.example", "done"),
+        ("frank@b.example", "pending"),
+    ]
+
+
+def test_delay_warning_once_then_expiry_bounce(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink("-r", "RCPT")
+    w = World(
+        tmp_path, {"a.example": sink.port}, retry_initial=0.3, delay_warning="4h", give_up="5d"
+    )
+    old = time.time() - 5 * 3600
+    qid = w.submit("alice@pv.test", ["dave@a.example"], "slow", received_at=old)
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: len(w.maildir("alice@pv.test")) == 1)
+        await until(lambda: w.queue.read_status(qid).attempts >= 3)
+
+    run(w, body)
+    [warning] = w.maildir("alice@pv.test")  # once, not per try
+    assert warning["Subject"] == "Delayed Mail (still being retried)"
+    _, dave = status_part(warning)
+    assert dave["Action"] == "delayed" and dave["Status"] == "4.3.0"
+
+    expired = w.submit(
+        "alice@pv.test", ["erin@a.example"], "ancient", received_at=time.time() - 6 * 86400
+    )
+
+    async def body2(qm: QueueManager) -> None:
+        await until(lambda: w.queue.find(expired) is None and len(w.maildir("alice@pv.test")) == 2)
+
+    run(w, body2)
+    bounce = w.maildir("alice@pv.test")[1]
+    assert bounce["Subject"] == "Undelivered Mail Returned to Sender"
+    _, erin = status_part(bounce)
+    assert erin["Action"] == "failed" and erin["Status"] == "4.4.7"
+    assert "450 4.3.0" in erin["Diagnostic-Code"]
+
+
+def test_notify_never_and_success(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink("-f", "RCPT")
+    w = World(tmp_path, {"a.example": sink.port})
+    w.submit(
+        "alice@pv.test",
+        [
+            Recipient("dave@a.example", notify=("NEVER",)),
+            Recipient("bob@pv.test", notify=("SUCCESS",)),
+        ],
+        "notify",
+    )
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.empty() and len(w.maildir("alice@pv.test")) == 1)
+        await asyncio.sleep(0.3)
+
+    run(w, body)
+    [report] = w.maildir("alice@pv.test")  # the success report only; no bounce for dave
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    _, bob = status_part(report)
+    assert bob["Action"] == "delivered" and bob["Final-Recipient"] == "rfc822; bob@pv.test"
+
+
+def test_corrupt_message_in_delivery_is_quarantined(tmp_path: Path) -> None:
+    w = World(tmp_path, {})
+    qid = w.submit("alice@pv.test", ["bob@pv.test"])
+    p = w.queue.path("incoming", qid)
+    data = bytearray(p.read_bytes())
+    data[5] ^= 0x01
+    p.write_bytes(bytes(data))
+    ok = w.submit("alice@pv.test", ["bob@pv.test"], "fine")
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: w.queue.find(qid) == "corrupt" and w.queue.find(ok) is None)
+
+    run(w, body)
+    [m] = w.maildir("bob@pv.test")
+    assert m["Subject"] == "fine"
+
+
+def test_held_mail_waits_for_release(tmp_path: Path) -> None:
+    w = World(tmp_path, {})
+    qid = w.submit("alice@pv.test", ["bob@pv.test"], "held", hold="outbound limit")
+
+    async def body(qm: QueueManager) -> None:
+        await asyncio.sleep(1.5)
+        assert w.queue.find(qid) == "hold" and w.maildir("bob@pv.test") == []
+        assert w.queue.release(qid)
+        await until(lambda: len(w.maildir("bob@pv.test")) == 1)
+
+    run(w, body)
+
+
+def test_only_one_manager_per_queue(tmp_path: Path) -> None:
+    w = World(tmp_path, {})
+
+    async def body(qm: QueueManager) -> None:
+        with pytest.raises(QueueManagerError):
+            await w.manager().start()
+
+    run(w, body)
+
+
+def test_stop_abandons_slow_delivery_safely(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    slow = smtp_sink("-w", "30")  # waits 30 s before answering DATA
+    w = World(tmp_path, {"a.example": slow.port})
+    qid = w.submit("alice@pv.test", ["bob@pv.test", "dave@a.example"], "slow")
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: len(w.maildir("bob@pv.test")) == 1)
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        await qm.stop(0.5)
+        assert time.monotonic() - t0 < 5
+
+    run(w, body)
+    assert w.queue.find(qid) == "active"  # abandoned, not lost
+    st = w.queue.read_status(qid)
+    assert [(u.address, u.state) for u in st.units or ()] == [
+        ("bob@pv.test", "done"),
+        ("dave@a.example", "pending"),
+    ]
+    slow.proc.terminate()
+    slow.proc.wait(5)
+    fast = smtp_sink(port=slow.port)
+
+    async def again(qm: QueueManager) -> None:
+        await until(w.empty)
+
+    run(w, again)
+    assert len(fast.messages()) == 1
+    assert len(w.maildir("bob@pv.test")) == 1  # bob is not delivered twice
