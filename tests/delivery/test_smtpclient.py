@@ -68,8 +68,9 @@ def test_to_wire_never_carries_bare_cr_or_lf() -> None:
     assert b"\r\n.\r\n" not in out
 
 
-def test_xtext() -> None:
-    assert xtext("rfc822;a+b=c@x") == "rfc822;a+2Bb+3Dc@x"
+def test_xtext_keeps_escapes_and_escapes_the_rest() -> None:
+    assert xtext("rfc822;a+2Bb@x") == "rfc822;a+2Bb@x"  # as the client sent it
+    assert xtext("a+b=c d") == "a+2Bb+3Dc+20d"
     assert xtext("é") == "+C3+A9"
 
 
@@ -196,8 +197,8 @@ def test_per_recipient_results_and_data_reply() -> None:
 
 
 def test_dsn_parameters_passed_on_only_when_offered() -> None:
-    mail = MailParams("a@pv.test", 10, ret="HDRS", envid="env id+1")
-    rcpt = RcptParams("b@x.example", notify=("SUCCESS", "FAILURE"), orcpt="rfc822;b+x@x.example")
+    mail = MailParams("a@pv.test", 10, ret="HDRS", envid="env id+2B1")
+    rcpt = RcptParams("b@x.example", notify=("SUCCESS", "FAILURE"), orcpt="rfc822;b+2Bx@x.example")
 
     async def body(p: Peer) -> None:
         c = await SMTPClient.connect(hop(p.port), "mx.pv.test", timeout=5)

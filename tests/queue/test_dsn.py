@@ -18,14 +18,14 @@ def envelope(**kw: object) -> Envelope:
     base: dict[str, object] = dict(
         sender="alice@pv.test",
         recipients=(
-            Recipient("bob@other.example", "rfc822;Bob@Other.example"),
+            Recipient("bob@other.example", "rfc822;Bob+2B1@Other.example"),
             Recipient("list@pv.test"),
         ),
         received_at=1_700_000_000.0,
         client_ip="127.0.0.1",
         helo="c",
         login="alice@pv.test",
-        envid="ENV-42",
+        envid="ENV+2D42",
     )
     base.update(kw)
     return Envelope(**base)  # type: ignore[arg-type]
@@ -87,7 +87,7 @@ def test_failure_report_structure() -> None:
     assert per_message["Reporting-MTA"] == "dns; mx.pv.test"
     assert per_message["Original-Envelope-Id"] == "ENV-42"
     assert bob["Final-Recipient"] == "rfc822; bob@other.example"
-    assert bob["Original-Recipient"] == "rfc822;Bob@Other.example"
+    assert bob["Original-Recipient"] == "rfc822;Bob+1@Other.example"  # xtext decoded
     assert bob["Action"] == "failed"
     assert bob["Status"] == "5.1.1"
     assert bob["Remote-MTA"] == "dns; mx.other.example[192.0.2.1]:25"

@@ -59,14 +59,24 @@ def to_wire(data: bytes) -> bytes:
     return data.replace(b"\r\n.", b"\r\n..")
 
 
+_XTEXT_HEX = re.compile(rb"\+[0-9A-F]{2}")
+
+
 def xtext(value: str) -> str:
-    """RFC 3461 §4 xtext: "+" and "=", controls and non-ASCII as +HH."""
+    """RFC 3461 §4 xtext for ENVID/ORCPT. Values come from the front as the
+    client sent them, already xtext: "+HH" escapes are kept, anything else
+    that xtext does not allow ("=", "+", controls, non-ASCII) is escaped."""
+    raw = value.encode("utf-8")
     out = []
-    for b in value.encode("utf-8"):
-        if 33 <= b <= 126 and b not in (ord("+"), ord("=")):
-            out.append(chr(b))
-        else:
-            out.append(f"+{b:02X}")
+    i = 0
+    while i < len(raw):
+        b = raw[i]
+        if b == 0x2B and _XTEXT_HEX.match(raw, i):
+            out.append(raw[i : i + 3].decode("ascii"))
+            i += 3
+            continue
+        out.append(chr(b) if 33 <= b <= 126 and b not in (0x2B, 0x3D) else f"+{b:02X}")
+        i += 1
     return "".join(out)
 
 

@@ -92,11 +92,11 @@ def describe(q: Queue, qid: str, state: str, now: float) -> dict[str, Any]:
 
 
 @click.group("queue")
-def queue_group() -> None:
+def queue() -> None:
     """Look at and manage the mail queue."""
 
 
-@queue_group.command("list")
+@queue.command("list")
 @config_option
 @click.option("--held", is_flag=True, help="only held messages")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -135,7 +135,7 @@ def _find(q: Queue, qid: str) -> str:
     return state
 
 
-@queue_group.command("show")
+@queue.command("show")
 @config_option
 @click.argument("queue_id")
 @click.option("--body", is_flag=True, help="print the whole message, not only its header")
@@ -164,7 +164,7 @@ def show_cmd(config_path: str | None, queue_id: str, body: bool) -> None:
     click.echo(data.decode("utf-8", "replace").replace("\r\n", "\n"), nl=False)
 
 
-@queue_group.command("retry")
+@queue.command("retry")
 @config_option
 @click.argument("queue_id", required=False)
 @click.option("--all", "all_", is_flag=True, help="every deferred message")
@@ -189,7 +189,7 @@ def retry_cmd(config_path: str | None, queue_id: str | None, all_: bool) -> None
         click.echo(f"{qid}: already being delivered")
 
 
-@queue_group.command("hold")
+@queue.command("hold")
 @config_option
 @click.argument("queue_id")
 def hold_cmd(config_path: str | None, queue_id: str) -> None:
@@ -205,7 +205,7 @@ def hold_cmd(config_path: str | None, queue_id: str) -> None:
         click.echo(f"{qid}: held")
 
 
-@queue_group.command("release")
+@queue.command("release")
 @config_option
 @click.argument("queue_id")
 def release_cmd(config_path: str | None, queue_id: str) -> None:
@@ -218,7 +218,7 @@ def release_cmd(config_path: str | None, queue_id: str) -> None:
     click.echo(f"{qid}: released")
 
 
-@queue_group.command("delete")
+@queue.command("delete")
 @config_option
 @click.argument("queue_id")
 def delete_cmd(config_path: str | None, queue_id: str) -> None:

@@ -10,6 +10,7 @@ when RET=HDRS or when the message is larger than `RETURN_SIZE_LIMIT`.
 from __future__ import annotations
 
 import email.utils
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,6 +59,16 @@ class Report:
 
     unit: Unit
     action: str
+
+
+_XTEXT_HEX = re.compile(r"\+([0-9A-Fa-f]{2})")
+
+
+def xtext_decode(value: str) -> str:
+    """RFC 3461 §4: "+HH" -> the octet; the result is shown in a header line,
+    so it is decoded as UTF-8 and kept on one line."""
+    raw = _XTEXT_HEX.sub(lambda m: chr(int(m.group(1), 16)), value).encode("latin-1", "replace")
+    return _one_line(raw.decode("utf-8", "replace"))
 
 
 def _one_line(text: str) -> str:
@@ -122,14 +133,14 @@ def build(
         f"X-Postvakt-Queue-ID: {queue_id}",
     ]
     if envelope.envid:
-        status.append(f"Original-Envelope-Id: {envelope.envid}")
+        status.append(f"Original-Envelope-Id: {xtext_decode(envelope.envid)}")
     status.append(f"Arrival-Date: {email.utils.formatdate(envelope.received_at)}")
     for rep in reports:
         u = rep.unit
         rcpt = envelope.recipients[u.rcpt]
         status.append("")
         if rcpt.orcpt:
-            status.append(f"Original-Recipient: {rcpt.orcpt}")
+            status.append(f"Original-Recipient: {xtext_decode(rcpt.orcpt)}")
         elif rcpt.address.lower() != u.address.lower():
             status.append(f"Original-Recipient: rfc822; {rcpt.address}")
         status.append(f"Final-Recipient: rfc822; {u.address}")

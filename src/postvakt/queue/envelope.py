@@ -27,9 +27,10 @@ NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 class Recipient:
     """One RCPT TO as accepted by the front.
 
-    `orcpt` is the RFC 3461 ORCPT parameter after xtext decoding, with its
-    address type: "rfc822;alice@example.test". `notify` holds the upper-cased
-    NOTIFY keywords, or None when the client gave none.
+    `orcpt` is the RFC 3461 ORCPT parameter exactly as the client sent it
+    (address type, ";", xtext): "rfc822;bob+2B1@example.test". `notify` holds
+    the upper-cased NOTIFY keywords, or None when the client gave none.
+    `Envelope.envid` is likewise the ENVID as sent (xtext).
     """
 
     address: str
