@@ -288,3 +288,35 @@ def test_auth_waits_for_the_application() -> None:
     assert conn.login == "alice"
     assert conn.next_event().__class__.__name__ == "MailFrom"
     assert replies.AUTH_OK == Reply(235, "2.7.0", "Authentication successful")
+
+
+def test_respond_may_give_the_canonical_login() -> None:
+    conn = SMTPServer(settings(tls_active=True))
+    conn.receive_data(
+        b"EHLO x\r\nAUTH PLAIN " + b64(b"\x00ALICE@PV.TEST\x00secret").encode() + b"\r\n"
+    )
+    conn.next_event()
+    assert isinstance(conn.next_event(), AuthCredentials)
+    conn.respond(replies.AUTH_OK, login="alice@pv.test")
+    assert conn.login == "alice@pv.test"
+
+
+def test_s3_auth_parameter_on_mail_grants_nothing() -> None:
+    d = Driver(settings(require_auth=True, tls_active=True))
+    d.feed(b"EHLO client.test\r\nMAIL FROM:<x@other.example> AUTH=<alice@pv.test>\r\n")
+    assert d.lines()[-1] == "530 5.7.0 Authentication required"
+    assert d.conn.login is None
+    d = Driver()
+    d.feed(b"EHLO client.test\r\nMAIL FROM:<x@other.example> AUTH=<alice@pv.test>\r\n")
+    assert d.lines()[-1] == "250 2.1.0 Ok"
+    assert d.conn.login is None
+
+
+def test_respond_without_a_waiting_event_is_a_usage_error() -> None:
+    from postvakt.smtp import UsageError
+
+    conn = SMTPServer(settings())
+    with pytest.raises(UsageError):
+        conn.respond(replies.OK)
+    with pytest.raises(UsageError):
+        conn.tls_started()

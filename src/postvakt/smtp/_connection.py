@@ -147,8 +147,12 @@ class SMTPServer:
             self._close("internal error")
             return self._events.popleft()
 
-    def respond(self, reply: Reply) -> None:
-        """The application's answer to the event that is waiting."""
+    def respond(self, reply: Reply, *, login: str | None = None) -> None:
+        """The application's answer to the event that is waiting.
+
+        For AuthCredentials, a 2xx sets `conn.login` to `login` when given
+        (the canonical name the directory knows), else to the username typed.
+        """
         if self._state is State.CLOSED:
             return
         verb = self._awaiting
@@ -163,7 +167,7 @@ class SMTPServer:
             self._respond_end(reply)
         elif verb == "AUTH":
             if 200 <= reply.code < 300 and isinstance(pending, AuthCredentials):
-                self.login = pending.username
+                self.login = login if login is not None else pending.username
             self._emit(reply)
         else:
             if 200 <= reply.code < 300:
