@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support import OTHER_OUTSIDE_IP, OUTSIDE_IP, RawClient, Running, connect_from, start_server
 
 ALICE = "alice@pv.test"
@@ -24,7 +25,9 @@ GRANT_SECONDS = 4
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Running]:
-    srv = start_server(tmp_path, users={ALICE: PASSWORD}, relay={"pop_before_smtp": f"{GRANT_SECONDS}s"})
+    srv = start_server(
+        tmp_path, users={ALICE: PASSWORD}, relay={"pop_before_smtp": f"{GRANT_SECONDS}s"}
+    )
     try:
         yield srv
     finally:
@@ -44,7 +47,9 @@ def rcpt_reply(srv: Running, source_ip: str, rcpt: str = "carol@other.example") 
         c.close()
 
 
-def pop3_login(srv: Running, source_ip: str, password: str = PASSWORD, *, user_only: bool = False) -> str:
+def pop3_login(
+    srv: Running, source_ip: str, password: str = PASSWORD, *, user_only: bool = False
+) -> str:
     """Log in over 995 from source_ip; returns the reply to PASS (or to USER)."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -88,12 +93,18 @@ def test_pop_before_smtp_grants_relay_to_that_address_until_it_expires(live: Run
 
     # `explain` shows the grant when it decides.
     r = live.cli(
-        "explain", "--client", OUTSIDE_IP, "--from", "bob@other.example", "--to", "carol@other.example",
+        "explain",
+        "--client",
+        OUTSIDE_IP,
+        "--from",
+        "bob@other.example",
+        "--to",
+        "carol@other.example",
         check=False,
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert ALICE in r.stdout and "pop" in r.stdout.lower()
 
     # After the grant expires relay is refused again.
-    time.sleep(max(0.0, logged_in + GRANT_SECONDS + 0.5 - time.time()))
+    time.sleep(max(0.0, listed[0]["expires"] + 0.5 - time.time()))
     assert rcpt_reply(live, OUTSIDE_IP).startswith(denied)

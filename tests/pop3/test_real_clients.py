@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support import Running, start_server
 
 ALICE = "alice@pv.test"
@@ -55,7 +56,9 @@ def unverified() -> ssl.SSLContext:
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["curl", "-sS", "-k", "--max-time", "20", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["curl", "-sS", "-k", "--max-time", "20", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_poplib_with_stls_reads_and_deletes(live: Running) -> None:
@@ -104,7 +107,9 @@ def test_curl_plaintext_login_refused_on_110(live: Running) -> None:
     assert "pop3 login client=" not in live.log()  # curl found no way to log in without TLS
 
 
-@pytest.mark.skipif(shutil.which("fetchmail") is None, reason="fetchmail (Debian package) not installed")
+@pytest.mark.skipif(
+    shutil.which("fetchmail") is None, reason="fetchmail (Debian package) not installed"
+)
 @pytest.mark.parametrize("port_kind", ["pop3", "pop3s"])
 def test_fetchmail_fetches_and_flushes(live: Running, tmp_path: Path, port_kind: str) -> None:
     send_over_smtp(live, count=2)

@@ -23,3 +23,23 @@ def test_pop3_stls_then_login(server: LiveServer) -> None:
     c.starttls()
     assert c.login() == "+OK Logged in, 0 messages (0 octets)"
     assert c.cmd("QUIT").startswith("+OK")
+
+
+def test_pipelined_large_retrs_arrive_whole_and_in_order(server: LiveServer) -> None:
+    """Several MB answered to pipelined commands: write backpressure must not lose or reorder."""
+    bodies = []
+    for i in range(3):
+        body = b"".join(b"%d line %07d %s\n" % (i, n, b"x" * 60) for n in range(15_000))
+        bodies.append(body)
+        server.deliver(b"Subject: big %d\n\n" % i + body)
+    c = POP3Raw(server.port("pop3s"), tls=True)
+    c.line()
+    assert c.login().startswith("+OK Logged in, 3 messages")
+    c.send(b"RETR 1\r\nRETR 2\r\nRETR 3\r\nNOOP\r\n")
+    for i in range(3):
+        assert c.line().endswith(" octets")
+        lines = c.multiline()
+        assert lines[0] == f"Subject: big {i}"
+        assert "\n".join(lines[2:]) + "\n" == bodies[i].decode()
+    assert c.line() == "+OK"
+    assert c.cmd("QUIT").startswith("+OK")

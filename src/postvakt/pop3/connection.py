@@ -245,7 +245,8 @@ class POP3Connection:
     # ------------------------------------------------------------ answers from the caller
 
     def login_ok(self, login: str, messages: Sequence[MessageInfo]) -> None:
-        self._expect(_Wait.AUTH)
+        if not self._expect(_Wait.AUTH):
+            return
         self._wait = _Wait.NONE
         self.login = login
         self._messages = list(messages)
@@ -256,7 +257,8 @@ class POP3Connection:
 
     def login_failed(self, reply: POP3Reply = R.AUTH_FAILED, *, counts: bool = True) -> None:
         """A refused login. `counts=False` for [IN-USE] and [SYS/...]: not the client's guess."""
-        self._expect(_Wait.AUTH)
+        if not self._expect(_Wait.AUTH):
+            return
         self._wait = _Wait.NONE
         self._user = None
         if counts:
@@ -268,14 +270,16 @@ class POP3Connection:
         self._emit(reply)
 
     def tls_started(self) -> None:
-        self._expect(_Wait.TLS)
+        if not self._expect(_Wait.TLS):
+            return
         self._wait = _Wait.NONE
         self.tls_active = True
         self._buf.clear()
         self._user = None
 
     def message(self, data: bytes | None) -> None:
-        self._expect(_Wait.MESSAGE)
+        if not self._expect(_Wait.MESSAGE):
+            return
         self._wait = _Wait.NONE
         fetch = self._pending_fetch
         self._pending_fetch = None
@@ -291,7 +295,8 @@ class POP3Connection:
         self._out += body
 
     def update_done(self, ok: bool) -> None:
-        self._expect(_Wait.UPDATE)
+        if not self._expect(_Wait.UPDATE):
+            return
         self._wait = _Wait.NONE
         if ok:
             left = len(self._messages) - len(self._deleted)
@@ -313,9 +318,13 @@ class POP3Connection:
 
     # ------------------------------------------------------------ internals
 
-    def _expect(self, wait: _Wait) -> None:
+    def _expect(self, wait: _Wait) -> bool:
+        """False when the session closed meanwhile (idle timeout, abort): the answer is moot."""
+        if self.state is State.CLOSED:
+            return False
         if self._wait is not wait:
             raise RuntimeError(f"not waiting for {wait.name} (waiting for {self._wait.name})")
+        return True
 
     def _emit(self, reply: POP3Reply) -> None:
         self._out += reply.encode()

@@ -160,11 +160,19 @@ class POP3Protocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+
+    def _gone(self) -> None:
+        """The connection is over, however it ended: stop timers and tasks, unlock the Maildir."""
+        if self._lost:
+            return
         self._lost = True
         if self._idle is not None:
             self._idle.cancel()
+        current = asyncio.current_task()
         for t in list(self._tasks):
-            t.cancel()
+            if t is not current:
+                t.cancel()
         self._release()
         log.info("pop3 disconnect client=%s", self.ip)
 
@@ -294,7 +302,7 @@ class POP3Protocol(asyncio.Protocol):
             conn.login_failed(R.SYS_TEMP, counts=False)
             self._pump()
             return
-        if self._lost:
+        if self._lost or conn.closed:
             mailbox.close()
             return
         self.mailbox = mailbox
@@ -352,14 +360,16 @@ class POP3Protocol(asyncio.Protocol):
         self._start_tls_running = True
         try:
             new = await loop.start_tls(old, self, self.ctx.ssl_context, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.CancelledError) as e:
+        except (OSError, ssl.SSLError, ConnectionError) as e:
             log.info("pop3 stls handshake failed client=%s: %s", self.ip, e)
             old.close()
+            self._gone()
             return
         finally:
             self._start_tls_running = False
         if new is None:
             old.close()
+            self._gone()
             return
         self.transport = new
         if self._tls_pending:
