@@ -2,7 +2,17 @@
 
 Bytes in (`receive_data`), events out (`next_event`), replies out
 (`data_to_send`). No sockets, no TLS, no clock: those belong to the
-adapter in `postvakt.server`.
+adapter in `postvakt.server`. An adapter's loop, in short:
+
+    conn.receive_data(data)                  # b"" on EOF
+    while (event := conn.next_event()) not in (NEED_DATA, PAUSED):
+        ...                                  # MailFrom, RcptTo, DataStart, EndOfData
+        ...                                  # and AuthCredentials need conn.respond(reply)
+    transport.write(conn.data_to_send())
+
+On StartTLS: write data_to_send(), start TLS, then call conn.tls_started().
+On Quit or Close: write data_to_send() and close. While PAUSED, stop
+reading when `conn.buffered` grows: the core keeps pipelined input.
 """
 
 from postvakt.smtp._connection import SMTPServer, UsageError

@@ -540,7 +540,7 @@ class SMTPServer:
             self._sync_error()
             return
         self._emit(reply)
-        self._state = State.DATA
+        self._state = ON_POSITIVE[(self._state, "DATA")]
         self._data = DataReader(self.settings.max_message_size, self.settings.max_hops)
 
     def _respond_end(self, reply: Reply) -> None:
