@@ -1,0 +1,183 @@
+"""Queue and delivery end to end: the real `postvakt serve`, swaks on 587 with
+AUTH, Postfix's smtp-sink as the remote MX, Maildir read back with mailbox."""
+
+from __future__ import annotations
+
+import email
+import mailbox
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import LOCAL_DOMAIN, Running, SmtpSink, start_server, wait_maildir
+
+pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
+
+REMOTE = "other.example"
+ALICE = f"alice@{LOCAL_DOMAIN}"
+BOB = f"bob@{LOCAL_DOMAIN}"
+PASSWORD = "queue test password"
+
+
+def swaks_submit(
+    srv: Running, to: str, subject: str, sender: str = ALICE
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "swaks",
+            "--hide-informational",
+            "--timeout",
+            "20",
+            "--server",
+            f"127.0.0.1:{srv.port('submission')}",
+            "--tls",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            ALICE,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            sender,
+            "--to",
+            to,
+            "--header",
+            f"Subject: {subject}",
+            "--body",
+            f"body of {subject}\n.a line with a leading dot\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Path, list[SmtpSink], list[Running]]]:
+    sinks: list[SmtpSink] = []
+    servers: list[Running] = []
+    yield tmp_path, sinks, servers
+    for s in servers:
+        s.stop()
+    for k in sinks:
+        k.stop()
+
+
+def test_submission_to_sink_and_to_local_maildir(world) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, sinks, servers = world
+    sink = SmtpSink(tmp_path)
+    sinks.append(sink)
+    srv = start_server(
+        tmp_path,
+        users={ALICE: PASSWORD, BOB: "b"},
+        delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}},
+    )
+    servers.append(srv)
+    r = swaks_submit(srv, f"friend@{REMOTE}", "e2e-remote")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [dump] = sink.wait_for(1)
+    assert "Subject: e2e-remote" in dump and "\n.a line with a leading dot" in dump
+    r = swaks_submit(srv, BOB, "e2e-local")
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_maildir(srv.data_dir, BOB, 1)
+    box = mailbox.Maildir(srv.data_dir / "mail" / LOCAL_DOMAIN / "bob", create=False)
+    [msg] = list(box)
+    assert msg["Subject"] == "e2e-local"
+    assert msg["Return-Path"] == f"<{ALICE}>"
+    assert msg["Delivered-To"] == BOB
+    assert msg["Received"]
+    assert "a line with a leading dot" in msg.get_payload()
+    log = srv.log()
+    assert (
+        f"to=<friend@{REMOTE}> relay=127.0.0.1[127.0.0.1]:{sink.port}" in log
+        and "status=sent" in log
+    )
+
+
+def test_4xx_sink_keeps_mail_across_restart_until_accepted(world) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, sinks, servers = world
+    refusing = SmtpSink(tmp_path, extra=["-r", "rcpt"])
+    sinks.append(refusing)
+    srv = start_server(
+        tmp_path,
+        users={ALICE: PASSWORD},
+        delivery={"routes": {REMOTE: f"127.0.0.1:{refusing.port}"}},
+    )
+    servers.append(srv)
+    r = swaks_submit(srv, f"friend@{REMOTE}", "e2e-deferred")
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 20
+    while "status=deferred" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "status=deferred" in srv.log()
+    srv.stop()
+    assert list((srv.data_dir / "queue" / "deferred").iterdir())  # still queued, on disk
+    port = refusing.port
+    refusing.stop()
+    accepting = SmtpSink(tmp_path, port=port)
+    sinks.append(accepting)
+    srv.start()
+    [dump] = accepting.wait_for(1)
+    assert "Subject: e2e-deferred" in dump
+    assert wait_maildir(srv.data_dir, ALICE, 1, timeout=2) == []  # no bounce
+
+
+def test_5xx_sink_bounces_to_sender_maildir(world) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, sinks, servers = world
+    sink = SmtpSink(tmp_path, extra=["-B", "550 5.1.1 friend: no such user here", "-f", "rcpt"])
+    sinks.append(sink)
+    srv = start_server(
+        tmp_path, users={ALICE: PASSWORD}, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}}
+    )
+    servers.append(srv)
+    r = swaks_submit(srv, f"friend@{REMOTE}", "e2e-bounced")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [raw] = wait_maildir(srv.data_dir, ALICE, 1)
+    bounce = email.message_from_bytes(raw)
+    assert bounce.get_content_type() == "multipart/report"
+    assert bounce["Return-Path"] == "<>"
+    human, status, original = bounce.get_payload()  # type: ignore[misc]
+    _, rcpt = status.get_payload()
+    assert rcpt["Final-Recipient"] == f"rfc822; friend@{REMOTE}"
+    assert rcpt["Action"] == "failed"
+    assert rcpt["Diagnostic-Code"] == "smtp; 550 5.1.1 friend: no such user here"
+    assert "550 5.1.1 friend: no such user here" in human.get_payload()
+    assert original.get_payload()[0]["Subject"] == "e2e-bounced"
+
+
+def test_failing_bounce_to_null_sender_is_dropped_with_a_log_line(world) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, sinks, servers = world
+    sink = SmtpSink(tmp_path, extra=["-f", "rcpt"])
+    sinks.append(sink)
+    srv = start_server(tmp_path, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}})
+    servers.append(srv)
+    r = subprocess.run(
+        [
+            "swaks",
+            "--hide-informational",
+            "--server",
+            f"127.0.0.1:{srv.port('smtp')}",
+            "--from",
+            "<>",
+            "--to",
+            f"friend@{REMOTE}",
+            "--header",
+            "Subject: a bounce",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    deadline = time.monotonic() + 20
+    while "bounce dropped" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "bounce dropped" in srv.log()
+    time.sleep(1.5)
+    q = srv.data_dir / "queue"
+    assert not any(list((q / s).iterdir()) for s in ("incoming", "active", "deferred", "hold"))
+    assert "dsn=" not in srv.log()
