@@ -217,6 +217,10 @@ def test_parse_header_addresses(value: str, expected: list[str]) -> None:
         "x <a@[321.1.2.3]>",
         "a\x00b@pv.test",
         "a@pv.test, c",
+        # The stdlib parser raises AttributeError on these; we answer with a reply.
+        ".:",
+        "=.:",
+        ":;:",
         # Two parsers would read these two ways (CVE-2023-27043): refuse, do not pick one.
         "alice@pv.test)<bob@other.example>",
         "alice@pv.test <bob@other.example>",

@@ -23,7 +23,7 @@ import ipaddress
 import unicodedata
 from dataclasses import dataclass
 from email import policy as email_policy
-from email.errors import HeaderParseError, InvalidHeaderDefect
+from email.errors import InvalidHeaderDefect
 from email.utils import getaddresses
 
 from postvakt.reply import Reply
@@ -357,15 +357,18 @@ def parse_header_addresses(value: str, *, smtputf8: bool = True) -> list[Address
         header = email_policy.default.header_factory("From", unfolded)
         specs = [str(a.addr_spec) for a in getattr(header, "addresses", ())]
         defective = any(isinstance(d, InvalidHeaderDefect) for d in header.defects)
-    except (HeaderParseError, ValueError, IndexError, TypeError) as e:
-        raise _header_error(f"cannot parse header: {e}") from None
+    except Exception:  # noqa: BLE001 - the stdlib parser crashes (AttributeError) on some junk
+        raise _header_error(f"cannot parse {_echo(unfolded.strip())}") from None
     if defective:
         # The modern parser gave up on part of the list (it rejects the
         # trailing dot of "u@pv.test." for instance). Accept the classic
         # parser's reading only when it finds the same number of addresses
         # and every one of them is whole; anything else is ambiguous, and an
         # ambiguous From: is how a spoofed sender gets past a check.
-        legacy = [addr for _name, addr in getaddresses([unfolded])]
+        try:
+            legacy = [addr for _name, addr in getaddresses([unfolded])]
+        except Exception:  # noqa: BLE001 - as above: junk in, our reply out
+            legacy = []
         if len(legacy) != len(specs) or not all(legacy):
             raise _header_error(f"malformed address list {_echo(unfolded.strip())}")
         specs = legacy

@@ -164,7 +164,7 @@ def run_explain(
         decision = check_header_from(client, header, [], config, directory)
         checks.append(
             Checked(
-                "From: " + ", ".join(str(a) for a in header), decision, mail.accepted and any_rcpt
+                "end of DATA, From: " + ", ".join(str(a) for a in header), decision, mail.accepted and any_rcpt
             )
         )
     return Explanation(client, tuple(checks))
