@@ -417,15 +417,26 @@ def test_q8_blocked_address_refused_other_address_fine(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_q8_sys_temp_when_mailbox_cannot_be_opened(server: LiveServer) -> None:
+def test_q8_sys_perm_when_mailbox_is_broken(server: LiveServer) -> None:
+    """RFC 3206: [SYS/PERM] for what needs an admin (here: the Maildir is a file), not [AUTH]."""
     md = server.maildir()
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("not a directory")
     c = POP3Raw(server.port("pop3s"), tls=True)
     c.line()
-    assert c.login() == "-ERR [SYS/TEMP] Temporary server failure, try again later"
+    assert c.login() == "-ERR [SYS/PERM] Mailbox cannot be opened, please contact the administrator"
     assert server.failures.failures("127.0.0.1", time.time()) == 0
     assert server.grants.lookup("127.0.0.1", time.time()) is None
+
+
+def test_q8_sys_temp_when_user_database_fails(server: LiveServer) -> None:
+    """RFC 3206: [SYS/TEMP] when the check itself failed; the client's password is not blamed."""
+    server.directory.close()  # every lookup now raises
+    c = POP3Raw(server.port("pop3s"), OUTSIDE_IP, tls=True)
+    c.line()
+    assert c.login() == "-ERR [SYS/TEMP] Temporary server failure, try again later"
+    assert server.failures.failures(OUTSIDE_IP, time.time()) == 0
+    assert c.cmd("QUIT") == "+OK Logging out"
 
 
 # ---------------------------------------------------------------- Q9

@@ -42,8 +42,25 @@ _VIRTUAL_SIZE = re.compile(r",W=(\d+)")
 _LEADING_TIME = re.compile(r"^(\d+)")
 
 
+# Errors that stay until an admin acts (RFC 3206 [SYS/PERM]); any other OSError
+# (disk full, I/O error, too many open files) may pass by itself ([SYS/TEMP]).
+_PERMANENT_ERRNOS = frozenset(
+    {errno.ENOTDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.ELOOP, errno.EROFS}
+)
+
+
 class MailboxError(Exception):
-    """The Maildir cannot be opened or read (permissions, disk); temporary by nature."""
+    """The Maildir cannot be opened or read; `permanent` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def _error(path: Path, doing: str, e: OSError) -> MailboxError:
+    return MailboxError(
+        f"{path}: cannot {doing}: {e.strerror}", permanent=e.errno in _PERMANENT_ERRNOS
+    )
 
 
 class MailboxLocked(MailboxError):
@@ -90,19 +107,19 @@ class MaildirMailbox:
             ensure_maildir(path)
             fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
-            raise MailboxError(f"{path}: cannot open: {e.strerror}") from None
+            raise _error(path, "open", e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise MailboxLocked(str(path)) from None
-            raise MailboxError(f"{path}: cannot lock: {e.strerror}") from None
+            raise _error(path, "lock", e) from None
         try:
             messages = _snapshot(path)
         except OSError as e:
             os.close(fd)
-            raise MailboxError(f"{path}: cannot read: {e.strerror}") from None
+            raise _error(path, "read", e) from None
         return cls(path, fd, messages)
 
     def infos(self) -> list[MessageInfo]:
@@ -138,7 +155,7 @@ class MaildirMailbox:
             except FileNotFoundError:
                 continue
             except OSError as e:
-                raise MailboxError(f"{p}: cannot read: {e.strerror}") from None
+                raise _error(p, "read", e) from None
         return None
 
     # ------------------------------------------------------------ UPDATE state

@@ -53,7 +53,7 @@ MAX_PENDING_INPUT = 64 * 1024
 # RFC 1939 message numbers; a 10-digit number exceeds any mailbox we serve and
 # keeps int() away from megabyte-long digit strings.
 MAX_NUMBER_DIGITS = 10
-# RFC 2449 §4: keywords are at most 40 characters... we only know 4-letter ones.
+# RFC 2449 §4: a keyword is at most 40 characters; longer is no command at all.
 MAX_KEYWORD = 40
 
 CAPA_IMPLEMENTATION = "postvakt"

@@ -299,7 +299,7 @@ class POP3Protocol(asyncio.Protocol):
             return
         except MailboxError as e:
             log.error("pop3 mailbox error client=%s user=%s: %s", self.ip, login, e)
-            conn.login_failed(R.SYS_TEMP, counts=False)
+            conn.login_failed(R.SYS_PERM if e.permanent else R.SYS_TEMP, counts=False)
             self._pump()
             return
         if self._lost or conn.closed:
