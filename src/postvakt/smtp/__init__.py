@@ -15,7 +15,13 @@ On Quit or Close: write data_to_send() and close. While PAUSED, stop
 reading when `conn.buffered` grows: the core keeps pipelined input.
 """
 
-from postvakt.smtp._connection import SMTPServer, UsageError
+from postvakt.smtp._connection import SMTPServer
+from postvakt.smtp._errors import (
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    UsageError,
+)
 from postvakt.smtp._events import (
     NEED_DATA,
     PAUSED,
@@ -43,6 +49,9 @@ __all__ = [
     "DataChunk",
     "DataStart",
     "EndOfData",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
     "Event",
     "Helo",
     "MailFrom",

@@ -31,6 +31,7 @@ from postvakt.address import AddressError, parse_path, split_path_and_params
 from postvakt.reply import Reply
 from postvakt.smtp import replies
 from postvakt.smtp._data import DataReader
+from postvakt.smtp._errors import LocalProtocolError, RemoteProtocolError
 from postvakt.smtp._events import (
     NEED_DATA,
     NEEDS_RESPONSE,
@@ -62,10 +63,6 @@ JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 # Postfix smtpd_recipient_overshoot_limit: "too many recipients" replies
 # count as errors only after this many (a big mailing is not an attack).
 RECIPIENT_OVERSHOOT_LIMIT = 1000
-
-
-class UsageError(RuntimeError):
-    """The application called the connection out of turn (a bug in the caller)."""
 
 
 class SMTPServer:
@@ -157,7 +154,7 @@ class SMTPServer:
             return
         verb = self._awaiting
         if verb is None:
-            raise UsageError("respond() called while no event waits for an answer")
+            raise LocalProtocolError("respond() called while no event waits for an answer")
         pending = self._pending
         self._awaiting = None
         self._pending = None
@@ -183,7 +180,7 @@ class SMTPServer:
         if self._state is State.CLOSED:
             return
         if self._state is not State.STARTTLS:
-            raise UsageError("tls_started() without a STARTTLS in progress")
+            raise LocalProtocolError("tls_started() without a STARTTLS in progress")
         self.tls = True
         self.helo = None
         self.esmtp = False
@@ -295,25 +292,27 @@ class SMTPServer:
     # ------------------------------------------------------------ commands
 
     def _command(self, line: bytes) -> None:
+        junk = False
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            self._emit(replies.BAD_UTF8)
-            return
-        word, _, arg = text.partition(" ")
-        verb = word.upper()
-        if verb not in COMMANDS:
-            self._emit(replies.UNRECOGNIZED)
-            return
-        refused = refusal(self._state, verb)
-        if refused is not None:
-            self._emit(refused)
-            return
-        self._handlers[verb](arg)
-        if verb in JUNK_COMMANDS:
-            self._junk += 1
-            if self._junk > JUNK_COMMAND_LIMIT:
-                self._count_error()
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise RemoteProtocolError(replies.BAD_UTF8) from None
+            word, _, arg = text.partition(" ")
+            verb = word.upper()
+            if verb not in COMMANDS:
+                raise RemoteProtocolError(replies.UNRECOGNIZED)
+            refused = refusal(self._state, verb)
+            if refused is not None:
+                raise RemoteProtocolError(refused)
+            if verb in JUNK_COMMANDS:
+                self._junk += 1
+                junk = self._junk > JUNK_COMMAND_LIMIT
+            self._handlers[verb](arg)
+        except (RemoteProtocolError, AddressError) as e:
+            self._emit(e.reply)
+        if junk and self._state is not State.CLOSED:
+            self._count_error()
 
     def _helo(self, arg: str) -> None:
         self._greet(arg, extended=False)
@@ -324,8 +323,7 @@ class SMTPServer:
     def _greet(self, arg: str, extended: bool) -> None:
         name = arg.strip()
         if not name:
-            self._emit(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO)
-            return
+            raise RemoteProtocolError(replies.SYNTAX_EHLO if extended else replies.SYNTAX_HELO)
         # RFC 5321 §4.1.4: HELO/EHLO in a transaction resets it, like RSET.
         self._reset_transaction()
         self.helo = name
@@ -361,28 +359,14 @@ class SMTPServer:
     def _mail(self, arg: str) -> None:
         s = self.settings
         if s.require_tls and not self.tls:
-            self._emit(replies.MUST_STARTTLS)
-            return
+            raise RemoteProtocolError(replies.MUST_STARTTLS)
         if s.require_auth and self.login is None:
-            self._emit(replies.AUTH_REQUIRED)
-            return
-        rest = self._keyword_arg(arg, "FROM")
-        if rest is None:
-            self._emit(replies.SYNTAX_MAIL)
-            return
-        try:
-            path, params = split_path_and_params(rest)
-            if not path:
-                self._emit(replies.SYNTAX_MAIL)
-                return
-            parsed = mail_params(params, s.max_message_size)
-            if isinstance(parsed, Reply):
-                self._emit(parsed)
-                return
-            sender = parse_path(path, smtputf8=parsed.smtputf8, allow_null=True)
-        except AddressError as e:
-            self._emit(e.reply)
-            return
+            raise RemoteProtocolError(replies.AUTH_REQUIRED)
+        path, params = split_path_and_params(self._keyword_arg(arg, "FROM", replies.SYNTAX_MAIL))
+        if not path:
+            raise RemoteProtocolError(replies.SYNTAX_MAIL)
+        parsed = mail_params(params, s.max_message_size)
+        sender = parse_path(path, smtputf8=parsed.smtputf8, allow_null=True)
         event = MailFrom(
             sender, parsed.size, parsed.body, parsed.smtputf8, parsed.ret, parsed.envid
         )
@@ -396,38 +380,25 @@ class SMTPServer:
                 replies.TOO_MANY_RECIPIENTS, error=self._overshoot > RECIPIENT_OVERSHOOT_LIMIT
             )
             return
-        rest = self._keyword_arg(arg, "TO")
-        if rest is None:
-            self._emit(replies.SYNTAX_RCPT)
-            return
+        path, params = split_path_and_params(self._keyword_arg(arg, "TO", replies.SYNTAX_RCPT))
+        if not path:
+            raise RemoteProtocolError(replies.SYNTAX_RCPT)
+        parsed = rcpt_params(params)
         smtputf8 = self.sender is not None and self.sender.smtputf8
-        try:
-            path, params = split_path_and_params(rest)
-            if not path:
-                self._emit(replies.SYNTAX_RCPT)
-                return
-            parsed = rcpt_params(params)
-            if isinstance(parsed, Reply):
-                self._emit(parsed)
-                return
-            recipient = parse_path(path, smtputf8=smtputf8)
-        except AddressError as e:
-            self._emit(e.reply)
-            return
+        recipient = parse_path(path, smtputf8=smtputf8)
         self._await("RCPT", RcptTo(recipient, parsed.notify, parsed.orcpt))
 
     @staticmethod
-    def _keyword_arg(arg: str, keyword: str) -> str | None:
-        """`FROM:<a@b> X=Y` -> `<a@b> X=Y`; None when the keyword is missing."""
+    def _keyword_arg(arg: str, keyword: str, usage: Reply) -> str:
+        """`FROM:<a@b> X=Y` -> `<a@b> X=Y`; the usage reply when the keyword is missing."""
         head, colon, rest = arg.partition(":")
         if not colon or head.strip().upper() != keyword:
-            return None
+            raise RemoteProtocolError(usage)
         return rest
 
     def _data_cmd(self, arg: str) -> None:
         if arg.strip():
-            self._emit(replies.SYNTAX_DATA)
-            return
+            raise RemoteProtocolError(replies.SYNTAX_DATA)
         if self._buf:
             self._sync_error()
             return
@@ -435,8 +406,7 @@ class SMTPServer:
 
     def _rset(self, arg: str) -> None:
         if arg.strip():
-            self._emit(replies.SYNTAX_RSET)
-            return
+            raise RemoteProtocolError(replies.SYNTAX_RSET)
         self._reset_transaction()
         self._state = State.READY if self.helo is not None else State.GREETED
         self._emit(replies.OK)
@@ -446,59 +416,54 @@ class SMTPServer:
 
     def _quit(self, arg: str) -> None:
         if arg.strip():
-            self._emit(replies.SYNTAX_QUIT)
-            return
+            raise RemoteProtocolError(replies.SYNTAX_QUIT)
         self._emit(replies.BYE, error=False)
         self._state = State.CLOSED
         self._awaiting = None
         self._events.append(Quit())
 
     def _vrfy(self, arg: str) -> None:
-        self._emit(replies.VRFY_CANNOT if arg.strip() else replies.SYNTAX_VRFY)
+        if not arg.strip():
+            raise RemoteProtocolError(replies.SYNTAX_VRFY)
+        self._emit(replies.VRFY_CANNOT)
 
     def _expn(self, arg: str) -> None:
-        self._emit(replies.NOT_IMPLEMENTED)
+        raise RemoteProtocolError(replies.NOT_IMPLEMENTED)
 
     def _help(self, arg: str) -> None:
         self._emit(replies.HELP)
 
     def _starttls(self, arg: str) -> None:
         if arg.strip():
-            self._emit(replies.SYNTAX_STARTTLS)
-        elif self.tls:
-            self._emit(replies.TLS_ACTIVE)
-        elif not self.settings.tls_available:
-            self._emit(replies.NOT_IMPLEMENTED)
-        else:
-            self._emit(replies.TLS_READY)
-            # Postfix's vstream_fpurge after the 220; aiosmtpd's CVE-2024-34083 fix.
-            self._buf.clear()
-            self._discarding = False
-            self._state = State.STARTTLS
-            self._events.append(StartTLS())
+            raise RemoteProtocolError(replies.SYNTAX_STARTTLS)
+        if self.tls:
+            raise RemoteProtocolError(replies.TLS_ACTIVE)
+        if not self.settings.tls_available:
+            raise RemoteProtocolError(replies.NOT_IMPLEMENTED)
+        self._emit(replies.TLS_READY)
+        # Postfix's vstream_fpurge after the 220; aiosmtpd's CVE-2024-34083 fix.
+        self._buf.clear()
+        self._discarding = False
+        self._state = State.STARTTLS
+        self._events.append(StartTLS())
 
     # ------------------------------------------------------------ AUTH
 
     def _auth(self, arg: str) -> None:
         mechanisms = self._mechanisms()
         if not mechanisms:
-            self._emit(replies.AUTH_NOT_ENABLED)
-            return
+            raise RemoteProtocolError(replies.AUTH_NOT_ENABLED)
         if self.login is not None:
-            self._emit(replies.ALREADY_AUTHENTICATED)
-            return
+            raise RemoteProtocolError(replies.ALREADY_AUTHENTICATED)
         if not self.tls:
             # RFC 4954 §4: same answer whatever the credentials (no oracle).
-            self._emit(replies.ENCRYPTION_REQUIRED)
-            return
+            raise RemoteProtocolError(replies.ENCRYPTION_REQUIRED)
         words = arg.split()
         if not words or len(words) > 2:
-            self._emit(replies.SYNTAX_AUTH)
-            return
+            raise RemoteProtocolError(replies.SYNTAX_AUTH)
         mechanism = words[0].upper()
         if mechanism not in mechanisms:
-            self._emit(replies.UNKNOWN_MECHANISM)
-            return
+            raise RemoteProtocolError(replies.UNKNOWN_MECHANISM)
         exchange = SaslExchange(mechanism)
         self._sasl_step(exchange, exchange.start(words[1] if len(words) == 2 else None))
 

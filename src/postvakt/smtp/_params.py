@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from postvakt.reply import Reply
 from postvakt.smtp import replies
+from postvakt.smtp._errors import RemoteProtocolError
 
 # RFC 1870 §3: size-value is 1*20DIGIT.
 MAX_SIZE_DIGITS = 20
@@ -45,7 +45,8 @@ def _is_xtext(value: str) -> bool:
     return all(33 <= ord(ch) <= 126 and ch != "=" for ch in value)
 
 
-def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailParams | Reply:
+def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailParams:
+    """Raises RemoteProtocolError with the refusal."""
     seen: set[str] = set()
     size: int | None = None
     body: str | None = None
@@ -54,65 +55,66 @@ def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailPara
     envid: str | None = None
     for name, value in params:
         if name in seen:
-            return replies.duplicate_param(name)
+            raise RemoteProtocolError(replies.duplicate_param(name))
         seen.add(name)
         if name == "SIZE":
             if value is None or not value.isascii() or not value.isdigit():
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             if len(value) > MAX_SIZE_DIGITS:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             size = int(value)
             if size > max_size:
-                return replies.MESSAGE_TOO_BIG
+                raise RemoteProtocolError(replies.MESSAGE_TOO_BIG)
         elif name == "BODY":
             if value is None or value.upper() not in _BODY_TYPES:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             body = value.upper()
         elif name == "SMTPUTF8":
             if value is not None:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             smtputf8 = True
         elif name == "RET":
             if value is None or value.upper() not in _RET_TYPES:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             ret = value.upper()
         elif name == "ENVID":
             if value is None or len(value) > MAX_ENVID or not _is_xtext(value):
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             envid = value
         elif name == "AUTH":
             if value is None:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
         else:
-            return replies.unsupported_param(name)
+            raise RemoteProtocolError(replies.unsupported_param(name))
     return MailParams(size, body, smtputf8, ret, envid)
 
 
-def rcpt_params(params: list[tuple[str, str | None]]) -> RcptParams | Reply:
+def rcpt_params(params: list[tuple[str, str | None]]) -> RcptParams:
+    """Raises RemoteProtocolError with the refusal."""
     seen: set[str] = set()
     notify: tuple[str, ...] | None = None
     orcpt: str | None = None
     for name, value in params:
         if name in seen:
-            return replies.duplicate_param(name)
+            raise RemoteProtocolError(replies.duplicate_param(name))
         seen.add(name)
         if name == "NOTIFY":
             if value is None:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             words = tuple(w.upper() for w in value.split(","))
             if words == ("NEVER",):
                 notify = words
             elif words and all(w in _NOTIFY_TYPES for w in words) and len(set(words)) == len(words):
                 notify = words
             else:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
         elif name == "ORCPT":
             if value is None or len(value) > MAX_ORCPT or ";" not in value:
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             addr_type, _, _ = value.partition(";")
             if not addr_type or not addr_type.isascii():
-                return replies.bad_param_value(name)
+                raise RemoteProtocolError(replies.bad_param_value(name))
             orcpt = value
         else:
-            return replies.unsupported_param(name)
+            raise RemoteProtocolError(replies.unsupported_param(name))
     return RcptParams(notify, orcpt)
