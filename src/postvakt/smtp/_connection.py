@@ -24,7 +24,6 @@ Rules of the house:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 
 from postvakt.address import AddressError, parse_path, split_path_and_params
@@ -68,6 +67,31 @@ RECIPIENT_OVERSHOOT_LIMIT = 1000
 class SMTPServer:
     """One SMTP server session, without I/O."""
 
+    # Thousands of idle sessions per process: no per-instance __dict__.
+    __slots__ = (
+        "settings",
+        "helo",
+        "esmtp",
+        "tls",
+        "login",
+        "error_count",
+        "sender",
+        "recipient_count",
+        "_state",
+        "_buf",
+        "_out",
+        "_events",
+        "_awaiting",
+        "_pending",
+        "_eof",
+        "_discarding",
+        "_shutdown",
+        "_junk",
+        "_overshoot",
+        "_sasl",
+        "_data",
+    )
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.helo: str | None = None
@@ -80,7 +104,7 @@ class SMTPServer:
         self._state = State.GREETED
         self._buf = bytearray()
         self._out = bytearray()
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # a few at most: a list is smaller than a deque
         self._awaiting: str | None = None  # the verb whose event waits for respond()
         self._pending: Event | None = None
         self._eof = False
@@ -90,21 +114,6 @@ class SMTPServer:
         self._overshoot = 0
         self._sasl: SaslExchange | None = None
         self._data: DataReader | None = None
-        self._handlers: dict[str, Callable[[str], None]] = {
-            "HELO": self._helo,
-            "EHLO": self._ehlo,
-            "MAIL": self._mail,
-            "RCPT": self._rcpt,
-            "DATA": self._data_cmd,
-            "RSET": self._rset,
-            "NOOP": self._noop,
-            "QUIT": self._quit,
-            "VRFY": self._vrfy,
-            "EXPN": self._expn,
-            "HELP": self._help,
-            "STARTTLS": self._starttls,
-            "AUTH": self._auth,
-        }
         self._emit(replies.banner(settings.hostname), error=False)
 
     # ------------------------------------------------------------ public API
@@ -139,10 +148,10 @@ class SMTPServer:
             return self._next_event()
         except Exception:  # the last guard: peer input must never raise out of the core
             if self._state is State.CLOSED:
-                return self._events.popleft() if self._events else NEED_DATA
+                return self._events.pop(0) if self._events else NEED_DATA
             self._emit(replies.internal_error(self.settings.hostname), error=False)
             self._close("internal error")
-            return self._events.popleft()
+            return self._events.pop(0)
 
     def respond(self, reply: Reply, *, login: str | None = None) -> None:
         """The application's answer to the event that is waiting.
@@ -207,7 +216,7 @@ class SMTPServer:
     def _next_event(self) -> Event | Signal:
         while True:
             if self._events:
-                return self._events.popleft()
+                return self._events.pop(0)
             if self._state is State.CLOSED:
                 return NEED_DATA
             if self._awaiting is not None:
@@ -280,13 +289,13 @@ class SMTPServer:
             end = EndOfData(reader.size, reader.problem, reader.headers)
             self._await("END", end)
             if out:
-                self._events.appendleft(DataChunk(out))
-            return self._events.popleft()
+                self._events.insert(0, DataChunk(out))
+            return self._events.pop(0)
         if out:
             return DataChunk(out)
         if self._eof:
             self._close("peer closed")
-            return self._events.popleft()
+            return self._events.pop(0)
         return NEED_DATA
 
     # ------------------------------------------------------------ commands
@@ -308,7 +317,7 @@ class SMTPServer:
             if verb in JUNK_COMMANDS:
                 self._junk += 1
                 junk = self._junk > JUNK_COMMAND_LIMIT
-            self._handlers[verb](arg)
+            _HANDLERS[verb](self, arg)
         except (RemoteProtocolError, AddressError) as e:
             self._emit(e.reply)
         if junk and self._state is not State.CLOSED:
@@ -556,5 +565,23 @@ class SMTPServer:
         self._awaiting = None
         self._pending = None
         self._buf.clear()
-        self._events = deque(e for e in self._events if not isinstance(e, NEEDS_RESPONSE))
+        self._events = [e for e in self._events if not isinstance(e, NEEDS_RESPONSE)]
         self._events.append(Close(reason))
+
+
+# Which method runs an allowed command (whether it may run is `_state.py`'s call).
+_HANDLERS: dict[str, Callable[[SMTPServer, str], None]] = {
+    "HELO": SMTPServer._helo,
+    "EHLO": SMTPServer._ehlo,
+    "MAIL": SMTPServer._mail,
+    "RCPT": SMTPServer._rcpt,
+    "DATA": SMTPServer._data_cmd,
+    "RSET": SMTPServer._rset,
+    "NOOP": SMTPServer._noop,
+    "QUIT": SMTPServer._quit,
+    "VRFY": SMTPServer._vrfy,
+    "EXPN": SMTPServer._expn,
+    "HELP": SMTPServer._help,
+    "STARTTLS": SMTPServer._starttls,
+    "AUTH": SMTPServer._auth,
+}
