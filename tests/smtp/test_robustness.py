@@ -422,3 +422,29 @@ def test_shutdown_waits_for_the_message_in_flight() -> None:
     assert out[0] == "250 2.0.0 Ok: queued as TEST"
     assert out[1].startswith("421 4.3.2")
     assert d.kinds()[-2:] == ["EndOfData", "Close"]
+
+
+def test_idle_session_is_small() -> None:
+    """10,000 idle connections must fit in well under 150 MB (DESIGN.md targets)."""
+    import tracemalloc
+
+    config = settings()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        sessions = [SMTPServer(config) for _ in range(1000)]
+        for s in sessions:
+            s.data_to_send()
+        per_session = (tracemalloc.get_traced_memory()[0] - before) / len(sessions)
+    finally:
+        tracemalloc.stop()
+    assert per_session < 2048
+
+
+def test_helo_and_ehlo_set_the_session_facts() -> None:
+    d = Driver()
+    d.feed(b"HELO old.client\r\n")
+    assert (d.conn.helo, d.conn.esmtp) == ("old.client", False)
+    d.feed(b"EHLO new.client\r\n")
+    assert (d.conn.helo, d.conn.esmtp) == ("new.client", True)
+    assert [e.extended for e in d.events] == [False, True]
