@@ -371,3 +371,21 @@ def test_stop_abandons_slow_delivery_safely(tmp_path: Path, smtp_sink) -> None: 
     run(w, again)
     assert len(fast.messages()) == 1
     assert len(w.maildir("bob@pv.test")) == 1  # bob is not delivered twice
+
+
+def test_reloaded_config_applies_to_retries_and_routes(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    sink = smtp_sink()
+    w = World(tmp_path, {}, retry_initial="1h")
+    qm = w.manager()
+    assert qm.policy.retry_initial == 3600
+    new = C.from_dict(
+        {
+            "hostname": "mx.pv.test",
+            "data_dir": str(w.config.data_dir),
+            "domains": {"local": ["pv.test"]},
+            "delivery": {"retry_initial": "2m", "routes": {"a.example": f"127.0.0.1:{sink.port}"}},
+        }
+    )
+    qm.config = new
+    assert qm.policy.retry_initial == 120
+    assert qm.remote.config is new

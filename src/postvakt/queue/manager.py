@@ -74,14 +74,12 @@ class QueueManager:
         *,
         mx_port: int = SMTP_PORT,
     ) -> None:
-        self.config = config
         self.directory = directory
         self.queue = queue
-        d = config.delivery
-        self.policy = schedule.RetryPolicy(d.retry_initial, d.retry_max, d.give_up, d.delay_warning)
         self.remote = RemoteDelivery(
             config, resolver if resolver is not None else DnsResolver(), mx_port
         )
+        self.config = config
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._next_try: dict[str, float] = {}
         self._stopping = False
@@ -89,6 +87,18 @@ class QueueManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        """Also what SIGHUP uses: new retry times and routes apply to the next try."""
+        self._config = config
+        d = config.delivery
+        self.policy = schedule.RetryPolicy(d.retry_initial, d.retry_max, d.give_up, d.delay_warning)
+        self.remote.config = config
 
     # ------------------------------------------------------------ lifecycle
 
@@ -197,6 +207,7 @@ class QueueManager:
             log.exception("queue_id=%s delivery failed unexpectedly; left in active/", qid)
         finally:
             self._inflight.pop(qid, None)
+            self.wake()  # a slot is free: take the next waiting message now
 
     # ------------------------------------------------------------ one message
 
