@@ -46,6 +46,7 @@ class LiveServer:
         pop3: dict[str, Any] | None = None,
         relay: dict[str, Any] | None = None,
         failures: LoginFailures | None = None,
+        login_delay: float | None = None,
     ) -> None:
         raw: dict[str, Any] = {
             "hostname": "mx.pv.test",
@@ -74,6 +75,7 @@ class LiveServer:
                 grants=self.grants,
                 failures=self.failures,
                 ssl_context=self.ssl_context,
+                login_delay=login_delay,
             )
         )
         n = len(self.config.listen.pop3)

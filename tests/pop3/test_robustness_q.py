@@ -530,3 +530,28 @@ def test_idle_timeout_closes_without_deleting(tmp_path: Path) -> None:
         assert retry_login(srv).startswith("+OK Logged in, 1 messages")
     finally:
         srv.stop()
+
+
+def test_login_delay_advertised_and_enforced(tmp_path: Path) -> None:
+    """RFC 2449 LOGIN-DELAY: an ISP's polling policy, enforced rather than only advertised."""
+    srv = LiveServer(tmp_path, login_delay=1.5)
+    try:
+        c = POP3Raw(srv.port("pop3s"), OUTSIDE_IP, tls=True)
+        c.line()
+        assert "LOGIN-DELAY 2" in capa(c)
+        assert c.login().startswith("+OK Logged in")
+        c.cmd("QUIT")
+        first = srv.grants.lookup(OUTSIDE_IP, time.time())
+        assert first is not None
+        c = POP3Raw(srv.port("pop3s"), OUTSIDE_IP, tls=True)
+        c.line()
+        assert (
+            c.login() == "-ERR [LOGIN-DELAY] Logged in too recently, wait before logging in again"
+        )
+        assert srv.grants.lookup(OUTSIDE_IP, time.time()) == first  # not renewed
+        assert srv.failures.failures(OUTSIDE_IP, time.time()) == 0  # not a guess
+        time.sleep(1.6)
+        assert c.login().startswith("+OK Logged in")
+        c.cmd("QUIT")
+    finally:
+        srv.stop()

@@ -91,6 +91,8 @@ class Settings:
     plaintext_allowed: bool = False
     # Failed logins on one connection before it is closed ([pop3] max_failures).
     max_failures: int = 3
+    # Seconds a user must wait between logins (RFC 2449 §6.5 LOGIN-DELAY); 0 = none.
+    login_delay: int = 0
 
 
 @dataclass(frozen=True)
@@ -407,6 +409,8 @@ class POP3Connection:
 
     def _capa_lines(self) -> list[str]:
         lines = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER"]
+        if self.settings.login_delay > 0:
+            lines.append(f"LOGIN-DELAY {self.settings.login_delay}")
         if self.state is State.AUTHORIZATION:
             if self._may_send_plaintext():
                 lines += ["USER", "SASL PLAIN"]

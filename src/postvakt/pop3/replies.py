@@ -55,6 +55,7 @@ def err(text: str, code: str = "") -> POP3Reply:
 
 GREETING = ok("POP3 server ready")
 AUTH_FAILED = err("Authentication failed", "AUTH")
+LOGIN_DELAY = err("Logged in too recently, wait before logging in again", "LOGIN-DELAY")
 IN_USE = err("Mailbox is locked by another session", "IN-USE")
 PLAINTEXT_DISALLOWED = err(
     "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.", "AUTH"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -49,6 +50,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("postvakt.pop3")
 
+# LOGIN-DELAY bookkeeping is pruned past this many users (one entry per user
+# who logged in within the delay; a small provider has far fewer).
+MAX_LOGIN_DELAY_ENTRIES = 100_000
+
 
 def client_ip(peer: Any) -> str:
     """The client address as grants and policy see it (IPv4-mapped IPv6 as plain IPv4)."""
@@ -76,6 +81,7 @@ class POP3Context:
         grants: GrantStore,
         failures: LoginFailures,
         ssl_context: ssl.SSLContext | None,
+        login_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -84,7 +90,23 @@ class POP3Context:
         self.grants = grants
         self.failures = failures
         self.ssl_context = ssl_context
+        self.login_delay = login_delay
         self.clock = clock
+        # login -> time of the last successful login, for LOGIN-DELAY (this process only).
+        self.last_login: dict[str, float] = {}
+
+    def too_soon(self, login: str, now: float) -> bool:
+        last = self.last_login.get(login)
+        return self.login_delay > 0 and last is not None and now - last < self.login_delay
+
+    def logged_in(self, login: str, now: float) -> None:
+        if self.login_delay <= 0:
+            return
+        self.last_login[login] = now
+        if len(self.last_login) > MAX_LOGIN_DELAY_ENTRIES:
+            cutoff = now - self.login_delay
+            for k in [k for k, t in self.last_login.items() if t < cutoff]:
+                del self.last_login[k]
 
     def plaintext_allowed(self, ip: str) -> bool:
         mode = self.config.pop3.plaintext
@@ -135,6 +157,7 @@ class POP3Protocol(asyncio.Protocol):
                 tls_available=self.ctx.ssl_context is not None and not self.implicit_tls,
                 plaintext_allowed=self.ctx.plaintext_allowed(self.ip),
                 max_failures=max(1, cfg.pop3.max_failures),
+                login_delay=math.ceil(self.ctx.login_delay),
             )
         )
         log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
@@ -285,6 +308,11 @@ class POP3Protocol(asyncio.Protocol):
             self._pump()
             return
         ctx.failures.record_success(self.ip)
+        if ctx.too_soon(login, ctx.clock()):
+            log.info("pop3 login delay client=%s user=%s", self.ip, login)
+            conn.login_failed(R.LOGIN_DELAY, counts=False)
+            self._pump()
+            return
         opening = loop.run_in_executor(None, MaildirMailbox.open, ctx.directory.maildir(login))
         try:
             mailbox = await asyncio.shield(opening)
@@ -306,6 +334,7 @@ class POP3Protocol(asyncio.Protocol):
             mailbox.close()
             return
         self.mailbox = mailbox
+        ctx.logged_in(login, ctx.clock())
         conn.login_ok(login, mailbox.infos())
         ttl = ctx.config.relay.pop_before_smtp
         if ttl > 0:
@@ -393,8 +422,16 @@ async def start_pop3(
     grants: GrantStore,
     failures: LoginFailures,
     ssl_context: ssl.SSLContext | None,
+    login_delay: float | None = None,
+    reuse_port: bool = False,
 ) -> list[asyncio.base_events.Server]:
-    """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS)."""
+    """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
+
+    The pop3 servers come first in the list, then the pop3s ones, each in
+    config order. `login_delay` (seconds, RFC 2449 LOGIN-DELAY) defaults to
+    `[pop3] login_delay` when the config has it, else none. `reuse_port` lets
+    several worker processes share the ports (SO_REUSEPORT).
+    """
     loop = asyncio.get_running_loop()
     ctx = POP3Context(
         config,
@@ -403,6 +440,9 @@ async def start_pop3(
         grants=grants,
         failures=failures,
         ssl_context=ssl_context,
+        login_delay=float(getattr(config.pop3, "login_delay", 0.0))
+        if login_delay is None
+        else login_delay,
     )
     servers: list[asyncio.base_events.Server] = []
     try:
@@ -413,6 +453,7 @@ async def start_pop3(
                     hp.host,
                     hp.port,
                     reuse_address=True,
+                    reuse_port=reuse_port or None,
                 )
             )
         if config.listen.pop3s and ssl_context is None:
@@ -425,6 +466,7 @@ async def start_pop3(
                     hp.port,
                     ssl=ssl_context,
                     reuse_address=True,
+                    reuse_port=reuse_port or None,
                 )
             )
     except BaseException:
