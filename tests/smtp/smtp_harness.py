@@ -5,6 +5,8 @@ Transcripts are lines:
 - `C~ text`  the client sends `text` with Python escapes (`\\r`, `\\n`, `\\x00`) and no CRLF added;
 - `S: text`  the server answers `text` + CRLF;
 - `E: repr`  an event the application saw (DataChunks of one message are merged);
+- `A: reply` the application's answer to the next event that needs one, in
+             place of the default application (`answer`);
 - `--`       the client waits here for every reply so far (after DATA, after STARTTLS).
 
 Each segment's client bytes are fed one of three ways (one chunk, byte by
@@ -95,6 +97,7 @@ class Driver:
     app: Callable[[object], Reply | None] = answer
     start_tls: bool = True  # finish the handshake as soon as StartTLS is seen
     events: list[object] = field(default_factory=list)
+    scripted: list[Reply] = field(default_factory=list)  # answers used before `app`
 
     def __post_init__(self) -> None:
         self.conn = SMTPServer(self.settings)
@@ -113,6 +116,8 @@ class Driver:
                 raise AssertionError("PAUSED although every event was answered")
             self.events.append(event)
             reply = self.app(event)
+            if reply is not None and self.scripted:
+                reply = self.scripted.pop(0)
             if reply is not None:
                 self.conn.respond(reply)
             if isinstance(event, StartTLS) and self.start_tls:
@@ -165,11 +170,13 @@ class Segment:
 class Transcript:
     segments: list[Segment]
     events: list[str] | None  # None: the transcript does not list events
+    answers: list[Reply] = field(default_factory=list)
 
 
 def parse(text: str) -> Transcript:
     segments = [Segment()]
     events: list[str] = []
+    answers: list[Reply] = []
     for raw in text.strip("\n").split("\n"):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -186,9 +193,14 @@ def parse(text: str) -> Transcript:
             segments[-1].server += line[3:].encode("utf-8") + b"\r\n"
         elif line.startswith("E: "):
             events.append(line[3:])
+        elif line.startswith("A: "):
+            code, enhanced, rest = (line[3:].split(" ", 2) + ["", ""])[:3]
+            if not enhanced[:1].isdigit():
+                enhanced, rest = "", f"{enhanced} {rest}".strip()
+            answers.append(Reply(int(code), enhanced, rest))
         else:
             raise ValueError(f"bad transcript line: {raw!r}")
-    return Transcript(segments, events or None)
+    return Transcript(segments, events or None, answers)
 
 
 Splitter = Callable[[bytes], list[bytes]]
@@ -212,7 +224,7 @@ def split_at(points: Sequence[int]) -> Splitter:
 
 def run(text: str, split: Splitter, config: Settings = SETTINGS) -> Driver:
     transcript = parse(text)
-    driver = Driver(config)
+    driver = Driver(config, scripted=list(transcript.answers))
     for n, segment in enumerate(transcript.segments):
         for piece in split(segment.client):
             driver.feed(piece)

@@ -277,6 +277,37 @@ C: NOOP
 S: 250 2.0.0 Ok
 """
 
+TRANSCRIPTS["application_answers_per_row"] = f"""
+S: {BANNER}
+C: EHLO client.test
+{EHLO_PLAIN}
+A: 451 4.3.0 Try again later
+C: MAIL FROM:<a@other.test>
+S: 451 4.3.0 Try again later
+A: 250 2.1.0 Sender ok
+C: MAIL FROM:<a@other.test>
+S: 250 2.1.0 Sender ok
+A: 250 2.1.5 Recipient ok
+C: RCPT TO:<bob@pv.test>
+S: 250 2.1.5 Recipient ok
+A: 554 5.5.1 Error: no valid recipients
+C: DATA
+S: 554 5.5.1 Error: no valid recipients
+--
+A: 354 Go ahead
+C: DATA
+S: 354 Go ahead
+--
+C: Subject: x
+C:
+C: body
+C: .
+A: 451 4.3.0 Queue file write error
+S: 451 4.3.0 Queue file write error
+C: MAIL FROM:<a@other.test>
+S: 250 2.1.0 Ok
+"""
+
 # Settings per transcript (default: smtp_harness.SETTINGS).
 OPTIONS: dict[str, dict[str, object]] = {
     "submission_requires_tls_then_auth": {"require_tls": True, "require_auth": True},
