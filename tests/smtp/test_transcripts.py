@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from smtp_harness import byte_by_byte, one_chunk, run, split_at
 from smtp_harness import settings as make_settings
-from transcripts import OPTIONS, TRANSCRIPTS
+from smtp_transcripts import OPTIONS, TRANSCRIPTS
 
 NAMES = sorted(TRANSCRIPTS)
 
