@@ -14,6 +14,9 @@ Rules of the house:
 - Domains come out canonical: lowercase, IDNA A-labels, no trailing dot;
   address literals normalized (`[127.0.0.1]`, `[IPv6:::1]`).
 - Every failure is an `AddressError` carrying the `Reply` to send.
+- The 64-octet local-part limit (RFC 5321 §4.5.3.1.1) is not enforced, as
+  in Postfix: real addresses (VERP, SRS) exceed it; the 256-octet path
+  limit still bounds everything.
 - Pure: no I/O, no clock, no sockets.
 """
 

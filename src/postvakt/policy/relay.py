@@ -20,6 +20,7 @@ from postvakt.policy import roads as road_rules
 from postvakt.policy.types import (
     NO_MATCH,
     PERMIT,
+    REJECT,
     Client,
     Decision,
     DirectoryView,
@@ -81,7 +82,7 @@ def check_rcpt(client: Client, rcpt: Address, config: Config, directory: Directo
         why = f"{domain} is a local domain but there is no user or alias {rcpt}"
         if rcpt.routed:
             why += " (the local part is taken literally: nothing routes on %, ! or @)"
-        trace.append(Step(LOCAL_DOMAIN, "reject", why))
+        trace.append(Step(LOCAL_DOMAIN, REJECT, why))
         return Decision(Verdict.REJECT, unknown_user_reply(rcpt), LOCAL_DOMAIN, tuple(trace))
     trace.append(
         Step(

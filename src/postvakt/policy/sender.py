@@ -28,6 +28,8 @@ from postvakt.policy.types import (
     NO_MATCH,
     OFF,
     PERMIT,
+    REJECT,
+    WARN,
     Client,
     Decision,
     DirectoryView,
@@ -229,9 +231,9 @@ def check_sender(
         steps.append(Step(finding.rule, PERMIT, finding.detail))
         return Decision(Verdict.PERMIT, MAIL_OK, finding.rule, tuple(steps))
     if finding.enforce == "warn":
-        steps.append(Step(finding.rule, "warn", f"{finding.detail} (warn only)"))
+        steps.append(Step(finding.rule, WARN, f"{finding.detail} (warn only)"))
         return Decision(Verdict.WARN, MAIL_OK, finding.rule, tuple(steps))
-    steps.append(Step(finding.rule, "reject", finding.detail))
+    steps.append(Step(finding.rule, REJECT, finding.detail))
     reply = _envelope_reply(sender, finding.reason, config, hints)
     return Decision(Verdict.REJECT, reply, finding.rule, tuple(steps))
 
@@ -270,21 +272,21 @@ def check_header_from(
             steps.append(Step(finding.rule, OFF, f"{name} {finding.detail} (check off)"))
             continue
         if enforce == "warn":
-            steps.append(Step(finding.rule, "warn", f"{name} {finding.detail} (warn only)"))
+            steps.append(Step(finding.rule, WARN, f"{name} {finding.detail} (warn only)"))
             warned.append(finding.rule)
             continue
-        steps.append(Step(finding.rule, "reject", f"{name} {finding.detail}"))
+        steps.append(Step(finding.rule, REJECT, f"{name} {finding.detail}"))
         phrase = (
             finding.reason
             if finding.reason.startswith("not owned")
             else f"rejected: {finding.reason}"
         )
         reply = Reply(550, "5.7.1", f"{name} header <{address}> {phrase}")
-        steps.append(Step(HEADER_FROM, "reject", f"[sender] header_from = {mode}"))
+        steps.append(Step(HEADER_FROM, REJECT, f"[sender] header_from = {mode}"))
         return Decision(Verdict.REJECT, reply, HEADER_FROM, tuple(steps))
     if warned:
         steps.append(
-            Step(HEADER_FROM, "warn", f"[sender] header_from = {mode}: accepted with findings")
+            Step(HEADER_FROM, WARN, f"[sender] header_from = {mode}: accepted with findings")
         )
         return Decision(Verdict.WARN, HEADER_OK, HEADER_FROM, tuple(steps))
     steps.append(
