@@ -181,3 +181,54 @@ def test_failing_bounce_to_null_sender_is_dropped_with_a_log_line(world) -> None
     q = srv.data_dir / "queue"
     assert not any(list((q / s).iterdir()) for s in ("incoming", "active", "deferred", "hold"))
     assert "dsn=" not in srv.log()
+
+
+def test_dsn_parameters_travel_to_the_next_hop(world) -> None:  # type: ignore[no-untyped-def]
+    import smtplib
+
+    tmp_path, sinks, servers = world
+    sink = SmtpSink(tmp_path)
+    sinks.append(sink)
+    srv = start_server(tmp_path, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}})
+    servers.append(srv)
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:
+        s.sendmail(
+            "x@home.example",
+            [f"friend@{REMOTE}"],
+            "Subject: dsn params\r\n\r\nx\r\n",
+            mail_options=["RET=HDRS", "ENVID=env+2B42"],
+            rcpt_options=["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Friend+2B1@other.example"],
+        )
+    [dump] = sink.wait_for(1)
+    assert "X-Mail-Args: <x@home.example> RET=HDRS ENVID=env+2B42" in dump
+    assert (
+        "X-Rcpt-Args: <friend@other.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;Friend+2B1@other.example"
+        in dump
+    )
+
+
+def test_notify_never_means_no_bounce(world) -> None:  # type: ignore[no-untyped-def]
+    import smtplib
+
+    tmp_path, sinks, servers = world
+    sink = SmtpSink(tmp_path, extra=["-f", "rcpt"])
+    sinks.append(sink)
+    srv = start_server(
+        tmp_path, users={ALICE: PASSWORD}, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}}
+    )
+    servers.append(srv)
+    with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=10) as s:
+        s.starttls()
+        s.login(ALICE, PASSWORD)
+        s.sendmail(
+            ALICE,
+            [f"friend@{REMOTE}"],
+            "Subject: never\r\n\r\nx\r\n",
+            rcpt_options=["NOTIFY=NEVER"],
+        )
+    deadline = time.monotonic() + 20
+    while "status=bounced" not in srv.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "status=bounced" in srv.log()
+    time.sleep(1.5)
+    assert wait_maildir(srv.data_dir, ALICE, 1, timeout=0.5) == []
