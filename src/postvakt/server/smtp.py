@@ -448,7 +448,7 @@ class SMTPSession(asyncio.Protocol):
             return
         failures.record_success(self.ip)
         log.info("AUTH client=%s port=%s user=<%s> mechanism=%s ok", self.ip, self.kind, login, ev.mechanism)
-        conn.respond(REPLY_AUTH_OK)
+        conn.respond(REPLY_AUTH_OK, login=login)
 
     async def _on_starttls(self) -> None:
         conn, transport = self.conn, self.transport
@@ -459,10 +459,9 @@ class SMTPSession(asyncio.Protocol):
             self._close()
             return
         loop = asyncio.get_running_loop()
-        # Reading was paused while we answered; the TLS layer must read the
-        # handshake from the raw transport (uvloop does not resume it itself).
-        # Nothing can be read between these two lines: no await in between.
-        transport.resume_reading()
+        # Reading stays paused until start_tls has put the TLS layer in front of
+        # us (it resumes the raw transport itself): a ClientHello must never
+        # reach this protocol as plaintext.
         self.tls_pending = []
         try:
             new_transport = await asyncio.wait_for(
