@@ -514,22 +514,25 @@ def check_certificate(
     timeout: float,
     server_name: str,
     cafile: Path | None,
+    der: bytes | None = None,
 ) -> CertInfo:
-    """Handshake once with verification (to learn OpenSSL's verdict), and get the certificate."""
+    """OpenSSL's verdict on the server's certificate, from one verifying handshake.
+
+    `der` is the certificate an earlier (unverified) session already saw; without
+    it a second, unverified handshake fetches it. Run this last: a client that
+    aborts a handshake looks like an attacker to some servers.
+    """
     verify_error = ""
     verified = False
-    der: bytes | None = None
     ctx = verifying_context(cafile)
     ctx.check_hostname = False  # the name is judged by name_matches, so an IP target still works
 
-    def _plain_then_tls(context: ssl.SSLContext) -> ssl.SSLSocket:
+    def handshake(context: ssl.SSLContext) -> ssl.SSLSocket:
         sock = open_connection(host, port, source=source, timeout=timeout)
         sock.settimeout(timeout)
         if starttls:
-            t = Transcript()
-            conn = _LineConnection(sock, t, timeout)
-            client = SMTPClient(host, port, timeout=timeout, transcript=t)
-            client.conn = conn
+            client = SMTPClient(host, port, timeout=timeout)
+            client.conn = _LineConnection(sock, client.transcript, timeout)
             try:
                 client.read_reply()
                 client.ehlo()
@@ -550,17 +553,19 @@ def check_certificate(
             raise _classify_oserror(e) from None
 
     try:
-        s = _plain_then_tls(ctx)
+        s = handshake(ctx)
         verified = True
-        der = s.getpeercert(binary_form=True)
+        der = s.getpeercert(binary_form=True) or der
         s.close()
     except ssl.SSLCertVerificationError as e:
         verify_error = e.verify_message or str(e)
     except ssl.SSLError as e:
-        raise ProbeError("tls", e.reason or str(e)) from None
+        verify_error = f"could not verify: {e.reason or e}"
+    except ProbeError as e:
+        verify_error = f"could not verify: {e.detail}"
     if der is None:
         try:
-            s = _plain_then_tls(unverified_context())
+            s = handshake(unverified_context())
         except ssl.SSLError as e:
             raise ProbeError("tls", e.reason or str(e)) from None
         der = s.getpeercert(binary_form=True)

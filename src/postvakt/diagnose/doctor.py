@@ -98,6 +98,7 @@ class Attempt:
     caps_tls: dict[str, str] | None = None
     tls_version: str = ""
     used_tls: bool = False
+    peer_der: bytes | None = None
     transcript: Transcript = field(default_factory=Transcript)
 
     @property
@@ -239,6 +240,7 @@ def run_attempt(
             a.reply = e.detail
         return a
     finally:
+        a.peer_der = client.peer_der
         client.close()
 
 
@@ -330,8 +332,8 @@ def _case_for(a: Attempt, opts: DoctorOptions) -> str:
         return "too_many_errors"
     if a.stage == "auth":
         if o == "auth_unavailable":
-            # Offered only after TLS, and this client does not use TLS?
-            return "auth_requires_tls" if not a.used_tls else "auth_unavailable"
+            # diagnose() turns this into auth_requires_tls when STARTTLS would bring AUTH.
+            return "auth_unavailable"
         return "auth_failed" if o in (k.AUTH_FAILED, k.OTHER) else _generic(o)
     if o == k.SENDER_NOT_OWNED:
         return "sender_not_owned"
@@ -416,7 +418,7 @@ def _cert_findings(cert: CertInfo, name: str) -> list[Finding]:
         out.append(Finding("cert_expired", "problem", {"date": cert.not_after[:10]}))
     elif cert.days_left < CERT_WARN_DAYS:
         out.append(Finding("cert_expires_soon", "warning", {"days": cert.days_left}))
-    if cert.self_signed:
+    if cert.self_signed and not cert.verified:
         out.append(Finding("cert_self_signed", "warning", {}))
     elif not cert.verified:
         out.append(Finding("cert_untrusted", "warning", {"error": cert.verify_error}))
@@ -504,33 +506,6 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
     if case in ("port_blocked", "connection_refused") and others_open:
         params["open_ports"] = [a.port for a in others_open]
 
-    # Certificate of the configured port (or the first TLS port that answers).
-    tls_target = _tls_target(survey, conf, opts)
-    if tls_target is not None:
-        try:
-            cert = check_certificate(
-                opts.host,
-                tls_target.port,
-                starttls=tls_target.security != "ssl",
-                source=opts.source,
-                timeout=opts.timeout,
-                server_name=opts.server_name,
-                cafile=opts.cafile,
-            )
-            findings += _cert_findings(cert, opts.server_name)
-        except ProbeError as e:
-            findings.append(
-                Finding(
-                    "port_tls",
-                    "warning",
-                    {
-                        "port": tls_target.port,
-                        "service": "tls",
-                        "detail": e.detail,
-                    },
-                )
-            )
-
     # POP-before-SMTP: a denial that a fresh POP3 login turns into an accept.
     relay_like = case in ("relay_denied_no_auth", "auth_not_used", "sender_not_logged_in")
     if opts.pop3_host and not accepted:
@@ -580,6 +555,35 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
                     Finding("works_with", "ok", {"port": port, "security": _sec_name(sec)})
                 )
                 break
+
+    # Certificate of the configured port (or the first TLS port that answers); last,
+    # because a verifying handshake that fails makes some servers slow to the next one.
+    tls_target = _tls_target(survey, conf, opts)
+    if tls_target is not None:
+        try:
+            cert = check_certificate(
+                opts.host,
+                tls_target.port,
+                starttls=tls_target.security != "ssl",
+                source=opts.source,
+                timeout=opts.timeout,
+                server_name=opts.server_name,
+                cafile=opts.cafile,
+                der=tls_target.peer_der,
+            )
+            findings += _cert_findings(cert, opts.server_name)
+        except ProbeError as e:
+            findings.append(
+                Finding(
+                    "port_tls",
+                    "warning",
+                    {
+                        "port": tls_target.port,
+                        "service": "tls",
+                        "detail": e.detail,
+                    },
+                )
+            )
 
     findings.insert(
         0,
