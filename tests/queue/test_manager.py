@@ -389,3 +389,20 @@ def test_reloaded_config_applies_to_retries_and_routes(tmp_path: Path, smtp_sink
     qm.config = new
     assert qm.policy.retry_initial == 120
     assert qm.remote.config is new
+
+
+def test_unexpected_error_defers_never_bounces_or_loses(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = World(tmp_path, {})
+    qid = w.submit("alice@pv.test", ["bob@pv.test"], "directory down")
+    w.directory.close()  # every lookup now raises sqlite3.ProgrammingError
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: w.queue.find(qid) == "deferred")
+
+    with caplog.at_level(logging.ERROR, logger="postvakt.queue"):
+        run(w, body)
+    assert any(qid in r.getMessage() and "deferred" in r.getMessage() for r in caplog.records)
+    assert w.queue.read_status(qid).next_try > time.time()
+    assert w.queue.ids("incoming") == [] and w.queue.ids("active") == []

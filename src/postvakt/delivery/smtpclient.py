@@ -22,7 +22,7 @@ import asyncio
 import os
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from postvakt.reply import Reply
 
@@ -119,13 +119,6 @@ class RcptParams:
     address: str
     notify: tuple[str, ...] | None = None
     orcpt: str | None = None
-
-
-@dataclass
-class TransactionResult:
-    """Per-recipient replies (RCPT's, or DATA's for the accepted ones)."""
-
-    replies: list[Reply] = field(default_factory=list)
 
 
 def _tls_context() -> ssl.SSLContext:

@@ -13,14 +13,10 @@ from typing import Any
 
 from postvakt.reply import Reply
 
-# Recipient states in the status file. A recipient is final once DONE or FAILED.
+# Unit states in the status file. A unit is final once DONE or FAILED.
 PENDING = "pending"
 DONE = "done"
 FAILED = "failed"
-FINAL_STATES = (DONE, FAILED)
-
-# RFC 3461 §4.1: NOTIFY is NEVER or any of SUCCESS, FAILURE, DELAY.
-NOTIFY_VALUES = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 
 
 @dataclass(frozen=True)
@@ -166,7 +162,7 @@ class Status:
 
     @property
     def last_error(self) -> str:
-        """The latest non-success reply, for `queue list`."""
+        """The reply of the first unit not (yet) delivered, for `queue list`."""
         for u in self.units or ():
             if u.state != DONE and u.reply:
                 return str(Reply(*u.reply)).replace("\n", " ")

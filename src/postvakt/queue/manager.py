@@ -68,7 +68,7 @@ class QueueManager:
     def __init__(
         self,
         config: Config,
-        directory: Directory | None,
+        directory: Directory,
         queue: Queue,
         resolver: Resolver | None = None,
         *,
@@ -157,11 +157,6 @@ class QueueManager:
                 await asyncio.wait_for(self._wake.wait(), SCAN_INTERVAL)
             self._wake.clear()
 
-    async def idle(self) -> bool:
-        """True when nothing is in delivery and incoming/ is empty (for tests)."""
-        ids = await asyncio.to_thread(self.queue.ids, INCOMING)
-        return not self._inflight and not ids
-
     # ------------------------------------------------------------ scheduling
 
     async def scan(self) -> None:
@@ -202,12 +197,23 @@ class QueueManager:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # Leave it in active/: a bug must not turn into a bounce or a loss.
-            # It is retried at the next start (or by `postvakt queue retry`).
-            log.exception("queue_id=%s delivery failed unexpectedly; left in active/", qid)
+            # A bug must turn into neither a bounce nor a loss: try again later.
+            log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
+            with contextlib.suppress(Exception):
+                nxt = await asyncio.to_thread(self._defer_after_error, qid)
+                if nxt is not None:
+                    self._next_try[qid] = nxt
         finally:
             self._inflight.pop(qid, None)
             self.wake()  # a slot is free: take the next waiting message now
+
+    def _defer_after_error(self, qid: str) -> float | None:
+        status = self.queue.read_status(qid)
+        nxt = time.time() + self.policy.retry_initial
+        if not (self.queue.root / ACTIVE / qid).exists():
+            return None
+        self.queue.write_status(qid, replace(status, next_try=nxt))
+        return nxt if self.queue.move(qid, ACTIVE, DEFERRED) else None
 
     # ------------------------------------------------------------ one message
 
@@ -274,11 +280,7 @@ class QueueManager:
         self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
 
     def _maildir_deliver(self, env: Envelope, body: bytes, mailbox: str) -> Path:
-        if self.directory is not None:
-            path = self.directory.maildir(mailbox)
-        else:
-            local, _, domain = mailbox.lower().rpartition("@")
-            path = self.config.data_dir / "mail" / domain / local
+        path = self.directory.maildir(mailbox)
         return maildir.deliver(path, body, return_path=env.sender, delivered_to=mailbox)
 
     async def _remote(
@@ -344,10 +346,8 @@ class QueueManager:
             domain = addr.rpartition("@")[2].lower()
             if "@" in addr and not self.config.is_local_domain(domain):
                 targets = [addr]
-            elif self.directory is not None:
-                targets = self.directory.resolve(addr)
             else:
-                targets = [addr]
+                targets = self.directory.resolve(addr)
             if not targets:
                 units.append(Unit(i, addr, True, FAILED, _tuple(USER_UNKNOWN), "local", 0))
                 continue

@@ -254,8 +254,7 @@ class Queue:
 
     def read_body(self, msg: QueuedMessage) -> bytes:
         """The message bytes as received; raises FileNotFoundError or CorruptEntry."""
-        state = msg.state
-        with open(self.path(state, msg.queue_id), "rb") as f:
+        with open(self.path(msg.state, msg.queue_id), "rb") as f:
             data = f.read(msg.size)
         if len(data) != msg.size or zlib.crc32(data) != msg.crc:
             raise CorruptEntry("message checksum mismatch")
