@@ -232,3 +232,28 @@ def test_notify_never_means_no_bounce(world) -> None:  # type: ignore[no-untyped
     assert "status=bounced" in srv.log()
     time.sleep(1.5)
     assert wait_maildir(srv.data_dir, ALICE, 1, timeout=0.5) == []
+
+
+def test_sigterm_abandons_a_slow_delivery_safely_and_restart_delivers(world) -> None:  # type: ignore[no-untyped-def]
+    tmp_path, sinks, servers = world
+    slow = SmtpSink(tmp_path, extra=["-w", "120"])  # answers DATA only after 2 minutes
+    sinks.append(slow)
+    srv = start_server(
+        tmp_path, users={ALICE: PASSWORD}, delivery={"routes": {REMOTE: f"127.0.0.1:{slow.port}"}}
+    )
+    servers.append(srv)
+    r = swaks_submit(srv, f"friend@{REMOTE}", "e2e-sigterm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(1.0)  # the delivery is now waiting on the slow peer
+    assert list((srv.data_dir / "queue" / "active").iterdir())
+    t0 = time.monotonic()
+    assert srv.stop(timeout=30) == 0
+    assert time.monotonic() - t0 < 25
+    assert "deliveries abandoned" in srv.log()
+    port = slow.port
+    slow.stop()
+    fast = SmtpSink(tmp_path, port=port)
+    sinks.append(fast)
+    srv.start()
+    [dump] = fast.wait_for(1)
+    assert "Subject: e2e-sigterm" in dump
