@@ -407,8 +407,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     sender = _scalar_table(_table(raw, "sender", source), SenderConfig(), source, "sender")
     for k in ("authenticated", "unauthenticated_local", "header_from"):
         _choice(getattr(sender, k), SENDER_MODES, source, f"[sender] {k}")
-    for k in ("networks", "clients", "pop_before_smtp"):
-        _choice(getattr(sender, k), TRUSTED_SENDER_MODES, source, f"[sender] {k}")
+    # "owner" needs a user behind the road: only a POP-before-SMTP grant names one.
+    for k in ("networks", "clients"):
+        _choice(getattr(sender, k), ("any", "domain"), source, f"[sender] {k}")
+    _choice(sender.pop_before_smtp, TRUSTED_SENDER_MODES, source, "[sender] pop_before_smtp")
 
     smtp = _scalar_table(_table(raw, "smtp", source), SMTPConfig(), source, "smtp", durations=("idle_timeout", "error_sleep"))
     if smtp.workers < 1:

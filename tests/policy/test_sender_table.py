@@ -229,15 +229,6 @@ ENVELOPE = [
         (*ROADS_T, SENDER_NETWORKS),
         {"networks": "domain"},
     ),
-    Row(
-        "networks-owner",
-        "T",
-        "<alice@pv.test>",
-        REJECT,
-        not_logged_in("alice@pv.test"),
-        (*ROADS_T, SENDER_NETWORKS),
-        {"networks": "owner"},
-    ),
     # Allowed clients, same settings.
     Row("clients-any", "C", "<x@other.example>", PERMIT, MAIL_OK, (*ROADS_C, SENDER_CLIENTS)),
     Row(

@@ -90,6 +90,7 @@ def test_domains_are_canonical() -> None:
         ('[domains]\nlocal = ["a.test"]\nrelay = ["a.test"]', "[domains] relay", "also a local domain"),
         ('[relay]\nreject_code = 250', "[relay] reject_code", "4xx or 5xx"),
         ('[sender]\nnetworks = "everyone"', "[sender] networks", "not one of"),
+        ('[sender]\nclients = "owner"', "[sender] clients", "not one of any, domain"),
         ("hostname = ", "", "not valid TOML"),
     ],
 )

@@ -22,7 +22,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from postvakt import smtp
-from postvakt.address import parse_header_addresses
+from postvakt.address import AddressError, parse_header_addresses
 from postvakt.policy import Client, Decision, check_header_from, check_rcpt, check_sender
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
@@ -377,8 +377,19 @@ class SMTPSession(asyncio.Protocol):
             msg.abort()
             conn.respond(REPLY_QUEUE_ERROR)
             return
-        header_from = [a for v in _header_values(ev.headers, "from") for a in self._parse_header(v)]
-        header_sender = [a for v in _header_values(ev.headers, "sender") for a in self._parse_header(v)]
+        try:
+            header_from = [a for v in _header_values(ev.headers, "from") for a in parse_header_addresses(v)]
+            header_sender = [a for v in _header_values(ev.headers, "sender") for a in parse_header_addresses(v)]
+        except AddressError as e:
+            # A From: that two parsers would read differently (CVE-2023-27043) is
+            # refused rather than skipped: skipping would let a forged sender through.
+            if self.app.config.sender.header_from != "off":
+                msg.abort()
+                log.info("DATA client=%s login=%s id=%s refused: bad From:/Sender: reply=%r",
+                         self.ip, conn.login or "-", msg.queue_id, str(e.reply))
+                conn.respond(e.reply)
+                return
+            header_from, header_sender = [], []
         decision = check_header_from(self._client(), header_from, header_sender, self.app.config, self.app.directory)
         self._log_decision("DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))})
         if not decision.reply.positive:
@@ -421,12 +432,6 @@ class SMTPSession(asyncio.Protocol):
         self.app.crash_point("after_250")
         self.app.message_queued()
         self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = "", [], None, None, []
-
-    def _parse_header(self, value: str) -> list:  # type: ignore[type-arg]
-        try:
-            return parse_header_addresses(value)
-        except ValueError:
-            return []
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
         conn = self.conn
