@@ -198,3 +198,41 @@ def test_delivery_all_mx_down_is_temporary() -> None:
         return [x.reply.code for x in res]
 
     assert asyncio.run(go()) == [451]
+
+
+def test_equal_preferences_are_tried_in_random_order() -> None:
+    r = StubResolver(
+        mx={
+            "x.example": [
+                (10, "a.x.example"),
+                (10, "b.x.example"),
+                (10, "c.x.example"),
+                (20, "z.x.example"),
+            ]
+        },
+        a={h: ["192.0.2.1"] for h in ("a.x.example", "b.x.example", "c.x.example", "z.x.example")},
+    )
+    firsts = set()
+    for _ in range(60):
+        order = [h.split("/")[0] for h in hops("x.example", r)]
+        assert sorted(order[:3]) == ["a.x.example", "b.x.example", "c.x.example"]
+        assert order[3] == "z.x.example"  # a worse preference always comes later
+        firsts.add(order[0])
+    assert len(firsts) > 1
+
+
+def test_backup_mx_uses_only_better_hosts_and_never_itself() -> None:
+    r = StubResolver(
+        mx={"x.example": [(10, "primary.x.example"), (20, "MX.pv.test"), (30, "worse.x.example")]},
+        a={
+            "primary.x.example": ["192.0.2.1"],
+            "mx.pv.test": ["127.0.0.1"],
+            "worse.x.example": ["192.0.2.3"],
+        },
+    )
+    d = asyncio.run(mx_hops("x.example", r, myself="mx.pv.test"))
+    assert [h.host for h in d] == ["primary.x.example"]
+    alone = StubResolver(mx={"x.example": [(10, "mx.pv.test")]}, a={"mx.pv.test": ["127.0.0.1"]})
+    with pytest.raises(DeliveryError) as e:
+        asyncio.run(mx_hops("x.example", alone, myself="mx.pv.test"))
+    assert e.value.reply.enhanced == "5.4.6" and "loops back to myself" in e.value.reply.text

@@ -30,12 +30,15 @@ def ensure_maildir(path: Path) -> None:
         (path / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
+# maildir(5): the host name in a file name, with "/" and ":" written in octal.
+_HOST = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
 def _unique_name() -> str:
     with _seq_lock:
         seq = next(_seq)
     now = time.time_ns()
-    host = socket.gethostname().replace("/", "\\057").replace(":", "\\072")
-    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{os.getpid()}Q{seq}.{host}"
+    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{os.getpid()}Q{seq}.{_HOST}"
 
 
 def header_lines(message: bytes, name: bytes) -> list[bytes]:

@@ -87,7 +87,9 @@ class RemoteDelivery:
     ) -> list[RemoteResult]:
         """Deliver to all `rcpts` (one domain); a result per recipient, in order."""
         try:
-            dest = await destination(domain, self.config.delivery, self.resolver, self.mx_port)
+            dest = await destination(
+                domain, self.config.delivery, self.resolver, self.mx_port, self.config.hostname
+            )
         except DeliveryError as e:
             return [RemoteResult(e.reply)] * len(rcpts)
         limit = self._limits.setdefault(

@@ -7,6 +7,7 @@ and never touch real DNS. `DnsResolver` is the dnspython implementation.
 from __future__ import annotations
 
 import ipaddress
+import random
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -121,10 +122,15 @@ async def _hops_for(resolver: Resolver, host: str, port: int) -> list[Hop]:
 
 
 async def destination(
-    domain: str, delivery: DeliveryConfig, resolver: Resolver, port: int = SMTP_PORT
+    domain: str,
+    delivery: DeliveryConfig,
+    resolver: Resolver,
+    port: int = SMTP_PORT,
+    myself: str = "",
 ) -> Destination:
     """Routes first, then the smarthost, else MX. Raises DeliveryError.
-    `port` is where MX hosts and address literals listen (25; tests change it)."""
+    `port` is where MX hosts and address literals listen (25; tests change it);
+    `myself` is our hostname, so that a backup MX never sends mail to itself."""
     literal = _literal(domain)
     if literal is not None:
         return Destination(domain, (Hop(literal, literal, port),))
@@ -137,10 +143,36 @@ async def destination(
         if not hops:
             raise DeliveryError(Reply(451, "4.4.3", f"route to {fixed}: host has no address"))
         return Destination(str(fixed), tuple(hops[:MAX_ADDRESSES]))
-    return Destination(domain, tuple(await mx_hops(domain, resolver, port)))
+    return Destination(domain, tuple(await mx_hops(domain, resolver, port, myself)))
 
 
-async def mx_hops(domain: str, resolver: Resolver, port: int = SMTP_PORT) -> list[Hop]:
+def order_mx(
+    domain: str, records: list[tuple[int, str]], myself: str = ""
+) -> list[tuple[int, str]]:
+    """RFC 5321 §5.1: lowest preference first, equal ones in random order. When
+    we are one of the MX hosts (a backup MX), only better ones are used."""
+    groups: dict[int, list[str]] = {}
+    for pref, exchange in records:
+        groups.setdefault(pref, []).append(exchange)
+    ordered: list[tuple[int, str]] = []
+    for pref in sorted(groups):
+        hosts = groups[pref]
+        random.shuffle(hosts)
+        ordered += [(pref, h) for h in hosts]
+    mine = [p for p, h in ordered if myself and h.lower() == myself.lower()]
+    if mine:
+        ordered = [(p, h) for p, h in ordered if p < min(mine)]
+        if not ordered:
+            # Postfix: "mail for <domain> loops back to myself".
+            raise DeliveryError(
+                Reply(554, "5.4.6", f"mail for {domain} loops back to myself"), temporary=False
+            )
+    return ordered
+
+
+async def mx_hops(
+    domain: str, resolver: Resolver, port: int = SMTP_PORT, myself: str = ""
+) -> list[Hop]:
     """MX hosts in preference order, their addresses; A/AAAA when there is no MX."""
     try:
         records = await resolver.mx(domain)
@@ -157,8 +189,7 @@ async def mx_hops(domain: str, resolver: Resolver, port: int = SMTP_PORT) -> lis
             temporary=False,
         )
     implicit = not records
-    # RFC 5321 §5.1: lowest preference first (sorted() is stable for ties).
-    ordered = sorted(records, key=lambda r: r[0])
+    ordered = [] if implicit else order_mx(domain, records, myself)
     hosts = [(domain, port)] if implicit else [(exchange, port) for _, exchange in ordered]
     hops: list[Hop] = []
     errors: list[DNSError] = []
