@@ -46,11 +46,17 @@ class Resolver(Protocol):
 class DnsResolver:
     """The real thing, with dnspython's asyncio resolver."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, nameservers: list[str] | None = None, port: int = 53, timeout: float = DNS_TIMEOUT
+    ) -> None:
+        """The system's resolvers (/etc/resolv.conf), unless `nameservers` are given."""
         import dns.asyncresolver
 
-        self._r = dns.asyncresolver.Resolver()
-        self._r.lifetime = DNS_TIMEOUT
+        self._r = dns.asyncresolver.Resolver(configure=nameservers is None)
+        if nameservers is not None:
+            self._r.nameservers = nameservers
+            self._r.port = port
+        self._r.lifetime = timeout
 
     async def _query(self, name: str, rdtype: str) -> list[object]:
         import dns.exception

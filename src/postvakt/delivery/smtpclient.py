@@ -100,8 +100,7 @@ class Hop:
     port: int
 
     def __str__(self) -> str:
-        a = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.host}[{a}]:{self.port}"
+        return f"{self.host}[{self.address}]:{self.port}"  # as Postfix logs relay=
 
 
 @dataclass(frozen=True)
