@@ -406,3 +406,30 @@ def test_unexpected_error_defers_never_bounces_or_loses(
     assert any(qid in r.getMessage() and "deferred" in r.getMessage() for r in caplog.records)
     assert w.queue.read_status(qid).next_try > time.time()
     assert w.queue.ids("incoming") == [] and w.queue.ids("active") == []
+
+
+@pytest.mark.parametrize(("sink_options", "reported"), [(("-N",), True), ((), False)])
+def test_success_notice_relayed_only_when_the_peer_cannot_take_over(
+    tmp_path: Path,
+    smtp_sink,
+    sink_options: tuple[str, ...],
+    reported: bool,  # type: ignore[no-untyped-def]
+) -> None:
+    sink = smtp_sink(*sink_options)  # -N: the sink does not offer DSN
+    w = World(tmp_path, {"a.example": sink.port})
+    w.submit("alice@pv.test", [Recipient("dave@a.example", notify=("SUCCESS",))], "relayed")
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: w.empty() and len(sink.messages()) == 1)
+        await asyncio.sleep(0.5)
+        await until(w.empty)
+
+    run(w, body)
+    notices = w.maildir("alice@pv.test")
+    if not reported:
+        assert notices == []
+        assert b"NOTIFY=SUCCESS" in sink.messages()[0]  # the peer got the duty instead
+        return
+    [notice] = notices
+    _, dave = status_part(notice)
+    assert dave["Action"] == "relayed" and dave["Status"] == "2.0.0"
