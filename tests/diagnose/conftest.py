@@ -128,15 +128,34 @@ class PostfixInstance:
             time.sleep(0.1)
         raise RuntimeError(f"Postfix did not start:\n{self.log()}")
 
-    def queued(self) -> list[str]:
-        """Every queue file, in every queue: a message that got past DATA leaves one."""
+    def queued(self, settle: float = 5.0) -> list[str]:
+        """Queue files left once smtpd has cleaned up.
+
+        smtpd opens a queue file at the first accepted RCPT and cleanup removes
+        it after RSET/QUIT, a moment later; a message that got past DATA stays.
+        """
         spool = self.dir / "spool"
-        out = []
-        for q in ("incoming", "active", "deferred", "hold", "maildrop", "corrupt"):
-            d = spool / q
-            if d.is_dir():
-                out += [str(p) for p in d.rglob("*") if p.is_file()]
-        return out
+        deadline = time.monotonic() + settle
+        while True:
+            out = []
+            for q in ("incoming", "active", "deferred", "hold", "maildrop", "corrupt"):
+                d = spool / q
+                if d.is_dir():
+                    out += [str(p) for p in d.rglob("*") if p.is_file()]
+            if not out or time.monotonic() > deadline:
+                return out
+            time.sleep(0.1)
+
+    def accepted_messages(self) -> list[str]:
+        """Log lines of messages that entered the queue (cleanup's message-id, qmgr's from=)."""
+        return [
+            line
+            for line in self.log().splitlines()
+            if "postfix/cleanup" in line
+            and "message-id=" in line
+            or "postfix/qmgr" in line
+            and "from=<" in line
+        ]
 
     def stop(self) -> None:
         self.postfix("stop")
