@@ -368,4 +368,21 @@ def test_too_much_pipelined_input_while_paused_closes() -> None:
     assert d.conn.next_event() is PAUSED  # still waiting for the authenticator
     d.conn.login_failed()
     d.pump()
-    assert b"-ERR [AUTH] Authentication failed\r\n" in bytes(d.out)
+    assert bytes(d.out).endswith(
+        b"-ERR [AUTH] Authentication failed\r\n-ERR Too much pipelined input, closing connection\r\n"
+    )
+    assert d.closed
+    assert len(d.conn._buf) == 0
+
+
+def test_pipelining_after_pass_within_the_limit_is_answered_in_order() -> None:
+    d = CoreDriver()
+    d.conn.receive_data(b"USER alice@pv.test\r\nPASS secret\r\n")
+    ev = d.conn.next_event()
+    assert type(ev).__name__ == "Authenticate"
+    d.conn.receive_data(b"STAT\r\nNOOP\r\nQUIT\r\n")
+    d.conn.login_ok("alice@pv.test", [])
+    d.pump()
+    assert bytes(d.out).endswith(
+        b"+OK Logged in, 0 messages (0 octets)\r\n+OK 0 0\r\n+OK\r\n+OK Logging out, 0 messages left\r\n"
+    )

@@ -46,9 +46,10 @@ MAX_LINE = 1024
 # Dovecot (pop3-client.c CLIENT_MAX_BAD_COMMANDS) disconnects after 20 bad
 # commands; a real client never gets near it.
 MAX_BAD_COMMANDS = 20
-# Pipelined input waiting while an event is answered. A client pipelining
-# RETR/DELE for a large mailbox sends about 10 octets per command; 64 KiB is
-# thousands of commands, and bounds what a flood can park in memory.
+# Input that may pile up while the caller answers an event (a password check
+# takes tens of milliseconds). A client pipelining after PASS sends a few
+# commands of about 10 octets; 64 KiB is thousands of them, and bounds what a
+# flood can park in memory meanwhile.
 MAX_PENDING_INPUT = 64 * 1024
 # RFC 1939 message numbers; a 10-digit number exceeds any mailbox we serve and
 # keeps int() away from megabyte-long digit strings.
@@ -174,6 +175,9 @@ class _Wait(enum.Enum):
     SASL = enum.auto()  # waiting for the client's SASL response line, not for the caller
 
 
+_CALLER_WAITS = frozenset({_Wait.AUTH, _Wait.MESSAGE, _Wait.UPDATE})
+
+
 class POP3Connection:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -185,6 +189,7 @@ class POP3Connection:
         self._wait = _Wait.NONE
         self._discarding = False  # inside an over-long line: drop up to the next LF
         self._eof = False
+        self._overflow = False
         self._close_reason: str | None = None
         self._close_reported = False
         self._user: str | None = None
@@ -203,6 +208,9 @@ class POP3Connection:
             return
         if self.state is State.CLOSED or self._wait is _Wait.TLS:
             return  # after close, or plaintext behind STLS: never read
+        if self._wait in _CALLER_WAITS and len(self._buf) + len(data) > MAX_PENDING_INPUT:
+            self._overflow = True
+            return
         self._buf += data
 
     def data_to_send(self) -> bytes:
@@ -225,16 +233,16 @@ class POP3Connection:
                     self._close_reported = True
                     return Close(self._close_reason or "closed")
                 return PAUSED
-            if self._wait not in (_Wait.NONE, _Wait.SASL):
+            if self._wait in _CALLER_WAITS:
                 return PAUSED
+            if self._overflow:
+                self._emit(R.TOO_MUCH_INPUT)
+                self._close("too much pipelined input")
+                continue
             line = self._take_line()
             if line is None:
                 if self._eof:
                     self._close("peer closed the connection")
-                    continue
-                if len(self._buf) > MAX_PENDING_INPUT:
-                    self._emit(R.TOO_MUCH_INPUT)
-                    self._close("too much pipelined input")
                     continue
                 return NEED_DATA
             if isinstance(line, POP3Reply):

@@ -200,10 +200,16 @@ class POP3Protocol(asyncio.Protocol):
         log.info("pop3 disconnect client=%s", self.ip)
 
     def pause_writing(self) -> None:
+        # The peer reads slower than we answer: stop reading its commands too,
+        # so that neither our output nor its pipelined input piles up here.
         self._writing_paused = True
+        if self.transport is not None and not self._start_tls_running:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        if self.transport is not None and not self._start_tls_running and not self._lost:
+            self.transport.resume_reading()
         self._pump()
 
     # ------------------------------------------------------------ the event pump
