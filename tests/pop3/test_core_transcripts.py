@@ -193,6 +193,12 @@ C: AUTH PLAIN
 S: +\x20
 C: !!!notbase64
 S: -ERR Invalid base64 data
+C: AUTH PLAIN
+S: +\x20
+C: {long}
+S: -ERR Line too long
+C: NOOP
+S: -ERR Command not valid in this state
 C: AUTH PLAIN {bad}
 S: -ERR [AUTH] Authentication failed
 C: AUTH PLAIN {other}
@@ -213,6 +219,7 @@ def sasl_transcript() -> str:
         SASL_PLAIN.replace("{ok}", PLAIN_OK)
         .replace("{bad}", PLAIN_BAD)
         .replace("{other}", PLAIN_OTHER_AUTHZ)
+        .replace("{long}", "QUFB" * 2000)
     )
 
 

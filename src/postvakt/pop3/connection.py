@@ -246,6 +246,8 @@ class POP3Connection:
                     continue
                 return NEED_DATA
             if isinstance(line, POP3Reply):
+                if self._wait is _Wait.SASL:
+                    self._wait = _Wait.NONE  # a broken response ends the exchange
                 self._bad_command(line)
                 continue
             event = self._handle_line(line)
