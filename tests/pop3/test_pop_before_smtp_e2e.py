@@ -108,3 +108,20 @@ def test_pop_before_smtp_grants_relay_to_that_address_until_it_expires(live: Run
     # After the grant expires relay is refused again.
     time.sleep(max(0.0, listed[0]["expires"] + 0.5 - time.time()))
     assert rcpt_reply(live, OUTSIDE_IP).startswith(denied)
+
+
+@pytest.mark.parametrize("store, survives", [("memory", False), ("sqlite", True)])
+def test_q10_grants_across_a_restart(tmp_path: Path, store: str, survives: bool) -> None:
+    """Memory grants end with the process; SQLite grants outlive a restart until they expire."""
+    srv = start_server(
+        tmp_path, users={ALICE: PASSWORD}, relay={"pop_before_smtp": "10m", "grant_store": store}
+    )
+    try:
+        assert pop3_login(srv, OUTSIDE_IP).startswith("+OK Logged in")
+        assert rcpt_reply(srv, OUTSIDE_IP).startswith("250")
+        srv.restart()
+        reply = rcpt_reply(srv, OUTSIDE_IP)
+        assert reply.startswith("250") if survives else reply.startswith("550 5.7.1")
+        assert rcpt_reply(srv, OTHER_OUTSIDE_IP).startswith("550 5.7.1")
+    finally:
+        srv.stop()
