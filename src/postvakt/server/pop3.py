@@ -5,7 +5,8 @@ The core decides every reply; this module only moves bytes, runs TLS
 Maildir, keeps time (idle timeout, failure delays) and writes POP-before-SMTP
 grants.
 
-Login, in order (every refusal looks the same to the client):
+Login, in order (a wrong password, an unknown user and a blocked address get
+the same reply after the same delay):
 1. a client address with too many recent failures is refused without a check;
 2. the password is verified (cached Argon2, off the event loop);
 3. a failure is recorded for the address (shared with the SMTP front) and
@@ -210,6 +211,7 @@ class POP3Protocol(asyncio.Protocol):
         self._writing_paused = False
         if self.transport is not None and not self._start_tls_running and not self._lost:
             self.transport.resume_reading()
+        self._touch()  # a long download is activity, not idleness
         self._pump()
 
     # ------------------------------------------------------------ the event pump
