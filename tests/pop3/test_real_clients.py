@@ -136,3 +136,26 @@ def test_fetchmail_fetches_and_flushes(live: Running, tmp_path: Path, port_kind:
     assert fetched.count("Subject: real clients") == 2
     assert "\n.starts with a dot\n" in fetched
     assert maildir_files(live) == []  # fetchmail flushed: DELE + QUIT removed them
+
+
+def test_q6_stls_injection_against_serve(live: Running) -> None:
+    """Q6 against the real server's event loop (uvloop when installed): STLS\\r\\nCAPA\\r\\n in one write."""
+    from pop3_server_harness import POP3Raw
+
+    c = POP3Raw(live.port("pop3"))
+    try:
+        assert c.line().startswith("+OK")
+        c.send(b"STLS\r\nCAPA\r\n")
+        assert c.line() == "+OK Begin TLS negotiation"
+        c.starttls()
+        c.sock.settimeout(0.7)
+        with pytest.raises(TimeoutError):
+            c.sock.recv(100)
+        c.sock.settimeout(10)
+        assert c.cmd("CAPA") == "+OK Capability list follows"
+        caps = c.multiline()
+        assert "USER" in caps and "STLS" not in caps
+        assert c.login(ALICE, PASSWORD).startswith("+OK Logged in")
+        c.cmd("QUIT")
+    finally:
+        c.close()
