@@ -1,48 +1,29 @@
-"""The smtp_sink fixture: smtp-sink processes on free loopback ports."""
+"""The smtp_sink fixture: Postfix's smtp-sink on free loopback ports, stopped
+after the test (the sink itself is `support.SmtpSink`)."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import tempfile
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from smtp_peer import SMTP_SINK, Sink, free_port, wait_port  # noqa: E402
+from support import SmtpSink
 
 
 @pytest.fixture
-def smtp_sink() -> Iterator[Callable[..., Sink]]:
-    """Start smtp-sink with extra options; each message is dumped to a file."""
-    if not Path(SMTP_SINK).exists():
+def smtp_sink(tmp_path: Path) -> Iterator[Callable[..., SmtpSink]]:
+    """`smtp_sink("-r", "RCPT")` starts a sink with those options; `port=` reuses a port."""
+    if not os.path.exists(SmtpSink.BINARY):
         pytest.skip("smtp-sink (Debian package postfix) is not installed")
-    procs: list[subprocess.Popen[bytes]] = []
-    dumps: list[Path] = []
+    sinks: list[SmtpSink] = []
 
-    def start(*options: str, port: int | None = None) -> Sink:
-        port = port or free_port()
-        # smtp-sink drops to "nobody": its dump directory must be reachable for
-        # that user, which pytest's private tmp_path is not.
-        dump = Path(tempfile.mkdtemp(prefix="pv-sink-"))
-        dump.chmod(0o777)
-        dumps.append(dump)
-        proc = subprocess.Popen(
-            [SMTP_SINK, "-u", "nobody", "-d", f"{dump}/%M.", *options, f"127.0.0.1:{port}", "100"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        wait_port(port)
-        return Sink(port, dump, proc)
+    def start(*options: str, port: int | None = None) -> SmtpSink:
+        sink = SmtpSink(tmp_path, extra=list(options), port=port)
+        sinks.append(sink)
+        return sink
 
     yield start
-    for p in procs:
-        p.terminate()
-        p.wait(5)
-    for d in dumps:
-        shutil.rmtree(d, ignore_errors=True)
+    for s in sinks:
+        s.stop()

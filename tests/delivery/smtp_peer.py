@@ -1,45 +1,10 @@
-"""Real peers on loopback for delivery tests: Postfix's smtp-sink, and a
-scripted asyncio SMTP peer for replies smtp-sink cannot give."""
+"""A scripted asyncio SMTP peer on loopback, for replies smtp-sink cannot give."""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
 import ssl
-import subprocess
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
-SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
-@dataclass
-class Sink:
-    port: int
-    dump: Path
-    proc: subprocess.Popen[bytes]
-
-    def messages(self) -> list[bytes]:
-        return [p.read_bytes() for p in sorted(self.dump.rglob("*")) if p.is_file()]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 import trustme
-from smtp_peer import Peer, free_port
+from smtp_peer import Peer
 
 from postvakt import config as C
 from postvakt.delivery.remote import RemoteDelivery
@@ -22,6 +22,7 @@ from postvakt.delivery.smtpclient import (
     xtext,
 )
 from postvakt.reply import Reply
+from support import free_port
 
 MSG = b"Received: from a\r\nSubject: test\r\n\r\n.leading dot\r\nline\r\n"
 
@@ -104,10 +105,10 @@ def test_delivery_to_smtp_sink(smtp_sink) -> None:  # type: ignore[no-untyped-de
     replies = asyncio.run(go())
     assert [r.code for r in replies] == [250, 250]
     [dump] = sink.messages()
-    assert b"X-Mail-Args: <alice@pv.test>" in dump
-    assert b"X-Rcpt-Args: <bob@other.example>" in dump
-    assert b"X-Rcpt-Args: <carol@other.example>" in dump
-    assert b"\nReceived: from a\nSubject: test\n\n.leading dot\nline\n" in dump
+    assert "X-Mail-Args: <alice@pv.test>" in dump
+    assert "X-Rcpt-Args: <bob@other.example>" in dump
+    assert "X-Rcpt-Args: <carol@other.example>" in dump
+    assert "\nReceived: from a\nSubject: test\n\n.leading dot\nline\n" in dump
 
 
 @pytest.mark.parametrize(("option", "code"), [("-r", 450), ("-f", 500)])
