@@ -73,3 +73,8 @@ def test_errors_are_one_line_messages(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "is not held" in r.output
     r = run.invoke(queue, ["list", "--config", str(tmp_path / "missing.toml")])
     assert r.exit_code == 1 and "no such file" in r.output
+    other = tmp_path / "other.toml"
+    other.write_text(f'data_dir = "{tmp_path / "nowhere"}"\n')
+    r = run.invoke(queue, ["list", "--config", str(other)])
+    assert r.exit_code == 1 and "no queue in" in r.output
+    assert not (tmp_path / "nowhere").exists()  # looking creates nothing

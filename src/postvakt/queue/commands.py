@@ -9,36 +9,23 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import click
 
-from postvakt import config as configmod
+from postvakt.cli import config_option, load_config
 from postvakt.queue.envelope import DONE, FAILED
 from postvakt.queue.spool import ACTIVE, CORRUPT, DEFERRED, HOLD, INCOMING, CorruptEntry, Queue
 
 LIST_STATES = (INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT)
 
 
-def _config(path: str | None) -> configmod.Config:
-    try:
-        if path:
-            return configmod.load(path)
-        if Path("postvakt.toml").exists():
-            return configmod.load("postvakt.toml")
-        return configmod.embedded_default()
-    except configmod.ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-
 def _queue(path: str | None) -> Queue:
-    return Queue(_config(path).data_dir / "queue")
-
-
-config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), help="postvakt.toml to use"
-)
+    data_dir = load_config(path).data_dir
+    root = data_dir / "queue"
+    if not root.is_dir():
+        raise click.ClickException(f"no queue in {data_dir} (is data_dir right?)")
+    return Queue(root)
 
 
 def _age(seconds: float) -> str:
