@@ -81,7 +81,9 @@ def base_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def postvakt(*args: str, config: Path | None = None, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def postvakt(
+    *args: str, config: Path | None = None, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "postvakt", *args]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -103,9 +105,18 @@ class Running:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
     def add_user(self, address: str, password: str) -> None:
-        postvakt("user", "add", address, "--password-stdin", config=self.config_path, input=password + "\n")
+        postvakt(
+            "user",
+            "add",
+            address,
+            "--password-stdin",
+            config=self.config_path,
+            input=password + "\n",
+        )
 
-    def cli(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return postvakt(*args, config=self.config_path, input=input, check=check)
 
     def start(self) -> Running:
@@ -115,13 +126,17 @@ class Running:
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "postvakt", "serve", "--config", str(self.config_path)],
-            stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         logf.close()
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"postvakt serve exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"postvakt serve exited with {self.proc.returncode}:\n{self.log()}"
+                )
             if ready.exists():
                 try:
                     bound = json.loads(ready.read_text())
@@ -162,7 +177,9 @@ def write_server_config(tmp_path: Path, **sections: dict[str, Any]) -> tuple[Pat
     return cfg_path, data_dir
 
 
-def start_server(tmp_path: Path, users: dict[str, str] | None = None, **sections: dict[str, Any]) -> Running:
+def start_server(
+    tmp_path: Path, users: dict[str, str] | None = None, **sections: dict[str, Any]
+) -> Running:
     cfg_path, data_dir = write_server_config(tmp_path, **sections)
     srv = Running(cfg_path, data_dir)
     for address, password in (users or {}).items():
@@ -170,7 +187,9 @@ def start_server(tmp_path: Path, users: dict[str, str] | None = None, **sections
     return srv.start()
 
 
-def connect_from(source_ip: str, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+def connect_from(
+    source_ip: str, port: int, host: str = "127.0.0.1", timeout: float = 10.0
+) -> socket.socket:
     """A raw client socket bound to `source_ip` (127.0.0.2 looks like an outside client)."""
     s = socket.create_connection((host, port), timeout=timeout, source_address=(source_ip, 0))
     return s
@@ -228,7 +247,9 @@ class SmtpSink:
 
     BINARY = "/usr/sbin/smtp-sink"
 
-    def __init__(self, tmp_path: Path, extra: list[str] | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, tmp_path: Path, extra: list[str] | None = None, port: int | None = None
+    ) -> None:
         # smtp-sink drops root and runs as nobody, who cannot enter pytest's
         # private temporary directories: dump into a world-writable one of its own.
         self.dir = Path(tempfile.mkdtemp(prefix="postvakt-sink-"))
@@ -246,7 +267,8 @@ class SmtpSink:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"smtp-sink failed: {self.proc.stderr.read() if self.proc.stderr else ''!r}")
+                    err = self.proc.stderr.read() if self.proc.stderr else b""
+                    raise RuntimeError(f"smtp-sink failed: {err!r}") from None
                 time.sleep(0.05)
         raise RuntimeError("smtp-sink did not start")
 
@@ -281,7 +303,9 @@ def maildir_messages(data_dir: Path, mailbox: str) -> list[bytes]:
     return out
 
 
-def wait_maildir(data_dir: Path, mailbox: str, count: int = 1, timeout: float = 20.0) -> list[bytes]:
+def wait_maildir(
+    data_dir: Path, mailbox: str, count: int = 1, timeout: float = 20.0
+) -> list[bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         msgs = maildir_messages(data_dir, mailbox)

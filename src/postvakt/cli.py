@@ -40,7 +40,10 @@ def load_config(path: str | None) -> Config:
 
 
 config_option = click.option(
-    "--config", "config_path", metavar="FILE", type=click.Path(dir_okay=False),
+    "--config",
+    "config_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
     help="Config file (default: ./postvakt.toml, else the embedded default).",
 )
 
@@ -172,14 +175,26 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 
 
 @main.command()
-@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Where to write postvakt.toml.")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write postvakt.toml.",
+)
 @click.option("--domain", required=True, help="The mail domain whose mailboxes live here.")
 @click.option("--hostname", default=None, help="This server's name (default mail.DOMAIN).")
-@click.option("--ports", type=click.Choice(["standard", "unprivileged"]), default="standard",
-              help="standard: 25/587/465/110/995; unprivileged: 2525/2587/2465/2110/2995.")
+@click.option(
+    "--ports",
+    type=click.Choice(["standard", "unprivileged"]),
+    default="standard",
+    help="standard: 25/587/465/110/995; unprivileged: 2525/2587/2465/2110/2995.",
+)
 @click.option("--listen-host", default="0.0.0.0", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing postvakt.toml.")
-def init(directory: str, domain: str, hostname: str | None, ports: str, listen_host: str, force: bool) -> None:
+def init(
+    directory: str, domain: str, hostname: str | None, ports: str, listen_host: str, force: bool
+) -> None:
     """Write a commented DIR/postvakt.toml and the data directory."""
     d = Path(directory)
     target = d / DEFAULT_CONFIG_NAME
@@ -189,8 +204,16 @@ def init(directory: str, domain: str, hostname: str | None, ports: str, listen_h
         raise click.ClickException(f"{target} exists already (use --force to overwrite)")
     p = (25, 587, 465, 110, 995) if ports == "standard" else (2525, 2587, 2465, 2110, 2995)
     text = INIT_TEMPLATE.format(
-        config=target, hostname=host, data_dir="data", domain=dom, host=listen_host,
-        p_smtp=p[0], p_sub=p[1], p_subs=p[2], p_pop3=p[3], p_pop3s=p[4],
+        config=target,
+        hostname=host,
+        data_dir="data",
+        domain=dom,
+        host=listen_host,
+        p_smtp=p[0],
+        p_sub=p[1],
+        p_subs=p[2],
+        p_pop3=p[3],
+        p_pop3s=p[4],
     )
     config_mod.loads(text, source=str(target), base_dir=d)  # the template must load
     d.mkdir(parents=True, exist_ok=True)

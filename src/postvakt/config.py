@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from postvakt.policy.limits import LimitsConfig, parse_limits
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -169,6 +171,7 @@ class Config:
     smtp: SMTPConfig = field(default_factory=SMTPConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -197,7 +200,7 @@ _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9
 
 def parse_duration(value: object, source: str, key: str) -> float:
     if isinstance(value, bool):
-        raise ConfigError(source, key, f"{value!r} is not a duration (e.g. \"30m\", \"2h\", 0)")
+        raise ConfigError(source, key, f'{value!r} is not a duration (e.g. "30m", "2h", 0)')
     if isinstance(value, int | float):
         if value < 0:
             raise ConfigError(source, key, "a duration cannot be negative")
@@ -206,12 +209,14 @@ def parse_duration(value: object, source: str, key: str) -> float:
         m = _DURATION.match(value)
         if m:
             return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ConfigError(source, key, f"{value!r} is not a duration (e.g. \"30m\", \"2h\", \"5d\", 0)")
+    raise ConfigError(source, key, f'{value!r} is not a duration (e.g. "30m", "2h", "5d", 0)')
 
 
-def parse_hostport(value: object, source: str, key: str, default_port: int | None = None) -> HostPort:
+def parse_hostport(
+    value: object, source: str, key: str, default_port: int | None = None
+) -> HostPort:
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(source, key, f"{value!r} is not \"host:port\"")
+        raise ConfigError(source, key, f'{value!r} is not "host:port"')
     text = value.strip()
     host: str
     port_text: str | None
@@ -227,10 +232,10 @@ def parse_hostport(value: object, source: str, key: str, default_port: int | Non
     elif text.count(":") == 0:
         host, port_text = text, None
     else:
-        raise ConfigError(source, key, f"{value!r}: write IPv6 addresses as \"[::1]:25\"")
+        raise ConfigError(source, key, f'{value!r}: write IPv6 addresses as "[::1]:25"')
     if port_text is None:
         if default_port is None:
-            raise ConfigError(source, key, f"{value!r} has no port (write \"host:port\")")
+            raise ConfigError(source, key, f'{value!r} has no port (write "host:port")')
         return HostPort(host, default_port)
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError(source, key, f"{value!r}: port must be a number from 0 to 65535")
@@ -246,7 +251,9 @@ def parse_network(value: object, source: str, key: str) -> IPNetwork:
         return ipaddress.ip_network(value.strip(), strict=False)
     except ValueError:
         raise ConfigError(
-            source, key, f"{value!r} is not a valid IP address or CIDR network (e.g. \"192.0.2.0/24\")"
+            source,
+            key,
+            f'{value!r} is not a valid IP address or CIDR network (e.g. "192.0.2.0/24")',
         ) from None
 
 
@@ -326,8 +333,18 @@ def _scalar_table(
 # ---------------------------------------------------------------- loading
 
 TOP_KEYS = {
-    "hostname", "data_dir", "postmaster", "log_level",
-    "listen", "tls", "domains", "relay", "sender", "smtp", "delivery", "pop3",
+    "hostname",
+    "data_dir",
+    "postmaster",
+    "log_level",
+    "listen",
+    "tls",
+    "domains",
+    "relay",
+    "sender",
+    "smtp",
+    "delivery",
+    "pop3",
 }
 
 
@@ -367,7 +384,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
     listen = ListenConfig(
         **{
-            k: tuple(parse_hostport(x, source, f"[listen] {k}") for x in _list(v, source, f"[listen] {k}"))
+            k: tuple(
+                parse_hostport(x, source, f"[listen] {k}")
+                for x in _list(v, source, f"[listen] {k}")
+            )
             for k, v in lt.items()
         }
     )
@@ -383,9 +403,13 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
 
     dt = _table(raw, "domains", source)
     _check_keys(dt, {"local", "relay"}, source, "domains")
-    local = tuple(normalize_domain(d, source, "[domains] local") for d in _list(dt.get("local", []), source, "[domains] local"))
+    local = tuple(
+        normalize_domain(d, source, "[domains] local")
+        for d in _list(dt.get("local", []), source, "[domains] local")
+    )
     relay_domains = tuple(
-        normalize_domain(d, source, "[domains] relay") for d in _list(dt.get("relay", []), source, "[domains] relay")
+        normalize_domain(d, source, "[domains] relay")
+        for d in _list(dt.get("relay", []), source, "[domains] relay")
     )
     for d in relay_domains:
         if d in local:
@@ -397,7 +421,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     rchanges: dict[str, Any] = {}
     for k in ("networks", "clients"):
         if k in rt:
-            rchanges[k] = tuple(parse_network(x, source, f"[relay] {k}") for x in _list(rt.pop(k), source, f"[relay] {k}"))
+            rchanges[k] = tuple(
+                parse_network(x, source, f"[relay] {k}")
+                for x in _list(rt.pop(k), source, f"[relay] {k}")
+            )
     relay = _scalar_table(rt, RelayConfig(), source, "relay", durations=("pop_before_smtp",))
     relay = replace(relay, **rchanges)
     _choice(relay.grant_store, ("memory", "sqlite"), source, "[relay] grant_store")
@@ -412,7 +439,13 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         _choice(getattr(sender, k), ("any", "domain"), source, f"[sender] {k}")
     _choice(sender.pop_before_smtp, TRUSTED_SENDER_MODES, source, "[sender] pop_before_smtp")
 
-    smtp = _scalar_table(_table(raw, "smtp", source), SMTPConfig(), source, "smtp", durations=("idle_timeout", "error_sleep"))
+    smtp = _scalar_table(
+        _table(raw, "smtp", source),
+        SMTPConfig(),
+        source,
+        "smtp",
+        durations=("idle_timeout", "error_sleep"),
+    )
     if smtp.workers < 1:
         raise ConfigError(source, "[smtp] workers", "must be at least 1")
 
@@ -421,31 +454,48 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     dchanges: dict[str, Any] = {}
     if "smarthost" in dlt:
         sh = dlt.pop("smarthost")
-        dchanges["smarthost"] = parse_hostport(sh, source, "[delivery] smarthost", 25) if sh else None
+        dchanges["smarthost"] = (
+            parse_hostport(sh, source, "[delivery] smarthost", 25) if sh else None
+        )
     if "routes" in dlt:
         routes = dlt.pop("routes")
         if not isinstance(routes, dict):
-            raise ConfigError(source, "[delivery] routes", "must be a table { \"domain\" = \"host:port\" }")
+            raise ConfigError(
+                source, "[delivery] routes", 'must be a table { "domain" = "host:port" }'
+            )
         dchanges["routes"] = tuple(
-            (normalize_domain(d, source, "[delivery] routes"), parse_hostport(hp, source, f"[delivery] routes.{d}", 25))
+            (
+                normalize_domain(d, source, "[delivery] routes"),
+                parse_hostport(hp, source, f"[delivery] routes.{d}", 25),
+            )
             for d, hp in routes.items()
         )
     delivery = _scalar_table(
-        dlt, DeliveryConfig(), source, "delivery",
+        dlt,
+        DeliveryConfig(),
+        source,
+        "delivery",
         durations=("retry_initial", "retry_max", "give_up", "delay_warning", "connect_timeout"),
     )
     delivery = replace(delivery, **dchanges)
     _choice(delivery.tls, ("opportunistic", "none"), source, "[delivery] tls")
 
     pop3 = _scalar_table(
-        _table(raw, "pop3", source), POP3Config(), source, "pop3",
+        _table(raw, "pop3", source),
+        POP3Config(),
+        source,
+        "pop3",
         durations=("fail_delay", "fail_delay_max", "idle_timeout"),
     )
     _choice(pop3.plaintext, ("never", "networks", "always"), source, "[pop3] plaintext")
 
+    limits = parse_limits(_table(raw, "limits", source), source)
+
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
-    log_level = _choice(raw.get("log_level", "info"), ("debug", "info", "warning", "error"), source, "log_level")
+    log_level = _choice(
+        raw.get("log_level", "info"), ("debug", "info", "warning", "error"), source, "log_level"
+    )
 
     cfg = Config(
         hostname=hostname,
@@ -458,6 +508,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         smtp=smtp,
         delivery=delivery,
         pop3=pop3,
+        limits=limits,
         postmaster=postmaster,
         log_level=log_level,
         source=source,

@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+
 from support import LOCAL_DOMAIN, Running, start_server
 
 ALICE = f"alice@{LOCAL_DOMAIN}"
 BOB = f"bob@{LOCAL_DOMAIN}"
 PASSWORD = "alice pw"
-TRUSTED = "127.0.0.1"      # in networks
-OUTSIDE = "127.0.0.2"      # nowhere
-ALLOWED = "127.0.0.4"      # in [relay] clients
+TRUSTED = "127.0.0.1"  # in networks
+OUTSIDE = "127.0.0.2"  # nowhere
+ALLOWED = "127.0.0.4"  # in [relay] clients
 POP_USER_IP = "127.0.0.5"  # logs in to POP3 first
 
 
@@ -41,17 +42,60 @@ class Row:
 
 ROWS = [
     Row("anyone-to-local", OUTSIDE, None, "smtp", "x@elsewhere.example", (ALICE,)),
-    Row("anyone-to-relay-domain", OUTSIDE, None, "smtp", "x@elsewhere.example", ("v@backup.example",)),
-    Row("anyone-to-postmaster", OUTSIDE, None, "smtp", "x@elsewhere.example", (f"postmaster@{LOCAL_DOMAIN}",)),
-    Row("unknown-local-user", OUTSIDE, None, "smtp", "x@elsewhere.example", (f"nobody@{LOCAL_DOMAIN}",)),
-    Row("reject_unauth_destination", OUTSIDE, None, "smtp", "x@elsewhere.example", ("v@other.example",)),
+    Row(
+        "anyone-to-relay-domain",
+        OUTSIDE,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        ("v@backup.example",),
+    ),
+    Row(
+        "anyone-to-postmaster",
+        OUTSIDE,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        (f"postmaster@{LOCAL_DOMAIN}",),
+    ),
+    Row(
+        "unknown-local-user",
+        OUTSIDE,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        (f"nobody@{LOCAL_DOMAIN}",),
+    ),
+    Row(
+        "reject_unauth_destination",
+        OUTSIDE,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        ("v@other.example",),
+    ),
     Row("permit_networks", TRUSTED, None, "smtp", "x@elsewhere.example", ("v@other.example",)),
     Row("permit_clients", ALLOWED, None, "smtp", "x@elsewhere.example", ("v@other.example",)),
     Row("permit_authenticated", OUTSIDE, ALICE, "submission", ALICE, ("v@other.example", BOB)),
-    Row("permit_pop_before_smtp", POP_USER_IP, None, "smtp", "x@elsewhere.example", ("v@other.example",), pop_login=True),
+    Row(
+        "permit_pop_before_smtp",
+        POP_USER_IP,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        ("v@other.example",),
+        pop_login=True,
+    ),
     Row("sender-not-logged-in", OUTSIDE, None, "smtp", ALICE, ("v@other.example",)),
     Row("sender-not-owned", OUTSIDE, ALICE, "submission", BOB, ("v@other.example",)),
-    Row("mixed-recipients", OUTSIDE, None, "smtp", "x@elsewhere.example", (BOB, "v@other.example", f"nobody@{LOCAL_DOMAIN}")),
+    Row(
+        "mixed-recipients",
+        OUTSIDE,
+        None,
+        "smtp",
+        "x@elsewhere.example",
+        (BOB, "v@other.example", f"nobody@{LOCAL_DOMAIN}"),
+    ),
 ]
 
 
@@ -75,7 +119,9 @@ class BoundPOP3(poplib.POP3):
         super().__init__(host, port, timeout)
 
     def _create_socket(self, timeout: float) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source_ip, 0))
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self._source_ip, 0)
+        )
 
 
 def tls() -> ssl.SSLContext:
@@ -93,7 +139,9 @@ def live(server: Running, row: Row) -> list[str | None]:
         p.user(ALICE)
         p.pass_(PASSWORD)
         p.quit()
-    with smtplib.SMTP("127.0.0.1", server.port(row.port), source_address=(row.ip, 0), timeout=20) as s:
+    with smtplib.SMTP(
+        "127.0.0.1", server.port(row.port), source_address=(row.ip, 0), timeout=20
+    ) as s:
         s.ehlo("client.example")
         if row.port == "submission":
             s.starttls(context=tls())

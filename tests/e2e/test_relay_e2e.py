@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from support import (
     LOCAL_DOMAIN,
     OTHER_OUTSIDE_IP,
@@ -55,7 +56,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink) -> Iterator
 def swaks(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["swaks", "--hide-informational", "--timeout", "20", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -74,32 +77,72 @@ def marker_in_sink(sink: SmtpSink, marker: str, timeout: float = 15.0) -> bool:
 
 
 def test_own_network_may_relay(server: Running, sink: SmtpSink) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--from", "x@home.example",
-              "--to", f"friend@{REMOTE}", "--header", "Subject: own-network-relay")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('smtp')}",
+        "--from",
+        "x@home.example",
+        "--to",
+        f"friend@{REMOTE}",
+        "--header",
+        "Subject: own-network-relay",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert marker_in_sink(sink, "own-network-relay")
 
 
 def test_outside_client_is_refused_relay(server: Running, sink: SmtpSink) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
-              "--from", "x@home.example", "--to", f"friend@{REMOTE}", "--header", "Subject: hotel-relay")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('smtp')}",
+        "--local-interface",
+        OUTSIDE_IP,
+        "--from",
+        "x@home.example",
+        "--to",
+        f"friend@{REMOTE}",
+        "--header",
+        "Subject: hotel-relay",
+    )
     assert r.returncode != 0
     assert f"550 5.7.1 <friend@{REMOTE}>: Relaying denied" in r.stdout
     assert not marker_in_sink(sink, "hotel-relay", timeout=1.0)
 
 
 def test_outside_client_may_send_to_our_domain(server: Running) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
-              "--from", "someone@elsewhere.example", "--to", ALICE, "--header", "Subject: inbound-for-alice")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('smtp')}",
+        "--local-interface",
+        OUTSIDE_IP,
+        "--from",
+        "someone@elsewhere.example",
+        "--to",
+        ALICE,
+        "--header",
+        "Subject: inbound-for-alice",
+    )
     assert r.returncode == 0, r.stdout
     msgs = wait_maildir(server.data_dir, ALICE)
     assert any(b"inbound-for-alice" in m for m in msgs)
 
 
 def test_unknown_local_user_is_refused_at_rcpt(server: Running) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('smtp')}", "--local-interface", OUTSIDE_IP,
-              "--from", "someone@elsewhere.example", "--to", f"nobody@{LOCAL_DOMAIN}", "--quit-after", "RCPT")
-    assert f"550 5.1.1 <nobody@{LOCAL_DOMAIN}>: Recipient address rejected: User unknown" in r.stdout
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('smtp')}",
+        "--local-interface",
+        OUTSIDE_IP,
+        "--from",
+        "someone@elsewhere.example",
+        "--to",
+        f"nobody@{LOCAL_DOMAIN}",
+        "--quit-after",
+        "RCPT",
+    )
+    assert (
+        f"550 5.1.1 <nobody@{LOCAL_DOMAIN}>: Recipient address rejected: User unknown" in r.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -107,26 +150,69 @@ def test_unknown_local_user_is_refused_at_rcpt(server: Running) -> None:
     [("submission", ["--tls"]), ("submissions", ["--tls-on-connect"]), ("smtp", ["--tls"])],
     ids=["587-starttls", "465-implicit", "25-starttls"],
 )
-def test_authenticated_outside_client_may_relay(server: Running, sink: SmtpSink, kind: str, tls_args: list[str]) -> None:
+def test_authenticated_outside_client_may_relay(
+    server: Running, sink: SmtpSink, kind: str, tls_args: list[str]
+) -> None:
     marker = f"auth-relay-{kind}"
-    r = swaks("--server", f"127.0.0.1:{server.port(kind)}", "--local-interface", OUTSIDE_IP, *tls_args,
-              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
-              "--from", ALICE, "--to", f"friend@{REMOTE}", "--header", f"Subject: {marker}")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port(kind)}",
+        "--local-interface",
+        OUTSIDE_IP,
+        *tls_args,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        ALICE,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        ALICE,
+        "--to",
+        f"friend@{REMOTE}",
+        "--header",
+        f"Subject: {marker}",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert marker_in_sink(sink, marker)
 
 
 def test_auth_login_mechanism(server: Running, sink: SmtpSink) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--local-interface", OUTSIDE_IP, "--tls",
-              "--auth", "LOGIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
-              "--from", ALICE, "--to", f"friend@{REMOTE}", "--header", "Subject: auth-login-relay")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('submission')}",
+        "--local-interface",
+        OUTSIDE_IP,
+        "--tls",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        ALICE,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        ALICE,
+        "--to",
+        f"friend@{REMOTE}",
+        "--header",
+        "Subject: auth-login-relay",
+    )
     assert r.returncode == 0, r.stdout
     assert marker_in_sink(sink, "auth-login-relay")
 
 
 def test_submission_requires_auth(server: Running) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls",
-              "--from", ALICE, "--to", f"friend@{REMOTE}", "--quit-after", "RCPT")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('submission')}",
+        "--tls",
+        "--from",
+        ALICE,
+        "--to",
+        f"friend@{REMOTE}",
+        "--quit-after",
+        "RCPT",
+    )
     assert "530 5.7.0 Authentication required" in r.stdout
 
 
@@ -140,30 +226,76 @@ def test_submission_requires_starttls_first(server: Running) -> None:
 
 
 def test_wrong_password(server: Running) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls", "--local-interface", OTHER_OUTSIDE_IP,
-              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", "wrong",
-              "--from", ALICE, "--to", f"friend@{REMOTE}", "--quit-after", "AUTH")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('submission')}",
+        "--tls",
+        "--local-interface",
+        OTHER_OUTSIDE_IP,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        ALICE,
+        "--auth-password",
+        "wrong",
+        "--from",
+        ALICE,
+        "--to",
+        f"friend@{REMOTE}",
+        "--quit-after",
+        "AUTH",
+    )
     assert "535 5.7.8 Authentication credentials invalid" in r.stdout
 
 
 # ---------------------------------------------------------------- other real clients
 
 
-def test_curl_smtp_outside_refused_and_smtps_with_login(server: Running, sink: SmtpSink, tmp_path: Path) -> None:
+def test_curl_smtp_outside_refused_and_smtps_with_login(
+    server: Running, sink: SmtpSink, tmp_path: Path
+) -> None:
     body = tmp_path / "mail.txt"
     body.write_text("Subject: curl-relay\r\n\r\nhello from curl\r\n")
     refused = subprocess.run(
-        ["curl", "-sS", "--interface", OUTSIDE_IP, f"smtp://127.0.0.1:{server.port('smtp')}",
-         "--mail-from", "x@home.example", "--mail-rcpt", f"friend@{REMOTE}", "--upload-file", str(body)],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "--interface",
+            OUTSIDE_IP,
+            f"smtp://127.0.0.1:{server.port('smtp')}",
+            "--mail-from",
+            "x@home.example",
+            "--mail-rcpt",
+            f"friend@{REMOTE}",
+            "--upload-file",
+            str(body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert refused.returncode != 0
     assert "550" in refused.stderr
     ok = subprocess.run(
-        ["curl", "-sS", "-k", "--interface", OUTSIDE_IP, f"smtps://127.0.0.1:{server.port('submissions')}",
-         "--user", f"{ALICE}:{PASSWORD}", "--mail-from", ALICE, "--mail-rcpt", f"friend@{REMOTE}",
-         "--upload-file", str(body)],
-        capture_output=True, text=True, timeout=30,
+        [
+            "curl",
+            "-sS",
+            "-k",
+            "--interface",
+            OUTSIDE_IP,
+            f"smtps://127.0.0.1:{server.port('submissions')}",
+            "--user",
+            f"{ALICE}:{PASSWORD}",
+            "--mail-from",
+            ALICE,
+            "--mail-rcpt",
+            f"friend@{REMOTE}",
+            "--upload-file",
+            str(body),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert ok.returncode == 0, ok.stderr
     assert marker_in_sink(sink, "curl-relay")
@@ -173,7 +305,9 @@ def test_smtplib_submission(server: Running, sink: SmtpSink) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP("127.0.0.1", server.port("submission"), source_address=(OUTSIDE_IP, 0), timeout=20) as s:
+    with smtplib.SMTP(
+        "127.0.0.1", server.port("submission"), source_address=(OUTSIDE_IP, 0), timeout=20
+    ) as s:
         s.starttls(context=ctx)
         s.login(ALICE, PASSWORD)
         refused = s.sendmail(ALICE, [f"friend@{REMOTE}"], "Subject: smtplib-relay\r\n\r\nhi\r\n")
@@ -182,7 +316,9 @@ def test_smtplib_submission(server: Running, sink: SmtpSink) -> None:
 
 
 def test_smtplib_outside_relay_refused(server: Running) -> None:
-    with smtplib.SMTP("127.0.0.1", server.port("smtp"), source_address=(OUTSIDE_IP, 0), timeout=20) as s:
+    with smtplib.SMTP(
+        "127.0.0.1", server.port("smtp"), source_address=(OUTSIDE_IP, 0), timeout=20
+    ) as s:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
             s.sendmail("x@home.example", [f"friend@{REMOTE}"], "Subject: no\r\n\r\nno\r\n")
     code, text = e.value.recipients[f"friend@{REMOTE}"]
@@ -192,7 +328,9 @@ def test_smtplib_outside_relay_refused(server: Running) -> None:
 # ---------------------------------------------------------------- anti-spoofing (robustness §2 S1-S3)
 
 
-@pytest.mark.parametrize("sender", [ALICE, ALICE.upper(), f"{ALICE}.", f'"alice"@{LOCAL_DOMAIN}', f"@{REMOTE}:{ALICE}"])
+@pytest.mark.parametrize(
+    "sender", [ALICE, ALICE.upper(), f"{ALICE}.", f'"alice"@{LOCAL_DOMAIN}', f"@{REMOTE}:{ALICE}"]
+)
 def test_s1_outside_client_cannot_claim_our_domain(server: Running, sender: str) -> None:
     c = RawClient(server.port("smtp"), OUTSIDE_IP)
     c.reply()
@@ -204,9 +342,23 @@ def test_s1_outside_client_cannot_claim_our_domain(server: Running, sender: str)
 
 
 def test_s2_authenticated_user_cannot_send_as_another(server: Running) -> None:
-    r = swaks("--server", f"127.0.0.1:{server.port('submission')}", "--tls",
-              "--auth", "PLAIN", "--auth-user", ALICE, "--auth-password", PASSWORD,
-              "--from", BOB, "--to", f"friend@{REMOTE}", "--quit-after", "MAIL")
+    r = swaks(
+        "--server",
+        f"127.0.0.1:{server.port('submission')}",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        ALICE,
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        BOB,
+        "--to",
+        f"friend@{REMOTE}",
+        "--quit-after",
+        "MAIL",
+    )
     assert f"553 5.7.1 <{BOB}>: Sender address rejected: not owned by user {ALICE}" in r.stdout
 
 
@@ -271,7 +423,11 @@ def test_relay_trick_never_relays(server: Running, sink: SmtpSink, case: str, rc
     c.close()
 
 
-@pytest.mark.parametrize("sender", ["<>", f"<postmaster@{L}>", f"<u@{H}>"], ids=["R2-null", "R3-postmaster", "R3-hostname"])
+@pytest.mark.parametrize(
+    "sender",
+    ["<>", f"<postmaster@{L}>", f"<u@{H}>"],
+    ids=["R2-null", "R3-postmaster", "R3-hostname"],
+)
 def test_r2_r3_sender_never_grants_relay(server: Running, sender: str) -> None:
     c = RawClient(server.port("smtp"), OUTSIDE_IP)
     c.reply()

@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+
 from support import LOCAL_DOMAIN, Running, start_server, wait_maildir
 
 ALICE = f"alice@{LOCAL_DOMAIN}"
@@ -31,7 +32,8 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, name: str, **sections:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     srv = make_server(
-        tmp_path_factory, "sender",
+        tmp_path_factory,
+        "sender",
         relay={"networks": ["127.0.0.1/32"], "grant_store": "sqlite"},
         sender={"networks": "domain", "pop_before_smtp": "owner"},
     )
@@ -39,19 +41,53 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     srv.stop()
 
 
-def submit(server: Running, login: str, env_from: str, header_from: str | None = None,
-           to: str = CAROL, source: str = "127.0.0.2") -> subprocess.CompletedProcess[str]:
-    args = ["swaks", "--hide-informational", "--server", f"127.0.0.1:{server.port('submission')}", "--tls",
-            "--local-interface", source, "--auth", "PLAIN", "--auth-user", login, "--auth-password", PW[login],
-            "--from", env_from, "--to", to]
+def submit(
+    server: Running,
+    login: str,
+    env_from: str,
+    header_from: str | None = None,
+    to: str = CAROL,
+    source: str = "127.0.0.2",
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "swaks",
+        "--hide-informational",
+        "--server",
+        f"127.0.0.1:{server.port('submission')}",
+        "--tls",
+        "--local-interface",
+        source,
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        login,
+        "--auth-password",
+        PW[login],
+        "--from",
+        env_from,
+        "--to",
+        to,
+    ]
     if header_from is not None:
         args += ["--header", f"From: {header_from}"]
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
 
 
-def plain(server: Running, source: str, env_from: str, header_from: str | None = None, to: str = CAROL) -> subprocess.CompletedProcess[str]:
-    args = ["swaks", "--hide-informational", "--server", f"127.0.0.1:{server.port('smtp')}",
-            "--local-interface", source, "--from", env_from, "--to", to]
+def plain(
+    server: Running, source: str, env_from: str, header_from: str | None = None, to: str = CAROL
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "swaks",
+        "--hide-informational",
+        "--server",
+        f"127.0.0.1:{server.port('smtp')}",
+        "--local-interface",
+        source,
+        "--from",
+        env_from,
+        "--to",
+        to,
+    ]
     if header_from is not None:
         args += ["--header", f"From: {header_from}"]
     return subprocess.run(args, capture_output=True, text=True, timeout=60)
@@ -101,7 +137,12 @@ def test_network_client_with_domain_mode(server: Running) -> None:
 
 
 def test_bounce_from_trusted_client_passes(server: Running) -> None:
-    r = plain(server, "127.0.0.1", "<>", header_from=f"Mail Delivery System <MAILER-DAEMON@{LOCAL_DOMAIN}>")
+    r = plain(
+        server,
+        "127.0.0.1",
+        "<>",
+        header_from=f"Mail Delivery System <MAILER-DAEMON@{LOCAL_DOMAIN}>",
+    )
     assert r.returncode == 0, r.stdout
     assert "MAIL FROM:<>" in r.stdout
 
@@ -112,7 +153,9 @@ class BoundPOP3(poplib.POP3):
         super().__init__("127.0.0.1", port, 10)
 
     def _create_socket(self, timeout: float) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout, source_address=(self._source_ip, 0))
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self._source_ip, 0)
+        )
 
 
 def test_pop_before_smtp_client_bound_to_its_login(server: Running) -> None:
@@ -129,8 +172,12 @@ def test_pop_before_smtp_client_bound_to_its_login(server: Running) -> None:
     assert "553 5.7.1" in r.stdout
 
 
-def test_warn_mode_delivers_with_a_header_and_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
-    srv = make_server(tmp_path_factory, "warn", sender={"authenticated": "warn", "header_from": "warn"})
+def test_warn_mode_delivers_with_a_header_and_logs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    srv = make_server(
+        tmp_path_factory, "warn", sender={"authenticated": "warn", "header_from": "warn"}
+    )
     try:
         r = submit(srv, ALICE, BOB, header_from=BOB, to=CAROL)
         assert r.returncode == 0, r.stdout

@@ -12,15 +12,15 @@ import time
 from pathlib import Path
 
 import pytest
+
 from support import (
     LOCAL_DOMAIN,
     OUTSIDE_IP,
     RawClient,
-    Running,
+    base_config,
     postvakt,
     start_server,
     to_toml,
-    base_config,
     wait_maildir,
     write_server_config,
 )
@@ -29,13 +29,23 @@ ALICE = f"alice@{LOCAL_DOMAIN}"
 
 
 def test_init_writes_a_commented_config_that_serves(tmp_path: Path) -> None:
-    r = postvakt("init", "--dir", str(tmp_path / "etc"), "--domain", "Proseware.Example", "--ports", "unprivileged")
+    r = postvakt(
+        "init",
+        "--dir",
+        str(tmp_path / "etc"),
+        "--domain",
+        "Proseware.Example",
+        "--ports",
+        "unprivileged",
+    )
     cfg = tmp_path / "etc" / "postvakt.toml"
     text = cfg.read_text()
     assert 'local = ["proseware.example"]' in text
     assert text.count("#") > 20  # commented
     assert (tmp_path / "etc" / "data").is_dir()
-    again = postvakt("init", "--dir", str(tmp_path / "etc"), "--domain", "proseware.example", check=False)
+    again = postvakt(
+        "init", "--dir", str(tmp_path / "etc"), "--domain", "proseware.example", check=False
+    )
     assert again.returncode != 0 and "exists already" in again.stderr
     assert "Traceback" not in again.stderr + r.stderr
 
@@ -44,16 +54,23 @@ def test_init_writes_a_commented_config_that_serves(tmp_path: Path) -> None:
     ("toml", "expect"),
     [
         ('[relay]\nnetworks = ["10.0.0.0/33"]\n', "[relay] networks: '10.0.0.0/33' is not a valid"),
-        ('[relay]\nnetwork = []\n', "[relay] network: unknown key"),
-        ('[tls]\ncert = "missing-cert.pem"\nkey = "missing-key.pem"\n[listen]\nsmtp = ["127.0.0.1:0"]\n', "cannot read"),
+        ("[relay]\nnetwork = []\n", "[relay] network: unknown key"),
+        (
+            '[tls]\ncert = "missing-cert.pem"\nkey = "missing-key.pem"\n[listen]\nsmtp = ["127.0.0.1:0"]\n',
+            "cannot read",
+        ),
     ],
     ids=["bad-cidr", "unknown-key", "unreadable-certificate"],
 )
 def test_bad_config_one_line_no_traceback(tmp_path: Path, toml: str, expect: str) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + toml)
-    r = subprocess.run([sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert str(cfg) in r.stderr and expect in r.stderr
@@ -66,8 +83,12 @@ def test_port_in_use_is_named(tmp_path: Path) -> None:
     port = blocker.getsockname()[1]
     cfg = tmp_path / "p.toml"
     cfg.write_text(to_toml(base_config(tmp_path / "data", listen={"smtp": [f"127.0.0.1:{port}"]})))
-    r = subprocess.run([sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     blocker.close()
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
@@ -84,7 +105,9 @@ def test_user_commands(tmp_path: Path) -> None:
     postvakt("alias", "add", f"info@{LOCAL_DOMAIN}", ALICE, config=cfg)
     assert f"info@{LOCAL_DOMAIN} -> {ALICE}" in postvakt("alias", "list", config=cfg).stdout
     postvakt("user", "sendas", "add", ALICE, f"sales@{LOCAL_DOMAIN}", config=cfg)
-    assert postvakt("user", "sendas", "list", ALICE, config=cfg).stdout.split() == [f"sales@{LOCAL_DOMAIN}"]
+    assert postvakt("user", "sendas", "list", ALICE, config=cfg).stdout.split() == [
+        f"sales@{LOCAL_DOMAIN}"
+    ]
     postvakt("user", "del", ALICE, config=cfg)
     assert postvakt("user", "list", config=cfg).stdout.strip() == ""
     nopw = postvakt("user", "add", f"bob@{LOCAL_DOMAIN}", config=cfg, check=False, input="")
@@ -97,17 +120,42 @@ def test_embedded_default_prints_how_to_start(tmp_path: Path) -> None:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", p)) == 0:
                 pytest.skip(f"port {p} of the embedded default is in use on this machine")
-    proc = subprocess.Popen([sys.executable, "-m", "postvakt", "serve"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postvakt", "serve"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
-        while not (tmp_path / "postvakt-data" / "listening.json").exists() and time.monotonic() < deadline:
+        while (
+            not (tmp_path / "postvakt-data" / "listening.json").exists()
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.05)
-        add = subprocess.run([sys.executable, "-m", "postvakt", "user", "add", "alice@example.test", "--password-stdin"],
-                             cwd=tmp_path, input="pw\n", capture_output=True, text=True, timeout=30)
+        add = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "postvakt",
+                "user",
+                "add",
+                "alice@example.test",
+                "--password-stdin",
+            ],
+            cwd=tmp_path,
+            input="pw\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert add.returncode == 0, add.stderr
         with smtplib.SMTP("127.0.0.1", 2525, timeout=10) as s:
-            assert s.sendmail("x@y.example", ["alice@example.test"], "Subject: default\r\n\r\nhi\r\n") == {}
+            assert (
+                s.sendmail("x@y.example", ["alice@example.test"], "Subject: default\r\n\r\nhi\r\n")
+                == {}
+            )
         assert wait_maildir(tmp_path / "postvakt-data", "alice@example.test")
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -207,6 +255,7 @@ def test_sighup_reloads_policy(tmp_path: Path) -> None:
     srv = start_server(tmp_path, users={ALICE: "pw"})
     try:
         assert srv.proc is not None
+
         def rcpt_reply() -> str:
             c = RawClient(srv.port("smtp"), OUTSIDE_IP)
             c.reply()

@@ -48,7 +48,10 @@ def test_design_contract_example_loads() -> None:
     assert c.listen.pop3s == (HostPort("0.0.0.0", 995),)
     assert c.tls.cert == Path("/etc/postvakt/cert.pem")
     assert c.domains.local == ("example.test",)
-    assert c.relay.networks == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    assert c.relay.networks == (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
     assert c.relay.pop_before_smtp == 1800
     assert c.delivery.smarthost is None and c.delivery.routes == ()
 
@@ -65,7 +68,9 @@ def test_absent_listener_key_disables_it() -> None:
 
 
 def test_routes_and_smarthost() -> None:
-    c = config.loads('[delivery]\nsmarthost = "relay.example.net"\nroutes = { "Other.Example." = "127.0.0.1:2600" }\n')
+    c = config.loads(
+        '[delivery]\nsmarthost = "relay.example.net"\nroutes = { "Other.Example." = "127.0.0.1:2600" }\n'
+    )
     assert c.delivery.smarthost == HostPort("relay.example.net", 25)
     assert c.delivery.route_for("other.example") == HostPort("127.0.0.1", 2600)
 
@@ -78,7 +83,11 @@ def test_domains_are_canonical() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "reason"),
     [
-        ('[relay]\nnetworks = ["10.0.0.0/33"]', "[relay] networks", "not a valid IP address or CIDR"),
+        (
+            '[relay]\nnetworks = ["10.0.0.0/33"]',
+            "[relay] networks",
+            "not a valid IP address or CIDR",
+        ),
         ('[relay]\nnetwork = ["10.0.0.0/8"]', "[relay] network", "unknown key"),
         ('hostnme = "x"', "hostnme", "unknown key"),
         ('[relay]\npop_before_smtp = "soon"', "[relay] pop_before_smtp", "not a duration"),
@@ -87,8 +96,12 @@ def test_domains_are_canonical() -> None:
         ('[tls]\ncert = "/x.pem"', "[tls]", "both cert and key"),
         ('[smtp]\nmax_recipients = "many"', "[smtp] max_recipients", "a whole number"),
         ('[domains]\nlocal = ["exa mple.test"]', "[domains] local", "not a valid domain"),
-        ('[domains]\nlocal = ["a.test"]\nrelay = ["a.test"]', "[domains] relay", "also a local domain"),
-        ('[relay]\nreject_code = 250', "[relay] reject_code", "4xx or 5xx"),
+        (
+            '[domains]\nlocal = ["a.test"]\nrelay = ["a.test"]',
+            "[domains] relay",
+            "also a local domain",
+        ),
+        ("[relay]\nreject_code = 250", "[relay] reject_code", "4xx or 5xx"),
         ('[sender]\nnetworks = "everyone"', "[sender] networks", "not one of"),
         ('[sender]\nclients = "owner"', "[sender] clients", "not one of any, domain"),
         ("hostname = ", "", "not valid TOML"),
@@ -119,5 +132,14 @@ def test_embedded_default_matches_design(tmp_path: Path) -> None:
     c = config.embedded_default(tmp_path)
     assert c.data_dir == tmp_path / "postvakt-data"
     assert c.domains.local == ("example.test",)
-    ports = {k: getattr(c.listen, k)[0].port for k in ("smtp", "submission", "submissions", "pop3", "pop3s")}
-    assert ports == {"smtp": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995}
+    ports = {
+        k: getattr(c.listen, k)[0].port
+        for k in ("smtp", "submission", "submissions", "pop3", "pop3s")
+    }
+    assert ports == {
+        "smtp": 2525,
+        "submission": 2587,
+        "submissions": 2465,
+        "pop3": 2110,
+        "pop3s": 2995,
+    }

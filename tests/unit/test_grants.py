@@ -11,7 +11,11 @@ from postvakt.grants import LoginFailures, MemoryGrantStore, SqliteGrantStore
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_grant_expires(kind: str, tmp_path: Path) -> None:
-    store = MemoryGrantStore(tmp_path / "g.json") if kind == "memory" else SqliteGrantStore(tmp_path / "g.sqlite3")
+    store = (
+        MemoryGrantStore(tmp_path / "g.json")
+        if kind == "memory"
+        else SqliteGrantStore(tmp_path / "g.sqlite3")
+    )
     store.grant("127.0.0.2", "alice@pv.test", expires=100.0)
     g = store.lookup("127.0.0.2", now=50.0)
     assert g is not None and g.login == "alice@pv.test"

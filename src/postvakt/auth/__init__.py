@@ -40,7 +40,9 @@ class Authenticator:
 
     def _cache_key(self, login: str, stored: str, password: str) -> tuple[str, str, bytes]:
         login = canonical(login)
-        digest = hmac.new(self._key, password.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
+        digest = hmac.new(
+            self._key, password.encode("utf-8", "surrogateescape"), hashlib.sha256
+        ).digest()
         return (login, stored, digest)
 
     def cached(self, login: str, password: str) -> str | None:

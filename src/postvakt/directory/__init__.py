@@ -74,7 +74,7 @@ def _check_mailbox(address: str) -> str:
     local, sep, domain = a.rpartition("@")
     if not sep or not local or not domain or "." not in domain:
         raise DirectoryError(f"{address!r} is not an address of the form user@domain")
-    if any(c in a for c in " \t\r\n\x00<>\"\\/") or local.startswith(".") or ".." in local:
+    if any(c in a for c in ' \t\r\n\x00<>"\\/') or local.startswith(".") or ".." in local:
         raise DirectoryError(f"{address!r} contains characters a mailbox name cannot hold")
     return a
 
@@ -82,7 +82,9 @@ def _check_mailbox(address: str) -> str:
 class Directory:
     """The user database. Thread-safe: one connection, guarded by a lock."""
 
-    def __init__(self, path: Path, local_domains: Sequence[str], postmaster: str, data_dir: Path) -> None:
+    def __init__(
+        self, path: Path, local_domains: Sequence[str], postmaster: str, data_dir: Path
+    ) -> None:
         self.path = path
         self.local_domains = tuple(local_domains)
         self.postmaster = canonical(postmaster)
@@ -145,7 +147,9 @@ class Directory:
             raise DirectoryError(f"{a}: no such user")
         if not password:
             raise DirectoryError("the password is empty")
-        self._q("UPDATE users SET password_hash = ? WHERE address = ?", (self._hasher.hash(password), a))
+        self._q(
+            "UPDATE users SET password_hash = ? WHERE address = ?", (self._hasher.hash(password), a)
+        )
 
     def users(self) -> list[str]:
         return [str(r[0]) for r in self._q("SELECT address FROM users ORDER BY address")]
@@ -191,10 +195,15 @@ class Directory:
             raise DirectoryError(f"{a}: no such alias")
 
     def aliases(self) -> list[tuple[str, str]]:
-        return [(str(a), str(t)) for a, t in self._q("SELECT alias, target FROM aliases ORDER BY alias, target")]
+        return [
+            (str(a), str(t))
+            for a, t in self._q("SELECT alias, target FROM aliases ORDER BY alias, target")
+        ]
 
     def _alias_targets(self, address: str) -> list[str]:
-        return [str(r[0]) for r in self._q("SELECT target FROM aliases WHERE alias = ?", (address,))]
+        return [
+            str(r[0]) for r in self._q("SELECT target FROM aliases WHERE alias = ?", (address,))
+        ]
 
     # ------------------------------------------------------------ send-as
 
@@ -202,7 +211,10 @@ class Directory:
         lg = canonical(login)
         if not self.user_exists(lg):
             raise DirectoryError(f"{lg}: no such user")
-        self._q("INSERT OR IGNORE INTO sendas(login, address) VALUES (?, ?)", (lg, _check_mailbox(address)))
+        self._q(
+            "INSERT OR IGNORE INTO sendas(login, address) VALUES (?, ?)",
+            (lg, _check_mailbox(address)),
+        )
 
     def delete_sendas(self, login: str, address: str) -> None:
         lg, a = canonical(login), canonical(address)
@@ -211,7 +223,12 @@ class Directory:
         self._q("DELETE FROM sendas WHERE login = ? AND address = ?", (lg, a))
 
     def sendas(self, login: str) -> list[str]:
-        return [str(r[0]) for r in self._q("SELECT address FROM sendas WHERE login = ? ORDER BY address", (canonical(login),))]
+        return [
+            str(r[0])
+            for r in self._q(
+                "SELECT address FROM sendas WHERE login = ? ORDER BY address", (canonical(login),)
+            )
+        ]
 
     # ------------------------------------------------------------ lookups
 

@@ -76,7 +76,9 @@ class MemoryGrantStore:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
-        grants = [Grant(ip=str(r["ip"]), login=str(r["login"]), expires=float(r["expires"])) for r in rows]
+        grants = [
+            Grant(ip=str(r["ip"]), login=str(r["login"]), expires=float(r["expires"])) for r in rows
+        ]
         return sorted((g for g in grants if g.expires > now), key=lambda g: g.ip)
 
     def lookup(self, ip: str, now: float) -> Grant | None:

@@ -71,8 +71,11 @@ def build_app(config: Config) -> App:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     directory = Directory.for_config(config)
     needs_tls = bool(
-        config.listen.smtp or config.listen.submission or config.listen.submissions
-        or config.listen.pop3 or config.listen.pop3s
+        config.listen.smtp
+        or config.listen.submission
+        or config.listen.submissions
+        or config.listen.pop3
+        or config.listen.pop3s
     )
     return App(
         config=config,
@@ -110,8 +113,12 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
             ssl_ctx = app.ssl_context if kind == "submissions" else None
             try:
                 srv = await loop.create_server(
-                    lambda k=kind: SMTPSession(app, k),  # type: ignore[misc]
-                    hp.host, hp.port, ssl=ssl_ctx, reuse_address=True, backlog=1024,
+                    lambda k=kind: SMTPSession(app, k),
+                    hp.host,
+                    hp.port,
+                    ssl=ssl_ctx,
+                    reuse_address=True,
+                    backlog=1024,
                     ssl_handshake_timeout=30 if ssl_ctx else None,
                 )
             except OSError as e:
@@ -122,8 +129,12 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
 
         try:
             pop_servers = await start_pop3(
-                cfg, directory=app.directory, authenticator=app.authenticator,
-                grants=app.grants, failures=app.failures, ssl_context=app.ssl_context,
+                cfg,
+                directory=app.directory,
+                authenticator=app.authenticator,
+                grants=app.grants,
+                failures=app.failures,
+                ssl_context=app.ssl_context,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
@@ -159,7 +170,9 @@ async def run(config: Config, config_path: Path | None) -> int:
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
-    print("postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True)
+    print(
+        "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

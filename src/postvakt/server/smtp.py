@@ -19,7 +19,8 @@ import email.utils
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, cast
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import smtp
 from postvakt.address import AddressError, parse_header_addresses
@@ -40,7 +41,9 @@ WRITE_HIGH_WATER = 256 * 1024
 REPLY_QUEUED = "Ok: queued as {qid}"
 REPLY_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
-REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins from your address, try again later")
+REPLY_AUTH_BLOCKED = Reply(
+    454, "4.7.0", "Too many failed logins from your address, try again later"
+)
 REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
 
@@ -109,7 +112,9 @@ class SMTPSession(asyncio.Protocol):
         if self._too_many_connections():
             log.info("refused client=%s port=%s: too many connections", self.ip, self.kind)
             transport.write(
-                Reply(421, "4.7.0", f"{cfg.hostname} Error: too many connections from {self.ip}").encode()
+                Reply(
+                    421, "4.7.0", f"{cfg.hostname} Error: too many connections from {self.ip}"
+                ).encode()
             )
             self.closing = True
             transport.close()
@@ -206,9 +211,18 @@ class SMTPSession(asyncio.Protocol):
     def _client(self) -> Client:
         assert self.conn is not None
         now = time.time()
-        grant = self.app.grants.lookup(self.ip, now) if self.app.config.relay.pop_before_smtp > 0 else None
+        grant = (
+            self.app.grants.lookup(self.ip, now)
+            if self.app.config.relay.pop_before_smtp > 0
+            else None
+        )
         return Client(
-            ip=self.ip, port=self.kind, tls=self.conn.tls, login=self.conn.login, grant=grant, now=now
+            ip=self.ip,
+            port=self.kind,
+            tls=self.conn.tls,
+            login=self.conn.login,
+            grant=grant,
+            now=now,
         )
 
     def _log_decision(self, stage: str, decision: Decision, **fields: str) -> None:
@@ -216,7 +230,12 @@ class SMTPSession(asyncio.Protocol):
         extra = " ".join(f"{k}=<{v}>" for k, v in fields.items())
         log.info(
             "%s client=%s port=%s login=%s %s %s",
-            stage, self.ip, self.kind, self.conn.login or "-", extra, decision.log_line(),
+            stage,
+            self.ip,
+            self.kind,
+            self.conn.login or "-",
+            extra,
+            decision.log_line(),
         )
 
     def _pump(self) -> None:
@@ -262,12 +281,12 @@ class SMTPSession(asyncio.Protocol):
             self.transport.resume_reading()
         self._pump()
 
-    def _run(self, coro: object) -> None:
+    def _run(self, coro: Coroutine[Any, Any, None]) -> None:
         """Answer an event in a task; the core stays PAUSED until we respond."""
         self.busy = True
         assert self.transport is not None
         self.transport.pause_reading()
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coro)
         self.app.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -336,14 +355,18 @@ class SMTPSession(asyncio.Protocol):
         decision = check_rcpt(self._client(), ev.recipient, self.app.config, self.app.directory)
         self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
         if decision.reply.positive:
-            self.rcpts.append(Recipient(address=str(ev.recipient), orcpt=ev.orcpt, notify=ev.notify))
+            self.rcpts.append(
+                Recipient(address=str(ev.recipient), orcpt=ev.orcpt, notify=ev.notify)
+            )
         self.conn.respond(decision.reply)
 
     def _on_data_start(self) -> None:
         assert self.conn is not None
         try:
             self.msg = self.app.queue.new_message()
-            self.msg.write(self._received_header(self.msg.queue_id).encode("utf-8", "surrogateescape"))
+            self.msg.write(
+                self._received_header(self.msg.queue_id).encode("utf-8", "surrogateescape")
+            )
         except (QueueWriteError, OSError) as e:
             log.error("queue error client=%s: %s", self.ip, e)
             self._abort_message()
@@ -370,7 +393,13 @@ class SMTPSession(asyncio.Protocol):
             return
         if ev.problem is not None:
             msg.abort()
-            log.info("DATA client=%s login=%s id=%s refused reply=%r", self.ip, conn.login or "-", msg.queue_id, str(ev.problem))
+            log.info(
+                "DATA client=%s login=%s id=%s refused reply=%r",
+                self.ip,
+                conn.login or "-",
+                msg.queue_id,
+                str(ev.problem),
+            )
             conn.respond(ev.problem)
             return
         if self.msg_failed:
@@ -378,27 +407,46 @@ class SMTPSession(asyncio.Protocol):
             conn.respond(REPLY_QUEUE_ERROR)
             return
         try:
-            header_from = [a for v in _header_values(ev.headers, "from") for a in parse_header_addresses(v)]
-            header_sender = [a for v in _header_values(ev.headers, "sender") for a in parse_header_addresses(v)]
+            header_from = [
+                a for v in _header_values(ev.headers, "from") for a in parse_header_addresses(v)
+            ]
+            header_sender = [
+                a for v in _header_values(ev.headers, "sender") for a in parse_header_addresses(v)
+            ]
         except AddressError as e:
             # A From: that two parsers would read differently (CVE-2023-27043) is
             # refused rather than skipped: skipping would let a forged sender through.
             if self.app.config.sender.header_from != "off":
                 msg.abort()
-                log.info("DATA client=%s login=%s id=%s refused: bad From:/Sender: reply=%r",
-                         self.ip, conn.login or "-", msg.queue_id, str(e.reply))
+                log.info(
+                    "DATA client=%s login=%s id=%s refused: bad From:/Sender: reply=%r",
+                    self.ip,
+                    conn.login or "-",
+                    msg.queue_id,
+                    str(e.reply),
+                )
                 conn.respond(e.reply)
                 return
             header_from, header_sender = [], []
-        decision = check_header_from(self._client(), header_from, header_sender, self.app.config, self.app.directory)
-        self._log_decision("DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))})
+        decision = check_header_from(
+            self._client(), header_from, header_sender, self.app.config, self.app.directory
+        )
+        self._log_decision(
+            "DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))}
+        )
         if not decision.reply.positive:
             msg.abort()
             conn.respond(decision.reply)
             return
         warnings = self.warnings + [s.detail for s in decision.trace if s.result == "warn"]
         for w in warnings:
-            log.warning("sender warning id=%s client=%s login=%s: %s", msg.queue_id, self.ip, conn.login or "-", w)
+            log.warning(
+                "sender warning id=%s client=%s login=%s: %s",
+                msg.queue_id,
+                self.ip,
+                conn.login or "-",
+                w,
+            )
         mail = self.mail_event
         envelope = Envelope(
             sender=self.sender,
@@ -424,14 +472,25 @@ class SMTPSession(asyncio.Protocol):
         self.app.crash_point("before_250")
         log.info(
             "queued id=%s client=%s login=%s from=<%s> nrcpt=%d size=%d%s",
-            msg.queue_id, self.ip, conn.login or "-", self.sender, len(self.rcpts), ev.size,
+            msg.queue_id,
+            self.ip,
+            conn.login or "-",
+            self.sender,
+            len(self.rcpts),
+            ev.size,
             " hold=" + self.hold_reason if self.hold_reason else "",
         )
         conn.respond(Reply(250, "2.0.0", REPLY_QUEUED.format(qid=msg.queue_id)))
         self._flush()
         self.app.crash_point("after_250")
         self.app.message_queued()
-        self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = "", [], None, None, []
+        self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = (
+            "",
+            [],
+            None,
+            None,
+            [],
+        )
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
         conn = self.conn
@@ -439,7 +498,12 @@ class SMTPSession(asyncio.Protocol):
         failures = self.app.failures
         now = time.time()
         if failures.blocked(self.ip, now):
-            log.info("AUTH client=%s port=%s user=<%s> refused: too many failures", self.ip, self.kind, ev.username)
+            log.info(
+                "AUTH client=%s port=%s user=<%s> refused: too many failures",
+                self.ip,
+                self.kind,
+                ev.username,
+            )
             conn.respond(REPLY_AUTH_BLOCKED)
             return
         delay = failures.delay(self.ip, now)
@@ -448,11 +512,23 @@ class SMTPSession(asyncio.Protocol):
         login = await self.app.authenticator.verify(ev.username, ev.password)
         if login is None:
             failures.record_failure(self.ip, time.time())
-            log.info("AUTH client=%s port=%s user=<%s> mechanism=%s failed", self.ip, self.kind, ev.username, ev.mechanism)
+            log.info(
+                "AUTH client=%s port=%s user=<%s> mechanism=%s failed",
+                self.ip,
+                self.kind,
+                ev.username,
+                ev.mechanism,
+            )
             conn.respond(REPLY_AUTH_FAILED)
             return
         failures.record_success(self.ip)
-        log.info("AUTH client=%s port=%s user=<%s> mechanism=%s ok", self.ip, self.kind, login, ev.mechanism)
+        log.info(
+            "AUTH client=%s port=%s user=<%s> mechanism=%s ok",
+            self.ip,
+            self.kind,
+            login,
+            ev.mechanism,
+        )
         conn.respond(REPLY_AUTH_OK, login=login)
 
     async def _on_starttls(self) -> None:
@@ -472,7 +548,7 @@ class SMTPSession(asyncio.Protocol):
             new_transport = await asyncio.wait_for(
                 loop.start_tls(transport, self, ctx, server_side=True), timeout=60
             )
-        except (OSError, ssl.SSLError, asyncio.TimeoutError, ConnectionError) as e:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             log.info("TLS handshake failed client=%s port=%s: %s", self.ip, self.kind, e)
             self.closing = True
             transport.abort()
@@ -480,7 +556,7 @@ class SMTPSession(asyncio.Protocol):
         if new_transport is None:
             self.closing = True
             return
-        self.transport = new_transport  # type: ignore[assignment]
+        self.transport = new_transport
         self._note_tls()
         self._reset_transaction()
         conn.tls_started()
@@ -513,7 +589,10 @@ class SMTPSession(asyncio.Protocol):
         if conn.login:
             proto += "A"
         helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
-        lines = [f"Received: from {helo} ([{self.ip}])", f"\tby {self.app.config.hostname} (postvakt) with {proto} id {qid}"]
+        lines = [
+            f"Received: from {helo} ([{self.ip}])",
+            f"\tby {self.app.config.hostname} (postvakt) with {proto} id {qid}",
+        ]
         if self.tls_info and conn.tls:
             lines.append(f"\t(using {self.tls_info})")
         if len(self.rcpts) == 1:

@@ -86,9 +86,13 @@ def server_context(config: Config) -> ssl.SSLContext:
     try:
         ctx.load_cert_chain(str(cert), str(key))
     except FileNotFoundError as e:
-        raise ConfigError(config.source, source_key, f"cannot read {e.filename}: no such file") from None
+        raise ConfigError(
+            config.source, source_key, f"cannot read {e.filename}: no such file"
+        ) from None
     except PermissionError as e:
-        raise ConfigError(config.source, source_key, f"cannot read {e.filename}: permission denied") from None
+        raise ConfigError(
+            config.source, source_key, f"cannot read {e.filename}: permission denied"
+        ) from None
     except (ssl.SSLError, OSError) as e:
         raise ConfigError(
             config.source, source_key, f"{cert} / {key}: not a usable certificate and key ({e})"
