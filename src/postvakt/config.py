@@ -345,6 +345,7 @@ TOP_KEYS = {
     "smtp",
     "delivery",
     "pop3",
+    "limits",
 }
 
 

@@ -1,4 +1,4 @@
-"""Pure policy decisions: relaying and sender identity, each with a trace.
+"""Pure policy decisions: relaying, sender identity and limits, each with a trace.
 
 Rules of the house:
 - Pure functions of (client, address, config, directory view): no I/O, no
@@ -12,6 +12,15 @@ Rules of the house:
 
 from __future__ import annotations
 
+from postvakt.policy.limits import (
+    LimitsConfig,
+    Quota,
+    Subject,
+    Usage,
+    check_mail_limits,
+    check_rcpt_limits,
+    subject_for,
+)
 from postvakt.policy.relay import (
     LOCAL_DOMAIN,
     REJECT_UNAUTH_DESTINATION,
@@ -71,9 +80,16 @@ __all__ = [
     "Decision",
     "DirectoryView",
     "Grant",
+    "LimitsConfig",
+    "Quota",
     "Step",
+    "Subject",
+    "Usage",
     "Verdict",
     "check_header_from",
+    "check_mail_limits",
     "check_rcpt",
+    "check_rcpt_limits",
     "check_sender",
+    "subject_for",
 ]

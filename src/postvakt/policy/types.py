@@ -20,10 +20,13 @@ class Verdict(enum.Enum):
     DEFER = "defer"
     # Accepted, but the finding is logged (a check in "warn" mode).
     WARN = "warn"
+    # Accepted (the client sees 2xx), but the message goes to the hold queue
+    # for the admin instead of being delivered (an outbound limit).
+    HOLD = "hold"
 
     @property
     def accepted(self) -> bool:
-        return self in (Verdict.PERMIT, Verdict.WARN)
+        return self in (Verdict.PERMIT, Verdict.WARN, Verdict.HOLD)
 
 
 # Step results. A rule either decides ("permit", "reject", "defer", "warn")
