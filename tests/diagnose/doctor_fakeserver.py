@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from support import free_port
@@ -25,6 +26,8 @@ class Script:
     auth_reply: str = "235 2.7.0 Authentication successful"
     mail_reply: str = "250 2.1.0 Ok"
     rcpt_reply: str = "250 2.1.5 Ok"
+    # When set, decides per RCPT path (the text after "RCPT TO:"): True = rcpt_reply, False = 554.
+    rcpt_accept: Callable[[str], bool] | None = None
     silent: bool = False  # accept the connection, never say anything
     implicit_tls: bool = False
 
@@ -111,7 +114,10 @@ class FakeServer:
                 elif line.upper().startswith("MAIL FROM:"):
                     say(s.mail_reply)
                 elif line.upper().startswith("RCPT TO:"):
-                    say(s.rcpt_reply)
+                    if s.rcpt_accept is None or s.rcpt_accept(line[8:]):
+                        say(s.rcpt_reply)
+                    else:
+                        say("554 5.7.1 Relay access denied")
                 elif verb in ("RSET", "NOOP"):
                     say("250 2.0.0 Ok")
                 elif verb == "QUIT":
