@@ -226,6 +226,53 @@ def test_pop_before_smtp_turns_a_denial_into_an_accept(server: Running, cafile: 
     assert any(line.startswith("C: STLS") for line in probes["pop3_login"]["transcript"])
 
 
+def test_pop_before_smtp_over_pop3s(server: Running, cafile: Path) -> None:
+    code, doc = run_doctor(
+        server,
+        cafile,
+        "smtp",
+        "--from",
+        "someone@adatum.example",
+        "--to",
+        FOREIGN,
+        "--user",
+        ALICE,
+        "--no-smtp-auth",
+        "--pop3",
+        f"127.0.0.1:{server.port('pop3s')}",
+        "--pop3-security",
+        "ssl",
+        password=PASSWORD,
+        source="127.0.0.4",
+    )
+    assert (code, doc["case"]) == (0, "pop_before_smtp"), doc
+    probes = {p["name"]: p for p in doc["probes"]}
+    assert probes["as_configured"]["outcome"] == "relay_denied"
+    assert probes["pop3_login"]["security"] == "ssl"
+
+
+def test_failed_pop3_login_grants_nothing(server: Running, cafile: Path) -> None:
+    code, doc = run_doctor(
+        server,
+        cafile,
+        "smtp",
+        "--from",
+        "someone@adatum.example",
+        "--to",
+        FOREIGN,
+        "--user",
+        ALICE,
+        "--no-smtp-auth",
+        "--pop3",
+        f"127.0.0.1:{server.port('pop3')}",
+        password="wrong",
+        source="127.0.0.5",
+    )
+    assert (code, doc["case"]) == (1, "relay_denied_no_auth")
+    assert "pop3_login_failed" in finding_ids(doc)
+    assert "after_pop3_login" not in {p["name"] for p in doc["probes"]}
+
+
 def test_relaytest_finds_postvakt_closed(server: Running) -> None:
     r = CliRunner().invoke(
         relaytest,
