@@ -28,6 +28,7 @@ class Script:
     rcpt_reply: str = "250 2.1.5 Ok"
     # When set, decides per RCPT path (the text after "RCPT TO:"): True = rcpt_reply, False = 554.
     rcpt_accept: Callable[[str], bool] | None = None
+    hangup_on: str = ""  # close without a reply when this verb arrives, e.g. "MAIL"
     silent: bool = False  # accept the connection, never say anything
     implicit_tls: bool = False
 
@@ -91,6 +92,8 @@ class FakeServer:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self.received.append(line)
                 verb = line.split(" ", 1)[0].upper()
+                if s.hangup_on and line.upper().startswith(s.hangup_on):
+                    return
                 if verb in ("EHLO", "HELO"):
                     ext = list(s.extensions)
                     if s.starttls and not tls:

@@ -318,3 +318,16 @@ def test_cli_refuses_password_without_stdin(servers: list[FakeServer]) -> None:
         doctor, ["--server", "127.0.0.1:1", "--from", "a@b.test", "--to", "c@d.test", "--user", "a"]
     )
     assert r.exit_code == 2
+
+
+def test_hangup_mid_session_names_the_stage(servers: list[FakeServer]) -> None:
+    fake = start(servers, Script(hangup_on="MAIL"))
+    d = diagnose(options(fake.port))
+    assert d.case == "rejected_other" and d.exit_code == 1
+    main = next(p for p in d.probes if p.name == "as_configured")
+    assert (main.stage, main.outcome) == ("mail", "closed")
+
+
+def test_too_many_errors(servers: list[FakeServer]) -> None:
+    fake = start(servers, Script(mail_reply="421 4.7.0 fake.test Error: too many errors"))
+    assert diagnose(options(fake.port)).case == "too_many_errors"

@@ -105,10 +105,6 @@ class Attempt:
     def accepted(self) -> bool:
         return self.outcome == k.ACCEPTED and self.stage == "rcpt"
 
-    @property
-    def network_error(self) -> bool:
-        return self.stage in ("connect", "banner") and self.outcome not in ("banner_rejected",)
-
     def mechs_plain(self) -> tuple[str, ...]:
         return tuple(self.caps_plain.get("AUTH", "").upper().split())
 
@@ -178,6 +174,7 @@ def run_attempt(
             a.tls_version = _tls_version(client)
         if banner.code != 220:
             return stop("banner", banner, "banner_rejected")
+        a.stage = "ehlo"
         r = client.ehlo()
         if r.code != 250:
             r = client.command("HELO doctor.postvakt.invalid")
@@ -195,6 +192,7 @@ def run_attempt(
                 a.stage, a.outcome = "starttls", "starttls_unavailable"
                 a.detail = "STARTTLS not offered"
                 return a
+            a.stage = "starttls"
             try:
                 r = client.starttls()
             except ProbeError as e:
@@ -204,6 +202,7 @@ def run_attempt(
                 return stop("starttls", r, "tls")
             a.used_tls = True
             a.tls_version = _tls_version(client)
+            a.stage = "ehlo"
             r = client.ehlo()
             if r.code != 250:
                 return stop("ehlo", r)
@@ -213,6 +212,7 @@ def run_attempt(
             return a
         if login:
             assert opts.login is not None and opts.password is not None
+            a.stage = "auth"
             r = client.auth(opts.login, opts.password)
             if r.code != 235:
                 mechs = client.auth_mechanisms
@@ -224,9 +224,11 @@ def run_attempt(
                 ):
                     kind = "auth_unavailable"
                 return stop("auth", r, kind)
+        a.stage = "mail"
         r = client.mail(opts.sender)
         if r.code != 250:
             return stop("mail", r)
+        a.stage = "rcpt"
         r = client.rcpt(opts.rcpt)
         stop("rcpt", r)
         try:
