@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pop3_server_harness import LiveServer, POP3Raw
 
 
@@ -42,4 +44,33 @@ def test_pipelined_large_retrs_arrive_whole_and_in_order(server: LiveServer) -> 
         assert lines[0] == f"Subject: big {i}"
         assert "\n".join(lines[2:]) + "\n" == bodies[i].decode()
     assert c.line() == "+OK"
+    assert c.cmd("QUIT").startswith("+OK")
+
+
+def test_junk_on_the_wire_never_takes_the_listener_down(server: LiveServer) -> None:
+    """Random bytes, half lines and abrupt closes: each gets -ERR or a close, the next client is served."""
+    import random
+
+    rnd = random.Random(1939)
+    server.deliver(b"Subject: x\n\ny\n")
+    for i in range(40):
+        c = POP3Raw(server.port("pop3s"), tls=True)
+        c.line()
+        if i % 2:
+            c.login()
+        junk = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 3000)))
+        try:
+            c.send(junk + (b"\r\n" if i % 3 else b""))
+        except OSError:
+            pass
+        c.close()
+    for _ in range(50):  # the last junk session may still be closing and hold the lock
+        c = POP3Raw(server.port("pop3s"), tls=True)
+        assert c.line() == "+OK POP3 server ready"
+        reply = c.login()
+        if not reply.startswith("-ERR [IN-USE]"):
+            break
+        c.close()
+        time.sleep(0.05)
+    assert reply == "+OK Logged in, 1 messages (17 octets)"
     assert c.cmd("QUIT").startswith("+OK")
