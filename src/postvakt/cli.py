@@ -57,6 +57,7 @@ class _Group(click.Group):
         "queue": "postvakt.queue.commands:queue",
         "doctor": "postvakt.diagnose.commands:doctor",
         "relaytest": "postvakt.diagnose.commands:relaytest",
+        "limits": "postvakt.server.limits:limits",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

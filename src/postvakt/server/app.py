@@ -47,6 +47,8 @@ class App:
     queue: Queue
     ssl_context: Any
     manager: Any = None
+    # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
+    limiter: Any = None
     sessions: set[Any] = field(default_factory=set)
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
 
@@ -77,14 +79,25 @@ def build_app(config: Config) -> App:
         or config.listen.pop3
         or config.listen.pop3s
     )
+    from postvakt.grants.counters import open_counter_store
+    from postvakt.server.limits import Limiter
+
+    queue = Queue(config.data_dir / "queue")
+    lim = config.limits
     return App(
         config=config,
         directory=directory,
         authenticator=Authenticator(directory),
         grants=open_grant_store(config),
-        failures=LoginFailures(),
-        queue=Queue(config.data_dir / "queue"),
+        failures=LoginFailures(
+            delay_start=lim.auth_delay,
+            delay_max=lim.auth_delay_max,
+            block_after=lim.auth_failures,
+            window=lim.auth_window,
+        ),
+        queue=queue,
         ssl_context=server_context(config) if needs_tls else None,
+        limiter=Limiter(open_counter_store(config), queue),
     )
 
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import smtp
 from postvakt.address import AddressError, parse_header_addresses
-from postvakt.policy import Client, Decision, check_header_from, check_rcpt, check_sender
+from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
+from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
 
@@ -342,8 +343,15 @@ class SMTPSession(asyncio.Protocol):
     def _on_mail(self, ev: smtp.MailFrom) -> None:
         assert self.conn is not None
         self._reset_transaction()
-        decision = check_sender(self._client(), ev.sender, self.app.config, self.app.directory)
+        client = self._client()
+        decision = check_sender(client, ev.sender, self.app.config, self.app.directory)
         self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
+        if decision.reply.positive and self.app.limiter is not None:
+            limit = self.app.limiter.check_mail(self.app.config, client)
+            if limit.verdict is not Verdict.PERMIT:
+                self._log_decision("LIMIT", limit, **{"from": str(ev.sender)})
+                decision = decision if limit.accepted else limit
+                self.hold_reason = limits_hold_reason(limit)
         if decision.reply.positive:
             self.sender = str(ev.sender)
             self.mail_event = ev
@@ -352,8 +360,15 @@ class SMTPSession(asyncio.Protocol):
 
     def _on_rcpt(self, ev: smtp.RcptTo) -> None:
         assert self.conn is not None
-        decision = check_rcpt(self._client(), ev.recipient, self.app.config, self.app.directory)
+        client = self._client()
+        decision = check_rcpt(client, ev.recipient, self.app.config, self.app.directory)
         self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
+        if decision.reply.positive and self.app.limiter is not None:
+            limit = self.app.limiter.check_rcpt(self.app.config, client, len(self.rcpts))
+            if limit.verdict is not Verdict.PERMIT:
+                self._log_decision("LIMIT", limit, **{"from": self.sender, "to": str(ev.recipient)})
+                decision = decision if limit.accepted else limit
+                self.hold_reason = self.hold_reason or limits_hold_reason(limit)
         if decision.reply.positive:
             self.rcpts.append(
                 Recipient(address=str(ev.recipient), orcpt=ev.orcpt, notify=ev.notify)
@@ -484,6 +499,10 @@ class SMTPSession(asyncio.Protocol):
         self._flush()
         self.app.crash_point("after_250")
         self.app.message_queued()
+        if self.app.limiter is not None:
+            await self.app.limiter.accepted(
+                self.app.config, self._client(), msg.queue_id, len(self.rcpts), self.hold_reason
+            )
         self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = (
             "",
             [],
