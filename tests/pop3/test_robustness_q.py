@@ -555,3 +555,21 @@ def test_login_delay_advertised_and_enforced(tmp_path: Path) -> None:
         c.cmd("QUIT")
     finally:
         srv.stop()
+
+
+def test_server_stop_ends_sessions_without_deleting(server: LiveServer) -> None:
+    from postvakt.server.pop3 import stop_pop3
+
+    server.deliver(b"Subject: 1\n\none\n")
+    c = login_tls(server)
+    assert c.cmd("DELE 1").startswith("+OK")
+
+    async def stop() -> None:
+        stop_pop3(server.servers)
+
+    server.call(stop())
+    assert c.line() == "-ERR [SYS/TEMP] Server shutting down, try again later"
+    assert c.closed_by_server()
+    assert len(server.files()) == 1
+    with pytest.raises(OSError):
+        POP3Raw(server.port("pop3s"), tls=True).line()

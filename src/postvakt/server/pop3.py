@@ -25,6 +25,7 @@ import logging
 import math
 import ssl
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -95,6 +96,7 @@ class POP3Context:
         self.clock = clock
         # login -> time of the last successful login, for LOGIN-DELAY (this process only).
         self.last_login: dict[str, float] = {}
+        self.sessions: set[POP3Protocol] = set()
 
     def too_soon(self, login: str, now: float) -> bool:
         last = self.last_login.get(login)
@@ -161,6 +163,7 @@ class POP3Protocol(asyncio.Protocol):
                 login_delay=math.ceil(self.ctx.login_delay),
             )
         )
+        self.ctx.sessions.add(self)
         log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
         self._flush()
         self._touch()
@@ -191,6 +194,7 @@ class POP3Protocol(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        self.ctx.sessions.discard(self)
         if self._idle is not None:
             self._idle.cancel()
         current = asyncio.current_task()
@@ -199,6 +203,12 @@ class POP3Protocol(asyncio.Protocol):
                 t.cancel()
         self._release()
         log.info("pop3 disconnect client=%s", self.ip)
+
+    def shutdown(self) -> None:
+        """Server stop: end the session without its UPDATE state (nothing is deleted)."""
+        if self.conn is not None and not self.conn.closed:
+            self.conn.abort(R.SHUTTING_DOWN, "server shutdown")
+            self._pump()
 
     def pause_writing(self) -> None:
         # The peer reads slower than we answer: stop reading its commands too,
@@ -417,6 +427,28 @@ class POP3Protocol(asyncio.Protocol):
         self._pump()
 
 
+_contexts: weakref.WeakKeyDictionary[asyncio.base_events.Server, POP3Context] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def stop_pop3(servers: list[asyncio.base_events.Server]) -> None:
+    """Stop accepting, and end every open POP3 session of these servers.
+
+    A session ended here deletes nothing (RFC 1939 §6: only QUIT enters the
+    UPDATE state); its client sees `-ERR [SYS/TEMP]` and will retry later.
+    """
+    seen: set[int] = set()
+    for srv in servers:
+        srv.close()
+        ctx = _contexts.get(srv)
+        if ctx is None or id(ctx) in seen:
+            continue
+        seen.add(id(ctx))
+        for session in list(ctx.sessions):
+            session.shutdown()
+
+
 def _close_if_opened(fut: asyncio.Future[MaildirMailbox]) -> None:
     if not fut.cancelled() and fut.exception() is None:
         fut.result().close()
@@ -481,4 +513,6 @@ async def start_pop3(
         for s in servers:
             s.close()
         raise
+    for srv in servers:
+        _contexts[srv] = ctx
     return servers
