@@ -506,10 +506,10 @@ FINDINGS: dict[str, dict[str, str]] = {
         "sv": "Port {port} ({service}): går inte att nå: {detail}",
     },
     "port25_blocked": {
-        "en": "Port 25 gets no answer while other ports do: the network you are on "
-        "blocks port 25 (common for home and guest networks)",
-        "sv": "Port 25 får inget svar medan andra portar gör det: nätet du sitter på "
-        "blockerar port 25 (vanligt för hem- och gästnät)",
+        "en": "The SMTP port {port} gets no answer while other ports do: the network you are on "
+        "blocks it (common for port 25 on home and guest networks)",
+        "sv": "SMTP-porten {port} får inget svar medan andra portar gör det: nätet du sitter på "
+        "blockerar den (vanligt för port 25 på hem- och gästnät)",
     },
     "starttls_offered": {
         "en": "STARTTLS is offered on port {port}",
@@ -676,6 +676,15 @@ LABELS: dict[str, dict[str, str]] = {
     "yes": {"en": "yes", "sv": "ja"},
     "no": {"en": "no", "sv": "nej"},
     "unknown": {"en": "unknown", "sv": "okänd"},
+    "net_timeout": {"en": "no answer in time", "sv": "inget svar i tid"},
+    "net_no_banner": {"en": "connected, but no greeting", "sv": "ansluten, men ingen hälsning"},
+    "net_refused": {"en": "connection refused", "sv": "anslutningen vägrades"},
+    "net_unreachable": {"en": "not reachable", "sv": "går inte att nå"},
+    "net_dns": {"en": "server name not found", "sv": "servernamnet hittades inte"},
+    "net_closed": {"en": "the server hung up", "sv": "servern lade på"},
+    "net_tls": {"en": "encryption failed", "sv": "krypteringen misslyckades"},
+    "net_starttls_unavailable": {"en": "STARTTLS not offered", "sv": "STARTTLS erbjuds inte"},
+    "net_protocol": {"en": "not a mail server reply", "sv": "inget svar från en e-postserver"},
     "unknown_server": {"en": "(server not named)", "sv": "(servern namnges inte)"},
     "unknown_address": {"en": "(address not named)", "sv": "(adressen namnges inte)"},
     "unknown_login": {"en": "(your user name)", "sv": "(ditt användarnamn)"},

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postvakt.diagnose import catalogue
 from postvakt.diagnose import classify as k
 from postvakt.diagnose.client import (
     DEFAULT_TIMEOUT,
@@ -504,7 +505,7 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
         a for n, a in survey.items() if n != "smtp" and a.stage not in ("connect", "banner")
     ]
     if smtp_a is not None and _looks_blocked(smtp_a) and others_open:
-        findings.append(Finding("port25_blocked", "warning", {}))
+        findings.append(Finding("port25_blocked", "warning", {"port": smtp_a.port}))
     if case in ("port_blocked", "connection_refused") and others_open:
         params["open_ports"] = [a.port for a in others_open]
 
@@ -596,9 +597,7 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
                 "port": main.port,
                 "security": _sec_name(_security_label(main)),
                 "auth": "@with_login" if main.login else "@without_login",
-                "outcome": "@accepted_short"
-                if main.accepted
-                else (main.reply or main.detail or main.outcome),
+                "outcome": _outcome_text(main),
             },
         ),
     )
@@ -610,6 +609,17 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
         probes=tuple(probes),
         exit_code=EXIT_ACCEPTED if accepted else EXIT_REFUSED,
     )
+
+
+def _outcome_text(a: Attempt) -> str:
+    """The server's own words when it spoke; else a translated name for the network failure."""
+    if a.accepted:
+        return "@accepted_short"
+    if a.reply_code:
+        return a.reply
+    if f"net_{a.outcome}" in catalogue.LABELS:
+        return f"@net_{a.outcome}"
+    return a.detail or a.outcome
 
 
 def _sec_name(sec: str) -> str:
