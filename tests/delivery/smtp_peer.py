@@ -26,6 +26,7 @@ class Peer:
     ehlo: list[str] = field(default_factory=lambda: ["PIPELINING", "8BITMIME", "SIZE 10240000"])
     replies: dict[str, str] = field(default_factory=dict)
     greeting: str = "220 peer.test ESMTP"
+    max_rcpts: int = 0  # more RCPTs per transaction get 452 (0: no limit)
     tls: ssl.SSLContext | None = None
     transactions: list[Transaction] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
@@ -82,6 +83,8 @@ class Peer:
                     reply = self.replies.get(
                         f"RCPT:{addr}", self.replies.get("RCPT", "250 2.1.5 Ok")
                     )
+                    if self.max_rcpts and len(rcpts) >= self.max_rcpts:
+                        reply = "452 4.5.3 Too many recipients"
                     if reply.startswith("2"):
                         rcpts.append(cmd)
                     writer.write(reply.encode() + b"\r\n")

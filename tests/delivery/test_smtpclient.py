@@ -369,3 +369,25 @@ def test_concurrency_limit_per_destination() -> None:
     run_peer(peer, body)
     assert len(peer.transactions) == 8
     assert seen <= 2
+
+
+def test_452_too_many_recipients_gets_further_transactions() -> None:
+    """A peer that takes two recipients per transaction: all five arrive."""
+    peer = Peer(max_rcpts=2)
+
+    async def body(p: Peer) -> list[int]:
+        rd = RemoteDelivery(cfg({"x.example": f"127.0.0.1:{p.port}"}), NoDNS())
+        try:
+            res = await rd.deliver(
+                "x.example",
+                MailParams("a@pv.test", 10),
+                [RcptParams(f"u{i}@x.example") for i in range(5)],
+                MSG,
+            )
+        finally:
+            await rd.close()
+        return [r.reply.code for r in res]
+
+    assert run_peer(peer, body) == [250] * 5
+    assert [len(t.rcpts) for t in peer.transactions] == [2, 2, 1]
+    assert peer.connections == 1

@@ -17,6 +17,8 @@ from postvakt.reply import Reply
 # Postfix smtp_connection_cache_time_limit is 2 s; a little longer suits a
 # small server whose queue manager looks every second.
 IDLE_REUSE = 5.0
+# RFC 5321 §4.5.3.1.10: "452 too many recipients" asks for another transaction.
+TOO_MANY_RECIPIENTS = 452
 # Postfix smtp_connection_reuse_count_limit: bound how long one peer keeps a connection.
 MAX_TRANSACTIONS_PER_CONNECTION = 100
 
@@ -106,7 +108,7 @@ class RemoteDelivery:
                     last = e.reply
                     continue
                 try:
-                    replies = await client.transaction(mail, rcpts, data)
+                    replies = await self._transactions(client, mail, rcpts, data)
                 except SMTPClientError as e:
                     client.close()
                     last = e.reply
@@ -118,3 +120,20 @@ class RemoteDelivery:
                 peer_dsn = "DSN" in client.extensions
                 return [RemoteResult(r, str(hop), peer_dsn) for r in replies]
         return [RemoteResult(last, "")] * len(rcpts)
+
+    async def _transactions(
+        self, client: SMTPClient, mail: MailParams, rcpts: list[RcptParams], data: bytes
+    ) -> list[Reply]:
+        """One transaction, and more on the same connection for recipients the
+        peer put off with 452 "too many recipients" (RFC 5321 §4.5.3.1.10)
+        as long as each round gets at least one through."""
+        replies = await client.transaction(mail, rcpts, data)
+        while True:
+            rest = [i for i, r in enumerate(replies) if r.code == TOO_MANY_RECIPIENTS]
+            if not rest or len(rest) == len(replies) or not await client.rset():
+                return replies
+            again = await client.transaction(mail, [rcpts[i] for i in rest], data)
+            if all(r.code == TOO_MANY_RECIPIENTS for r in again):
+                return replies
+            for i, r in zip(rest, again, strict=True):
+                replies[i] = r
