@@ -431,3 +431,33 @@ def test_success_notice_relayed_only_when_the_peer_cannot_take_over(
     [notice] = notices
     _, dave = status_part(notice)
     assert dave["Action"] == "relayed" and dave["Status"] == "2.0.0"
+
+
+def test_hold_during_delivery_keeps_what_was_done(tmp_path: Path, smtp_sink) -> None:  # type: ignore[no-untyped-def]
+    slow = smtp_sink("-W", "MAIL:2", "-r", "DATA")  # slow, and then 4xx
+    w = World(tmp_path, {"a.example": slow.port})
+    qid = w.submit("alice@pv.test", ["bob@pv.test", "dave@a.example"], "held while delivering")
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: len(w.maildir("bob@pv.test")) == 1)
+        assert w.queue.find(qid) == "active"  # dave is still being tried
+        assert w.queue.hold(qid)
+        await until(lambda: w.queue.read_status(qid).attempts == 1)
+
+    run(w, body)
+    assert w.queue.find(qid) == "hold"
+    st = w.queue.read_status(qid)
+    assert [(u.address, u.state) for u in st.units or ()] == [
+        ("bob@pv.test", "done"),
+        ("dave@a.example", "pending"),
+    ]
+    slow.stop()
+    fast = smtp_sink(port=slow.port)
+    assert w.queue.release(qid)
+
+    async def after_release(qm: QueueManager) -> None:
+        await until(w.empty)
+
+    run(w, after_release)
+    assert len(fast.messages()) == 1
+    assert len(w.maildir("bob@pv.test")) == 1  # bob not twice

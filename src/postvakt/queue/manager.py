@@ -398,16 +398,20 @@ class QueueManager:
             await self._notify(qid, msg, body, reports, now)
         status = replace(status, notified=tuple(sorted(notified | {i for i, _ in fresh})))
         if not pending:
-            await asyncio.to_thread(q.remove, qid, ACTIVE)
+            # All done. If the admin held it meanwhile, there is nothing left to hold.
+            if not await asyncio.to_thread(q.remove, qid, ACTIVE):
+                await asyncio.to_thread(q.delete, qid)
             return
         nxt = schedule.next_retry(self.policy, env.received_at, status.attempts, now)
         status = replace(status, next_try=nxt)
 
         def park() -> bool:
-            if not (q.root / ACTIVE / qid).exists():
-                return False
-            q.write_status(qid, status)
-            return q.move(qid, ACTIVE, DEFERRED)
+            if (q.root / ACTIVE / qid).exists():
+                q.write_status(qid, status)
+                return q.move(qid, ACTIVE, DEFERRED)
+            if q.find(qid) is not None:
+                q.write_status(qid, status)  # held meanwhile: keep what was done for release
+            return False
 
         if await asyncio.to_thread(park):
             self._next_try[qid] = nxt
