@@ -573,3 +573,19 @@ def test_server_stop_ends_sessions_without_deleting(server: LiveServer) -> None:
     assert len(server.files()) == 1
     with pytest.raises(OSError):
         POP3Raw(server.port("pop3s"), tls=True).line()
+
+
+def test_idle_timeout_does_not_fire_while_the_server_checks_a_login(tmp_path: Path) -> None:
+    srv = LiveServer(
+        tmp_path,
+        pop3={"idle_timeout": 0.3, "fail_delay": 0.8, "fail_delay_max": 0.8},
+        failures=LoginFailures(delay_start=0.8, delay_max=0.8),
+    )
+    try:
+        c = POP3Raw(srv.port("pop3s"), tls=True)
+        c.line()
+        assert c.cmd(f"USER {ALICE}") == "+OK"
+        assert c.cmd("PASS wrong") == AUTH_FAILED  # 0.8 s of our own delay, no idle cut
+        assert c.line() == "-ERR Disconnected for inactivity"  # now the client is idle
+    finally:
+        srv.stop()

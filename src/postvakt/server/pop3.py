@@ -166,7 +166,6 @@ class POP3Protocol(asyncio.Protocol):
         self.ctx.sessions.add(self)
         log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
         self._flush()
-        self._touch()
 
     def data_received(self, data: bytes) -> None:
         assert self.conn is not None
@@ -258,6 +257,7 @@ class POP3Protocol(asyncio.Protocol):
         out = self.conn.data_to_send()
         if out and not self.transport.is_closing():
             self.transport.write(out)
+            self._touch()  # the client's turn starts when we have answered
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -273,6 +273,8 @@ class POP3Protocol(asyncio.Protocol):
                 self._pump()
 
     def _touch(self) -> None:
+        if self._lost:
+            return
         if self._idle is not None:
             self._idle.cancel()
         timeout = self.ctx.config.pop3.idle_timeout
@@ -280,6 +282,9 @@ class POP3Protocol(asyncio.Protocol):
             self._idle = asyncio.get_running_loop().call_later(timeout, self._on_idle)
 
     def _on_idle(self) -> None:
+        if self._tasks:
+            self._touch()  # we are the slow one (a password check): not the client's idleness
+            return
         if self.conn is not None:
             self.conn.idle_timeout()
             self._pump()
