@@ -78,3 +78,11 @@ def test_label_references_are_translated() -> None:
 def test_missing_language_falls_back_to_english() -> None:
     t = c.case_text("ok", "xx", {"server": "s", "sender": "a", "rcpt": "b"})
     assert t.title == c.CASES["ok"]["en"].title
+
+
+def test_every_case_the_doctor_or_explain_can_name_is_in_the_catalogue() -> None:
+    from postvakt.diagnose import doctor, errortext
+
+    named = {row[3] for row in doctor.CASE_TABLE} | {"ok", "pop_before_smtp", "auth_requires_tls"}
+    named |= set(errortext._KIND_CASES.values()) | {c for c, _ in errortext._NUMBER_CASES.values()}
+    assert named <= set(c.CASES), named - set(c.CASES)

@@ -4,11 +4,12 @@ Rules of the house:
 - Never send a message: the client in client.py cannot say DATA; every
   attempt stops after RCPT and says RSET/QUIT.
 - First the attempt "as configured" (the user's port, security and login
-  setting); its answer alone decides the exit code. Every other probe (the
-  port survey, the certificate, POP-before-SMTP, the other ports with login)
-  only explains and finds the fix.
+  setting); its answer decides the exit code, and only a retry of that very
+  attempt after a POP3 login (POP-before-SMTP) can turn it into an accept.
+  Every other probe (the port survey, the certificate, the other ports with
+  login) only explains and finds the fix.
 - The case is chosen from the stage where the attempt stopped and the kind of
-  reply (classify.py), in one table-like function, `_case_for`.
+  reply (classify.py), in one table, `CASE_TABLE`; first match wins.
 """
 
 from __future__ import annotations
@@ -307,60 +308,62 @@ def pop3_login(opts: DoctorOptions) -> tuple[bool, Probe, str]:
 # ---------------------------------------------------------------- the case
 
 
-def _case_for(a: Attempt, opts: DoctorOptions) -> str:
-    """The case named by where the as-configured attempt stopped and why."""
-    o = a.outcome
+ANY = "*"
+EARLY = frozenset({"connect", "banner"})
+AUTH_STAGE = frozenset({"auth"})
+
+# (stages, outcome, logged in?) -> case. First match wins; ANY matches everything.
+# Stages are where the as-configured attempt stopped; outcomes are reply kinds
+# (classify.py) or network failures (client.ProbeError kinds).
+CASE_TABLE: tuple[tuple[frozenset[str] | str, str, bool | str, str], ...] = (
+    (EARLY, "timeout", ANY, "port_blocked"),
+    (EARLY, "no_banner", ANY, "port_blocked"),
+    (EARLY, "refused", ANY, "connection_refused"),
+    (EARLY, "tls", ANY, "tls_problem"),
+    (EARLY, "banner_rejected", ANY, "server_rejects_connection"),
+    (EARLY, "closed", ANY, "server_rejects_connection"),
+    (EARLY, ANY, ANY, "server_unreachable"),
+    (ANY, "tls", ANY, "tls_problem"),
+    (ANY, "starttls_unavailable", ANY, "tls_problem"),
+    (frozenset({"ehlo"}), ANY, ANY, "server_rejects_connection"),
+    (ANY, "closed", ANY, "rejected_other"),
+    (ANY, "timeout", ANY, "rejected_other"),
+    (ANY, "protocol", ANY, "rejected_other"),
+    (ANY, k.TLS_REQUIRED, ANY, "tls_required"),
+    (ANY, k.AUTH_REQUIRES_TLS, ANY, "auth_requires_tls"),
+    (ANY, k.TOO_MANY_ERRORS, ANY, "too_many_errors"),
+    # diagnose() turns auth_unavailable into auth_requires_tls when STARTTLS would bring AUTH.
+    (AUTH_STAGE, "auth_unavailable", ANY, "auth_unavailable"),
+    (AUTH_STAGE, k.AUTH_FAILED, ANY, "auth_failed"),
+    (AUTH_STAGE, k.OTHER, ANY, "auth_failed"),
+    (ANY, k.SENDER_NOT_OWNED, ANY, "sender_not_owned"),
+    (ANY, k.SENDER_NOT_LOGGED_IN, ANY, "sender_not_logged_in"),
+    (ANY, k.AUTH_REQUIRED, False, "auth_not_used"),
+    (ANY, k.RELAY_DENIED, True, "relay_denied_after_auth"),
+    (ANY, k.RELAY_DENIED, False, "relay_denied_no_auth"),
+    (ANY, k.RECIPIENT_UNKNOWN, ANY, "recipient_unknown"),
+    (ANY, k.SENDER_REJECTED, ANY, "sender_rejected"),
+    (ANY, k.TOO_BIG, ANY, "message_too_big"),
+    (ANY, k.TEMPORARY, ANY, "temporary_failure"),
+    (ANY, k.AUTH_FAILED, ANY, "auth_failed"),
+    (ANY, ANY, ANY, "rejected_other"),
+)
+
+
+def _case_for(a: Attempt) -> str:
+    """The case named by where the as-configured attempt stopped and why (CASE_TABLE)."""
     if a.accepted:
         return "ok"
-    if a.stage in ("connect", "banner"):
-        return {
-            "timeout": "port_blocked",
-            "no_banner": "port_blocked",
-            "refused": "connection_refused",
-            "dns": "server_unreachable",
-            "unreachable": "server_unreachable",
-            "tls": "tls_problem",
-            "banner_rejected": "server_rejects_connection",
-            "closed": "server_rejects_connection",
-        }.get(o, "server_unreachable")
-    if o in ("tls", "starttls_unavailable"):
-        return "tls_problem"
-    if o in ("closed", "timeout", "protocol"):
-        return "server_rejects_connection" if a.stage == "ehlo" else "rejected_other"
-    if o == k.TLS_REQUIRED:
-        return "tls_required"
-    if o == k.AUTH_REQUIRES_TLS:
-        return "auth_requires_tls"
-    if o == k.TOO_MANY_ERRORS:
-        return "too_many_errors"
-    if a.stage == "auth":
-        if o == "auth_unavailable":
-            # diagnose() turns this into auth_requires_tls when STARTTLS would bring AUTH.
-            return "auth_unavailable"
-        return "auth_failed" if o in (k.AUTH_FAILED, k.OTHER) else _generic(o)
-    if o == k.SENDER_NOT_OWNED:
-        return "sender_not_owned"
-    if o == k.SENDER_NOT_LOGGED_IN:
-        return "sender_not_logged_in"
-    if o == k.AUTH_REQUIRED:
-        return "auth_not_used" if not a.login else "rejected_other"
-    if o == k.RELAY_DENIED:
-        return "relay_denied_after_auth" if a.login else "relay_denied_no_auth"
-    if o == k.RECIPIENT_UNKNOWN:
-        return "recipient_unknown"
-    if o in (k.SENDER_REJECTED,):
-        return "sender_rejected"
-    return _generic(o)
-
-
-def _generic(kind: str) -> str:
-    return {
-        k.TOO_BIG: "message_too_big",
-        k.TEMPORARY: "temporary_failure",
-        k.AUTH_FAILED: "auth_failed",
-        k.RECIPIENT_UNKNOWN: "recipient_unknown",
-        k.SENDER_NOT_OWNED: "sender_not_owned",
-    }.get(kind, "rejected_other")
+    logged_in = a.login is not None
+    for stages, outcome, login, case in CASE_TABLE:
+        if stages != ANY and a.stage not in stages:
+            continue
+        if outcome not in (ANY, a.outcome):
+            continue
+        if login not in (ANY, logged_in):
+            continue
+        return case
+    return "rejected_other"
 
 
 def _security_label(a: Attempt) -> str:
@@ -454,7 +457,7 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
 
     main = run_attempt(opts, opts.port, opts.security_for(opts.port), login=opts.use_login)
     probes.append(main.probe("as_configured", opts.host))
-    case = _case_for(main, opts)
+    case = _case_for(main)
     params["reply"] = main.reply or main.detail
     params["detail"] = main.detail or main.reply
     accepted = main.accepted
