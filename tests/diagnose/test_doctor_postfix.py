@@ -241,3 +241,30 @@ def test_the_no_message_detector_sees_a_real_message() -> None:
         assert pf.accepted_messages()
     finally:
         pf.stop()
+
+
+def test_relaytest_console_script(
+    postfix_careful: PostfixInstance, postfix_open: PostfixInstance
+) -> None:
+    exe = shutil.which("postvakt")
+    if exe is None:
+        pytest.skip("the postvakt console script is not installed")
+    for pf, domain, expected in (
+        (postfix_careful, CAREFUL_DOMAIN, 0),
+        (postfix_open, OPEN_DOMAIN, 1),
+    ):
+        r = subprocess.run(
+            [
+                exe,
+                "relaytest",
+                f"127.0.0.1:{pf.port}",
+                "--domain",
+                domain,
+                "--source-address",
+                OUTSIDE,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == expected, r.stdout + r.stderr
