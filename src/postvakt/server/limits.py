@@ -258,8 +258,8 @@ def _echo_one(info: dict[str, Any]) -> None:
     for r in info["limits"]:
         count = "-" if r["count"] is None else str(r["count"])
         limit = "no limit" if not r["limit"] else str(r["limit"])
-        flag = "  AT LIMIT: next is " + r["outcome"] if r["over"] else ""
-        click.echo(f"  {r['rule']:<40} {count:>6} / {limit:<8} over: {r['outcome']}{flag}")
+        flag = "  AT LIMIT" if r["over"] else ""
+        click.echo(f"  {r['rule']:<40} {count:>6} / {limit:<8} then {r['outcome']}{flag}")
 
 
 @click.group("limits")
