@@ -185,7 +185,11 @@ def _parse_reply(lines: list[str]) -> Reply:
     texts = [ln[4:] for ln in lines]
     first = texts[0].split(" ", 1)[0]
     parts = first.split(".")
-    if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] == str(code)[0]:
+    if (
+        len(parts) == 3
+        and all(p.isascii() and p.isdigit() for p in parts)
+        and first[0] == str(code)[0]
+    ):
         stripped = [t[len(first) :].lstrip(" ") for t in texts if t.startswith(first)]
         if len(stripped) == len(texts):
             return Reply(code, first, "\n".join(stripped))
@@ -261,7 +265,7 @@ class SMTPClient:
         while True:
             line = self.conn.read_line()
             self.transcript.server(line)
-            if len(line) < 3 or not line[:3].isdigit():
+            if len(line) < 3 or not (line[:3].isascii() and line[:3].isdigit()):
                 raise ProbeError("protocol", f"not an SMTP reply: {line[:80]!r}")
             lines.append(line)
             if len(lines) > MAX_REPLY_LINES:

@@ -34,7 +34,7 @@ def parse_target(text: str, default_port: int) -> tuple[str, int]:
         raise click.BadParameter(f"{text!r} has no host")
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise click.BadParameter(f"{text!r}: the port must be a number from 1 to 65535")
     return host, int(port_text)
 
@@ -45,7 +45,7 @@ def parse_ports(text: str | None) -> dict[str, int]:
         return ports
     for item in text.split(","):
         name, sep, value = item.strip().partition("=")
-        if not sep or name not in STANDARD_PORTS or not value.isdigit():
+        if not sep or name not in STANDARD_PORTS or not (value.isascii() and value.isdigit()):
             raise click.BadParameter(
                 f"{item!r}: write e.g. smtp=25,submission=587,submissions=465", param_hint="--ports"
             )
@@ -88,7 +88,13 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
     "submissions port, else STARTTLS when offered).",
 )
 @click.option("--pop3", "pop3", metavar="HOST[:PORT]", help="POP3 server, to test POP-before-SMTP.")
-@click.option("--pop3-security", type=click.Choice(SECURITIES), default="auto", show_default=True)
+@click.option(
+    "--pop3-security",
+    type=click.Choice(SECURITIES),
+    default="auto",
+    show_default=True,
+    help="POP3 connection security (auto: SSL/TLS on port 995, else STLS when offered).",
+)
 @click.option(
     "--ports",
     metavar="LIST",
