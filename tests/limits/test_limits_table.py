@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from postvakt.config import ConfigError, loads
-from postvakt.policy import Client, Verdict
+from postvakt.diagnose.explain import render_text, run_explain
+from postvakt.policy import Client, Decision, Verdict
 from postvakt.policy.limits import (
     DEFAULT_USER,
     LIMITS_EXEMPT,
@@ -26,7 +28,9 @@ from postvakt.policy.limits import (
     subject_for,
     window_end,
     window_start,
+    with_limit,
 )
+from postvakt.reply import Reply
 
 # 2026-11-27 12:30:00 UTC
 NOW = 1795782600.0
@@ -365,3 +369,78 @@ def test_outcome_discard_does_not_exist() -> None:
     with pytest.raises(ConfigError):
         parse_limits({"user": {"outcome": "discard"}}, "t.toml")
     assert DEFAULT_USER.outcome in ("defer", "reject", "hold")
+
+
+# ---------------------------------------------------------------- explain
+
+
+def test_explain_shows_which_limit_decides(tmp_path: Path) -> None:
+    cfg = loads(
+        f"""
+data_dir = "{tmp_path}"
+[domains]
+local = ["pv.test"]
+[limits]
+exempt = []
+[limits.user]
+messages_per_hour = 2
+[limits.address]
+recipients_per_message = 1
+"""
+    )
+
+    class Everyone:
+        def recipient_exists(self, address: str) -> bool:
+            return True
+
+        def may_send_as(self, login: str, address: str) -> bool:
+            return True
+
+    held = run_explain(
+        cfg,
+        Everyone(),
+        None,
+        client_ip="192.0.2.1",
+        login="alice@pv.test",
+        port="submission",
+        mail_from="alice@pv.test",
+        rcpts=["bob@remote.test"],
+        now=NOW,
+        usage=usage(2, 2),
+    )
+    mail = held.checks[0].decision
+    assert mail.verdict is Verdict.HOLD and mail.rule == "user.messages_per_hour"
+    assert str(mail.reply).startswith("250")
+    assert "sender_authenticated" in mail.rules()  # the policy's steps come first
+    assert held.accepted  # the client sees 250: accepted, but held
+    text = render_text(held, cfg)
+    assert "=> HOLD by user.messages_per_hour" in text
+    assert "3 of 2 messages per hour" in text
+
+    stranger = run_explain(
+        cfg,
+        Everyone(),
+        None,
+        client_ip="192.0.2.1",
+        mail_from="x@elsewhere.example",
+        rcpts=["a@pv.test", "b@pv.test"],
+        now=NOW,
+    )
+    first, second = (c.decision for c in stranger.checks[1:])
+    assert first.accepted and "address.recipients_per_message" in first.rules()
+    assert second.rule == "address.recipients_per_message"
+    assert str(second.reply) == "452 4.5.3 Too many recipients"
+
+
+def test_with_limit_keeps_a_refusal_and_replaces_an_ok() -> None:
+    c = client(login="alice@pv.test")
+    s = subject_for(c, LIMITS, NETWORKS)
+    refused = Decision(Verdict.REJECT, Reply(553, "5.7.1", "no"), "sender_authenticated", ())
+    assert with_limit(refused, check_mail_limits(c, s, usage(9, 9))) is refused
+    ok = Decision(Verdict.PERMIT, Reply(250, "2.1.0", "Ok"), "sender_authenticated", ())
+    limits = replace(LIMITS, user=replace(SMALL, outcome="reject"))
+    over = with_limit(ok, check_mail_limits(c, subject_for(c, limits, NETWORKS), usage(2, 2)))
+    assert over.verdict is Verdict.REJECT and over.reply.code == 550
+    fine = with_limit(ok, check_mail_limits(c, s, usage()))
+    assert fine.reply == ok.reply and fine.rule == "sender_authenticated"
+    assert fine.rules()[-1] == "user.messages_per_day"

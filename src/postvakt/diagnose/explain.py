@@ -39,6 +39,13 @@ from postvakt.policy import (
     check_rcpt,
     check_sender,
 )
+from postvakt.policy.limits import (
+    Usage,
+    check_mail_limits,
+    check_rcpt_limits,
+    subject_for,
+    with_limit,
+)
 from postvakt.reply import Reply
 
 # DESIGN.md default reply: submission ports take no MAIL before AUTH.
@@ -121,8 +128,13 @@ def run_explain(
     header_from: str | Sequence[Address] | None = None,
     now: float,
     smtputf8: bool = False,
+    usage: Usage | None = None,
 ) -> Explanation:
-    """Run the live server's policy for one imagined session."""
+    """Run the live server's policy for one imagined session.
+
+    `usage` is what the client's subject already sent in the current windows
+    (from the counter store); the outbound limits judge MAIL and each RCPT.
+    """
     if port not in PORTS:
         raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
     ip = _client_ip(client_ip)
@@ -148,17 +160,22 @@ def run_explain(
         now=now,
     )
 
+    limited = subject_for(client, config.limits, config.relay.networks)
+    counted = usage if usage is not None else Usage()
     checks: list[Checked] = []
     mail_cmd = f"MAIL FROM:<{sender}>"
     if port in AUTH_PORTS and login is None:
         mail = _auth_required_decision(port)
     else:
         mail = check_sender(client, sender, config, directory)
+        mail = with_limit(mail, check_mail_limits(client, limited, counted))
     checks.append(Checked(mail_cmd, mail))
+    in_message = 0
     for rcpt in recipients:
-        checks.append(
-            Checked(f"RCPT TO:<{rcpt}>", check_rcpt(client, rcpt, config, directory), mail.accepted)
-        )
+        decision = check_rcpt(client, rcpt, config, directory)
+        decision = with_limit(decision, check_rcpt_limits(client, limited, counted, in_message))
+        in_message += decision.accepted
+        checks.append(Checked(f"RCPT TO:<{rcpt}>", decision, mail.accepted))
     if header is not None:
         any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
         decision = check_header_from(client, header, [], config, directory)
@@ -445,6 +462,7 @@ def explain(
                 header_from=header_from,
                 now=now,
                 smtputf8=smtputf8,
+                usage=_limit_usage(config, ip, canonical_login, now),
             )
         except ExplainError as e:
             raise click.UsageError(str(e)) from None
@@ -456,6 +474,17 @@ def explain(
     else:
         click.echo(render_text(exp, config, notes), nl=False)
     raise SystemExit(exp.exit_code)
+
+
+def _limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usage:
+    """What the client's subject sent in the current windows, as `limits show` sees it."""
+    from postvakt.grants.counters import list_counters
+
+    subject = subject_for(Client(ip=ip, login=login), config.limits, config.relay.networks)
+    if subject is None:
+        return Usage()
+    found = {u.subject: u.usage for u in list_counters(config, now)}
+    return found.get(subject.counter_key, Usage())
 
 
 def _canonical_login(text: str) -> str:

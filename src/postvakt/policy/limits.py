@@ -369,6 +369,22 @@ def check_rcpt_limits(
     return _check(client, subject, usage, RCPT_LIMITS, adding, OK)
 
 
+def with_limit(decision: Decision, limit: Decision) -> Decision:
+    """One decision for a command: the policy's, then the limit's, in one trace.
+
+    A refused command never reaches the limits; a limit that refuses answers
+    instead of the policy; a hold keeps the policy's 2xx reply.
+    """
+    if not decision.reply.positive:
+        return decision
+    trace = decision.trace + limit.trace
+    if limit.verdict is Verdict.PERMIT:
+        return replace(decision, trace=trace)
+    if limit.verdict is Verdict.HOLD:
+        return Decision(Verdict.HOLD, decision.reply, limit.rule, trace)
+    return Decision(limit.verdict, limit.reply, limit.rule, trace)
+
+
 def hold_reason(decision: Decision) -> str | None:
     """The text kept in the envelope of a held message: rule and why."""
     if decision.verdict is not Verdict.HOLD:
@@ -503,5 +519,6 @@ __all__ = [
     "parse_limits",
     "subject_for",
     "window_end",
+    "with_limit",
     "window_start",
 ]

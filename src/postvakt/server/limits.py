@@ -323,18 +323,3 @@ def show_cmd(config_path: str | None, as_json: bool, who: str | None) -> None:
         f"failed logins per client address: delay {lc.auth_delay:g} s doubling to {lc.auth_delay_max:g} s,"
         f" refused after {lc.auth_failures} within {lc.auth_window:g} s (SMTP AUTH and POP3 together)"
     )
-
-
-def explain_limits(
-    config: Config, client: Client, recipients: int
-) -> tuple[Decision, Decision | None]:
-    """For `postvakt explain`: the limit decisions at MAIL and at the last RCPT, with counters."""
-    now = client.now
-    subject = subject_for(client, config.limits, config.relay.networks)
-    usage = Usage()
-    if subject is not None:
-        found = {u.subject: u.usage for u in list_counters(config, now)}
-        usage = found.get(subject.counter_key, Usage())
-    mail = check_mail_limits(client, subject, usage)
-    rcpt = check_rcpt_limits(client, subject, usage, recipients - 1) if recipients else None
-    return mail, rcpt
