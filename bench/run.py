@@ -1,0 +1,1019 @@
+#!/usr/bin/env python3
+"""postvakt side by side with Postfix, in one run on one machine.
+
+    python3 bench/run.py            # default run, about 3 minutes on 2 cores
+    python3 bench/run.py --quick    # smaller counts, under a minute
+
+What is measured (see bench/README.md for the meaning of every number):
+
+1. durable accept: Postfix's smtp-source, 1 KiB messages, 50 sessions, against
+   a private Postfix instance (real queue, mail discarded after queueing) and
+   against postvakt (real queue, local Maildir delivery); wall time until the
+   last 250. Three variants: one message per connection, connection reuse
+   (smtp-source -d), and connection reuse with PIPELINING (our own client,
+   because smtp-source does not pipeline).
+2. relay: smtp-source into each server, each relaying to its own smtp-sink;
+   wall time until the sink has counted every message.
+3. idle connections: 10,000 connections that only read the greeting; the
+   server's resident memory from /proc.
+4. AUTH: logins of one user on separate connections; the first pays Argon2,
+   the later ones should hit the credential cache.
+
+Only the Python standard library is used, so the benchmark runs wherever
+postvakt and Debian's postfix package are installed. Everything listens on
+127.0.0.1 and lives in one temporary directory (same filesystem for both
+queues), removed at the end unless --keep is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import platform
+import pty
+import pwd
+import re
+import resource
+import select
+import shutil
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+POSTFIX = "/usr/sbin/postfix"
+POSTCONF = "/usr/sbin/postconf"
+SMTP_SOURCE = "/usr/sbin/smtp-source"
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+# The DESIGN targets: 50 parallel sessions of 1 KiB messages, as smtp-source -s 50 -l 1024.
+SESSIONS = 50
+MESSAGE_SIZE = 1024
+IDLE_CONNECTIONS = 10_000
+# Targets from DESIGN.md ("Targets"), checked only here, never in a unit test.
+TARGET_ACCEPT_RATIO = 2.0
+TARGET_RELAY_RATIO = 1.0
+TARGET_IDLE_RSS_MB = 150.0
+
+LOCAL_DOMAIN = "bench.test"
+SINK_DOMAIN = "sink.test"
+CLIENT_NAME = "client.test"
+SENDER = f"sender@{CLIENT_NAME}"
+USER = f"user@{LOCAL_DOMAIN}"
+PASSWORD = "bench-password-1"
+# Client source addresses for the idle connections: 10,000 connections from one
+# address would use a third of the ephemeral port range; spread them out.
+IDLE_SOURCES = [f"127.0.0.{i}" for i in range(10, 20)]
+# Connections opened at once while building the idle set (the server's backlog is 1024).
+CONNECT_CONCURRENCY = 200
+# Warm-up messages per server before the first timed run: Postfix forks its
+# smtpd/cleanup processes and postvakt fills its thread pool on first use.
+WARMUP_MESSAGES = 100
+
+# smtp-sink -c writes "sess=N quit=N mesg=N\r" after every session, QUIT and ".".
+SINK_COUNTER = re.compile(rb"mesg=(\d+)")
+
+START_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 180.0
+
+
+@dataclass
+class Profile:
+    accept_messages: int
+    relay_messages: int
+    idle_connections: int
+    auth_logins: int
+
+
+DEFAULT = Profile(
+    accept_messages=3000, relay_messages=2000, idle_connections=IDLE_CONNECTIONS, auth_logins=30
+)
+QUICK = Profile(
+    accept_messages=600, relay_messages=400, idle_connections=IDLE_CONNECTIONS, auth_logins=10
+)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, alive: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise BenchError(f"the server for port {port} exited while starting")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def wait_until(cond: Any, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def count_files(*dirs: Path) -> int:
+    n = 0
+    for d in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            for _, _, files in os.walk(d):
+                n += len(files)
+    return n
+
+
+def tree_pids(root_pid: int) -> list[int]:
+    """root_pid and all its descendants, from /proc (worker processes count too)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def rss_kib(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields_[11]) + int(fields_[12])  # utime, stime
+    return total / tick
+
+
+def raise_fd_limit(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, need))
+            return need
+    new = hard if hard != resource.RLIM_INFINITY else max(soft, need)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    return new
+
+
+def run_with_tty(cmd: list[str], timeout: float = 60.0) -> tuple[int, str]:
+    """Run a Postfix command with a terminal on stderr: it tells errors only to a tty
+    (and to syslog, which a test machine may not run)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, timeout=timeout
+        )
+    finally:
+        os.close(slave)
+    out = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if not ready:
+            break
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.returncode, out.decode(errors="replace").replace("\r", "")
+
+
+# ---------------------------------------------------------------- Postfix
+
+
+MASTER_CF = """\
+{port}    inet  n       -       n       -       -       smtpd
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+local     unix  -       n       n       -       -       local
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+# Debian's defaults except where a private, loopback-only instance needs
+# otherwise. The queue is Postfix's real one: cleanup fsyncs every queue file
+# before smtpd says 250. Mail for bench.test is then discarded (the accept
+# benchmark measures the queue, not a mailbox); everything else goes to the
+# sink through relayhost.
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = postfix.{local}
+mydomain = {local}
+myorigin = $myhostname
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+mydestination = {local}
+local_recipient_maps =
+alias_maps =
+alias_database =
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+local_transport = discard:
+default_transport = smtp
+relayhost = [127.0.0.1]:{sink_port}
+smtp_host_lookup = native
+smtpd_peername_lookup = no
+biff = no
+"""
+
+
+class Postfix:
+    """A private Postfix instance: own config directory, queue and port."""
+
+    name = "postfix"
+
+    def __init__(self, root: Path, sink_port: int) -> None:
+        self.root = root
+        self.conf = root / "conf"
+        self.port = free_port()
+        self.sink_port = sink_port
+        self.version = ""
+
+    def start(self) -> None:
+        try:
+            pwd.getpwnam("postfix")
+        except KeyError:
+            raise BenchError("no 'postfix' user: install Debian's postfix package") from None
+        self.conf.mkdir(parents=True)
+        (self.root / "queue").mkdir()
+        (self.root / "data").mkdir()
+        shutil.chown(self.root / "data", "postfix")
+        (self.conf / "main.cf").write_text(
+            MAIN_CF.format(root=self.root, local=LOCAL_DOMAIN, sink_port=self.sink_port)
+        )
+        (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        self.version = subprocess.run(
+            [POSTCONF, "-c", str(self.conf), "-h", "mail_version"], capture_output=True, text=True
+        ).stdout.strip()
+        rc, out = run_with_tty([POSTFIX, "-c", str(self.conf), "start"])
+        if rc != 0:
+            raise BenchError(f"postfix start failed ({rc}):\n{out}{self.log_tail()}")
+        wait_port(self.port, START_TIMEOUT)
+
+    def stop(self) -> None:
+        if (self.root / "queue" / "pid" / "master.pid").exists():
+            run_with_tty([POSTFIX, "-c", str(self.conf), "stop"])
+
+    def master_pid(self) -> int | None:
+        try:
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def queued(self) -> int:
+        q = self.root / "queue"
+        return count_files(*(q / d for d in ("maildrop", "incoming", "active", "deferred", "hold")))
+
+    def wait_drained(self, expected: int | None = None) -> float:
+        del expected  # discarded or relayed: an empty queue is the whole story
+        return wait_until(lambda: self.queued() == 0, DRAIN_TIMEOUT, "the Postfix queue to empty")
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "maillog").read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+# ---------------------------------------------------------------- postvakt
+
+
+class Postvakt:
+    """`postvakt serve` from this checkout, configured like the Postfix instance."""
+
+    name = "postvakt"
+
+    def __init__(self, root: Path, sink_port: int) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.config = root / "postvakt.toml"
+        self.sink_port = sink_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.submissions_port = 0
+        self.delivered_base = 0
+
+    def cli(self, *args: str, input: str | None = None) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "postvakt", *args, "--config", str(self.config)],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if r.returncode != 0:
+            raise BenchError(f"postvakt {' '.join(args)} failed: {r.stderr or r.stdout}")
+        return r.stdout
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True)
+        # Equivalent to the Postfix instance: loopback is our network (so relaying
+        # is allowed), no per-client connection limit, and as many parallel
+        # deliveries to the sink as Postfix's default_destination_concurrency_limit.
+        self.config.write_text(
+            f"""\
+hostname = "postvakt.{LOCAL_DOMAIN}"
+data_dir = "{self.data}"
+log_level = "info"
+
+[listen]
+smtp = ["127.0.0.1:0"]
+submissions = ["127.0.0.1:0"]
+
+[domains]
+local = ["{LOCAL_DOMAIN}"]
+
+[relay]
+networks = ["127.0.0.0/8"]
+
+[smtp]
+max_connections_per_client = 0
+
+[delivery]
+routes = {{ "{SINK_DOMAIN}" = "127.0.0.1:{self.sink_port}" }}
+concurrency_per_destination = 20
+tls = "none"
+"""
+        )
+        self.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")
+        ready = self.data / "listening.json"
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "postvakt", "serve", "--config", str(self.config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        wait_until(
+            lambda: ready.exists() or self.proc is None or self.proc.poll() is not None,
+            START_TIMEOUT,
+            "postvakt to listen",
+        )
+        if self.proc.poll() is not None:
+            raise BenchError(
+                f"postvakt serve exited with {self.proc.returncode}:\n{self.log_tail()}"
+            )
+        time.sleep(0.05)
+        bound = json.loads(ready.read_text())
+        self.port = int(bound["smtp"][0].rsplit(":", 1)[1])
+        self.submissions_port = int(bound["submissions"][0].rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.proc.pid) if self.proc is not None else []
+
+    def delivered(self) -> int:
+        local, _, domain = USER.partition("@")
+        box = self.data / "mail" / domain / local
+        return count_files(box / "new", box / "cur")
+
+    def queued(self) -> int:
+        q = self.data / "queue"
+        return count_files(*(q / d for d in ("tmp", "incoming", "active", "deferred", "hold")))
+
+    def wait_drained(self, expected: int | None = None) -> float:
+        def done() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"postvakt serve died:\n{self.log_tail()}")
+            if expected is not None and self.delivered() < expected:
+                return False
+            return self.queued() == 0
+
+        return wait_until(done, DRAIN_TIMEOUT, "the postvakt queue to empty")
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(
+                (self.root / "server.log").read_text(errors="replace").splitlines()[-n:]
+            )
+        except OSError:
+            return ""
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def smtp_source(port: int, count: int, rcpt: str, reuse: bool) -> float:
+    """Postfix's own load generator; returns wall seconds until the last 250.
+    smtp-source stops with an error at the first reply that is not positive."""
+    cmd = [
+        SMTP_SOURCE,
+        "-s",
+        str(SESSIONS),
+        "-l",
+        str(MESSAGE_SIZE),
+        "-m",
+        str(count),
+        "-f",
+        SENDER,
+        "-t",
+        rcpt,
+        "-M",
+        CLIENT_NAME,
+    ]
+    if reuse:
+        cmd.append("-d")
+    cmd.append(f"127.0.0.1:{port}")
+    start = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=DRAIN_TIMEOUT)
+    elapsed = time.perf_counter() - start
+    if r.returncode != 0:
+        raise BenchError(
+            f"smtp-source failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}"
+        )
+    return elapsed
+
+
+def message_body(n: int) -> bytes:
+    """Headers like smtp-source's, then MESSAGE_SIZE bytes of payload in short lines."""
+    head = (
+        f"From: <{SENDER}>\r\nTo: <{USER}>\r\nSubject: bench {n}\r\n"
+        f"Message-ID: <{n}.{time.time_ns()}@{CLIENT_NAME}>\r\n\r\n"
+    ).encode()
+    line = b"x" * 62 + b"\r\n"
+    return head + line * (MESSAGE_SIZE // len(line))
+
+
+class SMTPFailure(BenchError):
+    pass
+
+
+async def _reply(reader: asyncio.StreamReader) -> str:
+    lines = []
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise SMTPFailure("connection closed by the server")
+        lines.append(line.decode(errors="replace").rstrip("\r\n"))
+        if len(line) < 4 or line[3:4] != b"-":
+            return "\n".join(lines)
+
+
+def _expect(reply: str, code: str, what: str) -> None:
+    if not reply.startswith(code):
+        raise SMTPFailure(f"{what}: expected {code}, got {reply!r}")
+
+
+async def _pipelined_session(port: int, todo: list[int], rcpt: str) -> None:
+    """One session: EHLO, then messages with MAIL/RCPT/DATA sent as one group and
+    the end of each message grouped with the next MAIL/RCPT/DATA (RFC 2920 §3.1)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        _expect(await _reply(reader), "220", "greeting")
+        writer.write(f"EHLO {CLIENT_NAME}\r\n".encode())
+        ehlo = await _reply(reader)
+        _expect(ehlo, "250", "EHLO")
+        if "PIPELINING" not in ehlo.upper():
+            raise SMTPFailure("the server does not offer PIPELINING")
+        envelope = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode()
+        if not todo:
+            return
+        n = todo.pop()
+        writer.write(envelope)
+        while True:
+            _expect(await _reply(reader), "250", "MAIL")
+            _expect(await _reply(reader), "250", "RCPT")
+            _expect(await _reply(reader), "354", "DATA")
+            nxt = todo.pop() if todo else None
+            writer.write(message_body(n) + b".\r\n" + (envelope if nxt is not None else b""))
+            _expect(await _reply(reader), "250", "end of data")
+            if nxt is None:
+                break
+            n = nxt
+        writer.write(b"QUIT\r\n")
+        with contextlib.suppress(SMTPFailure):
+            await _reply(reader)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+def pipelined(port: int, count: int, rcpt: str) -> float:
+    """SESSIONS connections with PIPELINING sharing `count` messages; wall seconds."""
+
+    async def main() -> float:
+        todo = list(range(count))
+        start = time.perf_counter()
+        await asyncio.gather(*(_pipelined_session(port, todo, rcpt) for _ in range(SESSIONS)))
+        return time.perf_counter() - start
+
+    return asyncio.run(main())
+
+
+class Sink:
+    """smtp-sink with its running counter (-c) read from a pipe: the number of
+    messages it has taken (the "." received and answered)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.messages = 0
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        cmd = [SMTP_SINK, "-c"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "nobody"]
+        cmd += [f"127.0.0.1:{self.port}", "256"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_port(self.port, 10, alive=lambda: self.proc is not None and self.proc.poll() is None)
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        buf = b""
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            buf += chunk
+            *records, buf = buf.split(b"\r")
+            for rec in records:
+                m = SINK_COUNTER.search(rec)
+                if m:
+                    self.messages = int(m.group(1))
+
+    def wait_for(self, count: int, timeout: float) -> None:
+        wait_until(lambda: self.messages >= count, timeout, f"smtp-sink to count {count} messages")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+def relay(server: Postfix | Postvakt, sink: Sink, count: int) -> float:
+    """Wall seconds from the first connection to the sink's last message."""
+    base = sink.messages
+    start = time.perf_counter()
+    smtp_source(server.port, count, f"user@{SINK_DOMAIN}", reuse=False)
+    sink.wait_for(base + count, DRAIN_TIMEOUT)
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- idle connections
+
+
+async def _open_idle(port: int, count: int) -> tuple[list[asyncio.StreamWriter], int]:
+    sem = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    writers: list[asyncio.StreamWriter] = []
+    failed = 0
+
+    async def one(i: int) -> None:
+        nonlocal failed
+        async with sem:
+            src = IDLE_SOURCES[i % len(IDLE_SOURCES)]
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, local_addr=(src, 0), limit=4096), 30
+                )
+                greeting = await asyncio.wait_for(reader.readline(), 30)
+            except (TimeoutError, OSError):
+                failed += 1
+                return
+            if not greeting.startswith(b"220"):
+                failed += 1
+                writer.close()
+                return
+            writers.append(writer)
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return writers, failed
+
+
+def idle_connections(server: Postvakt, count: int) -> dict[str, Any]:
+    pids = server.pids()
+    before = rss_kib(pids)
+
+    async def main() -> dict[str, Any]:
+        start = time.perf_counter()
+        writers, failed = await _open_idle(server.port, count)
+        opened = time.perf_counter() - start
+        await asyncio.sleep(1.0)  # let the server settle (timers, buffers)
+        held = rss_kib(server.pids())
+        # The server must still answer while it holds them all.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        live = (await reader.readline()).startswith(b"220")
+        writer.close()
+        for w in writers:
+            w.close()
+        return {
+            "connections": len(writers),
+            "failed": failed,
+            "open_seconds": round(opened, 2),
+            "rss_before_mb": round(before / 1024, 1),
+            "rss_held_mb": round(held / 1024, 1),
+            "per_connection_kb": round((held - before) / max(len(writers), 1), 2),
+            "still_answering": live,
+        }
+
+    return asyncio.run(main())
+
+
+# ---------------------------------------------------------------- AUTH
+
+
+def _sync_reply(f: Any) -> str:
+    lines = []
+    while True:
+        line = f.readline()
+        if not line:
+            raise SMTPFailure("connection closed by the server")
+        lines.append(line.decode().rstrip("\r\n"))
+        if line[3:4] != b"-":
+            return "\n".join(lines)
+
+
+def auth_logins(server: Postvakt, count: int) -> dict[str, Any]:
+    """`count` logins of one user, each on a new implicit-TLS connection; the time
+    of the AUTH command alone (TLS handshake and EHLO excluded)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    token = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
+    times = []
+    for _ in range(count):
+        raw = socket.create_connection(("127.0.0.1", server.submissions_port), timeout=30)
+        with ctx.wrap_socket(raw) as s:
+            f = s.makefile("rb")
+            _expect(_sync_reply(f), "220", "greeting")
+            s.sendall(f"EHLO {CLIENT_NAME}\r\n".encode())
+            _expect(_sync_reply(f), "250", "EHLO")
+            t0 = time.perf_counter()
+            s.sendall(f"AUTH PLAIN {token}\r\n".encode())
+            _expect(_sync_reply(f), "235", "AUTH")
+            times.append(time.perf_counter() - t0)
+            s.sendall(b"QUIT\r\n")
+            with contextlib.suppress(SMTPFailure, OSError):
+                _sync_reply(f)
+    rest = times[1:]
+    return {
+        "logins": len(times),
+        "first_ms": round(times[0] * 1000, 2),
+        "rest_median_ms": round(statistics.median(rest) * 1000, 3) if rest else None,
+        "rest_max_ms": round(max(rest) * 1000, 3) if rest else None,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Row:
+    name: str
+    unit: str
+    postfix: float | None
+    postvakt: float | None
+    target: str = ""
+    met: bool | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.postfix and self.postvakt is not None:
+            return self.postvakt / self.postfix
+        return None
+
+
+def throughput(
+    label: str, servers: list[Postfix | Postvakt], count: int, run: Any, expected_per_run: int
+) -> dict[str, dict[str, Any]]:
+    """Run one scenario against each server; messages/s and postvakt's CPU use."""
+    out: dict[str, dict[str, Any]] = {}
+    for srv in servers:
+        print(f"  {label}: {srv.name} ...", end="", flush=True)
+        pids = srv.pids() if isinstance(srv, Postvakt) else []
+        cpu0 = cpu_seconds(pids)
+        load0 = os.getloadavg()[0]
+        seconds = run(srv, count)
+        cpu = cpu_seconds(srv.pids() if isinstance(srv, Postvakt) else []) - cpu0
+        if isinstance(srv, Postvakt):
+            srv.delivered_base += expected_per_run
+        drain = srv.wait_drained(srv.delivered_base if isinstance(srv, Postvakt) else None)
+        rate = count / seconds
+        out[srv.name] = {
+            "messages": count,
+            "seconds": round(seconds, 3),
+            "per_second": round(rate, 1),
+            "drain_after_seconds": round(drain, 2),
+            "loadavg_before": load0,
+        }
+        if pids:
+            out[srv.name]["server_cpu_seconds"] = round(cpu, 2)
+            out[srv.name]["server_cpu_ms_per_message"] = round(cpu / count * 1000, 3)
+        print(f" {rate:7.1f} msg/s ({seconds:.2f} s)", flush=True)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "event_loop": loop,
+        "memory_mb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
+    }
+
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_table(rows: list[Row]) -> None:
+    head = f"{'benchmark':<44} {'unit':<7} {'postfix':>9} {'postvakt':>9} {'ratio':>6}  {'target':<12} result"
+    print()
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        met = "" if r.met is None else ("met" if r.met else "MISSED")
+        print(
+            f"{r.name:<44} {r.unit:<7} {fmt(r.postfix):>9} {fmt(r.postvakt):>9} "
+            f"{fmt(r.ratio, 2):>6}  {r.target:<12} {met}"
+        )
+
+
+def check_tools() -> None:
+    for tool in (POSTFIX, SMTP_SOURCE, SMTP_SINK):
+        if not os.access(tool, os.X_OK):
+            raise BenchError(f"{tool} not found: install Debian's postfix package")
+    if os.geteuid() != 0:
+        raise BenchError("run as root: a private Postfix instance must be started as root")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts, under a minute")
+    ap.add_argument(
+        "--messages", type=int, help="messages per accept run (default 3000, quick 600)"
+    )
+    ap.add_argument(
+        "--keep", action="store_true", help="keep the temporary directory (logs, queues)"
+    )
+    args = ap.parse_args(argv)
+    profile = QUICK if args.quick else DEFAULT
+    if args.messages:
+        profile = Profile(
+            args.messages,
+            max(args.messages * 2 // 3, 1),
+            profile.idle_connections,
+            profile.auth_logins,
+        )
+
+    check_tools()
+    fd_limit = raise_fd_limit(profile.idle_connections * 2 + 1024)
+    if fd_limit < profile.idle_connections + 512:
+        raise BenchError(
+            f"RLIMIT_NOFILE is {fd_limit}; the idle test needs {profile.idle_connections + 512}"
+        )
+
+    root = Path(tempfile.mkdtemp(prefix="postvakt-bench-"))
+    os.chmod(root, 0o755)  # Postfix's unprivileged daemons walk into their queue
+    pf_sink, pv_sink = Sink(free_port()), Sink(free_port())
+    postfix = Postfix(root / "postfix", pf_sink.port)
+    postvakt = Postvakt(root / "postvakt", pv_sink.port)
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "profile": "quick" if args.quick else "default",
+        "machine": machine(),
+        "settings": {"sessions": SESSIONS, "message_size": MESSAGE_SIZE, **asdict(profile)},
+    }
+    rows: list[Row] = []
+    try:
+        print(f"starting Postfix and postvakt under {root}", flush=True)
+        pf_sink.start()
+        pv_sink.start()
+        postfix.start()
+        postvakt.start()
+        results["machine"]["postfix"] = postfix.version
+        servers: list[Postfix | Postvakt] = [postfix, postvakt]
+        local_rcpt = USER
+
+        for srv in servers:  # warm-up, not timed
+            smtp_source(srv.port, WARMUP_MESSAGES, local_rcpt, reuse=False)
+            if isinstance(srv, Postvakt):
+                srv.delivered_base += WARMUP_MESSAGES
+            srv.wait_drained(srv.delivered_base if isinstance(srv, Postvakt) else None)
+
+        n = profile.accept_messages
+        scenarios = [
+            (
+                "accept",
+                "durable accept, 1 message per connection",
+                lambda s, c: smtp_source(s.port, c, local_rcpt, reuse=False),
+            ),
+            (
+                "accept_reuse",
+                "durable accept, connection reuse",
+                lambda s, c: smtp_source(s.port, c, local_rcpt, reuse=True),
+            ),
+            (
+                "accept_pipelining",
+                "durable accept, reuse + PIPELINING",
+                lambda s, c: pipelined(s.port, c, local_rcpt),
+            ),
+        ]
+        for key, label, fn in scenarios:
+            res = throughput(label, servers, n, fn, n)
+            results[key] = res
+            row = Row(
+                label,
+                "msg/s",
+                res["postfix"]["per_second"],
+                res["postvakt"]["per_second"],
+                f">= {TARGET_ACCEPT_RATIO:g}x",
+                detail=res,
+            )
+            row.met = row.ratio is not None and row.ratio >= TARGET_ACCEPT_RATIO
+            rows.append(row)
+
+        m = profile.relay_messages
+        sinks = {"postfix": pf_sink, "postvakt": pv_sink}
+        res = throughput(
+            "relay to smtp-sink, end to end", servers, m, lambda s, c: relay(s, sinks[s.name], c), 0
+        )
+        results["relay"] = res
+        row = Row(
+            "relay to smtp-sink, end to end",
+            "msg/s",
+            res["postfix"]["per_second"],
+            res["postvakt"]["per_second"],
+            f">= {TARGET_RELAY_RATIO:g}x",
+            detail=res,
+        )
+        row.met = row.ratio is not None and row.ratio >= TARGET_RELAY_RATIO
+        rows.append(row)
+
+        print(f"  idle connections: opening {profile.idle_connections} ...", end="", flush=True)
+        idle = idle_connections(postvakt, profile.idle_connections)
+        results["idle"] = idle
+        print(f" {idle['connections']} held, RSS {idle['rss_held_mb']} MB", flush=True)
+        row = Row(
+            f"{idle['connections']} idle connections, server RSS",
+            "MB",
+            None,
+            idle["rss_held_mb"],
+            f"< {TARGET_IDLE_RSS_MB:g} MB",
+        )
+        row.met = (
+            idle["connections"] == profile.idle_connections
+            and idle["rss_held_mb"] < TARGET_IDLE_RSS_MB
+        )
+        rows.append(row)
+        rows.append(Row("  per idle connection", "KiB", None, idle["per_connection_kb"]))
+
+        print(f"  AUTH: {profile.auth_logins} logins ...", end="", flush=True)
+        auth = auth_logins(postvakt, profile.auth_logins)
+        results["auth"] = auth
+        print(f" first {auth['first_ms']} ms, then {auth['rest_median_ms']} ms", flush=True)
+        rows.append(Row("AUTH PLAIN, first login (Argon2)", "ms", None, auth["first_ms"]))
+        row = Row(
+            "AUTH PLAIN, later logins (median)", "ms", None, auth["rest_median_ms"], "cache hit"
+        )
+        # A cache hit answers in well under the cost of one Argon2 run.
+        row.met = (
+            auth["rest_median_ms"] is not None and auth["rest_median_ms"] < auth["first_ms"] / 5
+        )
+        rows.append(row)
+    except BenchError as e:
+        print(f"\nbench failed: {e}", file=sys.stderr)
+        print(
+            f"postfix log:\n{postfix.log_tail()}\npostvakt log:\n{postvakt.log_tail()}",
+            file=sys.stderr,
+        )
+        args.keep = True
+        return 1
+    finally:
+        for sink in (pf_sink, pv_sink):
+            sink.stop()
+        postvakt.stop()
+        postfix.stop()
+        results["seconds_total"] = round(time.time() - started, 1)
+        if args.keep:
+            print(f"kept {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    results["table"] = [
+        {
+            "name": r.name,
+            "unit": r.unit,
+            "postfix": r.postfix,
+            "postvakt": r.postvakt,
+            "ratio": None if r.ratio is None else round(r.ratio, 3),
+            "target": r.target,
+            "met": r.met,
+        }
+        for r in rows
+    ]
+    print_table(rows)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(
+        f"\n{results['machine']['cores']} cores, Postfix {results['machine'].get('postfix')}, "
+        f"{results['machine']['event_loop']}; {results['seconds_total']} s; results in {out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
