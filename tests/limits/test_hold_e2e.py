@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.policy
 import json
+import signal
 import smtplib
 import ssl
 import time
@@ -205,5 +206,56 @@ def test_per_user_override_lets_a_newsletter_sender_send_more(
         rows = {r["rule"]: r for r in shown["subjects"][0]["limits"]}
         assert rows[f"users.{NEWS}.messages_per_hour"]["count"] == 4
         assert rows[f"users.{NEWS}.messages_per_hour"]["limit"] == 5
+    finally:
+        srv.stop()
+
+
+def relay_one(srv: Running, subject: str) -> str:
+    """One message from our network (127.0.0.1, not logged in) to the remote domain."""
+    with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=30) as s:
+        s.ehlo("office.example")
+        code, text = s.mail(f"printer@{LOCAL_DOMAIN}")
+        if code == 250:
+            code, text = s.rcpt(f"bob@{REMOTE}")
+        if code != 250:
+            return f"{code} {text.decode()}"
+        code, text = s.data(f"Subject: {subject}\r\n\r\nscan\r\n".encode())
+    return f"{code} {text.decode()}"
+
+
+def test_network_client_over_its_limit_is_held_and_the_admin_told(
+    tmp_path: Path, sink: SmtpSink
+) -> None:
+    srv = start(tmp_path, sink, networks={"messages_per_hour": 1, "outcome": "hold"})
+    try:
+        assert relay_one(srv, "scan 1").startswith("250")
+        reply = relay_one(srv, "scan 2")
+        assert reply.startswith("250"), reply
+        rows = held(srv)
+        assert len(rows) == 1 and "networks.messages_per_hour" in str(rows[0]["hold_reason"])
+        notice = wait_maildir(srv.data_dir, ADMIN)[0].decode()
+        assert "client address 127.0.0.1" in notice and "not logged in" in notice
+        assert f"postvakt queue release {rows[0]['id']}" in notice
+        assert len(sink.wait_for(1)) == 1
+    finally:
+        srv.stop()
+
+
+def test_reload_changes_limits_at_once(tmp_path: Path, sink: SmtpSink) -> None:
+    srv = start(tmp_path, sink, user={"messages_per_hour": 1, "outcome": "reject"})
+    try:
+        assert submit(srv, ALICE, "one").startswith("250")
+        assert submit(srv, ALICE, "two").startswith("550 5.7.1")
+        text = srv.config_path.read_text()
+        assert '"messages_per_hour" = 1' in text
+        srv.config_path.write_text(
+            text.replace('"messages_per_hour" = 1', '"messages_per_hour" = 5')
+        )
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in srv.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert submit(srv, ALICE, "two again").startswith("250")
     finally:
         srv.stop()

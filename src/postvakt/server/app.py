@@ -220,6 +220,11 @@ def _reload(app: App, path: Path) -> None:
         return
     if new.listen != app.config.listen or new.data_dir != app.config.data_dir:
         log.warning("reload: [listen] and data_dir changes take effect after a restart")
+    if new.limits.store != app.config.limits.store:
+        log.warning("reload: [limits] store changes take effect after a restart")
+    lim = new.limits
+    app.failures.delay_start, app.failures.delay_max = lim.auth_delay, lim.auth_delay_max
+    app.failures.block_after, app.failures.window = lim.auth_failures, lim.auth_window
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new
