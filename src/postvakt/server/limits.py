@@ -43,6 +43,9 @@ from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
 
 log = logging.getLogger("postvakt.limits")
 
+# Who was told in the current window is pruned of ended windows past this size.
+MAX_NOTIFIED = 10_000
+
 __all__ = ["Limiter", "limits", "notice_text"]
 
 
@@ -73,7 +76,19 @@ class Limiter:
     async def accepted(
         self, config: Config, client: Client, queue_id: str, recipients: int, held: str | None
     ) -> None:
-        """After the 250: count the message; for a held one, send the notices."""
+        """After the 250: count the message; for a held one, send the notices.
+
+        Runs after the client heard 250, so nothing here may fail the session:
+        a broken counter store or a full disk is logged, never answered.
+        """
+        try:
+            await self._accepted(config, client, queue_id, recipients, held)
+        except Exception:
+            log.exception("limits bookkeeping failed id=%s client=%s", queue_id, client.ip)
+
+    async def _accepted(
+        self, config: Config, client: Client, queue_id: str, recipients: int, held: str | None
+    ) -> None:
         subject = self.subject(config, client)
         loop = asyncio.get_running_loop()
         if subject is not None:
@@ -102,6 +117,8 @@ class Limiter:
         if self.notified.get(key, 0.0) > client.now:
             return
         window = WINDOW.get(rule.rpartition(".")[2]) or HOUR
+        if len(self.notified) >= MAX_NOTIFIED:
+            self.notified = {k: v for k, v in self.notified.items() if v > client.now}
         self.notified[key] = window_end(window, client.now)
         notices = [
             (
