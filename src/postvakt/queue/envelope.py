@@ -57,6 +57,17 @@ class Envelope:
     ret: str | None = None
     envid: str | None = None
     hold: str | None = None
+    # Header fields the front adds once the whole message is read (e.g. a
+    # sender check in warn mode): delivery puts them on top of the message.
+    # Each is one unfolded "Name: value" line without CRLF.
+    headers: tuple[str, ...] = ()
+
+    def with_headers(self, message: bytes) -> bytes:
+        """The message as delivered: the front's late header fields, then the bytes received."""
+        if not self.headers:
+            return message
+        top = "".join(h.replace("\r", " ").replace("\n", " ") + "\r\n" for h in self.headers)
+        return top.encode("utf-8", "surrogateescape") + message
 
     def to_json(self) -> bytes:
         d = asdict(self)
@@ -78,7 +89,8 @@ class Envelope:
         )
         if not rcpts:
             raise ValueError("envelope has no recipients")
-        return cls(recipients=rcpts, **d)
+        headers = tuple(str(h) for h in d.pop("headers", ()))
+        return cls(recipients=rcpts, headers=headers, **d)
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ class QueueManager:
         q = self.queue
         try:
             msg = await asyncio.to_thread(q.load, qid, ACTIVE)
-            body = await asyncio.to_thread(q.read_body, msg)
+            body = msg.envelope.with_headers(await asyncio.to_thread(q.read_body, msg))
         except FileNotFoundError:
             return  # held or deleted by the admin meanwhile
         except (CorruptEntry, OSError) as e:

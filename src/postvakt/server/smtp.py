@@ -45,6 +45,8 @@ REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 REPLY_AUTH_BLOCKED = Reply(
     454, "4.7.0", "Too many failed logins from your address, try again later"
 )
+# Warn mode: the finding travels with the message, where the recipient's filters can see it.
+WARNING_HEADER = "X-Postvakt-Sender-Warning"
 REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
 
@@ -475,6 +477,7 @@ class SMTPSession(asyncio.Protocol):
             ret=mail.ret if mail else None,
             envid=mail.envid if mail else None,
             hold=self.hold_reason,
+            headers=tuple(f"{WARNING_HEADER}: {w}" for w in warnings),
         )
         loop = asyncio.get_running_loop()
         try:
