@@ -259,3 +259,15 @@ def test_reload_changes_limits_at_once(tmp_path: Path, sink: SmtpSink) -> None:
         assert submit(srv, ALICE, "two again").startswith("250")
     finally:
         srv.stop()
+
+
+def test_sqlite_counters_survive_a_restart(tmp_path: Path, sink: SmtpSink) -> None:
+    srv = start(tmp_path, sink, store="sqlite", user={"messages_per_hour": 1, "outcome": "reject"})
+    try:
+        assert submit(srv, ALICE, "one").startswith("250")
+        shown = json.loads(srv.cli("limits", "show", "--json").stdout)
+        assert [s["subject"] for s in shown["subjects"]] == [f"user:{ALICE}"]
+        srv.restart()
+        assert submit(srv, ALICE, "two").startswith("550 5.7.1")
+    finally:
+        srv.stop()
