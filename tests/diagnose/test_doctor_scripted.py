@@ -18,7 +18,7 @@ import trustme
 from click.testing import CliRunner
 from doctor_fakeserver import FakeServer, Script
 
-from postvakt.diagnose.client import SMTP_ALLOWED, SMTPClient
+from postvakt.diagnose.client import POP3_ALLOWED, SMTP_ALLOWED, SMTPClient, check_command
 from postvakt.diagnose.commands import doctor
 from postvakt.diagnose.doctor import DoctorOptions, diagnose
 from support import free_port
@@ -81,6 +81,52 @@ def test_client_has_no_way_to_send_data() -> None:
     for line in ("DATA", "data", "BDAT 10 LAST", "VRFY root"):
         with pytest.raises(ValueError, match="never sends"):
             c.command(line)
+
+
+@pytest.mark.parametrize(
+    ("line", "bare_cr_ok"),
+    [
+        ("MAIL FROM:<x@y>\r\nDATA", True),
+        ("RCPT TO:<x@y>\nDATA", True),
+        ("RCPT TO:<v@x\rDATA>", True),
+        ("RCPT TO:<v@x\r bdat 10>", True),
+        ("RCPT TO:<v@x\r>", False),
+    ],
+)
+def test_no_second_line_can_be_smuggled_into_a_command(line: str, bare_cr_ok: bool) -> None:
+    with pytest.raises(ValueError, match="never sends"):
+        check_command(line, SMTP_ALLOWED, allow_bare_cr=bare_cr_ok)
+
+
+def test_relay_trick_with_bare_cr_is_allowed_only_for_the_relay_test() -> None:
+    check_command("RCPT TO:<v@x.example\r>", SMTP_ALLOWED, allow_bare_cr=True)
+    with pytest.raises(ValueError):
+        check_command("PASS secret\rDELE 1", POP3_ALLOWED)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--to", "x@y.example>\r\nDATA"],
+        ["--to", "<x@y.example>"],
+        ["--from", "a b@c.example"],
+        ["--user", "alice\x00"],
+    ],
+)
+def test_cli_refuses_addresses_that_are_not_bare(args: list[str]) -> None:
+    base = {"--server": "127.0.0.1:1", "--from": "a@b.example", "--to": "c@d.example"}
+    base[args[0]] = args[1]
+    argv = [x for kv in base.items() for x in kv]
+    r = CliRunner().invoke(doctor, argv)
+    assert r.exit_code == 2, r.output
+
+
+def test_cli_refuses_password_with_control_characters() -> None:
+    argv = ["--server", "127.0.0.1:1", "--from", "a@b.example", "--to", "c@d.example"]
+    r = CliRunner().invoke(
+        doctor, [*argv, "--user", "a", "--password-stdin"], input="pw\x00DELE 1\n"
+    )
+    assert r.exit_code == 2
 
 
 def test_recording_server_sees_no_data_on_a_full_run(

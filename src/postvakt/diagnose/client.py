@@ -33,6 +33,26 @@ SMTP_ALLOWED = frozenset(
     {"EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT", "RSET", "NOOP", "QUIT"}
 )
 POP3_ALLOWED = frozenset({"CAPA", "STLS", "USER", "PASS", "AUTH", "QUIT"})
+# Verbs that hand over a message; refused even behind a bare CR inside a line.
+NEVER = frozenset({"DATA", "BDAT"})
+
+
+def check_command(line: str, allowed: frozenset[str], *, allow_bare_cr: bool = False) -> None:
+    """Refuse a command line that is not on the list, or that smuggles a second line.
+
+    A LF (or, outside the relay test, any CR) inside a line would let an address
+    like "x@y>\r\nDATA" turn one command into two: the allowed-verb rule is only
+    as good as this check.
+    """
+    verb = line.split(" ", 1)[0].upper()
+    if verb not in allowed:
+        raise ValueError(f"the probe never sends {verb}")
+    if "\n" in line or ("\r" in line and not allow_bare_cr):
+        raise ValueError("the probe never sends a line break inside a command")
+    for fragment in line.split("\r")[1:]:
+        if fragment.lstrip().upper().startswith(tuple(NEVER)):
+            raise ValueError("the probe never sends DATA, not even behind a bare CR")
+
 
 # RFC 5321 §4.5.3.2: a client should wait 5 minutes for most replies; a doctor
 # run by a person on the phone with a helpdesk cannot, 10 s tells "silent" apart.
@@ -209,6 +229,7 @@ class SMTPClient:
         implicit_tls: bool = False,
         server_name: str | None = None,
         transcript: Transcript | None = None,
+        allow_bare_cr: bool = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -217,6 +238,8 @@ class SMTPClient:
         self.implicit_tls = implicit_tls
         self.server_name = server_name or host
         self.transcript = transcript or Transcript()
+        # Only the relay test sends a bare CR on purpose (trick R17).
+        self.allow_bare_cr = allow_bare_cr
         self.conn: _LineConnection | None = None
         self.capabilities: dict[str, str] = {}
         self.banner: Reply | None = None
@@ -274,9 +297,7 @@ class SMTPClient:
                 return _parse_reply(lines)
 
     def command(self, line: str, shown: str | None = None) -> Reply:
-        verb = line.split(" ", 1)[0].upper()
-        if verb not in SMTP_ALLOWED:
-            raise ValueError(f"the probe never sends {verb}")
+        check_command(line, SMTP_ALLOWED, allow_bare_cr=self.allow_bare_cr)
         assert self.conn is not None, "connect() first"
         self.conn.send_line(line, shown)
         return self.read_reply()
@@ -409,9 +430,7 @@ class POP3Client:
         return line
 
     def command(self, line: str, shown: str | None = None) -> str:
-        verb = line.split(" ", 1)[0].upper()
-        if verb not in POP3_ALLOWED:
-            raise ValueError(f"the probe never sends {verb}")
+        check_command(line, POP3_ALLOWED)
         assert self.conn is not None
         self.conn.send_line(line, shown)
         return self._status()

@@ -53,6 +53,15 @@ def parse_ports(text: str | None) -> dict[str, int]:
     return ports
 
 
+def _plain_arg(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Addresses and user names go into command lines: no spaces, brackets or control characters."""
+    if value is None:
+        return None
+    if not value or any(ch in value for ch in "<> \t") or not value.isprintable():
+        raise click.BadParameter(f"{value!r}: write the bare value, e.g. alice@example.com")
+    return value
+
+
 lang_option = click.option(
     "--lang",
     type=click.Choice(LANGUAGES),
@@ -67,9 +76,27 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 @click.option(
     "--server", metavar="HOST[:PORT]", help="The outgoing (SMTP) server as set in the mail program."
 )
-@click.option("--from", "sender", metavar="ADDR", help="Sender address as set in the mail program.")
-@click.option("--to", "rcpt", metavar="ADDR", help="A recipient to test (no message is sent).")
-@click.option("--user", "login", metavar="U", help="User name for login (SMTP AUTH and POP3).")
+@click.option(
+    "--from",
+    "sender",
+    metavar="ADDR",
+    callback=_plain_arg,
+    help="Sender address as set in the mail program.",
+)
+@click.option(
+    "--to",
+    "rcpt",
+    metavar="ADDR",
+    callback=_plain_arg,
+    help="A recipient to test (no message is sent).",
+)
+@click.option(
+    "--user",
+    "login",
+    metavar="U",
+    callback=_plain_arg,
+    help="User name for login (SMTP AUTH and POP3).",
+)
 @click.option(
     "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
 )
@@ -167,6 +194,8 @@ def doctor(
     password = None
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password.isprintable():
+            raise click.UsageError("the password holds a control character (line break, NUL, ...)")
     if password is not None and not login:
         raise click.UsageError("--password-stdin needs --user")
     if login and password is None:

@@ -233,7 +233,14 @@ def _one_line(code: int, enhanced: str, text: str) -> str:
 
 def run_trick(opts: RelayTestOptions, trick: Trick) -> TrickResult:
     t = Transcript()
-    c = SMTPClient(opts.host, opts.port, source=opts.source, timeout=opts.timeout, transcript=t)
+    c = SMTPClient(
+        opts.host,
+        opts.port,
+        source=opts.source,
+        timeout=opts.timeout,
+        transcript=t,
+        allow_bare_cr=True,
+    )
     stage = "connect"
     try:
         banner = c.connect()
