@@ -130,6 +130,7 @@ def test_doctor_relay_denied_by_careful_postfix(postfix_careful: PostfixInstance
     assert doc["case"] == "relay_denied_no_auth"
     assert "554 5.7.1" in doc["explanation"] and "Relay access denied" in doc["explanation"]
     assert "auth_not_offered" in [f["id"] for f in doc["findings"]]
+    assert "auth_offered" not in [f["id"] for f in doc["findings"]]
     assert postfix_careful.queued() == []
 
 

@@ -531,6 +531,12 @@ FINDINGS: dict[str, dict[str, str]] = {
         "en": "Login is offered only after STARTTLS",
         "sv": "Inloggning erbjuds bara efter STARTTLS",
     },
+    "auth_offered": {
+        "en": "The server offers login (SMTP AUTH) on port {ports}: turning on authentication "
+        "in the mail program should fix this",
+        "sv": "Servern erbjuder inloggning (SMTP AUTH) på port {ports}: att slå på "
+        "autentisering i e-postprogrammet bör lösa det här",
+    },
     "auth_not_offered": {
         "en": "No login (SMTP AUTH) is offered on port {port}",
         "sv": "Ingen inloggning (SMTP AUTH) erbjuds på port {port}",

@@ -512,6 +512,14 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
     if case in ("port_blocked", "connection_refused") and others_open:
         params["open_ports"] = [a.port for a in others_open]
 
+    # Refused for want of a login, while the server does offer one somewhere.
+    if case in ("relay_denied_no_auth", "sender_not_logged_in", "auth_not_used"):
+        offering = sorted({a.port for a in survey.values() if a.mechs_plain() or a.mechs_tls()})
+        if offering:
+            findings.append(
+                Finding("auth_offered", "info", {"ports": ", ".join(map(str, offering))})
+            )
+
     # POP-before-SMTP: a denial that a fresh POP3 login turns into an accept.
     relay_like = case in ("relay_denied_no_auth", "auth_not_used", "sender_not_logged_in")
     if opts.pop3_host and not accepted:
