@@ -157,6 +157,9 @@ class POP3Config:
     fail_delay_max: float = 15.0
     max_failures: int = 3
     idle_timeout: float = 600.0
+    # RFC 2449 LOGIN-DELAY: the least time between two logins of one user (ISP
+    # polling policy); 0 = no limit.
+    login_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -486,7 +489,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         POP3Config(),
         source,
         "pop3",
-        durations=("fail_delay", "fail_delay_max", "idle_timeout"),
+        durations=("fail_delay", "fail_delay_max", "idle_timeout", "login_delay"),
     )
     _choice(pop3.plaintext, ("never", "networks", "always"), source, "[pop3] plaintext")
 

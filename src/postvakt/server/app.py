@@ -196,6 +196,11 @@ async def run(config: Config, config_path: Path | None) -> int:
     await stop.wait()
 
     log.info("stopping: no new connections, finishing transactions in flight")
+    pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
+    if pop_servers:
+        from postvakt.server.pop3 import stop_pop3
+
+        stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
     for s in list(app.sessions):

@@ -474,7 +474,7 @@ async def start_pop3(
 
     The pop3 servers come first in the list, then the pop3s ones, each in
     config order. `login_delay` (seconds, RFC 2449 LOGIN-DELAY) defaults to
-    `[pop3] login_delay` when the config has it, else none. `reuse_port` lets
+    `[pop3] login_delay`. `reuse_port` lets
     several worker processes share the ports (SO_REUSEPORT).
     """
     loop = asyncio.get_running_loop()
@@ -485,9 +485,7 @@ async def start_pop3(
         grants=grants,
         failures=failures,
         ssl_context=ssl_context,
-        login_delay=float(getattr(config.pop3, "login_delay", 0.0))
-        if login_delay is None
-        else login_delay,
+        login_delay=config.pop3.login_delay if login_delay is None else login_delay,
     )
     servers: list[asyncio.base_events.Server] = []
     try:
