@@ -261,9 +261,9 @@ def test_t10_brute_force_slows_then_refuses_other_address_logs_in_at_once(guarde
     # The delay grows with each failure (0, 0.1, 0.2, 0.4, then the 0.8 cap), on
     # top of one password check that costs the same for unknown and known users ...
     took = [t for _, _, t in attempts]
-    check = took[0]
-    assert took[3] >= check + 0.35 and took[6] >= check + AUTH_DELAY_MAX - 0.05
-    assert abs(took[7] - took[8]) < 0.15  # wrong password vs. unknown user, both at the cap
+    early = max(took[0], took[1])  # delays 0 and 0.1
+    assert min(took[4:AUTH_FAILURES]) >= early + AUTH_DELAY_MAX / 2  # delays at the 0.8 cap
+    assert abs(took[7] - took[8]) < 0.3  # wrong password vs. unknown user, both at the cap
     # ... and once refused, the answer comes at once: nothing left to measure.
     assert max(took[AUTH_FAILURES:]) < AUTH_DELAY_MAX
     assert all("4.7.0" in t for c, t, _ in attempts if c == 454)

@@ -18,9 +18,7 @@ from postvakt.server.limits import Limiter
 
 # 2026-11-27 12:30:00 UTC
 NOW = 1795782600.0
-REASON = (
-    "user.messages_per_hour: user alice@pv.test: 3 of 2 messages per hour: over the limit, hold"
-)
+REASON = "user.messages_per_hour: user alice@pv.test: 3 messages in this clock hour with this one, limit 2: over the limit, hold"
 
 
 def config(tmp_path: Path, **limits: object) -> Config:

@@ -256,7 +256,9 @@ def test_hold_reason_names_rule_and_numbers() -> None:
     d = check_mail_limits(c, subject_for(c, LIMITS, NETWORKS), usage(2, 2))
     reason = hold_reason(d)
     assert reason is not None
-    assert reason.startswith("user.messages_per_hour: user alice@pv.test: 3 of 2 messages per hour")
+    assert reason.startswith(
+        "user.messages_per_hour: user alice@pv.test: 3 messages in this clock hour with this one, limit 2"
+    )
     assert hold_reason(check_mail_limits(c, subject_for(c, LIMITS, NETWORKS), usage())) is None
 
 
@@ -415,7 +417,7 @@ recipients_per_message = 1
     assert held.accepted  # the client sees 250: accepted, but held
     text = render_text(held, cfg)
     assert "=> HOLD by user.messages_per_hour" in text
-    assert "3 of 2 messages per hour" in text
+    assert "3 messages in this clock hour with this one, limit 2" in text
 
     stranger = run_explain(
         cfg,

@@ -285,6 +285,16 @@ def _what(limit: str) -> str:
     return f"{noun} per {per}"
 
 
+# How a count reads in the trace, by limit.
+_COUNTED = {
+    MESSAGES_PER_HOUR: "messages in this clock hour",
+    MESSAGES_PER_DAY: "messages today (UTC)",
+    RECIPIENTS_PER_HOUR: "recipients in this clock hour",
+    RECIPIENTS_PER_DAY: "recipients today (UTC)",
+    RECIPIENTS_PER_MESSAGE: "recipients in this message",
+}
+
+
 def _over_reply(subject: Subject, limit: str, outcome: str, now: float) -> Reply:
     value = subject.quota.value(limit)
     if outcome == OUTCOME_REJECT:
@@ -334,11 +344,12 @@ def _check(
         have = (
             adding[limit] if limit == RECIPIENTS_PER_MESSAGE else usage.count(limit) + adding[limit]
         )
+        counted = f"{have} {_COUNTED[limit]} with this one, limit {value}"
         if have <= value:
-            trace.append(Step(rule, NO_MATCH, f"{subject}: {have} of {value} {_what(limit)}"))
+            trace.append(Step(rule, NO_MATCH, f"{subject}: {counted}"))
             continue
         outcome = subject.quota.outcome_for(limit)
-        detail = f"{subject}: {have} of {value} {_what(limit)}: over the limit, {outcome}"
+        detail = f"{subject}: {counted}: over the limit, {outcome}"
         trace.append(Step(rule, _result(outcome), detail))
         if outcome == OUTCOME_HOLD:
             # Hold is the mildest answer: a later limit that refuses still wins.
