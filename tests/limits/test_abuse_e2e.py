@@ -135,7 +135,7 @@ def test_p11_connection_limit_per_client_address(limited: Running) -> None:
 
 def test_p7_unknown_commands_slow_down_then_421(tmp_path: Path) -> None:
     srv = start_server(
-        tmp_path, smtp={"error_sleep": 0.2, "soft_error_limit": 10, "hard_error_limit": 20}
+        tmp_path, smtp={"error_sleep": 0.5, "soft_error_limit": 10, "hard_error_limit": 20}
     )
     try:
         c = session(srv, OUTSIDE_IP)
@@ -148,13 +148,13 @@ def test_p7_unknown_commands_slow_down_then_421(tmp_path: Path) -> None:
         assert all(r.startswith("500 5.5.2") for r in replies), replies
         # The 20th error is followed by 421 unasked (Postfix smtpd_hard_error_limit).
         assert c.reply().startswith("421 4.7.0")
-        assert max(times[:10]) < 0.15 and min(times[10:19]) >= 0.18  # slower after 10
+        assert max(times[:10]) < 0.45 and min(times[10:19]) >= 0.49  # slower after 10
         with pytest.raises((ConnectionError, OSError)):
             c.reply()
         c.close()
         other = session(srv, OTHER_OUTSIDE_IP)  # another client is not tar-pitted
         t = time.monotonic()
-        assert other.cmd("NOOP").startswith("250") and time.monotonic() - t < 0.15
+        assert other.cmd("NOOP").startswith("250") and time.monotonic() - t < 0.45
         other.close()
     finally:
         srv.stop()
@@ -258,12 +258,12 @@ def test_t10_brute_force_slows_then_refuses_other_address_logs_in_at_once(guarde
     assert codes[AUTH_FAILURES:] == [454] * (30 - AUTH_FAILURES)
     # Unknown user and wrong password get the same reply.
     assert len({t for c, t, _ in attempts if c == 535}) == 1
-    # The delay grows with each failure (0, 0.1, 0.2, 0.4, then the 0.8 cap), on
-    # top of one password check that costs the same for unknown and known users ...
+    # The delay grows with each failure (0, 0.1, 0.2, 0.4, then the 0.8 cap); the
+    # password check comes on top, so these are lower bounds whatever the load ...
     took = [t for _, _, t in attempts]
-    early = max(took[0], took[1])  # delays 0 and 0.1
-    assert min(took[4:AUTH_FAILURES]) >= early + AUTH_DELAY_MAX / 2  # delays at the 0.8 cap
-    assert abs(took[7] - took[8]) < 0.3  # wrong password vs. unknown user, both at the cap
+    grows = [0.0] + [min(AUTH_DELAY_MAX, AUTH_DELAY * 2**i) for i in range(AUTH_FAILURES - 1)]
+    for i, least in enumerate(grows):
+        assert took[i] >= least - 0.01, (i, took[: len(grows)])
     # ... and once refused, the answer comes at once: nothing left to measure.
     assert max(took[AUTH_FAILURES:]) < AUTH_DELAY_MAX
     assert all("4.7.0" in t for c, t, _ in attempts if c == 454)
@@ -271,7 +271,7 @@ def test_t10_brute_force_slows_then_refuses_other_address_logs_in_at_once(guarde
     assert smtp_auth(guarded, OUTSIDE_IP, ALICE, PASSWORD)[0] == 454
     # ... while another address logs in at once.
     code, _, t = smtp_auth(guarded, OTHER_OUTSIDE_IP, ALICE, PASSWORD)
-    assert code == 235 and t < 0.5
+    assert code == 235 and t < AUTH_DELAY_MAX  # no share of the other address's penalty
     assert "refused: too many failures" in guarded.log()
 
 
