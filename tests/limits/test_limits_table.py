@@ -68,7 +68,7 @@ MAIL_TABLE = [
         usage(),
         Verdict.PERMIT,
         "250",
-        "user.messages_per_day",
+        "user",
     ),
     (
         "user-at-hour-limit-held",
@@ -92,7 +92,7 @@ MAIL_TABLE = [
         usage(50, 50),
         Verdict.PERMIT,
         "250",
-        "users.news@pv.test.messages_per_day",
+        "users.news@pv.test",
     ),
     (
         "override-has-its-own-limit",
@@ -110,14 +110,14 @@ MAIL_TABLE = [
         "450 4.7.1",
         "address.messages_per_hour",
     ),
-    ("address-below", client(), usage(1, 1), Verdict.PERMIT, "250", "address.messages_per_day"),
+    ("address-below", client(), usage(1, 1), Verdict.PERMIT, "250", "address"),
     (
         "networks-own-quota",
         client("192.0.2.7"),
         usage(3, 3),
         Verdict.PERMIT,
         "250",
-        "networks.messages_per_day",
+        "networks",
     ),
     (
         "networks-rejected",
@@ -162,7 +162,7 @@ RCPT_TABLE = [
         1,
         Verdict.PERMIT,
         "250",
-        "user.recipients_per_day",
+        "user",
     ),
     (
         "user-per-message-held",
@@ -445,4 +445,4 @@ def test_with_limit_keeps_a_refusal_and_replaces_an_ok() -> None:
     assert over.verdict is Verdict.REJECT and over.reply.code == 550
     fine = with_limit(ok, check_mail_limits(c, s, usage()))
     assert fine.reply == ok.reply and fine.rule == "sender_authenticated"
-    assert fine.rules()[-1] == "user.messages_per_day"
+    assert fine.rules()[-2:] == ("user.messages_per_day", "user")

@@ -360,9 +360,9 @@ def _check(
         return Decision(_verdict(outcome), reply, rule, tuple(trace))
     if held is not None:
         return replace(held, trace=tuple(trace))
-    last = trace[-1].rule if trace else subject.quota_name
-    trace.append(Step(last, PERMIT, f"{subject} is within its limits"))
-    return Decision(Verdict.PERMIT, ok, last, tuple(trace))
+    # The quota as a whole permits: its name is the config section's last part.
+    trace.append(Step(subject.quota_name, PERMIT, f"{subject} is within its limits"))
+    return Decision(Verdict.PERMIT, ok, subject.quota_name, tuple(trace))
 
 
 def check_mail_limits(client: Client, subject: Subject | None, usage: Usage) -> Decision:
