@@ -19,6 +19,26 @@ Rules of the house:
 - Windows are fixed: the clock hour and the UTC day. A deferred client is
   told when the window ends. (A burst across a boundary may reach twice a
   limit; that is the price of counters an admin can read.)
+
+Config (every key optional; 0 = no limit):
+
+    [limits]
+    enabled = true
+    exempt = ["127.0.0.0/8", "::1/128"]   # not counted per address
+    notify_user = false                   # also tell the user when held
+    store = "memory"                      # or "sqlite" (survives restarts)
+    auth_delay = "2s"                     # failed logins per address:
+    auth_delay_max = "15s"                #   delay doubling up to the max,
+    auth_failures = 10                    #   then 454 4.7.0 without a check,
+    auth_window = "15m"                   #   forgotten after this long
+
+    [limits.user]                         # likewise [limits.address], [limits.networks]
+    messages_per_hour = 200
+    outcome = "hold"                      # defer | reject | hold
+    outcomes = { recipients_per_message = "defer" }
+
+    [limits.users."news@example.org"]     # one login, over [limits.user]
+    messages_per_hour = 5000
 """
 
 from __future__ import annotations
