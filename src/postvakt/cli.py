@@ -172,6 +172,18 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 [delivery]
 # smarthost = "relay.example.net:587"       # send everything through this host
 # routes = {{ "partner.example" = "10.0.0.5:25" }}   # per domain, before MX lookup
+
+# [limits]                        # outbound abuse control; 0 = no limit
+# store = "sqlite"                # keep counters across restarts
+# notify_user = true              # also tell a user whose mail was held
+# auth_failures = 10              # failed logins per address before 454 4.7.0
+# [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
+# messages_per_hour = 200
+# recipients_per_hour = 1000
+# outcome = "hold"                # defer | reject | hold: held mail waits for
+#                                 # `postvakt queue release ID`, postmaster is told
+# [limits.users."news@{domain}"]  # one user's own limits
+# messages_per_hour = 5000
 """
 
 
