@@ -368,3 +368,50 @@ def test_t10_brute_force_slows_then_refuses_and_other_address_unaffected(
         assert code == 235 and took < 2.0  # another address logs in at once
     finally:
         srv.stop()
+
+
+def test_m14_outbound_smuggling_never_reaches_the_sink(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """As an authenticated client, every bad end-of-data sequence inside a message:
+    the message is refused whole, the sink receives nothing; a clean message that
+    follows arrives once, with CRLF line ends only."""
+    import smtplib
+
+    from support import SmtpSink
+
+    sink = SmtpSink(tmp_path_factory.mktemp("m14sink"))
+    srv = start_server(
+        tmp_path_factory.mktemp("m14"),
+        users={ALICE: PASSWORD},
+        delivery={"routes": {"other.example": f"127.0.0.1:{sink.port}"}},
+    )
+    try:
+        sequences = list(SMUGGLE_ENDINGS.values()) + [b"\r\n.\r\r\n", b"\r\r\n.\r\r\n"]
+        body = b"Subject: m14\r\n\r\nSMUGGLINGSTART" + b"x".join(sequences) + b"SMUGGLINGEND\r\n"
+        with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=20) as s:
+            s.starttls(context=tls_ctx())
+            s.login(ALICE, PASSWORD)
+            s.mail(ALICE)
+            s.rcpt("friend@other.example")
+            code, _ = s.docmd("DATA")
+            assert code == 354
+            s.send(body + b".\r\n")
+            code, text = s.getreply()
+            assert code == 550 and b"bare CR or LF" in text
+            s.rset()
+            assert (
+                s.sendmail(
+                    ALICE, ["friend@other.example"], b"Subject: m14-clean\r\n\r\nclean body\r\n"
+                )
+                == {}
+            )
+        msgs = sink.wait_for(1)
+        time.sleep(1.0)
+        msgs = sink.messages()
+        assert len(msgs) == 1 and "m14-clean" in msgs[0]
+        raw = msgs[0].encode()
+        assert b"SMUGGLINGSTART" not in raw
+    finally:
+        srv.stop()
+        sink.stop()
