@@ -203,6 +203,23 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
+# Filesystems where fsync does not reach a disk.
+VOLATILE_FILESYSTEMS = ("tmpfs", "ramfs")
+
+
+def filesystem(path: Path) -> dict[str, str]:
+    """The mount that holds `path` (longest matching mount point in /proc/mounts)."""
+    best = ("", "?", "?")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            mount = mount.replace("\\040", " ")
+            inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+            if inside and len(mount) >= len(best[0]):
+                best = (mount, fstype, device)
+    return {"mount": best[0], "type": best[1], "device": best[2]}
+
+
 def raise_fd_limit(need: int) -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < need:
@@ -896,6 +913,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keep", action="store_true", help="keep the temporary directory (logs, queues)"
     )
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        help="where to create the temporary directory (both queues); default $TMPDIR or /tmp",
+    )
     args = ap.parse_args(argv)
     profile = QUICK if args.quick else DEFAULT
     if args.messages:
@@ -912,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
             f"RLIMIT_NOFILE is {fd_limit}; the idle test needs {profile.idle_connections + 512}"
         )
 
-    root = Path(tempfile.mkdtemp(prefix="postvakt-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="postvakt-bench-", dir=args.dir))
     os.chmod(root, 0o755)  # Postfix's unprivileged daemons walk into their queue
     pf_sink, pv_sink = Sink(free_port()), Sink(free_port())
     postfix = Postfix(root / "postfix", pf_sink.port)
@@ -924,7 +946,13 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"sessions": SESSIONS, "message_size": MESSAGE_SIZE, **asdict(profile)},
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "filesystem": filesystem(root),
     }
+    if results["filesystem"]["type"] in VOLATILE_FILESYSTEMS:
+        print(
+            f"note: {root} is on {results['filesystem']['type']}: fsync costs nothing there, "
+            "so durable accept is not measured; use --dir on a disk"
+        )
     rows: list[Row] = []
     try:
         print(f"starting Postfix and postvakt under {root}", flush=True)
@@ -1071,8 +1099,10 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
+    fs = results["filesystem"]
     print(
         f"\n{results['machine']['cores']} cores, Postfix {results['machine'].get('postfix')}, "
+        f"queues on {fs['type']} ({fs['device']}), "
         f"{results['machine']['event_loop']}; {results['seconds_total']} s; results in {out}"
     )
     return 0
