@@ -12,8 +12,8 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from conftest import CAREFUL_DOMAIN, OPEN_DOMAIN, PostfixInstance
 
+from postfix_support import CAREFUL_DOMAIN, OPEN_DOMAIN, PostfixInstance, postfix_usable
 from postvakt.diagnose.commands import doctor, relaytest
 from support import free_port
 
@@ -221,9 +221,7 @@ def test_the_no_message_detector_sees_a_real_message() -> None:
     """Guard for the checks above: a message that does pass DATA shows up in both signals."""
     import smtplib
 
-    from conftest import _postfix_usable
-
-    reason = _postfix_usable()
+    reason = postfix_usable()
     if reason:
         pytest.skip(reason)
     pf = PostfixInstance("detector.test", "127.0.0.1/32")
