@@ -127,6 +127,32 @@ def open_connection(host: str, port: int, *, source: str | None, timeout: float)
         raise _classify_oserror(e) from None
 
 
+def connect_probe(
+    host: str,
+    port: int,
+    *,
+    source: str | None,
+    timeout: float,
+    implicit_tls: bool,
+    server_name: str | None,
+    transcript: Transcript,
+) -> socket.socket:
+    """Connect for a probe (SMTP or POP3), with TLS from the first byte on 465/995."""
+    transcript.note(f"connect {host}:{port}" + (" (TLS)" if implicit_tls else ""))
+    sock = open_connection(host, port, source=source, timeout=timeout)
+    if not implicit_tls:
+        return sock
+    try:
+        sock.settimeout(timeout)
+        return unverified_context().wrap_socket(sock, server_hostname=server_name or None)
+    except ssl.SSLError as e:
+        sock.close()
+        raise ProbeError("tls", e.reason or str(e)) from None
+    except OSError as e:
+        sock.close()
+        raise _classify_oserror(e) from None
+
+
 def unverified_context() -> ssl.SSLContext:
     """Accept any certificate: the probe must see the server even when TLS is wrong."""
     ctx = ssl.create_default_context()
@@ -254,22 +280,15 @@ class SMTPClient:
         return tuple(self.capabilities.get("AUTH", "").upper().split())
 
     def connect(self) -> Reply:
-        self.transcript.note(
-            f"connect {self.host}:{self.port}" + (" (TLS)" if self.implicit_tls else "")
+        sock = connect_probe(
+            self.host,
+            self.port,
+            source=self.source,
+            timeout=self.timeout,
+            implicit_tls=self.implicit_tls,
+            server_name=self.server_name,
+            transcript=self.transcript,
         )
-        sock = open_connection(self.host, self.port, source=self.source, timeout=self.timeout)
-        if self.implicit_tls:
-            try:
-                sock.settimeout(self.timeout)
-                sock = unverified_context().wrap_socket(
-                    sock, server_hostname=self.server_name or None
-                )
-            except ssl.SSLError as e:
-                sock.close()
-                raise ProbeError("tls", e.reason or str(e)) from None
-            except OSError as e:
-                sock.close()
-                raise _classify_oserror(e) from None
         self.conn = _LineConnection(sock, self.transcript, self.timeout)
         if self.implicit_tls:
             self._remember_cert()
@@ -405,19 +424,15 @@ class POP3Client:
         self.capabilities: list[str] = []
 
     def connect(self) -> str:
-        self.transcript.note(
-            f"connect {self.host}:{self.port}" + (" (TLS)" if self.implicit_tls else "")
+        sock = connect_probe(
+            self.host,
+            self.port,
+            source=self.source,
+            timeout=self.timeout,
+            implicit_tls=self.implicit_tls,
+            server_name=self.server_name,
+            transcript=self.transcript,
         )
-        sock = open_connection(self.host, self.port, source=self.source, timeout=self.timeout)
-        if self.implicit_tls:
-            try:
-                sock.settimeout(self.timeout)
-                sock = unverified_context().wrap_socket(
-                    sock, server_hostname=self.server_name or None
-                )
-            except ssl.SSLError as e:
-                sock.close()
-                raise ProbeError("tls", e.reason or str(e)) from None
         self.conn = _LineConnection(sock, self.transcript, self.timeout)
         return self._status()
 

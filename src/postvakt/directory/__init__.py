@@ -12,7 +12,6 @@ postmaster@<first local domain>), unless a user or alias of that name exists.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from postvakt import sqlitedb
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -89,11 +90,8 @@ class Directory:
         self.local_domains = tuple(local_domains)
         self.postmaster = canonical(postmaster)
         self.data_dir = data_dir
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = sqlitedb.connect(path)
         self._db.executescript(_SCHEMA)
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash(_DUMMY_PASSWORD)

@@ -12,13 +12,13 @@ machine; a Redis store is the several-node form.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from postvakt import sqlitedb
 from postvakt.policy import Grant
 
 if TYPE_CHECKING:
@@ -98,11 +98,8 @@ class SqliteGrantStore:
     """Grants in data_dir/grants.sqlite3: survive restarts, shared by processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = sqlitedb.connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS grants (ip TEXT PRIMARY KEY, login TEXT NOT NULL, expires REAL NOT NULL)"
         )

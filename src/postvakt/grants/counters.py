@@ -15,12 +15,12 @@ processes on one machine.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from postvakt import sqlitedb
 from postvakt.policy.limits import DAY, HOUR, Usage, window_start
 
 if TYPE_CHECKING:
@@ -158,11 +158,8 @@ class SqliteCounterStore:
     """Counters in data_dir/counters.sqlite3: survive restarts, shared by processes."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = sqlitedb.connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS counters (subject TEXT NOT NULL, metric TEXT NOT NULL,"
             " window REAL NOT NULL, start REAL NOT NULL, count INTEGER NOT NULL,"

@@ -1,8 +1,0 @@
-"""Make the policy test helpers importable as a plain module."""
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
