@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """postvakt side by side with Postfix, in one run on one machine.
 
-    python3 bench/run.py            # default run, about 3 minutes on 2 cores
-    python3 bench/run.py --quick    # smaller counts, under a minute
+    python3 bench/run.py            # default run, about 2 minutes on 2 cores
+    python3 bench/run.py --quick    # smaller counts, under 45 seconds
 
 What is measured (see bench/README.md for the meaning of every number):
 
@@ -905,7 +905,7 @@ def check_tools() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small counts, under a minute")
+    ap.add_argument("--quick", action="store_true", help="small counts, once each, under 45 s")
     ap.add_argument(
         "--messages", type=int, help="messages per accept run (default 2000, quick 800)"
     )
@@ -1109,4 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(2)
