@@ -640,9 +640,10 @@ class Sink:
 
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         buf = b""
         while True:
-            chunk = self.proc.stdout.read1(65536)
+            chunk = os.read(fd, 65536)
             if not chunk:
                 return
             buf += chunk
