@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,3 +314,17 @@ def wait_maildir(
             return msgs
         time.sleep(0.1)
     return maildir_messages(data_dir, mailbox)
+
+
+def eventually(check: Callable[[], None], timeout: float = 5.0) -> None:
+    """Retry `check` until it stops failing or time runs out: for state that a
+    server records after its reply (counters, views the CLI reads)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            check()
+            return
+        except (AssertionError, IndexError, KeyError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)

@@ -26,6 +26,7 @@ from support import (
     Running,
     SmtpSink,
     base_config,
+    eventually,
     maildir_messages,
     to_toml,
     wait_maildir,
@@ -120,8 +121,12 @@ def test_user_over_hourly_limit_is_held_notified_and_released(
             f"bob@{REMOTE}",
         )
         assert "=> HOLD by user.messages_per_hour" in exp.stdout, exp.stdout
-        shown = srv.cli("limits", "show", ALICE).stdout
-        assert "user.messages_per_hour" in shown and "AT LIMIT" in shown, shown
+
+        def at_limit() -> None:
+            shown = srv.cli("limits", "show", ALICE).stdout
+            assert "user.messages_per_hour" in shown and "AT LIMIT" in shown, shown
+
+        eventually(at_limit)
 
         reply = submit(srv, ALICE, "third")
         assert reply.startswith("250"), reply  # the client sees success: nothing to retry
@@ -202,10 +207,14 @@ def test_per_user_override_lets_a_newsletter_sender_send_more(
         assert submit(srv, ALICE, "one").startswith("250")
         # A login is counted wherever it connects from.
         assert submit(srv, ALICE, "two", ip=OTHER_OUTSIDE_IP).startswith("550 5.7.1")
-        shown = json.loads(srv.cli("limits", "show", NEWS, "--json").stdout)
-        rows = {r["rule"]: r for r in shown["subjects"][0]["limits"]}
-        assert rows[f"users.{NEWS}.messages_per_hour"]["count"] == 4
-        assert rows[f"users.{NEWS}.messages_per_hour"]["limit"] == 5
+
+        def counted() -> None:
+            shown = json.loads(srv.cli("limits", "show", NEWS, "--json").stdout)
+            rows = {r["rule"]: r for r in shown["subjects"][0]["limits"]}
+            assert rows[f"users.{NEWS}.messages_per_hour"]["count"] == 4
+            assert rows[f"users.{NEWS}.messages_per_hour"]["limit"] == 5
+
+        eventually(counted)
     finally:
         srv.stop()
 
@@ -265,8 +274,12 @@ def test_sqlite_counters_survive_a_restart(tmp_path: Path, sink: SmtpSink) -> No
     srv = start(tmp_path, sink, store="sqlite", user={"messages_per_hour": 1, "outcome": "reject"})
     try:
         assert submit(srv, ALICE, "one").startswith("250")
-        shown = json.loads(srv.cli("limits", "show", "--json").stdout)
-        assert [s["subject"] for s in shown["subjects"]] == [f"user:{ALICE}"]
+
+        def counted() -> None:
+            shown = json.loads(srv.cli("limits", "show", "--json").stdout)
+            assert [s["subject"] for s in shown["subjects"]] == [f"user:{ALICE}"]
+
+        eventually(counted)
         srv.restart()
         assert submit(srv, ALICE, "two").startswith("550 5.7.1")
     finally:
