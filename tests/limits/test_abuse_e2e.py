@@ -62,6 +62,9 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         tmp_path_factory.mktemp("limited"),
         users={ALICE: PASSWORD, BOB: PASSWORD},
         smtp={"max_connections_per_client": 3},
+        # Allowed clients ([relay] clients, e.g. a customer's app servers) are
+        # counted per address; a client on no road sends only inbound mail.
+        relay={"clients": [f"{OUTSIDE_IP}/32", f"{OTHER_OUTSIDE_IP}/32", "127.0.0.4/31"]},
         limits={
             "exempt": [],
             "address": {"recipients_per_hour": 3, "recipients_per_message": 2},
@@ -331,3 +334,18 @@ def test_failed_logins_do_not_touch_mail_from_the_other_address(guarded: Running
     assert c.cmd("Subject: still here\r\n\r\nbody\r\n.").startswith("250")
     c.close()
     assert any(b"still here" in m for m in wait_maildir(guarded.data_dir, ALICE))
+
+
+def test_inbound_mail_from_a_client_on_no_road_is_never_limited(limited: Running) -> None:
+    """An MX peer (no login, not in networks or clients, no POP3 grant) can only
+    send to our own domains: outbound limits must not defer inbound mail."""
+    for _ in range(3):
+        c = session(limited, "127.0.0.7")
+        assert c.cmd("MAIL FROM:<list@elsewhere.example>").startswith("250")
+        assert c.cmd(f"RCPT TO:<{ALICE}>").startswith("250")
+        assert c.cmd(f"RCPT TO:<{BOB}>").startswith("250")
+        assert c.cmd("RCPT TO:<v@other.example>").startswith("550 5.7.1")  # and still no relay
+        assert c.cmd("DATA").startswith("354")
+        assert c.cmd("Subject: inbound\r\n\r\nbody\r\n.").startswith("250")
+        c.cmd("QUIT")
+        c.close()

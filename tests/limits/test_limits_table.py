@@ -14,7 +14,7 @@ import pytest
 
 from postvakt.config import ConfigError, loads
 from postvakt.diagnose.explain import render_text, run_explain
-from postvakt.policy import Client, Decision, Verdict
+from postvakt.policy import Client, Decision, Grant, Verdict
 from postvakt.policy.limits import (
     DEFAULT_USER,
     LIMITS_EXEMPT,
@@ -35,6 +35,8 @@ from postvakt.reply import Reply
 # 2026-11-27 12:30:00 UTC
 NOW = 1795782600.0
 NETWORKS = (ipaddress.ip_network("192.0.2.0/24"),)
+# Allowed clients ([relay] clients): the address quota counts them.
+CLIENTS = (ipaddress.ip_network("203.0.113.0/24"),)
 SMALL = Quota(
     messages_per_hour=2,
     messages_per_day=5,
@@ -145,7 +147,7 @@ MAIL_TABLE = [
     ids=[r[0] for r in MAIL_TABLE],
 )
 def test_mail_limits(c: Client, u: Usage, verdict: Verdict, reply: str, rule: str) -> None:
-    d = check_mail_limits(c, subject_for(c, LIMITS, NETWORKS), u)
+    d = check_mail_limits(c, subject_for(c, LIMITS, NETWORKS, CLIENTS), u)
     assert d.verdict is verdict
     assert str(d.reply).startswith(reply)
     assert d.rule == rule
@@ -227,7 +229,7 @@ RCPT_TABLE = [
     ids=[r[0] for r in RCPT_TABLE],
 )
 def test_rcpt_limits(c: Client, u: Usage, n: int, verdict: Verdict, reply: str, rule: str) -> None:
-    d = check_rcpt_limits(c, subject_for(c, LIMITS, NETWORKS), u, n)
+    d = check_rcpt_limits(c, subject_for(c, LIMITS, NETWORKS, CLIENTS), u, n)
     assert d.verdict is verdict
     assert str(d.reply).startswith(reply)
     assert d.rule == rule
@@ -236,41 +238,49 @@ def test_rcpt_limits(c: Client, u: Usage, n: int, verdict: Verdict, reply: str, 
 def test_a_refusing_limit_wins_over_a_holding_one() -> None:
     limits = replace(LIMITS, user=replace(SMALL, outcomes=(("recipients_per_day", "reject"),)))
     c = client(login="alice@pv.test")
-    d = check_rcpt_limits(c, subject_for(c, limits, NETWORKS), usage(rh=10, rd=20), 0)
+    d = check_rcpt_limits(c, subject_for(c, limits, NETWORKS, CLIENTS), usage(rh=10, rd=20), 0)
     assert d.verdict is Verdict.REJECT
     assert d.rule == "user.recipients_per_day"
     assert [s.result for s in d.trace] == ["no match", "hold", "reject"]
 
 
 def test_defer_says_when_to_come_back() -> None:
-    d = check_mail_limits(client(), subject_for(client(), LIMITS, NETWORKS), usage(2, 2))
+    d = check_mail_limits(client(), subject_for(client(), LIMITS, NETWORKS, CLIENTS), usage(2, 2))
     assert d.reply.code == 450 and d.reply.enhanced == "4.7.1"
     assert "client address 203.0.113.5" in d.reply.text
     assert "try again in 30 minutes" in d.reply.text
-    day = check_mail_limits(client(), subject_for(client(), LIMITS, NETWORKS), usage(0, 5))
+    day = check_mail_limits(client(), subject_for(client(), LIMITS, NETWORKS, CLIENTS), usage(0, 5))
     assert "try again in 690 minutes" in day.reply.text  # 11.5 h to midnight UTC
 
 
 def test_hold_reason_names_rule_and_numbers() -> None:
     c = client(login="alice@pv.test")
-    d = check_mail_limits(c, subject_for(c, LIMITS, NETWORKS), usage(2, 2))
+    d = check_mail_limits(c, subject_for(c, LIMITS, NETWORKS, CLIENTS), usage(2, 2))
     reason = hold_reason(d)
     assert reason is not None
     assert reason.startswith(
         "user.messages_per_hour: user alice@pv.test: 3 messages in this clock hour with this one, limit 2"
     )
-    assert hold_reason(check_mail_limits(c, subject_for(c, LIMITS, NETWORKS), usage())) is None
+    assert (
+        hold_reason(check_mail_limits(c, subject_for(c, LIMITS, NETWORKS, CLIENTS), usage()))
+        is None
+    )
 
 
 def test_zero_means_no_limit() -> None:
     limits = replace(LIMITS, address=replace(SMALL, messages_per_hour=0, messages_per_day=0))
-    d = check_mail_limits(client(), subject_for(client(), limits, NETWORKS), usage(10**6, 10**6))
+    d = check_mail_limits(
+        client(), subject_for(client(), limits, NETWORKS, CLIENTS), usage(10**6, 10**6)
+    )
     assert d.verdict is Verdict.PERMIT
     assert [s.result for s in d.trace][:2] == ["off", "off"]
 
 
 def test_disabled_limits_count_nobody() -> None:
-    assert subject_for(client(login="a@pv.test"), replace(LIMITS, enabled=False), NETWORKS) is None
+    assert (
+        subject_for(client(login="a@pv.test"), replace(LIMITS, enabled=False), NETWORKS, CLIENTS)
+        is None
+    )
 
 
 def test_windows_are_the_clock_hour_and_the_utc_day() -> None:
@@ -286,8 +296,8 @@ def test_default_quotas_hold_users_and_defer_addresses() -> None:
     )
     assert d.user.outcome_for("recipients_per_message") == "defer"
     assert d.user.messages_per_hour == 200 and d.user.recipients_per_hour == 1000
-    assert subject_for(client("127.0.0.1"), d, NETWORKS) is None
-    assert subject_for(client("::1"), d, NETWORKS) is None
+    assert subject_for(client("127.0.0.1"), d, NETWORKS, CLIENTS) is None
+    assert subject_for(client("::1"), d, NETWORKS, CLIENTS) is None
 
 
 # ---------------------------------------------------------------- config
@@ -428,7 +438,21 @@ recipients_per_message = 1
         rcpts=["a@pv.test", "b@pv.test"],
         now=NOW,
     )
-    first, second = (c.decision for c in stranger.checks[1:])
+    # A client on no road to relay sends only inbound mail: never limited here.
+    assert stranger.accepted
+    assert all("limits_exempt" in c.decision.rules() for c in stranger.checks[1:])
+
+    allowed_cfg = replace(cfg, relay=replace(cfg.relay, clients=CLIENTS + NETWORKS))
+    allowed = run_explain(
+        allowed_cfg,
+        Everyone(),
+        None,
+        client_ip="192.0.2.1",
+        mail_from="x@elsewhere.example",
+        rcpts=["a@pv.test", "b@pv.test"],
+        now=NOW,
+    )
+    first, second = (c.decision for c in allowed.checks[1:])
     assert first.accepted and "address.recipients_per_message" in first.rules()
     assert second.rule == "address.recipients_per_message"
     assert str(second.reply) == "452 4.5.3 Too many recipients"
@@ -436,13 +460,25 @@ recipients_per_message = 1
 
 def test_with_limit_keeps_a_refusal_and_replaces_an_ok() -> None:
     c = client(login="alice@pv.test")
-    s = subject_for(c, LIMITS, NETWORKS)
+    s = subject_for(c, LIMITS, NETWORKS, CLIENTS)
     refused = Decision(Verdict.REJECT, Reply(553, "5.7.1", "no"), "sender_authenticated", ())
     assert with_limit(refused, check_mail_limits(c, s, usage(9, 9))) is refused
     ok = Decision(Verdict.PERMIT, Reply(250, "2.1.0", "Ok"), "sender_authenticated", ())
     limits = replace(LIMITS, user=replace(SMALL, outcome="reject"))
-    over = with_limit(ok, check_mail_limits(c, subject_for(c, limits, NETWORKS), usage(2, 2)))
+    over = with_limit(
+        ok, check_mail_limits(c, subject_for(c, limits, NETWORKS, CLIENTS), usage(2, 2))
+    )
     assert over.verdict is Verdict.REJECT and over.reply.code == 550
     fine = with_limit(ok, check_mail_limits(c, s, usage()))
     assert fine.reply == ok.reply and fine.rule == "sender_authenticated"
     assert fine.rules()[-2:] == ("user.messages_per_day", "user")
+
+
+def test_a_client_on_no_road_sends_only_inbound_mail_and_is_not_counted() -> None:
+    outsider = client("198.51.100.7")
+    assert subject_for(outsider, LIMITS, NETWORKS, CLIENTS) is None
+    pop = Client(ip="198.51.100.7", grant=Grant("198.51.100.7", "a@pv.test", NOW + 60), now=NOW)
+    counted = subject_for(pop, LIMITS, NETWORKS, CLIENTS)
+    assert counted is not None and counted.quota_name == "address"
+    shown = subject_for(outsider, LIMITS, NETWORKS, any_road=True)
+    assert shown is not None and shown.counter_key == counted.counter_key

@@ -160,7 +160,7 @@ def run_explain(
         now=now,
     )
 
-    limited = subject_for(client, config.limits, config.relay.networks)
+    limited = subject_for(client, config.limits, config.relay.networks, config.relay.clients)
     counted = usage if usage is not None else Usage()
     checks: list[Checked] = []
     mail_cmd = f"MAIL FROM:<{sender}>"
@@ -181,7 +181,9 @@ def run_explain(
         decision = check_header_from(client, header, [], config, directory)
         checks.append(
             Checked(
-                "end of DATA, From: " + ", ".join(str(a) for a in header), decision, mail.accepted and any_rcpt
+                "end of DATA, From: " + ", ".join(str(a) for a in header),
+                decision,
+                mail.accepted and any_rcpt,
             )
         )
     return Explanation(client, tuple(checks))
@@ -480,7 +482,9 @@ def _limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usag
     """What the client's subject sent in the current windows, as `limits show` sees it."""
     from postvakt.grants.counters import list_counters
 
-    subject = subject_for(Client(ip=ip, login=login), config.limits, config.relay.networks)
+    subject = subject_for(
+        Client(ip=ip, login=login), config.limits, config.relay.networks, any_road=True
+    )
     if subject is None:
         return Usage()
     found = {u.subject: u.usage for u in list_counters(config, now)}

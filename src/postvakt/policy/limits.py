@@ -6,7 +6,9 @@ Rules of the house:
   counters themselves live in `postvakt.grants.counters`.
 - A subject is who is counted: the SMTP AUTH login ("user"), else the client
   address. Clients in `[relay] networks` are counted per address with the
-  `[limits.networks]` quota, everyone else with `[limits.address]`. Addresses
+  `[limits.networks]` quota; allowed clients and POP-before-SMTP addresses
+  with `[limits.address]`; a client on no road is not counted (it can only
+  send inbound mail, to our own domains). Addresses
   in `[limits] exempt` (default: loopback, the machine itself) are not counted
   per address; a login is counted wherever it connects from, because a stolen
   password is used from anywhere.
@@ -277,9 +279,22 @@ def _in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
 
 
 def subject_for(
-    client: Client, limits: LimitsConfig, networks: tuple[IPNetwork, ...]
+    client: Client,
+    limits: LimitsConfig,
+    networks: tuple[IPNetwork, ...],
+    clients: tuple[IPNetwork, ...] = (),
+    *,
+    any_road: bool = False,
 ) -> Subject | None:
-    """Who this client is counted as; None when nobody is counted."""
+    """Who this client is counted as; None when nobody is counted.
+
+    Outbound limits count those who could relay: a login, or an address on
+    one of the other roads (networks, allowed clients, a POP-before-SMTP
+    grant). A client on no road can only send to our own domains: that is
+    inbound mail (an MX peer, a mailing list), and outbound limits must never
+    defer it. `any_road` answers for an address whatever road it came by
+    (to show the counters it has).
+    """
     if not limits.enabled:
         return None
     if client.login:
@@ -291,7 +306,9 @@ def subject_for(
         return None
     if _in_networks(client.ip, networks):
         return Subject(ADDRESS, client.ip, NETWORKS, limits.networks)
-    return Subject(ADDRESS, client.ip, ADDRESS, limits.address)
+    if any_road or _in_networks(client.ip, clients) or client.grant is not None:
+        return Subject(ADDRESS, client.ip, ADDRESS, limits.address)
+    return None
 
 
 def _minutes(seconds: float) -> str:
@@ -351,7 +368,10 @@ def _check(
     ok: Reply,
 ) -> Decision:
     if subject is None:
-        why = f"{client.ip} is not logged in and exempt ([limits] exempt), or [limits] enabled is false"
+        why = (
+            f"{client.ip} is not counted: not logged in and exempt ([limits] exempt), or on no road"
+            " to relay (only inbound mail: outbound limits do not apply), or [limits] enabled is false"
+        )
         return Decision(Verdict.PERMIT, ok, LIMITS_EXEMPT, (Step(LIMITS_EXEMPT, OFF, why),))
     trace: list[Step] = []
     held: Decision | None = None

@@ -60,7 +60,7 @@ class Limiter:
     _flush: Any = None
 
     def subject(self, config: Config, client: Client) -> Subject | None:
-        return subject_for(client, config.limits, config.relay.networks)
+        return subject_for(client, config.limits, config.relay.networks, config.relay.clients)
 
     def usage(self, subject: Subject | None, now: float) -> Usage:
         return self.store.usage(subject.counter_key, now) if subject is not None else Usage()
@@ -235,7 +235,7 @@ def _subject_from_arg(config: Config, arg: str) -> Subject | None:
         ip = str(ipaddress.ip_address(arg.strip()))
     except ValueError:
         raise click.UsageError(f"{arg!r} is neither a user address nor an IP address") from None
-    return subject_for(Client(ip=ip), config.limits, config.relay.networks)
+    return subject_for(Client(ip=ip), config.limits, config.relay.networks, any_road=True)
 
 
 def _rows(subject: Subject, usage: Usage) -> list[dict[str, Any]]:
@@ -267,7 +267,7 @@ def _subject_of_key(config: Config, key: str) -> Subject | None:
     kind, _, value = key.partition(":")
     if kind == "user":
         return subject_for(Client(ip="", login=value), config.limits, config.relay.networks)
-    return subject_for(Client(ip=value), config.limits, config.relay.networks)
+    return subject_for(Client(ip=value), config.limits, config.relay.networks, any_road=True)
 
 
 def _echo_one(info: dict[str, Any]) -> None:
