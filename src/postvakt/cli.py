@@ -97,11 +97,18 @@ def main() -> None:
 
 @main.command()
 @config_option
-def serve(config_path: str | None) -> None:
+@click.option("--role", type=click.Choice(["front", "queue-manager"]), default="front", hidden=True)
+@click.option("--wake-fd", type=int, default=None, hidden=True)
+def serve(config_path: str | None, role: str, wake_fd: int | None) -> None:
     """Run every configured listener until SIGTERM (SIGHUP reloads the config)."""
     from postvakt.server.app import serve as run_serve
 
     cfg, path = resolve_config(config_path)
+    if role == "queue-manager":
+        # Started by the front itself (server/manager_process.py), never by hand.
+        if wake_fd is None:
+            raise click.UsageError("--role queue-manager needs --wake-fd")
+        sys.exit(run_serve(cfg, path, wake_fd=wake_fd))
     if path is None:
         _print_default_banner(cfg)
     sys.exit(run_serve(cfg, path))

@@ -277,3 +277,52 @@ def test_sighup_reloads_policy(tmp_path: Path) -> None:
         os.kill(srv.proc.pid, 0)  # still running
     finally:
         srv.stop()
+
+
+def _manager_pids(front_pid: int) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-P", str(front_pid), "-f", "queue-manager"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def test_queue_manager_runs_apart_and_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, users={ALICE: "pw"})
+    try:
+        assert srv.proc is not None
+        deadline = time.monotonic() + 10
+        while not _manager_pids(srv.proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [first] = _manager_pids(srv.proc.pid)
+        os.kill(first, signal.SIGKILL)
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:
+            s.sendmail("x@elsewhere.example", [ALICE], "Subject: after-manager-crash\r\n\r\nhi\r\n")
+        assert any(b"after-manager-crash" in m for m in wait_maildir(srv.data_dir, ALICE))
+        [second] = _manager_pids(srv.proc.pid)
+        assert second != first
+        assert "queue manager exited" in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_killed_front_leaves_no_orphan_manager(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    assert srv.proc is not None
+    deadline = time.monotonic() + 10
+    while not _manager_pids(srv.proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [manager] = _manager_pids(srv.proc.pid)
+    srv.kill()  # SIGKILL: no chance to stop the child itself
+    deadline = time.monotonic() + 15
+    while _alive(manager) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(manager)

@@ -4,7 +4,8 @@ One process holds the listeners, the queue manager and the shared state. The
 front writes accepted mail into the queue and wakes the manager; it never
 delivers. SIGTERM stops accepting, lets transactions in flight finish (up to
 SHUTDOWN_GRACE), stops the manager (deliveries finish or are safely left for
-the next start), and exits. SIGHUP re-reads the config file: policy, limits
+the next start), and exits. The manager runs in a process of its own
+(`manager_process`), so that delivery never competes with the front. SIGHUP re-reads the config file: policy, limits
 and replies change at once; listener changes need a restart (logged).
 """
 
@@ -170,9 +171,9 @@ def _bound(servers: list[tuple[str, asyncio.base_events.Server]]) -> dict[str, l
 
 async def run(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
-    from postvakt.queue.manager import QueueManager
+    from postvakt.server.manager_process import ManagerProcess
 
-    app.manager = QueueManager(config, app.directory, app.queue)
+    app.manager = ManagerProcess(config, config_path)
     await app.manager.start()
     try:
         servers = await _listen(app)
@@ -244,7 +245,8 @@ def setup_logging(level: str) -> None:
     )
 
 
-def serve(config: Config, config_path: Path | None) -> int:
+def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
+    """The front (listeners); with `wake_fd`, the queue manager process it started."""
     setup_logging(config.log_level)
     try:
         import uvloop
@@ -252,8 +254,14 @@ def serve(config: Config, config_path: Path | None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if wake_fd is not None:
+        from postvakt.server.manager_process import run_queue_manager
+
+        main = run_queue_manager(config, config_path, wake_fd)
+    else:
+        main = run(config, config_path)
     with contextlib.suppress(KeyboardInterrupt):
-        return int(runner(run(config, config_path)))
+        return int(runner(main))
     return 0
 
 
