@@ -120,8 +120,6 @@ class SMTPConfig:
     max_connections_per_client: int = 50
     # Postfix smtpd_min_data_rate: DATA slower than this is cut off (slowloris).
     min_data_rate: int = 500
-    # Worker processes sharing the listening ports (SO_REUSEPORT); 1 = in process.
-    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -450,8 +448,6 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         "smtp",
         durations=("idle_timeout", "error_sleep"),
     )
-    if smtp.workers < 1:
-        raise ConfigError(source, "[smtp] workers", "must be at least 1")
 
     dlt = dict(_table(raw, "delivery", source))
     _check_keys(dlt, {f.name for f in fields(DeliveryConfig)}, source, "delivery")
