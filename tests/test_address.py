@@ -267,3 +267,35 @@ def test_header_parser_raises_only_address_error(text: str) -> None:
         parse_header_addresses(text)
     except AddressError as e:
         assert e.reply.code == 550
+
+
+_atom = st.text(
+    alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_",
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(
+    name=st.text(
+        alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._-'", max_size=20
+    ),
+    local=_atom,
+    labels=st.lists(
+        st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=10),
+        min_size=2,
+        max_size=3,
+    ),
+    bracketed=st.booleans(),
+)
+def test_simple_from_fast_path_agrees_with_the_email_package(
+    name: str, local: str, labels: list[str], bracketed: bool
+) -> None:
+    """The common "Name <a@b>" shape skips the email package; it must read the same."""
+    import email.policy
+
+    addr = f"{local}@{'.'.join(labels)}"
+    value = f"{name} <{addr}>" if bracketed else addr
+    header = email.policy.default.header_factory("From", value)
+    expected = [str(parse_path(f"<{a.addr_spec}>")) for a in header.addresses]
+    assert [str(a) for a in parse_header_addresses(value)] == expected

@@ -23,6 +23,7 @@ Rules of the house:
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 from dataclasses import dataclass
 from email import policy as email_policy
@@ -346,6 +347,12 @@ def parse_address(text: str) -> Address:
     return parse_path(f"<{stripped}>", smtputf8=True)
 
 
+# A From:/Sender: value with no character that could make two parsers disagree:
+# an optional plain display name and <addr>, or a bare addr.
+_ADDR_CHARS = r"[^\s<>()\[\]\",;:\\@]+@[^\s<>()\[\]\",;:\\@]+"
+_SIMPLE_FROM = re.compile(rf"^\s*(?:[A-Za-z0-9 .'_-]*<({_ADDR_CHARS})>|({_ADDR_CHARS}))\s*$")
+
+
 def parse_header_addresses(value: str, *, smtputf8: bool = True) -> list[Address]:
     """A `From:`/`Sender:` header value -> canonical addresses.
 
@@ -356,6 +363,16 @@ def parse_header_addresses(value: str, *, smtputf8: bool = True) -> list[Address
     if any(ord(ch) < 32 and ch not in "\t\r\n" for ch in value) or "\x7f" in value:
         raise _header_error("control character in header")
     unfolded = value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    simple = _SIMPLE_FROM.match(unfolded)
+    if simple is not None:
+        # The shape nearly every From: has ("Name <a@b>" or "a@b", no quotes,
+        # comments, groups or lists): one reading only, so the email package's
+        # full parser (the costliest step of a message) is not needed.
+        spec = simple.group(1) or simple.group(2)
+        try:
+            return [parse_path(f"<{spec}>", smtputf8=smtputf8)]
+        except AddressError as e:
+            raise _header_error(f"bad address {_echo(spec)}: {e.reply.text}") from None
     try:
         header = email_policy.default.header_factory("From", unfolded)
         specs = [str(a.addr_spec) for a in getattr(header, "addresses", ())]
