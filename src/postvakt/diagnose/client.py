@@ -22,6 +22,7 @@ import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -242,7 +243,43 @@ def _parse_reply(lines: list[str]) -> Reply:
     return Reply(code, "", "\n".join(texts))
 
 
-class SMTPClient:
+class _ProbeClient:
+    """What the SMTP and POP3 probes share: where to connect, from where, and how."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        source: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        implicit_tls: bool = False,
+        server_name: str | None = None,
+        transcript: Transcript | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.source = source
+        self.timeout = timeout
+        self.implicit_tls = implicit_tls
+        self.server_name = server_name or host
+        self.transcript = transcript or Transcript()
+        self.conn: _LineConnection | None = None
+
+    def _open(self) -> None:
+        sock = connect_probe(
+            self.host,
+            self.port,
+            source=self.source,
+            timeout=self.timeout,
+            implicit_tls=self.implicit_tls,
+            server_name=self.server_name,
+            transcript=self.transcript,
+        )
+        self.conn = _LineConnection(sock, self.transcript, self.timeout)
+
+
+class SMTPClient(_ProbeClient):
     """One SMTP session. Only the verbs in SMTP_ALLOWED exist."""
 
     def __init__(
@@ -257,16 +294,17 @@ class SMTPClient:
         transcript: Transcript | None = None,
         allow_bare_cr: bool = False,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.source = source
-        self.timeout = timeout
-        self.implicit_tls = implicit_tls
-        self.server_name = server_name or host
-        self.transcript = transcript or Transcript()
+        super().__init__(
+            host,
+            port,
+            source=source,
+            timeout=timeout,
+            implicit_tls=implicit_tls,
+            server_name=server_name,
+            transcript=transcript,
+        )
         # Only the relay test sends a bare CR on purpose (trick R17).
         self.allow_bare_cr = allow_bare_cr
-        self.conn: _LineConnection | None = None
         self.capabilities: dict[str, str] = {}
         self.banner: Reply | None = None
         self.peer_der: bytes | None = None
@@ -280,16 +318,7 @@ class SMTPClient:
         return tuple(self.capabilities.get("AUTH", "").upper().split())
 
     def connect(self) -> Reply:
-        sock = connect_probe(
-            self.host,
-            self.port,
-            source=self.source,
-            timeout=self.timeout,
-            implicit_tls=self.implicit_tls,
-            server_name=self.server_name,
-            transcript=self.transcript,
-        )
-        self.conn = _LineConnection(sock, self.transcript, self.timeout)
+        self._open()
         if self.implicit_tls:
             self._remember_cert()
         self.banner = self.read_reply()
@@ -399,41 +428,15 @@ class SMTPClient:
         self.conn = None
 
 
-class POP3Client:
+class POP3Client(_ProbeClient):
     """Enough POP3 to log in (for POP-before-SMTP): CAPA, STLS, USER/PASS, QUIT."""
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        source: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-        implicit_tls: bool = False,
-        server_name: str | None = None,
-        transcript: Transcript | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.source = source
-        self.timeout = timeout
-        self.implicit_tls = implicit_tls
-        self.server_name = server_name or host
-        self.transcript = transcript or Transcript()
-        self.conn: _LineConnection | None = None
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        super().__init__(host, port, **options)
         self.capabilities: list[str] = []
 
     def connect(self) -> str:
-        sock = connect_probe(
-            self.host,
-            self.port,
-            source=self.source,
-            timeout=self.timeout,
-            implicit_tls=self.implicit_tls,
-            server_name=self.server_name,
-            transcript=self.transcript,
-        )
-        self.conn = _LineConnection(sock, self.transcript, self.timeout)
+        self._open()
         return self._status()
 
     def _status(self) -> str:
