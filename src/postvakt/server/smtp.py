@@ -319,7 +319,7 @@ class SMTPSession(asyncio.Protocol):
         elif isinstance(event, smtp.RcptTo):
             self._on_rcpt(event)
         elif isinstance(event, smtp.DataStart):
-            self._on_data_start()
+            self._run(self._on_data_start())
         elif isinstance(event, smtp.DataChunk):
             self._on_chunk(event.data)
         elif isinstance(event, smtp.EndOfData):
@@ -377,10 +377,13 @@ class SMTPSession(asyncio.Protocol):
             )
         self.conn.respond(decision.reply)
 
-    def _on_data_start(self) -> None:
+    async def _on_data_start(self) -> None:
         assert self.conn is not None
         try:
-            self.msg = self.app.queue.new_message()
+            # Creating the spool file waits on the file system (the journal is
+            # busy with other sessions' fsyncs): off the event loop.
+            loop = asyncio.get_running_loop()
+            self.msg = await loop.run_in_executor(None, self.app.queue.new_message)
             self.msg.write(
                 self._received_header(self.msg.queue_id).encode("utf-8", "surrogateescape")
             )
