@@ -120,6 +120,11 @@ class SMTPConfig:
     max_connections_per_client: int = 50
     # Postfix smtpd_min_data_rate: DATA slower than this is cut off (slowloris).
     min_data_rate: int = 500
+    # Free bytes the queue's file system must keep; below it MAIL gets
+    # "452 4.3.1 Insufficient system storage" (RFC 3463 X.3.1) instead of a
+    # 250 that could not be kept. 0 = 1.5 x max_message_size, as Postfix's
+    # smtpd demands before it accepts a message.
+    queue_minfree: int = 0
 
 
 @dataclass(frozen=True)

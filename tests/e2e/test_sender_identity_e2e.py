@@ -189,3 +189,20 @@ def test_warn_mode_delivers_with_a_header_and_logs(
         assert "sender warning" in srv.log() and BOB in srv.log()
     finally:
         srv.stop()
+
+
+def test_from_header_hidden_behind_a_huge_header_section_is_refused(server: Running) -> None:
+    """A From: placed after more header bytes than the server reads could not be
+    checked; the message is refused instead of letting a forged sender through."""
+    import smtplib
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    padding = "".join(f"X-Pad-{i}: {'p' * 900}\r\n" for i in range(80))  # ~72 KiB
+    message = f"Subject: hidden from\r\n{padding}From: Bob <{BOB}>\r\n\r\nbody\r\n"
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=20) as s:
+        s.starttls(context=ctx)
+        s.login(ALICE, PW[ALICE])
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail(ALICE, [CAROL], message)
+    assert e.value.smtp_code == 552 and b"too long to check" in e.value.smtp_error

@@ -165,8 +165,10 @@ def test_embedded_default_prints_how_to_start(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
-def test_postmaster_without_domain_is_accepted(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, users={f"postmaster@{LOCAL_DOMAIN}": "pw"})
+def test_postmaster_always_reaches_an_admin_mailbox(tmp_path: Path) -> None:
+    """RFC 5321 §4.5.1: <Postmaster> and postmaster@ every local domain are
+    accepted and kept, even before anyone made a user for the admin mailbox."""
+    srv = start_server(tmp_path)  # no users at all
     try:
         c = RawClient(srv.port("smtp"), OUTSIDE_IP)
         c.reply()
@@ -174,7 +176,12 @@ def test_postmaster_without_domain_is_accepted(tmp_path: Path) -> None:
         c.cmd("MAIL FROM:<someone@elsewhere.example>")
         assert c.cmd("RCPT TO:<Postmaster>").startswith("250")
         assert c.cmd(f"RCPT TO:<POSTMASTER@{LOCAL_DOMAIN}>").startswith("250")
+        assert c.cmd("DATA").startswith("354")
+        assert c.cmd("Subject: to-the-postmaster\r\n\r\nhello\r\n.").startswith("250")
         c.close()
+        msgs = wait_maildir(srv.data_dir, f"postmaster@{LOCAL_DOMAIN}")
+        assert len(msgs) == 1 and b"to-the-postmaster" in msgs[0]  # one copy, not a bounce
+        srv.add_user(f"postmaster@{LOCAL_DOMAIN}", "pm")  # now readable over POP3 too
     finally:
         srv.stop()
 
@@ -326,3 +333,16 @@ def test_killed_front_leaves_no_orphan_manager(tmp_path: Path) -> None:
     while _alive(manager) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(manager)
+
+
+def test_d5_low_space_gets_452_at_mail_not_a_250_that_cannot_be_kept(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, smtp={"queue_minfree": 10**18})  # more than any disk has
+    try:
+        c = RawClient(srv.port("smtp"), "127.0.0.1")
+        c.reply()
+        c.cmd("EHLO c.example")
+        assert c.cmd("MAIL FROM:<x@elsewhere.example>") == "452 4.3.1 Insufficient system storage"
+        c.close()
+    finally:
+        srv.stop()
+    assert "low on space" in srv.log()

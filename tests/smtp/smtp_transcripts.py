@@ -33,7 +33,7 @@ E: MailFrom(sender=Address(local='alice', domain='other.test'), size=None, body=
 E: RcptTo(recipient=Address(local='bob', domain='pv.test'), notify=None, orcpt=None)
 E: DataStart()
 E: DataChunk(data=b'Subject: hello\\r\\n\\r\\n.a line that starts with a dot\\r\\n')
-E: EndOfData(size=50, problem=None, headers=(('Subject', 'hello'),))
+E: EndOfData(size=50, problem=None, headers=(('Subject', 'hello'),), headers_complete=True)
 E: Quit()
 """
 
@@ -70,11 +70,11 @@ E: RcptTo(recipient=Address(local='bob', domain='pv.test'), notify=('SUCCESS', '
 E: RcptTo(recipient=Address(local='unknown', domain='pv.test'), notify=None, orcpt=None)
 E: DataStart()
 E: DataChunk(data=b'one\\r\\n')
-E: EndOfData(size=5, problem=None, headers=())
+E: EndOfData(size=5, problem=None, headers=(), headers_complete=True)
 E: MailFrom(sender=Address(local='carol', domain='other.test'), size=None, body=None, smtputf8=False, ret='HDRS', envid='QQ314159')
 E: RcptTo(recipient=Address(local='bob', domain='pv.test'), notify=('NEVER',), orcpt=None)
 E: DataStart()
-E: EndOfData(size=0, problem=None, headers=())
+E: EndOfData(size=0, problem=None, headers=(), headers_complete=True)
 E: Quit()
 """
 

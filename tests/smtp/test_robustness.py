@@ -339,6 +339,14 @@ def test_header_section_is_bounded() -> None:
     assert end.problem is None
     assert sum(len(n) + len(v) + 4 for n, v in end.headers) <= MAX_HEADER_SECTION
     assert 60 <= len(end.headers) < 200
+    assert end.headers_complete is False  # the application must not trust a partial view
+
+
+def test_headers_within_the_bound_are_complete() -> None:
+    d = Driver()
+    in_data(d)
+    d.feed(b"From: <alice@pv.test>\r\nSubject: s\r\n\r\nbody\r\n.\r\n")
+    assert d.ends()[-1].headers_complete is True
 
 
 def test_headers_are_unfolded() -> None:

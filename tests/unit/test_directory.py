@@ -99,3 +99,12 @@ def test_authenticator_caches_good_credentials(d: Directory) -> None:
     d.set_password("alice@pv.test", "new")
     assert asyncio.run(a.verify("alice@pv.test", "secret")) is None
     assert asyncio.run(a.verify("alice@pv.test", "new")) == "alice@pv.test"
+
+
+def test_postmaster_mailbox_exists_without_a_user(tmp_path: Path) -> None:
+    d = Directory(tmp_path / "d.sqlite3", ["pv.test"], "postmaster@pv.test", tmp_path)
+    assert d.resolve("Postmaster") == ["postmaster@pv.test"]
+    assert d.resolve("postmaster@pv.test") == ["postmaster@pv.test"]
+    assert d.resolve("nobody@pv.test") == []
+    external = Directory(tmp_path / "e.sqlite3", ["pv.test"], "admin@isp.example", tmp_path)
+    assert external.resolve("postmaster@pv.test") == ["admin@isp.example"]

@@ -260,6 +260,11 @@ class Directory:
             pm = self._postmaster_target(a)
             if pm is not None and pm != a:
                 walk(pm, depth + 1)
+            elif a == self.postmaster:
+                # The admin mailbox exists even before anyone made a user for
+                # it: postmaster mail is kept in its Maildir, never bounced
+                # (RFC 5321 §4.5.1); `postvakt user add` it to read it by POP3.
+                out.append(a)
 
         walk(canonical(address), 0)
         return list(dict.fromkeys(out))

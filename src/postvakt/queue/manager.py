@@ -219,22 +219,19 @@ class QueueManager:
 
     async def process(self, qid: str) -> None:
         q = self.queue
+        # File work in as few thread hops as the error handling allows: each
+        # hop costs more than the small reads it carries.
         try:
-            msg = await asyncio.to_thread(q.load, qid, ACTIVE)
-            body = msg.envelope.with_headers(await asyncio.to_thread(q.read_body, msg))
+            msg, body = await asyncio.to_thread(self._read, qid)
         except FileNotFoundError:
             return  # held or deleted by the admin meanwhile
         except (CorruptEntry, OSError) as e:
             await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
             return
-        status = await asyncio.to_thread(q.read_status, qid)
-        env = msg.envelope
-        if status.units is None:
-            expanded = await asyncio.to_thread(self.expand, env)
-            status = replace(status, units=expanded)
-            for u in expanded:
-                if u.state == FAILED:
-                    self._log(qid, u, 0.0, "bounced")
+        status, expanded = await asyncio.to_thread(self._status_and_units, qid, msg.envelope)
+        for u in expanded:
+            if u.state == FAILED:
+                self._log(qid, u, 0.0, "bounced")
         assert status.units is not None
         units = list(status.units)
         try:
@@ -247,6 +244,19 @@ class QueueManager:
         now = time.time()
         status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
         await self._settle(qid, msg, body, status, now)
+
+    def _read(self, qid: str) -> tuple[QueuedMessage, bytes]:
+        msg = self.queue.load(qid, ACTIVE)
+        return msg, msg.envelope.with_headers(self.queue.read_body(msg))
+
+    def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...]]:
+        """The delivery status; on the first try, with the recipients expanded
+        (the units just made, so that failures found there are logged)."""
+        status = self.queue.read_status(qid)
+        if status.units is not None:
+            return status, ()
+        expanded = self.expand(env)
+        return replace(status, units=expanded), expanded
 
     def _save_only(self, qid: str, status: Status) -> None:
         """Keep what was done when shutdown cuts a delivery short."""

@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from postvakt.server.tls import server_context
 
 log = logging.getLogger("postvakt")
 
+# How often the queue's free space is looked at (one statvfs, not one per MAIL).
+FREE_SPACE_CHECK_INTERVAL = 1.0
 # How long SIGTERM waits for transactions in flight before closing them.
 SHUTDOWN_GRACE = 10.0
 
@@ -51,7 +54,24 @@ class App:
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
     sessions: set[Any] = field(default_factory=set)
+    _free_bytes: int | None = None
+    _free_checked: float = -1e9
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+
+    def low_on_space(self, announced_size: int | None) -> bool:
+        """Too little room in the queue for a message: say 452 at MAIL, not 451 after DATA."""
+        cfg = self.config.smtp
+        need = cfg.queue_minfree or int(1.5 * cfg.max_message_size)
+        need = max(need, int(1.5 * (announced_size or 0)))
+        now = time.monotonic()
+        if now - self._free_checked > FREE_SPACE_CHECK_INTERVAL:
+            try:
+                st = os.statvfs(self.queue.root)
+                self._free_bytes = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free_bytes = None
+            self._free_checked = now
+        return self._free_bytes is not None and self._free_bytes < need
 
     def in_networks(self, ip: str) -> bool:
         try:

@@ -49,6 +49,8 @@ REPLY_AUTH_BLOCKED = Reply(
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
 REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
 REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
+REPLY_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
+REPLY_HEADER_TOO_LONG = Reply(552, "5.3.4", "Header section too long to check the sender")
 
 
 def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
@@ -345,6 +347,10 @@ class SMTPSession(asyncio.Protocol):
     def _on_mail(self, ev: smtp.MailFrom) -> None:
         assert self.conn is not None
         self._reset_transaction()
+        if self.app.low_on_space(ev.size):
+            log.warning("MAIL client=%s refused: queue file system low on space", self.ip)
+            self.conn.respond(REPLY_NO_SPACE)
+            return
         client = self._client()
         decision = check_sender(client, ev.sender, self.app.config, self.app.directory)
         self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
@@ -425,6 +431,19 @@ class SMTPSession(asyncio.Protocol):
         if self.msg_failed:
             msg.abort()
             conn.respond(REPLY_QUEUE_ERROR)
+            return
+        if not ev.headers_complete and self.app.config.sender.header_from != "off":
+            # A From: beyond the part of the header we read could not be checked:
+            # refuse rather than let a forged sender through unseen.
+            msg.abort()
+            log.info(
+                "DATA client=%s login=%s id=%s refused: header section too long to check reply=%r",
+                self.ip,
+                conn.login or "-",
+                msg.queue_id,
+                str(REPLY_HEADER_TOO_LONG),
+            )
+            conn.respond(REPLY_HEADER_TOO_LONG)
             return
         try:
             header_from = [

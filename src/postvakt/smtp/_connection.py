@@ -286,7 +286,7 @@ class SMTPServer:
         out, done = reader.consume(self._buf)
         if done:
             self._data = None
-            end = EndOfData(reader.size, reader.problem, reader.headers)
+            end = EndOfData(reader.size, reader.problem, reader.headers, reader.headers_complete)
             self._await("END", end)
             if out:
                 self._events.insert(0, DataChunk(out))

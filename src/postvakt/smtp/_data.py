@@ -70,6 +70,9 @@ class DataReader:
         self.size = 0
         self.problem: Reply | None = None
         self.headers: tuple[tuple[str, str], ...] = ()
+        # False when the header section was longer than MAX_HEADER_SECTION and
+        # `headers` holds only its beginning: a From: further down is unseen.
+        self.headers_complete = True
         self._tail = _VIRTUAL_START
         self._skip = len(_VIRTUAL_START)
         self._line = 0  # length of the unfinished text line so far
@@ -146,6 +149,7 @@ class DataReader:
         if end >= 0:
             self._end_headers(bytes(hb[: end + 2]))
         elif len(hb) >= MAX_HEADER_SECTION:
+            self.headers_complete = False
             cut = hb.rfind(b"\r\n", 0, MAX_HEADER_SECTION)
             self._end_headers(bytes(hb[: cut + 2]) if cut >= 0 else b"")
 

@@ -76,12 +76,14 @@ class EndOfData:
 
     `problem` is set when the core refused the content while reading it; the
     application then discards what it stored and responds with `problem`.
-    `headers` is the parsed header section (bounded), for From:/Sender: checks.
+    `headers` is the parsed header section (bounded), for From:/Sender: checks;
+    `headers_complete` is False when the section was longer than that bound.
     """
 
     size: int
     problem: Reply | None = None
     headers: tuple[tuple[str, str], ...] = ()
+    headers_complete: bool = True
 
 
 @dataclass(frozen=True)
