@@ -171,10 +171,14 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 # reject_text = "sorry, that domain isn't in my list of allowed rcpthosts"
 # explain_in_reply = true                 # tell the client which roads were tried
 
-[sender]
+[sender]                          # each check: off | warn (log + header) | reject
 # authenticated = "reject"          # a logged-in user may send only as their own addresses
 # unauthenticated_local = "reject"  # nobody may claim our domains without logging in
-# networks = "any"                  # what clients in `networks` may use: any | domain | owner
+# header_from = "reject"            # the same rules for the From:/Sender: header
+# header_from_outside = "warn"      # header check for mail from outside (mailing lists)
+# networks = "any"                  # senders clients in `networks` may use: any | domain
+# clients = "any"                   # likewise for `clients`
+# pop_before_smtp = "any"           # any | domain | owner (the user who logged in to POP3)
 
 [delivery]
 # smarthost = "relay.example.net:587"       # send everything through this host

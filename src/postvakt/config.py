@@ -99,6 +99,12 @@ class SenderConfig:
     pop_before_smtp: str = "any"
     # Check the header From:/Sender: at end of DATA as well.
     header_from: str = "reject"
+    # The header check for a client on no road (not logged in, not in networks
+    # or clients, no POP-before-SMTP grant): mailing lists and forwarders
+    # deliver "From: our user" from outside, so by default that is only
+    # recorded (a warning header and a log line), not refused. The envelope
+    # (MAIL FROM) check for such clients stays `unauthenticated_local`.
+    header_from_outside: str = "warn"
 
 
 @dataclass(frozen=True)
@@ -439,7 +445,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         raise ConfigError(source, "[relay] reject_code", "must be a 4xx or 5xx code")
 
     sender = _scalar_table(_table(raw, "sender", source), SenderConfig(), source, "sender")
-    for k in ("authenticated", "unauthenticated_local", "header_from"):
+    for k in ("authenticated", "unauthenticated_local", "header_from", "header_from_outside"):
         _choice(getattr(sender, k), SENDER_MODES, source, f"[sender] {k}")
     # "owner" needs a user behind the road: only a POP-before-SMTP grant names one.
     for k in ("networks", "clients"):

@@ -206,3 +206,17 @@ def test_from_header_hidden_behind_a_huge_header_section_is_refused(server: Runn
         with pytest.raises(smtplib.SMTPDataError) as e:
             s.sendmail(ALICE, [CAROL], message)
     assert e.value.smtp_code == 552 and b"too long to check" in e.value.smtp_error
+
+
+def test_mailing_list_post_of_a_local_user_arrives_from_outside(server: Running) -> None:
+    """A list delivers alice's post to carol: envelope from the list, From: alice.
+    By default delivered, with the finding recorded in a header."""
+    r = plain(
+        server, "127.0.0.7", "list-bounces@lists.example", header_from=f"Alice <{ALICE}>", to=CAROL
+    )
+    assert r.returncode == 0, r.stdout
+    msgs = wait_maildir(server.data_dir, CAROL)
+    heads = [m.replace(b"\r\n", b"\n").split(b"\n\n")[0].decode() for m in msgs]
+    assert any(
+        "X-Postvakt-Sender-Warning:" in h and "list-bounces@lists.example" in h for h in heads
+    )

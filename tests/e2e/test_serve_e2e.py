@@ -59,12 +59,15 @@ def test_init_writes_a_commented_config_that_serves(tmp_path: Path) -> None:
             '[tls]\ncert = "missing-cert.pem"\nkey = "missing-key.pem"\n[listen]\nsmtp = ["127.0.0.1:0"]\n',
             "cannot read",
         ),
+        ('[listen]\nsmtp = ["127.0.0.1:0"]\n', "is not a usable directory"),
+        ("", "[listen]: no listener configured"),
     ],
-    ids=["bad-cidr", "unknown-key", "unreadable-certificate"],
+    ids=["bad-cidr", "unknown-key", "unreadable-certificate", "unusable-data-dir", "no-listener"],
 )
 def test_bad_config_one_line_no_traceback(tmp_path: Path, toml: str, expect: str) -> None:
     cfg = tmp_path / "bad.toml"
-    cfg.write_text(f'data_dir = "{tmp_path / "data"}"\n' + toml)
+    data_dir = "/proc/nonexistent/x" if "usable directory" in expect else tmp_path / "data"
+    cfg.write_text(f'data_dir = "{data_dir}"\n' + toml)
     r = subprocess.run(
         [sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)],
         capture_output=True,

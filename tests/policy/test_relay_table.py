@@ -491,9 +491,14 @@ def test_s3_auth_parameter_is_never_an_input() -> None:
 
 
 def test_s4_header_from_spoof_of_local_user_from_outside() -> None:
-    """S4: envelope from outside, From: one of our users -> refused at end of DATA."""
+    """S4: envelope from outside, From: one of our users. By default only
+    recorded (mailing lists deliver such mail); refused with
+    `header_from_outside = "reject"`. A logged-in user's header is always checked."""
     config, directory = make_config(), DictDirectory()
     d = check_header_from(client("O"), [parse_path("<alice@pv.test>")], [], config, directory)
+    assert d.verdict is WARN and d.accepted
+    strict = make_config(sender={"header_from_outside": "reject"})
+    d = check_header_from(client("O"), [parse_path("<alice@pv.test>")], [], strict, directory)
     assert d.verdict is REJECT
     assert str(d.reply) == "550 5.7.1 From: header <alice@pv.test> rejected: not logged in"
     d = check_header_from(

@@ -386,9 +386,18 @@ HEADER = [
         "S4-outside-local",
         "O",
         "alice@pv.test",
+        WARN,
+        HEADER_OK,
+        (*ROADS_O, SENDER_UNAUTHENTICATED_LOCAL, HEADER_FROM),
+    ),
+    Row(
+        "S4-outside-local-strict",
+        "O",
+        "alice@pv.test",
         REJECT,
         "550 5.7.1 From: header <alice@pv.test> rejected: not logged in",
         (*ROADS_O, SENDER_UNAUTHENTICATED_LOCAL, HEADER_FROM),
+        {"header_from_outside": "reject"},
     ),
     Row(
         "S4-outside-local-lists-allowed",
@@ -461,8 +470,10 @@ def test_sender_header_is_checked_too() -> None:
 
 
 def test_envelope_and_header_agree() -> None:
-    """The same address gets the same answer at MAIL and at end of DATA."""
-    config, directory = make_config(), DictDirectory()
+    """The same address gets the same answer at MAIL and at end of DATA (with
+    the header check for outside clients as strict as the envelope's; by
+    default it only warns, see the S4 rows)."""
+    config, directory = make_config(sender={"header_from_outside": "reject"}), DictDirectory()
     for road in ("O", "T", "C", ALICE, POP_ALICE):
         for addr in (
             "alice@pv.test",

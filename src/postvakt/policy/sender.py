@@ -11,9 +11,10 @@ Rules of the house:
 - A client on no road may use any foreign sender (that is ordinary inbound
   mail), but not one of our domains (`[sender] unauthenticated_local`).
 - A header check is never stricter than the envelope rule for the same road:
-  its mode is the weaker of `[sender] header_from` and that rule. Mailing
-  lists and forwarders legitimately deliver "From: our user" from outside;
-  setting either to "warn" keeps that mail flowing.
+  its mode is the weaker of `[sender] header_from` and that rule. For a
+  client on no road it is also no stricter than `[sender] header_from_outside`
+  (default "warn"): mailing lists and forwarders legitimately deliver
+  "From: our user" from outside.
 """
 
 from __future__ import annotations
@@ -261,6 +262,9 @@ def check_header_from(
         return Decision(Verdict.PERMIT, HEADER_OK, HEADER_FROM, (step,))
 
     steps, road, _hints = _road_steps(client, config)
+    if road is None:
+        # Inbound mail: a list or forwarder may carry "From: our user".
+        mode = _weaker(mode, config.sender.header_from_outside)
     warned: list[str] = []
     for name, address in fields:
         finding = _judge(client, address, road, config, directory)

@@ -91,7 +91,21 @@ class App:
 
 
 def build_app(config: Config) -> App:
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    if not any(
+        getattr(config.listen, k) for k in ("smtp", "submission", "submissions", "pop3", "pop3s")
+    ):
+        raise ConfigError(config.source, "[listen]", "no listener configured: nothing to serve")
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = config.data_dir / ".postvakt-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            config.source,
+            "data_dir",
+            f"{config.data_dir} is not a usable directory: {e.strerror or e}",
+        ) from None
     directory = Directory.for_config(config)
     needs_tls = bool(
         config.listen.smtp
