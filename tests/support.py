@@ -305,15 +305,17 @@ def maildir_messages(data_dir: Path, mailbox: str) -> list[bytes]:
 
 
 def wait_maildir(
-    data_dir: Path, mailbox: str, count: int = 1, timeout: float = 20.0
+    data_dir: Path, mailbox: str, count: int = 1, timeout: float = 20.0, containing: bytes = b""
 ) -> list[bytes]:
+    """The mailbox's messages once there are `count` of them (counting only
+    those containing `containing`, when given: other tests share the mailbox)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        msgs = maildir_messages(data_dir, mailbox)
+        msgs = [m for m in maildir_messages(data_dir, mailbox) if containing in m]
         if len(msgs) >= count:
             return msgs
         time.sleep(0.1)
-    return maildir_messages(data_dir, mailbox)
+    return [m for m in maildir_messages(data_dir, mailbox) if containing in m]
 
 
 def eventually(check: Callable[[], None], timeout: float = 5.0) -> None:

@@ -215,7 +215,7 @@ def test_mailing_list_post_of_a_local_user_arrives_from_outside(server: Running)
         server, "127.0.0.7", "list-bounces@lists.example", header_from=f"Alice <{ALICE}>", to=CAROL
     )
     assert r.returncode == 0, r.stdout
-    msgs = wait_maildir(server.data_dir, CAROL)
+    msgs = wait_maildir(server.data_dir, CAROL, containing=b"list-bounces@lists.example")
     heads = [m.replace(b"\r\n", b"\n").split(b"\n\n")[0].decode() for m in msgs]
     assert any(
         "X-Postvakt-Sender-Warning:" in h and "list-bounces@lists.example" in h for h in heads

@@ -256,7 +256,7 @@ def test_sigterm_finishes_the_transaction_in_flight(tmp_path: Path) -> None:
     assert srv.proc.wait(20) == 0
     srv.start()
     try:
-        assert any(b"in-flight" in m for m in wait_maildir(srv.data_dir, ALICE))
+        assert wait_maildir(srv.data_dir, ALICE, containing=b"in-flight")
     finally:
         srv.stop()
 
@@ -316,7 +316,7 @@ def test_queue_manager_runs_apart_and_is_restarted_when_it_dies(tmp_path: Path) 
         os.kill(first, signal.SIGKILL)
         with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:
             s.sendmail("x@elsewhere.example", [ALICE], "Subject: after-manager-crash\r\n\r\nhi\r\n")
-        assert any(b"after-manager-crash" in m for m in wait_maildir(srv.data_dir, ALICE))
+        assert wait_maildir(srv.data_dir, ALICE, containing=b"after-manager-crash")
         [second] = _manager_pids(srv.proc.pid)
         assert second != first
         assert "queue manager exited" in srv.log()
