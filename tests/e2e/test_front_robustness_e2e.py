@@ -415,3 +415,23 @@ def test_m14_outbound_smuggling_never_reaches_the_sink(
     finally:
         srv.stop()
         sink.stop()
+
+
+def test_p10_data_slower_than_the_minimum_rate_is_cut(server: Running) -> None:
+    """In DATA the deadline grows only with the bytes received (500 B/s by
+    default): a trickle of a few bytes a second is cut, not reset by each byte."""
+    c = open_session(server, OUTSIDE_IP)
+    assert c.cmd("MAIL FROM:<s@elsewhere.example>").startswith("250")
+    assert c.cmd(f"RCPT TO:<{ALICE}>").startswith("250")
+    assert c.cmd("DATA").startswith("354")
+    start = time.monotonic()
+    got = ""
+    try:
+        for _ in range(40):
+            c.send(b"x")
+            time.sleep(0.25)  # 4 bytes a second
+        got = c.reply()
+    except (ConnectionError, OSError):
+        got = "closed"
+    assert got.startswith("421") or got == "closed", got
+    assert time.monotonic() - start < 9

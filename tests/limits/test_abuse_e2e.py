@@ -299,7 +299,7 @@ def test_t10_many_bad_passwords_on_one_connection(tmp_path: Path) -> None:
     srv = start_server(
         tmp_path,
         users={ALICE: PASSWORD},
-        smtp={"error_sleep": 0.05},
+        smtp={"error_sleep": 0.5},
         limits={"auth_delay": 0.01, "auth_delay_max": 0.05, "auth_failures": AUTH_FAILURES},
     )
     try:
@@ -309,10 +309,15 @@ def test_t10_many_bad_passwords_on_one_connection(tmp_path: Path) -> None:
         assert c.cmd("STARTTLS").startswith("220")
         c.sock = tls_ctx().wrap_socket(c.sock, server_hostname="mx.pv.test")
         c.cmd("EHLO client.example")
-        replies = []
+        replies, times = [], []
         for i in range(20):
             token = base64.b64encode(f"\0{ALICE}\0wrong{i}".encode()).decode()
+            t = time.monotonic()
             replies.append(c.cmd(f"AUTH PLAIN {token}"))
+            times.append(time.monotonic() - t)
+        # Slower after the soft error limit (10): every reply then waits error_sleep.
+        assert min(times[10:19]) >= 0.45, times
+        assert max(times[:9]) < 0.45, times
         assert all(r.startswith("535 5.7.8") for r in replies[:AUTH_FAILURES])
         assert all(r.startswith("454 4.7.0") for r in replies[AUTH_FAILURES:]), replies
         # The 20th error ends the session (Postfix smtpd_hard_error_limit).
