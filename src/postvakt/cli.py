@@ -179,6 +179,7 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 # networks = "any"                  # senders clients in `networks` may use: any | domain
 # clients = "any"                   # likewise for `clients`
 # pop_before_smtp = "any"           # any | domain | owner (the user who logged in to POP3)
+# trusted = "reject"                # when those three are not met: off | warn | reject
 
 [delivery]
 # smarthost = "relay.example.net:587"       # send everything through this host

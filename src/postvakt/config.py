@@ -97,6 +97,8 @@ class SenderConfig:
     networks: str = "any"
     clients: str = "any"
     pop_before_smtp: str = "any"
+    # What happens when a trusted road's setting above is not met.
+    trusted: str = "reject"
     # Check the header From:/Sender: at end of DATA as well.
     header_from: str = "reject"
     # The header check for a client on no road (not logged in, not in networks
@@ -445,7 +447,13 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         raise ConfigError(source, "[relay] reject_code", "must be a 4xx or 5xx code")
 
     sender = _scalar_table(_table(raw, "sender", source), SenderConfig(), source, "sender")
-    for k in ("authenticated", "unauthenticated_local", "header_from", "header_from_outside"):
+    for k in (
+        "authenticated",
+        "unauthenticated_local",
+        "header_from",
+        "header_from_outside",
+        "trusted",
+    ):
         _choice(getattr(sender, k), SENDER_MODES, source, f"[sender] {k}")
     # "owner" needs a user behind the road: only a POP-before-SMTP grant names one.
     for k in ("networks", "clients"):

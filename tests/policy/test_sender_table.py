@@ -229,6 +229,24 @@ ENVELOPE = [
         (*ROADS_T, SENDER_NETWORKS),
         {"networks": "domain"},
     ),
+    Row(
+        "networks-domain-foreign-warn",
+        "T",
+        "<x@other.example>",
+        WARN,
+        MAIL_OK,
+        (*ROADS_T, SENDER_NETWORKS),
+        {"networks": "domain", "trusted": "warn"},
+    ),
+    Row(
+        "networks-domain-foreign-off",
+        "T",
+        "<x@other.example>",
+        PERMIT,
+        MAIL_OK,
+        (*ROADS_T, SENDER_NETWORKS),
+        {"networks": "domain", "trusted": "off"},
+    ),
     # Allowed clients, same settings.
     Row("clients-any", "C", "<x@other.example>", PERMIT, MAIL_OK, (*ROADS_C, SENDER_CLIENTS)),
     Row(

@@ -20,7 +20,7 @@ Rules of the house:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from postvakt.address import Address
@@ -120,7 +120,25 @@ def _road_steps(
     return steps, None, hints
 
 
+_TRUSTED_ROAD_RULES = (SENDER_NETWORKS, SENDER_CLIENTS, SENDER_POP_BEFORE_SMTP)
+
+
 def _judge(
+    client: Client,
+    address: Address,
+    road: road_rules.Road | None,
+    config: Config,
+    directory: DirectoryView,
+) -> _Finding:
+    finding = _judge_address(client, address, road, config, directory)
+    if not finding.ok and finding.rule in _TRUSTED_ROAD_RULES:
+        # A trusted road's own setting (domain, owner) was not met: what then
+        # is `[sender] trusted` (off | warn | reject).
+        return replace(finding, enforce=config.sender.trusted)
+    return finding
+
+
+def _judge_address(
     client: Client,
     address: Address,
     road: road_rules.Road | None,
@@ -230,6 +248,9 @@ def check_sender(
     finding = _judge(client, sender, road, config, directory)
     if finding.ok:
         steps.append(Step(finding.rule, PERMIT, finding.detail))
+        return Decision(Verdict.PERMIT, MAIL_OK, finding.rule, tuple(steps))
+    if finding.enforce == "off":
+        steps.append(Step(finding.rule, OFF, f"{finding.detail} (check off)"))
         return Decision(Verdict.PERMIT, MAIL_OK, finding.rule, tuple(steps))
     if finding.enforce == "warn":
         steps.append(Step(finding.rule, WARN, f"{finding.detail} (warn only)"))
