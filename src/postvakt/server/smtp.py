@@ -28,6 +28,7 @@ from postvakt.policy import Client, Decision, Verdict, check_header_from, check_
 from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
+from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
     from postvakt.queue import IncomingMessage
@@ -39,16 +40,14 @@ log = logging.getLogger("postvakt.smtp")
 # our replies (robustness P13: 10^5 pipelined NOOPs must not grow memory).
 WRITE_HIGH_WATER = 256 * 1024
 
-REPLY_QUEUED = "Ok: queued as {qid}"
-REPLY_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
-REPLY_AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
 REPLY_AUTH_BLOCKED = Reply(
     454, "4.7.0", "Too many failed logins from your address, try again later"
 )
 # Warn mode: the finding travels with the message, where the recipient's filters can see it.
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
-REPLY_DATA_GO = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
-REPLY_QUEUE_ERROR = Reply(451, "4.3.0", "Queue file write error")
+# The core's catalogue and the queue's own error reply, so every side says the same.
+REPLY_DATA_GO = smtp_replies.START_DATA
+REPLY_QUEUE_ERROR = QueueWriteError.reply
 REPLY_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
 REPLY_HEADER_TOO_LONG = Reply(552, "5.3.4", "Header section too long to check the sender")
 
@@ -520,7 +519,7 @@ class SMTPSession(asyncio.Protocol):
             ev.size,
             " hold=" + self.hold_reason if self.hold_reason else "",
         )
-        conn.respond(Reply(250, "2.0.0", REPLY_QUEUED.format(qid=msg.queue_id)))
+        conn.respond(smtp_replies.queued(msg.queue_id))
         self._flush()
         self.app.crash_point("after_250")
         self.app.message_queued()
@@ -563,7 +562,7 @@ class SMTPSession(asyncio.Protocol):
                 ev.username,
                 ev.mechanism,
             )
-            conn.respond(REPLY_AUTH_FAILED)
+            conn.respond(smtp_replies.AUTH_INVALID)
             return
         failures.record_success(self.ip)
         log.info(
@@ -573,7 +572,7 @@ class SMTPSession(asyncio.Protocol):
             login,
             ev.mechanism,
         )
-        conn.respond(REPLY_AUTH_OK, login=login)
+        conn.respond(smtp_replies.AUTH_OK, login=login)
 
     async def _on_starttls(self) -> None:
         conn, transport = self.conn, self.transport
