@@ -58,3 +58,19 @@ def test_checker_catches_forbidden_imports(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import os.path\nfrom time import monotonic\ndef f():\n    import socket\n")
     assert {m.split(".")[0] for m in imported_modules(sample)} >= {"os", "time", "socket"}
+
+
+def _all_modules() -> list[Path]:
+    return sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "cli")
+
+
+@pytest.mark.parametrize("path", _all_modules(), ids=lambda p: str(p.relative_to(SRC)))
+def test_nothing_below_the_cli_imports_it(path: Path) -> None:
+    """Layering: commands sit on top (cli -> server/web -> queue, policy, ...), never below."""
+    bad = sorted(
+        m for m in imported_modules(path) if m == "postvakt.cli" or m.startswith("postvakt.cli.")
+    )
+    assert not bad, (
+        f"{path.relative_to(SRC)} imports {', '.join(bad)}: only postvakt/cli/ may import "
+        "the command package"
+    )

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from postvakt.cli.diagnose import doctor
 from postvakt.diagnose import classify as k
-from postvakt.diagnose.commands import doctor
 from postvakt.diagnose.errortext import explain_error, parse_error
 
 OUTLOOK_SENDMAIL = (

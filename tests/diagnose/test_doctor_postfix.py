@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from postfix_support import CAREFUL_DOMAIN, OPEN_DOMAIN, PostfixInstance, postfix_usable
-from postvakt.diagnose.commands import doctor, relaytest
+from postvakt.cli.diagnose import doctor, relaytest
 from support import free_port
 
 OUTSIDE = "127.0.0.2"

@@ -19,7 +19,7 @@ import pytest
 import trustme
 from click.testing import CliRunner
 
-from postvakt.diagnose.commands import doctor, relaytest
+from postvakt.cli.diagnose import doctor, relaytest
 from support import LOCAL_DOMAIN, Running, start_server
 
 OUTSIDE = "127.0.0.2"

@@ -18,8 +18,8 @@ import trustme
 from click.testing import CliRunner
 from doctor_fakeserver import FakeServer, Script
 
+from postvakt.cli.diagnose import doctor
 from postvakt.diagnose.client import POP3_ALLOWED, SMTP_ALLOWED, SMTPClient, check_command
-from postvakt.diagnose.commands import doctor
 from postvakt.diagnose.doctor import DoctorOptions, diagnose
 from support import free_port
 

@@ -15,8 +15,8 @@ from doctor_fakeserver import FakeServer, Script
 
 import postvakt.diagnose.classify
 import postvakt.diagnose.errortext
+from postvakt.cli.diagnose import relaytest
 from postvakt.diagnose.client import SMTP_ALLOWED
-from postvakt.diagnose.commands import relaytest
 from postvakt.diagnose.relaytest import (
     AMBIGUOUS,
     EXIT_CLOSED,

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from postvakt.cli import main
+from postvakt.cli.explain import explain
 from postvakt.config import Config, load
-from postvakt.diagnose.explain import explain, explain_json, explain_text
+from postvakt.diagnose.explain import explain_json, explain_text
 from postvakt.directory import Directory
 from postvakt.grants import MemoryGrantStore, SqliteGrantStore
 
@@ -268,8 +270,6 @@ def test_functions_with_a_memory_grant_store(setup: tuple[Path, Config]) -> None
 
 
 def test_registered_in_the_postvakt_command(setup: tuple[Path, Config]) -> None:
-    from postvakt.cli import main
-
     path, _ = setup
     result = CliRunner().invoke(
         main, ["explain", "--config", str(path), "--client", "127.0.0.2", "--to", "v@other.example"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from postvakt.cli.queue import queue
 from postvakt.queue import Envelope, Queue, Recipient
-from postvakt.queue.commands import queue
 
 
 def setup(tmp_path: Path) -> tuple[Path, Queue]:

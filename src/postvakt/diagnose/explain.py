@@ -10,14 +10,10 @@ decides anything itself: the text is a rendering of the policy's trace.
 from __future__ import annotations
 
 import ipaddress
-import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
-
-import click
 
 from postvakt.address import (
     NULL_PATH,
@@ -27,6 +23,9 @@ from postvakt.address import (
     parse_path,
 )
 from postvakt.config import Config
+from postvakt.directory import Directory
+from postvakt.grants import list_grants
+from postvakt.grants.counters import list_counters
 from postvakt.policy import (
     PORTS,
     Client,
@@ -88,7 +87,7 @@ class Explanation:
         return 0 if self.accepted else 1
 
 
-def _client_ip(text: str) -> str:
+def client_ip_arg(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text.strip()))
     except ValueError:
@@ -137,7 +136,7 @@ def run_explain(
     """
     if port not in PORTS:
         raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
-    ip = _client_ip(client_ip)
+    ip = client_ip_arg(client_ip)
     sender = _address(mail_from, "--from", allow_null=True, smtputf8=smtputf8)
     recipients = [_address(r, "--to", allow_null=False, smtputf8=smtputf8) for r in rcpts]
     header: list[Address] | None = None
@@ -319,7 +318,7 @@ def explain_json(
     return render_json(exp)
 
 
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- what the command reads
 
 
 class _NoUsers:
@@ -343,7 +342,7 @@ class _GrantList:
         return None
 
 
-def _open_directory(config: Config) -> tuple[DirectoryView, Any, list[str]]:
+def open_directory(config: Config) -> tuple[DirectoryView, Any, list[str]]:
     """The real directory when it exists; explain never creates one."""
     path = config.data_dir / "directory.sqlite3"
     if not path.exists():
@@ -351,13 +350,11 @@ def _open_directory(config: Config) -> tuple[DirectoryView, Any, list[str]]:
             f"no user database at {path}: local recipients are unknown, senders own only themselves"
         )
         return _NoUsers(), None, [note]
-    from postvakt.directory import Directory
-
     d = Directory.for_config(config)
     return d, d, []
 
 
-def _open_grants(
+def open_grants(
     config: Config, ip: str, pop_login: str | None, now: float
 ) -> tuple[GrantLookup, list[str]]:
     notes: list[str] = []
@@ -371,117 +368,12 @@ def _open_grants(
         "grants.sqlite3" if config.relay.grant_store == "sqlite" else "grants.json"
     )
     if store_file.exists():
-        from postvakt.grants import list_grants
-
         grants = list_grants(config, now)
     return _GrantList(grants), notes
 
 
-@click.command("explain")
-@click.option(
-    "--config",
-    "config_path",
-    metavar="FILE",
-    type=click.Path(dir_okay=False),
-    help="Config file (default: ./postvakt.toml, else the embedded default).",
-)
-@click.option("--client", "client_ip", metavar="IP", required=True, help="The client's IP address.")
-@click.option(
-    "--auth", "login", metavar="USER", default=None, help="Assume SMTP AUTH succeeded as USER."
-)
-@click.option(
-    "--port",
-    type=click.Choice(list(PORTS)),
-    default="smtp",
-    show_default=True,
-    help="The port the client connects to.",
-)
-@click.option(
-    "--from", "mail_from", metavar="ADDR", default="<>", show_default=True, help="Envelope sender."
-)
-@click.option(
-    "--to", "rcpts", metavar="ADDR", multiple=True, help="Envelope recipient (repeatable)."
-)
-@click.option("--header-from", metavar="ADDR", default=None, help="The From: header value.")
-@click.option(
-    "--pop-login",
-    metavar="USER",
-    default=None,
-    help="Assume USER just logged in to POP3 from --client.",
-)
-@click.option(
-    "--smtputf8", is_flag=True, help="The client used SMTPUTF8 (allows non-ASCII addresses)."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
-def explain(
-    config_path: str | None,
-    client_ip: str,
-    login: str | None,
-    port: str,
-    mail_from: str,
-    rcpts: tuple[str, ...],
-    header_from: str | None,
-    pop_login: str | None,
-    smtputf8: bool,
-    as_json: bool,
-) -> None:
-    """Show every rule tried for a client and envelope, and the replies the server would send.
-
-    Exit code 0 if the server would accept everything, 1 if it would refuse something.
-    """
-    from postvakt.cli import load_config
-
-    config = load_config(config_path)
-    now = time.time()
-    try:
-        ip = _client_ip(client_ip)
-        canonical_login = _canonical_login(login) if login is not None else None
-        canonical_pop = _canonical_login(pop_login) if pop_login is not None else None
-    except ExplainError as e:
-        raise click.UsageError(str(e)) from None
-    directory, closable, notes = _open_directory(config)
-    try:
-        grants, grant_notes = _open_grants(config, ip, canonical_pop, now)
-        notes += grant_notes
-        if (
-            canonical_login is not None
-            and closable is not None
-            and not closable.user_exists(canonical_login)
-        ):
-            notes.append(
-                f"{canonical_login} is not a user: a real SMTP AUTH would fail (535 5.7.8)"
-            )
-        try:
-            exp = run_explain(
-                config,
-                directory,
-                grants,
-                client_ip=ip,
-                login=canonical_login,
-                port=port,
-                mail_from=mail_from,
-                rcpts=rcpts,
-                header_from=header_from,
-                now=now,
-                smtputf8=smtputf8,
-                usage=_limit_usage(config, ip, canonical_login, now),
-            )
-        except ExplainError as e:
-            raise click.UsageError(str(e)) from None
-    finally:
-        if closable is not None:
-            closable.close()
-    if as_json:
-        click.echo(json.dumps(render_json(exp, notes), indent=2))
-    else:
-        click.echo(render_text(exp, config, notes), nl=False)
-    raise SystemExit(exp.exit_code)
-
-
-def _limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usage:
+def limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usage:
     """What the client's subject sent in the current windows, as `limits show` sees it."""
-    from postvakt.grants.counters import list_counters
-
     subject = subject_for(
         Client(ip=ip, login=login), config.limits, config.relay.networks, any_road=True
     )
@@ -491,7 +383,7 @@ def _limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usag
     return found.get(subject.counter_key, Usage())
 
 
-def _canonical_login(text: str) -> str:
+def canonical_login(text: str) -> str:
     """The login as the directory reports it after a successful AUTH (lower case)."""
     try:
         return str(parse_path(f"<{text.strip().strip('<>')}>", smtputf8=True)).lower()

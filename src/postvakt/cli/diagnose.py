@@ -1,4 +1,4 @@
-"""Click commands `postvakt doctor` and `postvakt relaytest`.
+"""`postvakt doctor` and `postvakt relaytest`.
 
 Exit codes: doctor 0 only when the mail would be accepted, 1 when not;
 `--explain-error` 0 when the error was recognised and explained, 2 when not;
@@ -12,9 +12,12 @@ from pathlib import Path
 
 import click
 
+from postvakt.cli.common import json_option
 from postvakt.diagnose.catalogue import DEFAULT_LANGUAGE, LANGUAGES
 from postvakt.diagnose.client import DEFAULT_TIMEOUT
 from postvakt.diagnose.doctor import SECURITIES, STANDARD_PORTS, DoctorOptions, diagnose
+from postvakt.diagnose.errortext import explain_error
+from postvakt.diagnose.relaytest import RelayTestOptions, run_relaytest
 
 
 def parse_target(text: str, default_port: int) -> tuple[str, int]:
@@ -69,7 +72,6 @@ lang_option = click.option(
     show_default=True,
     help="Language of the explanation.",
 )
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
 @click.command()
@@ -178,8 +180,6 @@ def doctor(
     certificate, AUTH, MAIL/RCPT, POP-before-SMTP) but never sends a message.
     """
     if error_text is not None:
-        from postvakt.diagnose.errortext import explain_error
-
         if error_text == "-":
             error_text = sys.stdin.read()
         d = explain_error(error_text)
@@ -271,8 +271,6 @@ def relaytest(
     as_json: bool,
 ) -> None:
     """Try every known open-relay trick against a server you run (stops before DATA)."""
-    from postvakt.diagnose.relaytest import RelayTestOptions, run_relaytest
-
     host, port = parse_target(target, 25)
     opts = RelayTestOptions(
         host=host,

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from postvakt.cli import config_option, load_config
+from postvakt.cli.common import config_option, load_config
 from postvakt.queue.envelope import DONE, FAILED
 from postvakt.queue.spool import ACTIVE, CORRUPT, DEFERRED, HOLD, INCOMING, CorruptEntry, Queue
 

@@ -1,0 +1,34 @@
+"""`postvakt grants`: POP-before-SMTP grants in the store the server uses."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import click
+
+from postvakt.cli.common import config_option, load_config
+from postvakt.grants import list_grants
+
+
+@click.group()
+def grants() -> None:
+    """POP-before-SMTP grants: which address may relay until when."""
+
+
+@grants.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def grants_list(config_path: str | None, as_json: bool) -> None:
+    cfg = load_config(config_path)
+    now = time.time()
+    rows = list_grants(cfg, now)
+    if as_json:
+        click.echo(json.dumps([{"ip": g.ip, "login": g.login, "expires": g.expires} for g in rows]))
+        return
+    if not rows:
+        click.echo("no address may relay by POP-before-SMTP now")
+    for g in rows:
+        until = datetime.datetime.fromtimestamp(g.expires).strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(f"{g.ip:<40} {g.login:<30} until {until} ({int(g.expires - now)} s left)")

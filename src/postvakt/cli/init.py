@@ -1,0 +1,121 @@
+"""`postvakt init`: a commented config file and the data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from postvakt import config as config_mod
+from postvakt.cli.common import DEFAULT_CONFIG_NAME
+
+INIT_TEMPLATE = """\
+# postvakt configuration, written by `postvakt init`.
+# Every key is optional except where noted; `postvakt serve --config {config}`
+# refuses unknown keys and names the file, key and problem.
+
+hostname = "{hostname}"          # the name in the banner, EHLO and Received: headers
+data_dir = "{data_dir}"          # queue, mailboxes, user database (relative to this file)
+# postmaster = "admin@{domain}"  # where postmaster@ every local domain goes
+
+[listen]                          # lists of "host:port"; remove a key to turn that listener off
+smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone
+submission = ["{host}:{p_sub}"]            # STARTTLS, then AUTH, then mail
+submissions = ["{host}:{p_subs}"]          # implicit TLS (RFC 8314), AUTH required
+pop3 = ["{host}:{p_pop3}"]                 # STLS before any login
+pop3s = ["{host}:{p_pop3s}"]               # implicit TLS
+
+# [tls]                           # absent: a self-signed certificate is made in data_dir
+# cert = "/etc/ssl/mail.pem"
+# key = "/etc/ssl/mail.key"
+
+[domains]
+local = ["{domain}"]              # mailboxes live here
+relay = []                        # accepted from anyone and forwarded (backup MX)
+
+[relay]
+# The four roads to relaying to a foreign domain: AUTH (always), POP-before-SMTP,
+# our own network, allowed clients. Everyone else gets the reject reply below.
+networks = ["127.0.0.0/8", "::1/128"]     # our own network (Postfix: mynetworks)
+clients = []                              # more addresses or ranges allowed to relay
+pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
+# grant_store = "sqlite"                  # keep POP-before-SMTP grants across restarts
+# reject_code = 553                       # qmail style:
+# reject_enhanced = "5.7.1"
+# reject_text = "sorry, that domain isn't in my list of allowed rcpthosts"
+# explain_in_reply = true                 # tell the client which roads were tried
+
+[sender]                          # each check: off | warn (log + header) | reject
+# authenticated = "reject"          # a logged-in user may send only as their own addresses
+# unauthenticated_local = "reject"  # nobody may claim our domains without logging in
+# header_from = "reject"            # the same rules for the From:/Sender: header
+# header_from_outside = "warn"      # header check for mail from outside (mailing lists)
+# networks = "any"                  # senders clients in `networks` may use: any | domain
+# clients = "any"                   # likewise for `clients`
+# pop_before_smtp = "any"           # any | domain | owner (the user who logged in to POP3)
+# trusted = "reject"                # when those three are not met: off | warn | reject
+
+[delivery]
+# smarthost = "relay.example.net:587"       # send everything through this host
+# routes = {{ "partner.example" = "10.0.0.5:25" }}   # per domain, before MX lookup
+
+# [limits]                        # outbound abuse control; 0 = no limit
+# store = "sqlite"                # keep counters across restarts
+# notify_user = true              # also tell a user whose mail was held
+# auth_failures = 10              # failed logins per address before 454 4.7.0
+# [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
+# messages_per_hour = 200
+# recipients_per_hour = 1000
+# outcome = "hold"                # defer | reject | hold: held mail waits for
+#                                 # `postvakt queue release ID`, postmaster is told
+# [limits.users."news@{domain}"]  # one user's own limits
+# messages_per_hour = 5000
+"""
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write postvakt.toml.",
+)
+@click.option("--domain", required=True, help="The mail domain whose mailboxes live here.")
+@click.option("--hostname", default=None, help="This server's name (default mail.DOMAIN).")
+@click.option(
+    "--ports",
+    type=click.Choice(["standard", "unprivileged"]),
+    default="standard",
+    help="standard: 25/587/465/110/995; unprivileged: 2525/2587/2465/2110/2995.",
+)
+@click.option("--listen-host", default="0.0.0.0", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite an existing postvakt.toml.")
+def init(
+    directory: str, domain: str, hostname: str | None, ports: str, listen_host: str, force: bool
+) -> None:
+    """Write a commented DIR/postvakt.toml and the data directory."""
+    d = Path(directory)
+    target = d / DEFAULT_CONFIG_NAME
+    dom = config_mod.normalize_domain(domain, "--domain", "--domain")
+    host = config_mod.normalize_domain(hostname or f"mail.{dom}", "--hostname", "--hostname")
+    if target.exists() and not force:
+        raise click.ClickException(f"{target} exists already (use --force to overwrite)")
+    p = (25, 587, 465, 110, 995) if ports == "standard" else (2525, 2587, 2465, 2110, 2995)
+    text = INIT_TEMPLATE.format(
+        config=target,
+        hostname=host,
+        data_dir="data",
+        domain=dom,
+        host=listen_host,
+        p_smtp=p[0],
+        p_sub=p[1],
+        p_subs=p[2],
+        p_pop3=p[3],
+        p_pop3s=p[4],
+    )
+    config_mod.loads(text, source=str(target), base_dir=d)  # the template must load
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "data").mkdir(exist_ok=True)
+    target.write_text(text)
+    click.echo(f"wrote {target}\nnext: postvakt user add someone@{dom} --config {target}")
