@@ -47,14 +47,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     data_dir = tmp / "data"
     cfg_path = tmp / "postvakt.toml"
     # NSD first (the server's [dns] must name its port), with the zone filled in below.
-    nsd = NsdServer(tmp / "dns", {LOCAL_DOMAIN: ["@ IN A 127.0.0.1"], "example": []})
+    # sink.example names the remote peer: delivery finds it through [dns] too.
+    nsd = NsdServer(
+        tmp / "dns", {LOCAL_DOMAIN: ["@ IN A 127.0.0.1"], "example": ["sink IN A 127.0.0.1"]}
+    )
     cfg = base_config(
         data_dir,
         dns={"servers": [nsd.server], "timeout": "5s"},
         dkim={"sign": {LOCAL_DOMAIN: ["s2026", "s2026e"]}},
         delivery={
             "routes": {
-                REMOTE: f"127.0.0.1:{sink.port}",
+                REMOTE: f"sink.example:{sink.port}",
                 REFUSING: f"127.0.0.1:{refusing.port}",
             }
         },
@@ -131,7 +134,9 @@ def test_submitted_mail_is_signed_and_an_independent_verifier_accepts_it(world: 
         ("s2026", DKIMResult.PASS),
         ("s2026e", DKIMResult.PASS),
     }
-    assert f"dkim=signed d={LOCAL_DOMAIN} s=s2026(rsa),s2026e(ed25519)" in world.srv.log()
+    log = world.srv.log()
+    assert f"dkim=signed d={LOCAL_DOMAIN} s=s2026(rsa),s2026e(ed25519)" in log
+    assert f"relay=sink.example[127.0.0.1]:{world.sink.port}" in log
 
 
 def test_bounces_we_generate_are_signed_for_our_domain(world: World) -> None:
