@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -443,7 +444,9 @@ def _parse_dns(table: dict[str, Any], source: str) -> DNSConfig:
     return DNSConfig(servers=servers, timeout=timeout)
 
 
-def _parse_dkim(table: dict[str, Any], source: str, path_of: Any) -> DKIMConfig:
+def _parse_dkim(
+    table: dict[str, Any], source: str, path_of: Callable[[object, str], Path]
+) -> DKIMConfig:
     _check_keys(table, {"sign", "key_dir"}, source, "dkim")
     sign = table.get("sign", {})
     if not isinstance(sign, dict):

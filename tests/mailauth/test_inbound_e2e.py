@@ -5,6 +5,7 @@ reply and the right Authentication-Results: in the delivered message."""
 from __future__ import annotations
 
 import smtplib
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -226,3 +227,23 @@ def test_submission_is_never_checked(dmarc_reject: Running) -> None:
         s.login(ALICE, PASSWORD)
         s.sendmail(ALICE, [BOB], message(ALICE, BOB, subject))
     assert auth_results(delivered(dmarc_reject, subject)) == []
+
+
+def test_dns_timeout_gives_451_when_the_mode_rejects(tmp_path: Path) -> None:
+    """A DNS server that never answers: the client is told to try later, never refused."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    srv = start_server(
+        tmp_path,
+        users={BOB: "b"},
+        dns={"servers": [f"127.0.0.1:{silent.getsockname()[1]}"], "timeout": "1s"},
+        auth_checks={"spf_fail": "reject", "dmarc_reject": "reject"},
+    )
+    try:
+        code, text = send_outside(srv, "a@pass.example", message("a@pass.example", BOB, "timeout"))
+    finally:
+        srv.stop()
+        silent.close()
+    assert code == 451, text
+    assert text.startswith("4.7.0 SPF check of pass.example could not be completed"), text
+    assert "timed out" in text

@@ -51,6 +51,8 @@ def _signatures(message: bytes) -> list[dict[bytes, bytes] | str]:
     try:
         d = dkim.DKIM(message)
     except dkim.DKIMException as e:
+        if b"dkim-signature" not in message.lower():
+            return []
         return [f"message not readable: {e}"]
     out: list[dict[bytes, bytes] | str] = []
     for name, value in d.headers:

@@ -24,6 +24,7 @@ from postvakt.mailauth.results import (
     DMARCResult,
     SPFResult,
 )
+from postvakt.policy.limits import HOLD
 from postvakt.policy.types import (
     DEFER,
     NO_MATCH,
@@ -44,8 +45,6 @@ AUTH_CHECKS = "auth_checks"
 SPF_FAIL = "spf_fail"
 DMARC_REJECT = "dmarc_reject"
 AUTH_CHECK_RULES = (AUTH_CHECKS, SPF_FAIL, DMARC_REJECT)
-# The step result of a DMARC quarantine that holds the message.
-HOLD = "hold"
 
 # After DATA the SMTP layer sends its own "queued as"; this stands for "no objection".
 CHECKS_OK = Reply(250, "2.0.0", "Ok")
