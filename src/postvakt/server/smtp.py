@@ -573,7 +573,7 @@ class SMTPSession(asyncio.Protocol):
             from_domains=tuple(a.domain.lower() for a in header_from if a.domain),
         )
         auth = await judge(client_for(cfg.dns), cfg, inbound)
-        self._log_decision("MAILAUTH", auth.decision, **{"id": msg.queue_id, "from": self.sender})
+        self._log_decision("CHECKS", auth.decision, **{"id": msg.queue_id, "from": self.sender})
         return auth
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
