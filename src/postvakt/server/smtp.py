@@ -507,9 +507,10 @@ class SMTPSession(asyncio.Protocol):
             ret=mail.ret if mail else None,
             envid=mail.envid if mail else None,
             hold=self.hold_reason or (auth.hold if auth else None),
+            # Authentication-Results: first (RFC 8601 §5: at the top of the message).
             headers=(
-                *(f"{WARNING_HEADER}: {w}" for w in warnings),
                 *([auth.header] if auth else []),
+                *(f"{WARNING_HEADER}: {w}" for w in warnings),
             ),
             # Signing (queue manager) vouches only for a sender that passed every check.
             road=road.rule if road is not None and not warnings else None,
