@@ -7,6 +7,9 @@ Rules of the house:
   logged in, not in `networks` or `clients`, no POP-before-SMTP grant).
   Our own users' mail is never refused for what DNS says of its domain.
 - A rule's name is its config key: `spf_fail`, `dmarc_reject`.
+- SPF decides on the MAIL FROM identity (postmaster@HELO for `<>`, RFC 7208
+  §2.4); the HELO identity's own result is recorded, never refused on:
+  HELO names are too often wrong on honest servers.
 - Only a definite "fail" refuses; a DNS failure that might have passed
   (temperror) is `451 4.7.0` when the mode would refuse, never a 5xx; every
   other finding is recorded and accepted.
