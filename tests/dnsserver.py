@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
@@ -39,8 +41,6 @@ def nsd_available() -> bool:
 
 def _free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
-    import socket
-
     for _ in range(50):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             t.bind(("127.0.0.1", 0))
