@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "postvakt"
-PURE = ["smtp", "pop3", "policy", "address.py", "queue/schedule.py"]
+PURE = [
+    "smtp",
+    "pop3",
+    "policy",
+    "address.py",
+    "queue/schedule.py",
+    "mailauth/results.py",
+    "mailauth/headers.py",
+]
 FORBIDDEN = {"asyncio", "socket", "ssl", "os", "time", "subprocess", "threading", "sqlite3"}
 
 
@@ -61,7 +69,10 @@ def test_checker_catches_forbidden_imports(tmp_path: Path) -> None:
 
 
 def _all_modules() -> list[Path]:
-    return sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] != "cli")
+    # `python -m postvakt` (__main__.py) is the command itself: it sits above cli/.
+    return sorted(
+        p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("cli", "__main__.py")
+    )
 
 
 @pytest.mark.parametrize("path", _all_modules(), ids=lambda p: str(p.relative_to(SRC)))

@@ -13,9 +13,10 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from postvakt.policy.limits import LimitsConfig, parse_limits
 
@@ -174,6 +175,57 @@ class POP3Config:
 
 
 @dataclass(frozen=True)
+class DNSConfig:
+    """The DNS every lookup asks: MX for delivery, SPF, DKIM and DMARC alike."""
+
+    # Empty: the system's resolvers (/etc/resolv.conf).
+    servers: tuple[HostPort, ...] = ()
+    # One lookup's whole lifetime, retries included (dnspython's default is
+    # 5 s; MX lookups had 10 s, which a slow authoritative server may need).
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    """Which of our domains sign outgoing mail, with which selectors (RFC 6376)."""
+
+    # (domain, selectors): the first selector's key signs; more selectors add
+    # signatures (an ed25519 one beside RSA, or the next key of a rotation).
+    sign: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # Default: data_dir/dkim. Keys are DOMAIN.SELECTOR.key (PKCS#8 PEM, 0600).
+    key_dir: Path | None = None
+
+    def selectors(self, domain: str) -> tuple[str, ...]:
+        for d, sels in self.sign:
+            if d == domain:
+                return sels
+        return ()
+
+
+# What a failed check does: nothing (not even looked up), a record only, or a refusal.
+CheckMode = Literal["off", "warn", "reject"]
+CHECK_MODES: tuple[CheckMode, ...] = ("off", "warn", "reject")
+
+
+@dataclass(frozen=True)
+class AuthChecksConfig:
+    """SPF/DKIM/DMARC on mail from outside (port 25, a client on no road).
+
+    Off by default: checking means DNS lookups for every message from
+    outside, which an admin turns on knowingly (`postvakt init` writes
+    "warn"). "warn" records the results (Authentication-Results:, log),
+    "reject" refuses what the sender's domain asks to refuse.
+    """
+
+    dmarc_reject: CheckMode = "off"
+    spf_fail: CheckMode = "off"
+
+    @property
+    def enabled(self) -> bool:
+        return self.dmarc_reject != "off" or self.spf_fail != "off"
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: Path
@@ -186,6 +238,9 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -203,6 +258,10 @@ class Config:
 
     def is_relay_domain(self, domain: str) -> bool:
         return domain in self.domains.relay
+
+    @property
+    def dkim_key_dir(self) -> Path:
+        return self.dkim.key_dir if self.dkim.key_dir is not None else self.data_dir / "dkim"
 
 
 # ---------------------------------------------------------------- parsing helpers
@@ -360,7 +419,69 @@ TOP_KEYS = {
     "delivery",
     "pop3",
     "limits",
+    "dns",
+    "dkim",
+    "auth_checks",
 }
+
+# RFC 6376 §3.1: a selector is one or more dot-separated labels.
+_SELECTOR = re.compile(
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+def _parse_dns(table: dict[str, Any], source: str) -> DNSConfig:
+    _check_keys(table, {"servers", "timeout"}, source, "dns")
+    servers = tuple(
+        parse_hostport(x, source, "[dns] servers", 53)
+        for x in _list(table.get("servers", []), source, "[dns] servers")
+    )
+    timeout = DNSConfig.timeout
+    if "timeout" in table:
+        timeout = parse_duration(table["timeout"], source, "[dns] timeout")
+        if timeout <= 0:
+            raise ConfigError(source, "[dns] timeout", "must be more than 0")
+    return DNSConfig(servers=servers, timeout=timeout)
+
+
+def _parse_dkim(
+    table: dict[str, Any], source: str, path_of: Callable[[object, str], Path]
+) -> DKIMConfig:
+    _check_keys(table, {"sign", "key_dir"}, source, "dkim")
+    sign = table.get("sign", {})
+    if not isinstance(sign, dict):
+        raise ConfigError(
+            source,
+            "[dkim] sign",
+            'must be a table { "domain" = "selector" } (or a list of selectors)',
+        )
+    entries: list[tuple[str, tuple[str, ...]]] = []
+    for d, sels in sign.items():
+        key = f"[dkim] sign.{d}"
+        domain = normalize_domain(d, source, key)
+        selectors = tuple(_list(sels, source, key))
+        if not selectors:
+            raise ConfigError(source, key, "name at least one selector")
+        for sel in selectors:
+            if not isinstance(sel, str) or not _SELECTOR.match(sel):
+                raise ConfigError(
+                    source, key, f"{sel!r} is not a valid selector (letters, digits, '-', '.')"
+                )
+        if len(set(selectors)) != len(selectors):
+            raise ConfigError(source, key, "a selector is named twice")
+        entries.append((domain, tuple(s.lower() for s in selectors)))
+    key_dir = path_of(table["key_dir"], "[dkim] key_dir") if "key_dir" in table else None
+    return DKIMConfig(sign=tuple(entries), key_dir=key_dir)
+
+
+def _parse_auth_checks(table: dict[str, Any], source: str) -> AuthChecksConfig:
+    _check_keys(table, {"dmarc_reject", "spf_fail"}, source, "auth_checks")
+    modes = {
+        k: cast(CheckMode, _choice(table[k], CHECK_MODES, source, f"[auth_checks] {k}"))
+        for k in ("dmarc_reject", "spf_fail")
+        if k in table
+    }
+    return AuthChecksConfig(**modes)
 
 
 def load(path: Path | str) -> Config:
@@ -510,6 +631,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
 
     limits = parse_limits(_table(raw, "limits", source), source)
 
+    dns = _parse_dns(_table(raw, "dns", source), source)
+    dkim = _parse_dkim(_table(raw, "dkim", source), source, path_of)
+    auth_checks = _parse_auth_checks(_table(raw, "auth_checks", source), source)
+
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
     log_level = _choice(
@@ -528,6 +653,9 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         delivery=delivery,
         pop3=pop3,
         limits=limits,
+        dns=dns,
+        dkim=dkim,
+        auth_checks=auth_checks,
         postmaster=postmaster,
         log_level=log_level,
         source=source,

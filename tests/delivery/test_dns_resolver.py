@@ -1,71 +1,68 @@
-"""DnsResolver (dnspython) against a tiny authoritative DNS server of our own
-on loopback: real DNS packets, no real DNS."""
+"""The MX resolver over real DNS packets: NSD (Debian's authoritative server)
+on loopback serving the test zones, asked through `[dns]`. No real DNS."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 import pytest
 
+from dnsserver import NsdServer, nsd_available
+from postvakt.config import DNSConfig, HostPort
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.resolver import DNSError, DnsResolver, mx_hops
+from postvakt.dnsclient import DNSClient
 
-ZONE: dict[tuple[str, str], list[str]] = {
-    ("x.example.", "MX"): ["20 mx2.x.example.", "10 mx1.x.example."],
-    ("mx1.x.example.", "A"): ["192.0.2.1"],
-    ("mx2.x.example.", "A"): ["192.0.2.2"],
-    ("mx2.x.example.", "AAAA"): ["2001:db8::2"],
-    ("plain.example.", "A"): ["192.0.2.9"],
-    ("nullmx.example.", "MX"): ["0 ."],
+ZONES = {
+    # The parent answers NXDOMAIN for names that do not exist, as a TLD would.
+    "example": [],
+    "x.example": [
+        "@ IN MX 20 mx2.x.example.",
+        "@ IN MX 10 mx1.x.example.",
+        "mx1 IN A 192.0.2.1",
+        "mx2 IN A 192.0.2.2",
+        "mx2 IN AAAA 2001:db8::2",
+    ],
+    "plain.example": ["@ IN A 192.0.2.9"],
+    "nullmx.example": ["@ IN MX 0 ."],
+    "empty.example": [],
 }
-EXISTING = {name for name, _ in ZONE} | {"empty.example."}
-SERVFAIL = {"broken.example."}
+# No server answers for this zone (NSD refuses it): a temporary failure.
+BROKEN = "broken.test"
+
+_server: NsdServer | None = None
 
 
-class DNSServer(asyncio.DatagramProtocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        q = dns.message.from_wire(data)
-        r = dns.message.make_response(q)
-        r.flags |= dns.flags.AA
-        question = q.question[0]
-        name = question.name.to_text()
-        rtype = dns.rdatatype.to_text(question.rdtype)
-        if name in SERVFAIL:
-            r.set_rcode(dns.rcode.SERVFAIL)
-        elif name not in EXISTING:
-            r.set_rcode(dns.rcode.NXDOMAIN)
-        elif (name, rtype) in ZONE:
-            r.answer.append(
-                dns.rrset.from_text(name, 300, dns.rdataclass.IN, rtype, *ZONE[(name, rtype)])
-            )
-        self.transport.sendto(r.to_wire(), addr)  # type: ignore[attr-defined]
+@pytest.fixture(scope="module", autouse=True)
+def nsd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NsdServer]:
+    global _server
+    if not nsd_available():
+        pytest.skip("nsd (Debian package nsd) is not installed")
+    _server = NsdServer(tmp_path_factory.mktemp("dns"), ZONES)
+    yield _server
+    _server.cleanup()
+    _server = None
 
 
-def with_dns(body: Callable[[DnsResolver], Awaitable[object]]) -> object:
-    async def go() -> object:
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(DNSServer, local_addr=("127.0.0.1", 0))
-        port = transport.get_extra_info("sockname")[1]
-        try:
-            return await body(DnsResolver(["127.0.0.1"], port=port, timeout=3))
-        finally:
-            transport.close()
+def with_dns(body: Callable[[DNSClient], Awaitable[object]]) -> object:
+    assert _server is not None
+    client = DNSClient.from_config(
+        DNSConfig(servers=(HostPort("127.0.0.1", _server.port),), timeout=3)
+    )
+    return asyncio.run(body(client))
 
-    return asyncio.run(go())
+
+def test_dns_resolver_keeps_its_constructor(tmp_path: Path) -> None:
+    """The delivery code's resolver is the same client, pointed at given servers."""
+    assert _server is not None
+    r = DnsResolver(["127.0.0.1"], port=_server.port, timeout=3)
+    assert asyncio.run(r.addresses("plain.example")) == ["192.0.2.9"]
 
 
 def test_mx_and_addresses() -> None:
-    async def body(r: DnsResolver) -> object:
+    async def body(r: DNSClient) -> object:
         return (
             sorted(await r.mx("x.example")),
             await r.addresses("mx2.x.example"),
@@ -81,9 +78,9 @@ def test_mx_and_addresses() -> None:
 
 
 def test_errors() -> None:
-    async def body(r: DnsResolver) -> list[DNSError]:
+    async def body(r: DNSClient) -> list[DNSError]:
         out = []
-        for name in ("nowhere.example", "broken.example"):
+        for name in ("nowhere.example", BROKEN):
             try:
                 await r.mx(name)
             except DNSError as e:
@@ -95,7 +92,7 @@ def test_errors() -> None:
 
 
 def test_mx_logic_over_real_dns_packets() -> None:
-    async def body(r: DnsResolver) -> object:
+    async def body(r: DNSClient) -> object:
         hops = await mx_hops("x.example", r)
         implicit = await mx_hops("plain.example", r)
         with pytest.raises(DeliveryError) as null:

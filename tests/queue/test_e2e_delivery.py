@@ -244,8 +244,12 @@ def test_sigterm_abandons_a_slow_delivery_safely_and_restart_delivers(world) -> 
     servers.append(srv)
     r = swaks_submit(srv, f"friend@{REMOTE}", "e2e-sigterm")
     assert r.returncode == 0, r.stdout + r.stderr
-    time.sleep(1.0)  # the delivery is now waiting on the slow peer
-    assert list((srv.data_dir / "queue" / "active").iterdir())
+    # Wait until the manager has taken the message on (it may still be starting).
+    active = srv.data_dir / "queue" / "active"
+    deadline = time.monotonic() + 20
+    while not list(active.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(active.iterdir())  # in delivery: the slow peer holds back its DATA reply
     t0 = time.monotonic()
     assert srv.stop(timeout=30) == 0
     assert time.monotonic() - t0 < 25

@@ -143,3 +143,66 @@ def test_embedded_default_matches_design(tmp_path: Path) -> None:
         "pop3": 2110,
         "pop3s": 2995,
     }
+
+
+def test_dns_dkim_auth_checks_sections() -> None:
+    cfg = config.loads(
+        """
+        data_dir = "/d"
+        [dns]
+        servers = ["127.0.0.1:5353", "[::1]", "192.0.2.53"]
+        timeout = "3s"
+        [dkim]
+        sign = { "Example.ORG" = "s2026", "example.net" = ["a1", "a1e"] }
+        [auth_checks]
+        dmarc_reject = "reject"
+        spf_fail = "warn"
+        """
+    )
+    assert cfg.dns.servers == (
+        HostPort("127.0.0.1", 5353),
+        HostPort("::1", 53),
+        HostPort("192.0.2.53", 53),
+    )
+    assert cfg.dns.timeout == 3.0
+    assert cfg.dkim.selectors("example.org") == ("s2026",)
+    assert cfg.dkim.selectors("example.net") == ("a1", "a1e")
+    assert cfg.dkim_key_dir == Path("/d/dkim")
+    assert cfg.auth_checks.dmarc_reject == "reject" and cfg.auth_checks.enabled
+
+
+def test_auth_checks_are_off_by_default_no_lookups() -> None:
+    cfg = config.loads('data_dir = "/d"')
+    assert not cfg.auth_checks.enabled and cfg.dns.servers == () and cfg.dkim.sign == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('[dns]\nservers = ["127.0.0.1:99999"]', "[dns] servers", "port must be a number"),
+        ("[dns]\ntimeout = 0", "[dns] timeout", "more than 0"),
+        ('[dns]\nresolvers = ["x"]', "[dns] resolvers", "unknown key"),
+        ('[dkim]\nsign = "example.org"', "[dkim] sign", "must be a table"),
+        (
+            '[dkim]\nsign = { "example.org" = [] }',
+            "[dkim] sign.example.org",
+            "at least one selector",
+        ),
+        (
+            '[dkim]\nsign = { "example.org" = "bad selector" }',
+            "[dkim] sign.example.org",
+            "not a valid selector",
+        ),
+        ('[dkim]\nsign = { "example.org" = ["a", "a"] }', "[dkim] sign.example.org", "named twice"),
+        (
+            '[auth_checks]\ndmarc_reject = "quarantine"',
+            "[auth_checks] dmarc_reject",
+            "not one of off, warn, reject",
+        ),
+        ('[auth_checks]\nspf = "warn"', "[auth_checks] spf", "unknown key"),
+    ],
+)
+def test_bad_mailauth_config_names_key_and_reason(text: str, key: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        config.loads(text, source="t.toml")
+    assert e.value.key == key and reason in e.value.reason

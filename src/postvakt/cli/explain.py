@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import BinaryIO
 
 import click
 
@@ -51,6 +52,17 @@ from postvakt.policy import PORTS
 @click.option(
     "--smtputf8", is_flag=True, help="The client used SMTPUTF8 (allows non-ASCII addresses)."
 )
+@click.option(
+    "--helo", metavar="NAME", default=None, help="The HELO/EHLO name (checked by SPF on port 25)."
+)
+@click.option(
+    "--message",
+    "message_file",
+    metavar="FILE",
+    type=click.File("rb"),
+    default=None,
+    help="The message as sent after DATA (DKIM and DMARC on port 25; its From: if no --header-from).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 def explain(
     config_path: str | None,
@@ -62,6 +74,8 @@ def explain(
     header_from: str | None,
     pop_login: str | None,
     smtputf8: bool,
+    helo: str | None,
+    message_file: BinaryIO | None,
     as_json: bool,
 ) -> None:
     """Show every rule tried for a client and envelope, and the replies the server would send.
@@ -70,6 +84,7 @@ def explain(
     """
     config = load_config(config_path)
     now = time.time()
+    message = message_file.read() if message_file is not None else None
     try:
         ip = client_ip_arg(client_ip)
         auth_login = canonical_login(login) if login is not None else None
@@ -96,6 +111,8 @@ def explain(
                 now=now,
                 smtputf8=smtputf8,
                 usage=limit_usage(config, ip, auth_login, now),
+                helo=helo,
+                message=message,
             )
         except ExplainError as e:
             raise click.UsageError(str(e)) from None

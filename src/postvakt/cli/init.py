@@ -59,6 +59,19 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 # smarthost = "relay.example.net:587"       # send everything through this host
 # routes = {{ "partner.example" = "10.0.0.5:25" }}   # per domain, before MX lookup
 
+[auth_checks]                     # mail from outside on port 25: SPF, DKIM, DMARC
+spf_fail = "warn"                 # off | warn (Authentication-Results: + log) | reject (550 5.7.23)
+dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, p=quarantine -> held
+
+# [dns]                           # who answers every lookup (MX, SPF, DKIM, DMARC)
+# servers = ["127.0.0.1:53"]      # default: the system's resolvers (/etc/resolv.conf)
+# timeout = "10s"
+
+# [dkim]                          # sign what our users send (and our bounces)
+# sign = {{ "{domain}" = "s2026" }}   # or ["s2026", "s2026e"]: RSA, then an ed25519 signature
+#                                 # make the key and the DNS record: postvakt dkim keygen {domain}
+# key_dir = "/etc/postvakt/dkim"  # default: data_dir/dkim
+
 # [limits]                        # outbound abuse control; 0 = no limit
 # store = "sqlite"                # keep counters across restarts
 # notify_user = true              # also tell a user whose mail was held

@@ -1,7 +1,7 @@
 """Where mail for a domain goes: routes, smarthost, MX (RFC 5321 §5.1, RFC 7505).
 
-The DNS sits behind the small `Resolver` interface, so tests hand in a stub
-and never touch real DNS. `DnsResolver` is the dnspython implementation.
+The DNS sits behind the small `Resolver` interface; the real one is the
+project's one DNS client (`postvakt.dnsclient`, configured by `[dns]`).
 """
 
 from __future__ import annotations
@@ -11,25 +11,19 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from postvakt.config import DeliveryConfig
+from postvakt.config import DeliveryConfig, DNSConfig, HostPort
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.smtpclient import Hop
+from postvakt.dnsclient import DNSClient, DNSError, make_resolver
 from postvakt.reply import Reply
 
 SMTP_PORT = 25
 # Postfix smtp_mx_address_limit: at most 5 addresses are tried per delivery.
 MAX_ADDRESSES = 5
-# DNS answers we wait for (dnspython's own default lifetime is 5 s).
-DNS_TIMEOUT = 10.0
+# DNS answers we wait for when no `[dns] timeout` is given.
+DNS_TIMEOUT = DNSConfig.timeout
 
-
-class DNSError(Exception):
-    """A lookup failed. `notfound`: the name does not exist (NXDOMAIN)."""
-
-    def __init__(self, name: str, notfound: bool, detail: str = "") -> None:
-        super().__init__(f"{name}: {detail or ('not found' if notfound else 'lookup failed')}")
-        self.name = name
-        self.notfound = notfound
+__all__ = ["DNSError", "DnsResolver", "Resolver", "destination", "mx_hops", "order_mx"]
 
 
 class Resolver(Protocol):
@@ -43,53 +37,15 @@ class Resolver(Protocol):
         ...
 
 
-class DnsResolver:
-    """The real thing, with dnspython's asyncio resolver."""
+class DnsResolver(DNSClient):
+    """The real thing: the one DNS client (`postvakt.dnsclient`), as `[dns]` says."""
 
     def __init__(
         self, nameservers: list[str] | None = None, port: int = 53, timeout: float = DNS_TIMEOUT
     ) -> None:
         """The system's resolvers (/etc/resolv.conf), unless `nameservers` are given."""
-        import dns.asyncresolver
-
-        self._r = dns.asyncresolver.Resolver(configure=nameservers is None)
-        if nameservers is not None:
-            self._r.nameservers = nameservers
-            self._r.port = port
-        self._r.lifetime = timeout
-
-    async def _query(self, name: str, rdtype: str) -> list[object]:
-        import dns.exception
-        import dns.resolver
-
-        try:
-            answer = await self._r.resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise DNSError(name, True) from None
-        except dns.resolver.NoAnswer:
-            return []
-        except (dns.exception.DNSException, OSError) as e:
-            raise DNSError(name, False, str(e) or type(e).__name__) from None
-        return list(answer)
-
-    async def mx(self, domain: str) -> list[tuple[int, str]]:
-        out = []
-        for rr in await self._query(domain, "MX"):
-            exchange = str(rr.exchange).rstrip(".")  # type: ignore[attr-defined]
-            out.append((int(rr.preference), exchange))  # type: ignore[attr-defined]
-        return out
-
-    async def addresses(self, host: str) -> list[str]:
-        out: list[str] = []
-        notfound = None
-        for rdtype in ("A", "AAAA"):
-            try:
-                out += [str(rr) for rr in await self._query(host, rdtype)]
-            except DNSError as e:
-                notfound = e
-        if not out and notfound is not None:
-            raise notfound
-        return out
+        servers = tuple(HostPort(ns, port) for ns in nameservers or ())
+        super().__init__(make_resolver(DNSConfig(servers=servers, timeout=timeout)))
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,10 @@ decides anything itself: the text is a rendering of the policy's trace.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,8 +26,12 @@ from postvakt.address import (
 )
 from postvakt.config import Config
 from postvakt.directory import Directory
+from postvakt.dnsclient import client_for
 from postvakt.grants import list_grants
 from postvakt.grants.counters import list_counters
+from postvakt.mailauth.inbound import Inbound, Judgement, judge
+from postvakt.mailauth.results import AuthResults
+from postvakt.mailauth.signing import from_domains
 from postvakt.policy import (
     PORTS,
     Client,
@@ -38,6 +44,7 @@ from postvakt.policy import (
     check_rcpt,
     check_sender,
 )
+from postvakt.policy.authchecks import check_authentication, not_checked
 from postvakt.policy.limits import (
     Usage,
     check_mail_limits,
@@ -45,6 +52,7 @@ from postvakt.policy.limits import (
     subject_for,
     with_limit,
 )
+from postvakt.policy.roads import each_road, first_open
 from postvakt.reply import Reply
 
 # DESIGN.md default reply: submission ports take no MAIL before AUTH.
@@ -128,11 +136,15 @@ def run_explain(
     now: float,
     smtputf8: bool = False,
     usage: Usage | None = None,
+    helo: str | None = None,
+    message: bytes | None = None,
 ) -> Explanation:
     """Run the live server's policy for one imagined session.
 
     `usage` is what the client's subject already sent in the current windows
     (from the counter store); the outbound limits judge MAIL and each RCPT.
+    `helo` and `message` feed the SPF/DKIM/DMARC checks of `[auth_checks]`,
+    which look up DNS (`[dns]`) as the live server does.
     """
     if port not in PORTS:
         raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
@@ -185,7 +197,65 @@ def run_explain(
                 mail.accepted and any_rcpt,
             )
         )
-    return Explanation(client, tuple(checks))
+    notes: list[str] = []
+    if helo is not None or message is not None or config.auth_checks.enabled:
+        if header is None and message is not None:
+            domains = tuple(from_domains(message))
+        else:
+            domains = tuple(a.domain.lower() for a in header or () if a.domain)
+        decision, note = _authentication(config, client, sender, helo or "", message, domains)
+        any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
+        checks.append(
+            Checked(
+                "end of DATA, authentication (SPF, DKIM, DMARC)",
+                decision,
+                mail.accepted and any_rcpt,
+            )
+        )
+        notes += note
+    return Explanation(client, tuple(checks), tuple(notes))
+
+
+def _authentication(
+    config: Config,
+    client: Client,
+    sender: Address,
+    helo: str,
+    message: bytes | None,
+    domains: tuple[str, ...],
+) -> tuple[Decision, list[str]]:
+    """The live server's checks on mail from outside, with real DNS lookups."""
+    road = first_open(each_road(client, config))
+    if client.port != "smtp":
+        return not_checked(f"port {client.port}: only mail from outside on port 25 is checked"), []
+    if road is not None:
+        return not_checked(f"the client came by {road.rule}: our own mail is not checked"), []
+    if not config.auth_checks.enabled:
+        return check_authentication(AuthResults(), config.auth_checks), []
+    inbound = Inbound(
+        ip=client.ip,
+        helo=helo,
+        mail_from="" if sender.is_null else str(sender),
+        message=message,
+        from_domains=domains,
+    )
+    judgement = _run(judge(client_for(config.dns), config, inbound))
+    notes = [f"the message would get: {judgement.header}"]
+    if message is None:
+        notes.append("no --message: DKIM and DMARC need the message and were not checked")
+    if not helo:
+        notes.append("no --helo: the HELO name was not checked")
+    return judgement.decision, notes
+
+
+def _run(coro: Coroutine[Any, Any, Judgement]) -> Judgement:
+    """Run a lookup coroutine from this synchronous code, inside a running loop or not."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _describe_client(client: Client, config: Config) -> str:

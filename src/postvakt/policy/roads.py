@@ -24,6 +24,9 @@ PERMIT_CLIENTS = "permit_clients"
 # The order in which roads are tried (Postfix's permit_sasl_authenticated,
 # then the POP-before-SMTP map, then permit_mynetworks, then client access).
 ROADS = (PERMIT_AUTHENTICATED, PERMIT_POP_BEFORE_SMTP, PERMIT_NETWORKS, PERMIT_CLIENTS)
+# The road of mail the server writes itself (bounces, notices), as the
+# envelope records it: trusted like a road, for DKIM signing.
+GENERATED = "generated"
 
 # Networks listed by name in an admin-facing reason before we summarize.
 MAX_NETWORKS_SHOWN = 4

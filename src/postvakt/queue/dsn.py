@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from postvakt.policy.roads import GENERATED
 from postvakt.queue.envelope import Envelope, Recipient, Unit
 from postvakt.queue.spool import new_queue_id
 
@@ -210,5 +211,7 @@ def build(
         login=None,
         smtputf8=envelope.smtputf8 or not envelope.sender.isascii(),
         body="8BITMIME" if eight_bit else "7BIT",
+        # Ours: signed for our domain like any mail we write.
+        road=GENERATED,
     )
     return bounce, data

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from postvakt.mailauth.headers import strip_auth_results
 from postvakt.reply import Reply
 
 # Unit states in the status file. A unit is final once DONE or FAILED.
@@ -61,9 +62,19 @@ class Envelope:
     # sender check in warn mode): delivery puts them on top of the message.
     # Each is one unfolded "Name: value" line without CRLF.
     headers: tuple[str, ...] = ()
+    # The road the client came by (a rule name of `policy.ROADS`) when its
+    # sender passed every check without a warning; "generated" for mail we
+    # write ourselves; None for mail from outside. DKIM signing needs it.
+    road: str | None = None
+    # Our authserv-id (the hostname): an Authentication-Results: field in the
+    # message that claims it is a forgery and is dropped at delivery (RFC 8601 §5).
+    authserv_id: str = ""
 
     def with_headers(self, message: bytes) -> bytes:
-        """The message as delivered: the front's late header fields, then the bytes received."""
+        """The message as delivered: the front's late header fields, then the
+        bytes received (without forged Authentication-Results:)."""
+        if self.authserv_id:
+            message, _ = strip_auth_results(message, self.authserv_id)
         if not self.headers:
             return message
         top = "".join(h.replace("\r", " ").replace("\n", " ") + "\r\n" for h in self.headers)

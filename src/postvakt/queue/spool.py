@@ -143,6 +143,17 @@ class IncomingMessage:
         self._size += len(chunk)
         self._crc = zlib.crc32(chunk, self._crc)
 
+    def read_back(self) -> bytes:
+        """The bytes written so far, for checks that need the whole message
+        before the commit (DKIM verification at the end of DATA). Blocking."""
+        if self._file is None or self._done:
+            raise QueueWriteError("message already committed or aborted")
+        try:
+            self._file.flush()
+            return self._tmp.read_bytes()
+        except OSError as e:
+            raise QueueWriteError(f"read {self._tmp}: {e}") from e
+
     def commit(self, envelope: Envelope) -> None:
         """Make the message durable. Returns only once a crash cannot lose it."""
         if self._file is None or self._done:

@@ -30,6 +30,7 @@ from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
 from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
 from postvakt.server.tls import server_context
 
@@ -106,6 +107,9 @@ def build_app(config: Config) -> App:
             "data_dir",
             f"{config.data_dir} is not a usable directory: {e.strerror or e}",
         ) from None
+    dkim_problems = Signer.load(config).problems
+    if dkim_problems:
+        raise ConfigError(config.source, "[dkim] sign", "; ".join(dkim_problems))
     directory = Directory.for_config(config)
     needs_tls = bool(
         config.listen.smtp

@@ -33,6 +33,7 @@ from postvakt.policy.limits import (
     subject_for,
     window_end,
 )
+from postvakt.policy.roads import GENERATED
 from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
 
 log = logging.getLogger("postvakt.limits")
@@ -150,6 +151,7 @@ class Limiter:
                 client_ip="127.0.0.1",
                 helo=config.hostname,
                 login=None,
+                road=GENERATED,
             )
         )
         return msg.queue_id

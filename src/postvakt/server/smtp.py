@@ -23,9 +23,12 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import smtp
-from postvakt.address import AddressError, parse_header_addresses
+from postvakt.address import Address, AddressError, parse_header_addresses
+from postvakt.dnsclient import client_for
+from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
 from postvakt.policy.limits import hold_reason as limits_hold_reason
+from postvakt.policy.roads import Road, each_road, first_open
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
 from postvakt.smtp import replies as smtp_replies
@@ -476,6 +479,12 @@ class SMTPSession(asyncio.Protocol):
             msg.abort()
             conn.respond(decision.reply)
             return
+        road = first_open(each_road(self._client(), self.app.config))
+        auth = await self._check_authentication(msg, road, header_from)
+        if auth is not None and not auth.decision.reply.positive:
+            msg.abort()
+            conn.respond(auth.decision.reply)
+            return
         warnings = self.warnings + [s.detail for s in decision.trace if s.result == "warn"]
         for w in warnings:
             log.warning(
@@ -497,8 +506,15 @@ class SMTPSession(asyncio.Protocol):
             body=mail.body if mail else None,
             ret=mail.ret if mail else None,
             envid=mail.envid if mail else None,
-            hold=self.hold_reason,
-            headers=tuple(f"{WARNING_HEADER}: {w}" for w in warnings),
+            hold=self.hold_reason or (auth.hold if auth else None),
+            # Authentication-Results: first (RFC 8601 §5: at the top of the message).
+            headers=(
+                *([auth.header] if auth else []),
+                *(f"{WARNING_HEADER}: {w}" for w in warnings),
+            ),
+            # Signing (queue manager) vouches only for a sender that passed every check.
+            road=road.rule if road is not None and not warnings else None,
+            authserv_id=self.app.config.hostname,
         )
         loop = asyncio.get_running_loop()
         try:
@@ -534,6 +550,32 @@ class SMTPSession(asyncio.Protocol):
             None,
             [],
         )
+
+    async def _check_authentication(
+        self, msg: IncomingMessage, road: Road | None, header_from: list[Address]
+    ) -> Judgement | None:
+        """SPF, DKIM and DMARC (`[auth_checks]`) for mail from outside: port 25,
+        a client on no road. None when they do not apply or are off."""
+        cfg = self.app.config
+        if self.kind != "smtp" or road is not None or not cfg.auth_checks.enabled:
+            return None
+        assert self.conn is not None
+        loop = asyncio.get_running_loop()
+        try:
+            message = await loop.run_in_executor(None, msg.read_back)
+        except QueueWriteError as e:
+            log.error("auth checks: %s", e)
+            message = None
+        inbound = Inbound(
+            ip=self.ip,
+            helo=self.conn.helo or "",
+            mail_from=self.sender,
+            message=message,
+            from_domains=tuple(a.domain.lower() for a in header_from if a.domain),
+        )
+        auth = await judge(client_for(cfg.dns), cfg, inbound)
+        self._log_decision("CHECKS", auth.decision, **{"id": msg.queue_id, "from": self.sender})
+        return auth
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
         conn = self.conn
