@@ -621,6 +621,14 @@ FINDINGS: dict[str, dict[str, str]] = {
         "en": "This wording is used by: {servers}",
         "sv": "Formuleringen används av: {servers}",
     },
+    "reply_code": {
+        "en": "Reply code {code}: {meaning}",
+        "sv": "Svarskod {code}: {meaning}",
+    },
+    "stage_rcpt": {
+        "en": "The refusal came when the recipient was given (after the sender was accepted)",
+        "sv": "Nejet kom när mottagaren angavs (efter att avsändaren godtagits)",
+    },
     "port25_no_ssl": {
         "en": "Port 25 without encryption is meant for servers talking to servers, "
         "not for mail programs",
@@ -629,7 +637,22 @@ FINDINGS: dict[str, dict[str, str]] = {
     },
 }
 
-# Outlook / Windows Mail error numbers: number -> language -> meaning.
+# Outlook / Outlook Express / Windows Mail error numbers: number -> language -> meaning.
+#
+# Source (CLIENT_ERROR_SOURCES below): these numbers are the HRESULTs of
+# Microsoft's Internet mail transport, the one behind Outlook Express, Windows
+# Mail and Outlook's POP3/SMTP accounts. Microsoft documents the result
+# structure that carries them ("IXPRESULT structure", hrResult: "the error
+# code from the transport"; header Imnxport.h):
+#   https://learn.microsoft.com/en-us/previous-versions/windows/desktop/oe/oe-ixpresult
+# Imnxport.h (Windows SDK) defines each as IXP_E_<NAME> = HR_E(n) =
+# MAKE_SCODE(SEVERITY_ERROR, FACILITY_INTERNET (12), n), i.e. 0x800C0000 | n;
+# the constant's name is what the number means. Microsoft's support articles
+# show the numbers in the dialog text the users paste, e.g. 0x800CCC0F:
+#   https://support.microsoft.com/kb/935400
+# Numbers of other Outlook components (0x8004210x and friends) are left out:
+# no Microsoft document for them was found, and a guessed meaning would
+# mislead; their dialog text is still read by its words.
 CLIENT_ERRORS: dict[str, dict[str, str]] = {
     "0x800CCC79": {
         "en": "the server rejected one or more recipients (most often: relaying denied)",
@@ -638,6 +661,22 @@ CLIENT_ERRORS: dict[str, dict[str, str]] = {
     "0x800CCC78": {
         "en": "the server rejected the sender address",
         "sv": "servern vägrade avsändaradressen",
+    },
+    "0x800CCC7C": {
+        "en": "the server wants STARTTLS before it takes mail (530)",
+        "sv": "servern vill ha STARTTLS innan den tar emot post (530)",
+    },
+    "0x800CCC7D": {
+        "en": "the mail program asked for STARTTLS but the server does not offer it",
+        "sv": "e-postprogrammet bad om STARTTLS men servern erbjuder det inte",
+    },
+    "0x800CCC6E": {
+        "en": "the server refused an address (553)",
+        "sv": "servern vägrade en adress (553)",
+    },
+    "0x800CCC6D": {
+        "en": "the server refused the message size (552)",
+        "sv": "servern vägrade brevets storlek (552)",
     },
     "0x800CCC0E": {
         "en": "the mail program could not connect to the server",
@@ -648,11 +687,40 @@ CLIENT_ERRORS: dict[str, dict[str, str]] = {
         "sv": "förbindelsen bröts innan servern var klar",
     },
     "0x800CCC0D": {"en": "the server name could not be found", "sv": "servernamnet hittades inte"},
-    "0x80042109": {
-        "en": "the mail program could not connect to the outgoing (SMTP) server",
-        "sv": "e-postprogrammet kunde inte ansluta till den utgående (SMTP) servern",
+    "0x800CCC19": {
+        "en": "the server did not answer in time",
+        "sv": "servern svarade inte i tid",
     },
-    "0x8004210B": {"en": "the server did not answer in time", "sv": "servern svarade inte i tid"},
+    "0x800CCC1A": {
+        "en": "the encrypted (SSL/TLS) connection could not be set up",
+        "sv": "den krypterade (SSL/TLS) förbindelsen gick inte att upprätta",
+    },
+    "0x800CCC18": {
+        "en": "the login was refused",
+        "sv": "inloggningen nekades",
+    },
+    "0x800CCC92": {
+        "en": "the POP3 server refused the password",
+        "sv": "POP3-servern godtog inte lösenordet",
+    },
+}
+
+# Number -> (the constant's name in Imnxport.h, where Microsoft documents it).
+_IXP = "https://learn.microsoft.com/en-us/previous-versions/windows/desktop/oe/oe-ixpresult"
+CLIENT_ERROR_SOURCES: dict[str, tuple[str, str]] = {
+    "0x800CCC79": ("IXP_E_SMTP_REJECTED_RECIPIENTS", _IXP),
+    "0x800CCC78": ("IXP_E_SMTP_REJECTED_SENDER", _IXP),
+    "0x800CCC7C": ("IXP_E_SMTP_530_STARTTLS_REQUIRED", _IXP),
+    "0x800CCC7D": ("IXP_E_SMTP_NO_STARTTLS_SUPPORT", _IXP),
+    "0x800CCC6E": ("IXP_E_SMTP_553_MAILBOX_NAME_SYNTAX", _IXP),
+    "0x800CCC6D": ("IXP_E_SMTP_552_STORAGE_OVERFLOW", _IXP),
+    "0x800CCC0E": ("IXP_E_FAILED_TO_CONNECT", _IXP),
+    "0x800CCC0F": ("IXP_E_CONNECTION_DROPPED", "https://support.microsoft.com/kb/935400"),
+    "0x800CCC0D": ("IXP_E_CANT_FIND_HOST", _IXP),
+    "0x800CCC19": ("IXP_E_TIMEOUT", _IXP),
+    "0x800CCC1A": ("IXP_E_SECURE_CONNECT_FAILED", _IXP),
+    "0x800CCC18": ("IXP_E_SICILY_LOGON_FAILED", _IXP),
+    "0x800CCC92": ("IXP_E_POP3_INVALID_PASSWORD", _IXP),
 }
 
 LABELS: dict[str, dict[str, str]] = {
@@ -694,6 +762,30 @@ LABELS: dict[str, dict[str, str]] = {
     "unknown_server": {"en": "(server not named)", "sv": "(servern namnges inte)"},
     "unknown_address": {"en": "(address not named)", "sv": "(adressen namnges inte)"},
     "unknown_login": {"en": "(your user name)", "sv": "(ditt användarnamn)"},
+    "confidence": {"en": "How sure", "sv": "Hur säker"},
+    "confidence_high": {
+        "en": "sure: the server's own words say so",
+        "sv": "säker: serverns egna ord säger det",
+    },
+    "confidence_medium": {
+        "en": "fairly sure: the server's words are not known here, but the other clues agree",
+        "sv": "ganska säker: serverns ord känns inte igen, men de andra ledtrådarna stämmer",
+    },
+    "confidence_low": {
+        "en": "not sure: only one clue points to this",
+        "sv": "osäker: bara en ledtråd pekar hit",
+    },
+    "reply_not_shown": {
+        "en": "(the server's words are not in the pasted text)",
+        "sv": "(serverns ord finns inte i den inklistrade texten)",
+    },
+    "code_permanent": {"en": "a permanent refusal", "sv": "ett bestående nej"},
+    "code_temporary": {"en": "a temporary refusal", "sv": "ett tillfälligt nej"},
+    "code_policy": {
+        "en": "refused by the server's rules (permission or security)",
+        "sv": "nekat av serverns regler (behörighet eller säkerhet)",
+    },
+    "code_address": {"en": "a problem with an address", "sv": "ett problem med en adress"},
     "alt_ports": {"en": "Port {ports} answers.", "sv": "Port {ports} svarar."},
     "relay_title": {
         "en": "Open relay test of {server} (as an outside client from {source})",
