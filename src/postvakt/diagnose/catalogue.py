@@ -821,6 +821,139 @@ LABELS: dict[str, dict[str, str]] = {
         "sv": "{count} lokalt utseende adress(er) med routningstecken "
         "godtogs; kontrollera att de levereras lokalt.",
     },
+    # The help page (postvakt.web) and the documents it hands to mail programs.
+    "web_title": {"en": "Why can't I send?", "sv": "Varför kan jag inte skicka?"},
+    "web_description": {
+        "en": "Paste the error your mail program showed and read what it means and what to change.",
+        "sv": "Klistra in felet som e-postprogrammet visade och läs vad det betyder och vad du ska "
+        "ändra.",
+    },
+    "web_intro": {
+        "en": "Paste the error message your mail program showed. The explanation says what it "
+        "means and the one setting to change. Nothing you paste is stored.",
+        "sv": "Klistra in felmeddelandet som e-postprogrammet visade. Förklaringen säger vad det "
+        "betyder och vilken inställning du ska ändra. Inget du klistrar in sparas.",
+    },
+    "web_language": {"en": "Language", "sv": "Språk"},
+    "web_error_label": {"en": "The error message", "sv": "Felmeddelandet"},
+    "web_error_hint": {
+        "en": "Copy the whole message, with numbers such as 550 or 0x800CCC79.",
+        "sv": "Kopiera hela meddelandet, med siffror som 550 eller 0x800CCC79.",
+    },
+    "web_submit": {"en": "Explain the error", "sv": "Förklara felet"},
+    "web_result": {"en": "Explanation", "sv": "Förklaring"},
+    "web_change_this": {"en": "Change this", "sv": "Ändra det här"},
+    "web_also": {"en": "Also worth trying", "sv": "Också värt att prova"},
+    "web_case_id": {
+        "en": "For the helpdesk: case {case}",
+        "sv": "För supporten: fall {case}",
+    },
+    "web_settings": {
+        "en": "The right settings for {domain}",
+        "sv": "Rätt inställningar för {domain}",
+    },
+    "web_settings_intro": {
+        "en": "Thunderbird, Outlook, Apple Mail, K-9 Mail and FairEmail find these by themselves "
+        "when you type in your address.",
+        "sv": "Thunderbird, Outlook, Apple Mail, K-9 Mail och FairEmail hittar dem själva när du "
+        "skriver in din adress.",
+    },
+    "web_outgoing": {"en": "Outgoing mail (SMTP)", "sv": "Utgående post (SMTP)"},
+    "web_incoming": {"en": "Incoming mail (POP3)", "sv": "Inkommande post (POP3)"},
+    "web_server": {"en": "Server", "sv": "Server"},
+    "web_port": {"en": "Port", "sv": "Port"},
+    "web_security": {"en": "Connection security", "sv": "Anslutningssäkerhet"},
+    "web_username": {"en": "User name", "sv": "Användarnamn"},
+    "web_username_value": {
+        "en": "your whole e-mail address",
+        "sv": "hela din e-postadress",
+    },
+    "web_login": {"en": "Login", "sv": "Inloggning"},
+    "web_login_value": {
+        "en": "on, with the same password as for incoming mail",
+        "sv": "på, med samma lösenord som för inkommande post",
+    },
+    "web_or": {"en": "or", "sv": "eller"},
+    "web_no_secure_send": {
+        "en": "This server offers no secure way to send mail yet, so no settings are shown: ask "
+        "the provider.",
+        "sv": "Den här servern erbjuder ännu inget säkert sätt att skicka post, så inga "
+        "inställningar visas: fråga leverantören.",
+    },
+    "web_no_incoming": {
+        "en": "This server offers no way to fetch mail, so no settings are shown.",
+        "sv": "Den här servern erbjuder inget sätt att hämta post, så inga inställningar visas.",
+    },
+    "web_check_title": {"en": "Check my connection", "sv": "Kontrollera min anslutning"},
+    "web_check_intro": {
+        "en": "Asks this server (and no other) what it knows about the address you connect from.",
+        "sv": "Frågar den här servern (och ingen annan) vad den vet om adressen du ansluter från.",
+    },
+    "web_check_submit": {"en": "Check", "sv": "Kontrollera"},
+    "web_check_ip": {
+        "en": "Your address, as this server sees it: {ip}",
+        "sv": "Din adress, som den här servern ser den: {ip}",
+    },
+    "web_check_network_yes": {
+        "en": "It is in the provider's own network: sending works from here even without login.",
+        "sv": "Den finns i leverantörens eget nät: att skicka fungerar härifrån även utan "
+        "inloggning.",
+    },
+    "web_check_network_no": {
+        "en": "It is not in the provider's own network.",
+        "sv": "Den finns inte i leverantörens eget nät.",
+    },
+    "web_check_client_yes": {
+        "en": "It is on the provider's list of addresses allowed to send.",
+        "sv": "Den står på leverantörens lista över adresser som får skicka.",
+    },
+    "web_check_pop_yes": {
+        "en": "A POP3 login from this address lets you send without login for {minutes} more "
+        "minutes.",
+        "sv": "En POP3-inloggning från den här adressen låter dig skicka utan inloggning i "
+        "{minutes} minuter till.",
+    },
+    "web_check_pop_no": {
+        "en": "No POP3 login from this address in the last {minutes} minutes.",
+        "sv": "Ingen POP3-inloggning från den här adressen de senaste {minutes} minuterna.",
+    },
+    "web_check_needs_login": {
+        "en": 'From here, sending needs login: turn on "My outgoing server (SMTP) requires '
+        'authentication" and use the outgoing settings above.',
+        "sv": 'Härifrån kräver det inloggning att skicka: slå på "Servern för utgående e-post '
+        '(SMTP) kräver autentisering" och använd inställningarna för utgående post ovan.',
+    },
+    "web_check_works": {
+        "en": "From here, sending works even without login (login is still the safer setting).",
+        "sv": "Härifrån fungerar det att skicka även utan inloggning (inloggning är ändå den "
+        "säkrare inställningen).",
+    },
+    "web_profile_title": {"en": "iPhone, iPad and Mac", "sv": "iPhone, iPad och Mac"},
+    "web_profile_intro": {
+        "en": "Download a profile that sets up Apple Mail for you; the device asks for your "
+        "password.",
+        "sv": "Ladda ner en profil som ställer in Apple Mail åt dig; enheten frågar efter ditt "
+        "lösenord.",
+    },
+    "web_email_label": {"en": "Your e-mail address", "sv": "Din e-postadress"},
+    "web_profile_submit": {"en": "Download profile", "sv": "Ladda ner profilen"},
+    "web_autoconfig_doc": {
+        "en": "Settings and explanations of sending errors",
+        "sv": "Inställningar och förklaringar av fel vid sändning",
+    },
+    "web_profile_descr": {
+        "en": "Mail settings for {email}",
+        "sv": "E-postinställningar för {email}",
+    },
+    "web_bad_form": {
+        "en": "The form could not be used (it may be too old). Reload the page and try again.",
+        "sv": "Formuläret gick inte att använda (det kan vara för gammalt). Ladda om sidan och "
+        "försök igen.",
+    },
+    "web_too_many": {
+        "en": "Too many requests from your address; wait a minute and try again.",
+        "sv": "För många förfrågningar från din adress; vänta en minut och försök igen.",
+    },
 }
 
 
