@@ -68,6 +68,15 @@ SECURITY_HEADERS = {
 }
 
 
+class _OneLine(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp logs each malformed request with a traceback; one line is enough
+    (and a stranger cannot fill the log with tracebacks)."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kw: object) -> None:
+        reason = " ".join(str(exc_info).split()) if isinstance(exc_info, BaseException) else ""
+        self.logger.info("web: %s: %s", str(msg) % args, reason[:200])
+
+
 class GrantLookup(Protocol):
     def lookup(self, ip: str, now: float) -> Grant | None: ...
 
@@ -534,6 +543,7 @@ async def start_web(deps: WebDeps, listen: Sequence[HostPort], request_timeout: 
         access_log=None,
         handle_signals=False,
         keepalive_timeout=KEEPALIVE_TIMEOUT,
+        logger=_OneLine(log, {}),
     )
     await runner.setup()
     loop = asyncio.get_running_loop()
