@@ -269,3 +269,10 @@ def test_pasted_markup_is_shown_as_text(live: WebServer) -> None:
     assert r.status == 200
     assert "<script>" not in r.text and "</textarea><b>" not in r.text
     assert "&lt;script&gt;" in r.text
+
+
+def test_each_first_visit_gets_its_own_token(live: WebServer) -> None:
+    """The page is rendered once per language; the token must still be per visitor."""
+    tokens = {session(live, f"198.51.100.{70 + i}")[1] for i in range(5)}
+    assert len(tokens) == 5
+    assert "{{csrf-token}}" not in live.get("/help").text

@@ -57,6 +57,10 @@ CSRF_COOKIE = "postvakt_csrf"
 CSRF_TOKEN_BYTES = 32
 # What secrets.token_urlsafe(CSRF_TOKEN_BYTES) gives: 43 URL-safe base64 characters.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+# Where a cached page takes its visitor's token (never a valid token itself).
+_TOKEN_SLOT = b"{{csrf-token}}"
+# Pages rendered ahead: languages x local domains x settings; a reload starts over.
+MAX_CACHED_PAGES = 64
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Nothing on these pages runs scripts, loads from elsewhere or may be framed.
 SECURITY_HEADERS = {
@@ -259,6 +263,7 @@ class WebApp:
         self.deps = deps
         self.explain_limit = RateLimiter(EXPLAIN_PER_MINUTE, EXPLAIN_BURST)
         self.check_limit = RateLimiter(CHECK_PER_MINUTE, CHECK_BURST)
+        self._blank: dict[tuple[str, mailconfig.MailSettings], bytes] = {}
 
     @property
     def config(self) -> Config:
@@ -325,26 +330,37 @@ class WebApp:
         fresh = not _TOKEN.fullmatch(token)
         if fresh:
             token = secrets.token_urlsafe(CSRF_TOKEN_BYTES)
-        html = pages.help_page(
-            lang=lang,
-            settings=self._settings(request),
-            csrf=token,
-            pasted=pasted,
-            diagnosis=diagnosis,
-            check=check,
-            notice=notice,
-        )
-        resp = web.Response(status=status, text=html, content_type="text/html", charset="utf-8")
+        settings = self._settings(request)
+        if diagnosis is None and check is None and not notice and not pasted:
+            body = self._blank_page(lang, settings).replace(_TOKEN_SLOT, token.encode())
+        else:
+            body = pages.help_page(
+                lang=lang,
+                settings=settings,
+                csrf=token,
+                pasted=pasted,
+                diagnosis=diagnosis,
+                check=check,
+                notice=notice,
+            ).encode()
+        resp = web.Response(status=status, body=body, content_type="text/html", charset="utf-8")
         if fresh:
-            resp.set_cookie(
-                CSRF_COOKIE,
-                token,
-                path="/help",
-                httponly=True,
-                samesite="Strict",
-                secure=_is_https(request, self.config.web.proxy_trusted),
+            secure = "; Secure" if _is_https(request, self.config.web.proxy_trusted) else ""
+            resp.headers["Set-Cookie"] = (
+                f"{CSRF_COOKIE}={token}; HttpOnly; Path=/help; SameSite=Strict{secure}"
             )
         return resp
+
+    def _blank_page(self, lang: str, settings: mailconfig.MailSettings) -> bytes:
+        """The page as a first visit sees it, rendered once per language and settings."""
+        key = (lang, settings)
+        page = self._blank.get(key)
+        if page is None:
+            if len(self._blank) >= MAX_CACHED_PAGES:
+                self._blank.clear()
+            html = pages.help_page(lang=lang, settings=settings, csrf=_TOKEN_SLOT.decode())
+            page = self._blank[key] = html.encode()
+        return page
 
     async def root(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/help")
