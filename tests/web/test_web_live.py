@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import plistlib
+import signal
 import socket
 import ssl
 import xml.etree.ElementTree as ET
@@ -21,7 +22,15 @@ from pathlib import Path
 
 import pytest
 from autoconfig_shape import ClientServer, read_as_client, validate_autoconfig
-from web_support import ALICE, PASSWORD, PUBLIC_HOST, WebServer, connect_public, start_web_server
+from web_support import (
+    ALICE,
+    PASSWORD,
+    PUBLIC_HOST,
+    WebServer,
+    connect_public,
+    start_web_server,
+    wait_for,
+)
 
 from postvakt.web import mailconfig as mc
 
@@ -273,3 +282,21 @@ def test_tls_check_would_catch_a_wrong_host_name(live: WebServer) -> None:
     with pytest.raises(ssl.SSLCertVerificationError):
         live.tls_context().wrap_socket(sock, server_hostname="wrong.pv.test")
     sock.close()
+
+
+def test_documents_follow_the_config_after_sighup(tmp_path: Path) -> None:
+    """Generated from the live config: a new public_host is served after a reload."""
+    srv = start_web_server(tmp_path)
+    try:
+        before = srv.get(f"/mail/config-v1.1.xml?emailaddress={ALICE}").text
+        assert f"<hostname>{PUBLIC_HOST}</hostname>" in before
+        cfg = srv.srv.config_path
+        cfg.write_text(cfg.read_text().replace(f'"{PUBLIC_HOST}"', '"smtp.pv.test"'))
+        assert srv.srv.proc is not None
+        srv.srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded" in srv.srv.log(), what="the reload")
+        after = srv.get(f"/mail/config-v1.1.xml?emailaddress={ALICE}").text
+        assert "<hostname>smtp.pv.test</hostname>" in after
+        assert "smtp.pv.test" in srv.get("/help?lang=en").text
+    finally:
+        srv.stop()

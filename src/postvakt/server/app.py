@@ -280,8 +280,14 @@ def _reload(app: App, path: Path) -> None:
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
-    if new.listen != app.config.listen or new.data_dir != app.config.data_dir:
-        log.warning("reload: [listen] and data_dir changes take effect after a restart")
+    if (
+        new.listen != app.config.listen
+        or new.data_dir != app.config.data_dir
+        or new.web.listen != app.config.web.listen
+    ):
+        log.warning(
+            "reload: [listen], [web] listen and data_dir changes take effect after a restart"
+        )
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
     lim = new.limits
