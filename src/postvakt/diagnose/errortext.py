@@ -17,6 +17,7 @@ Rules of the house:
 
 from __future__ import annotations
 
+import bisect
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -55,12 +56,16 @@ _SERVER_ERROR_LABELS = (
 _YES = {"yes", "ja", "oui", "sí", "si", "kyllä", "on"}
 _NO = {"no", "nej", "nein", "non", "nee", "nei", "ei", "off"}
 
+# How far a quoted reply may reach: a few lines of 512 octets (RFC 5321 §4.5.3.1.5).
+# The bound also keeps every search linear in the pasted text.
+_REPLY_SPAN = 2048
 # A quoted reply ends at the quote that is followed by the next ", Label:" field.
 _NEXT_FIELD = r"(?=\s*,\s*[^\W\d_][^,:'\n]{0,40}?\s*:|\s*$)"
-_OUTLOOK_RESPONSE = re.compile(
-    rf"(?:{_RESPONSE_LABELS})\s*:\s*'(?P<r>.*?)'{_NEXT_FIELD}", re.IGNORECASE | re.DOTALL
-)
-_QUOTED_REPLY = re.compile(rf"'(?P<r>[2-5][0-5]\d(?:[ -][^\n]*?)?)'{_NEXT_FIELD}")
+# Outlook quotes the reply: "Server Response: '550 ...', Port: 25". Starts and
+# ends are found separately and paired, which keeps the search linear.
+_OUTLOOK_RESPONSE = re.compile(rf"(?:{_RESPONSE_LABELS})\s*:\s*'", re.IGNORECASE)
+_QUOTED_CODE = re.compile(r"'(?=[2-5][0-5]\d(?:[ -]|'))")
+_QUOTE_END = re.compile(rf"'{_NEXT_FIELD}")
 _RESPONDED = re.compile(
     r"(?:server responded|server said|server response|server replied|remote server returned|"
     r"error from remote mail server)\s*:?\s*[\"'“]?(?P<r>[^\n\"'”]*(?:'[a-z][^\n\"'”]*)*)",
@@ -79,8 +84,9 @@ _ERRNUM = re.compile(r"\b0x[0-9A-Fa-f]{8}\b")
 _SERVER = re.compile(rf"\b(?:{_SERVER_LABELS})\s*:\s*'([^']+)'", re.IGNORECASE)
 _SERVER_ERROR = re.compile(rf"(?:{_SERVER_ERROR_LABELS})\s*:\s*([2-5]\d\d)\b", re.IGNORECASE)
 _REJECTED_ADDR = re.compile(r"rejected e-?mail address was\s*'([^']+)'", re.IGNORECASE)
-_ANGLE = re.compile(r"<([^<>\s]+@[^<>\s]+)>")
-_QUOTED_ADDR = re.compile(r"['\"]([^'\"\s<>]+@[^'\"\s<>]+)['\"]")
+# One "@" per address: with more, the two halves could be split anywhere (quadratic).
+_ANGLE = re.compile(r"<([^<>\s@]+@[^<>\s@]+)>")
+_QUOTED_ADDR = re.compile(r"['\"]([^'\"\s<>@]+@[^'\"\s<>@]+)['\"]")
 _CLAUSE_END = re.compile(r"[.!?;]\s|\n")
 
 # Client error numbers that name a case and the SMTP stage by themselves
@@ -181,11 +187,28 @@ def _embedded_reply(text: str) -> str:
     return ""
 
 
+def _quoted(text: str, starts: re.Pattern[str], one_line: bool) -> str:
+    """The first quoted reply opened by `starts` and closed by a quote before the next field."""
+    ends = [m.start() for m in _QUOTE_END.finditer(text)]
+    for m in starts.finditer(text):
+        i = bisect.bisect_left(ends, m.end())
+        if i == len(ends):
+            return ""
+        body = text[m.end() : ends[i]]
+        if len(body) <= _REPLY_SPAN and not (one_line and "\n" in body) and body.strip():
+            return body
+    return ""
+
+
 def _raw_reply(text: str) -> str:
-    for rx in (_OUTLOOK_RESPONSE, _QUOTED_REPLY, _RESPONDED):
-        m = rx.search(text)
-        if m and m.group("r").strip():
-            return m.group("r")
+    raw = _quoted(text, _OUTLOOK_RESPONSE, one_line=False) or _quoted(
+        text, _QUOTED_CODE, one_line=True
+    )
+    if raw:
+        return raw
+    m = _RESPONDED.search(text)
+    if m and m.group("r").strip():
+        return m.group("r")
     m = _BARE_REPLY.search(text)
     if m:
         return m.group("r")
