@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "postvakt"
-PURE = ["smtp", "pop3", "policy", "address.py", "queue/schedule.py"]
+PURE = [
+    "smtp",
+    "pop3",
+    "policy",
+    "address.py",
+    "queue/schedule.py",
+    "web/mailconfig.py",
+    "web/pages.py",
+]
 FORBIDDEN = {"asyncio", "socket", "ssl", "os", "time", "subprocess", "threading", "sqlite3"}
 
 
