@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         proc, port = start(Path(d))
         try:
             url = f"http://127.0.0.1:{port}{args.path}"
-            subprocess.run([wrk, "-t1", "-c4", "-d2s", url], capture_output=True, check=True)  # warm-up
+            subprocess.run(
+                [wrk, "-t1", "-c4", "-d2s", url], capture_output=True, check=True
+            )  # warm-up
             out = subprocess.run(
                 [
                     wrk,
@@ -147,8 +149,14 @@ def main(argv: list[str] | None = None) -> int:
         seconds=args.seconds,
         path=args.path,
         target_ms=TARGET_MS,
-        met=bool(res.get("p99_ms") is not None and res["p99_ms"] < TARGET_MS and not res["non_2xx"]),
-        machine={"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
+        met=bool(
+            res.get("p99_ms") is not None and res["p99_ms"] < TARGET_MS and not res["non_2xx"]
+        ),
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load": os.getloadavg(),
+        },
     )
     print(out)
     print(
