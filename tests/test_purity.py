@@ -21,6 +21,8 @@ PURE = [
     "queue/schedule.py",
     "mailauth/results.py",
     "mailauth/headers.py",
+    "web/mailconfig.py",
+    "web/pages.py",
 ]
 FORBIDDEN = {"asyncio", "socket", "ssl", "os", "time", "subprocess", "threading", "sqlite3"}
 
@@ -69,10 +71,9 @@ def test_checker_catches_forbidden_imports(tmp_path: Path) -> None:
 
 
 def _all_modules() -> list[Path]:
-    # `python -m postvakt` (__main__.py) is the command itself: it sits above cli/.
-    return sorted(
-        p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in ("cli", "__main__.py")
-    )
+    # `python -m postvakt` (__main__.py) is the command line's entry, as the console script is.
+    above = ("cli", "__main__.py")
+    return sorted(p for p in SRC.rglob("*.py") if p.relative_to(SRC).parts[0] not in above)
 
 
 @pytest.mark.parametrize("path", _all_modules(), ids=lambda p: str(p.relative_to(SRC)))

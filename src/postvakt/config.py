@@ -226,6 +226,21 @@ class AuthChecksConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """Autoconfig, Autodiscover and the help page (postvakt.web); no listener = off."""
+
+    listen: tuple[HostPort, ...] = ()
+    # The name mail programs are told to connect to; "" = the config's hostname.
+    public_host: str = ""
+    # Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed;
+    # empty = nobody (the help page's own-address check sees the TCP peer).
+    proxy_trusted: tuple[IPNetwork, ...] = ()
+    # A request's headers, and then its body, must each arrive within this
+    # (slowloris); nginx's client_header_timeout is 60 s, ours serves small pages.
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: Path
@@ -241,6 +256,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -422,6 +438,7 @@ TOP_KEYS = {
     "dns",
     "dkim",
     "auth_checks",
+    "web",
 }
 
 # RFC 6376 §3.1: a selector is one or more dot-separated labels.
@@ -630,6 +647,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     _choice(pop3.plaintext, ("never", "networks", "always"), source, "[pop3] plaintext")
 
     limits = parse_limits(_table(raw, "limits", source), source)
+    web = _parse_web(_table(raw, "web", source), source)
 
     dns = _parse_dns(_table(raw, "dns", source), source)
     dkim = _parse_dkim(_table(raw, "dkim", source), source, path_of)
@@ -656,11 +674,35 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         dns=dns,
         dkim=dkim,
         auth_checks=auth_checks,
+        web=web,
         postmaster=postmaster,
         log_level=log_level,
         source=source,
     )
     return cfg
+
+
+def _parse_web(wt: dict[str, Any], source: str) -> WebConfig:
+    _check_keys(wt, {f.name for f in fields(WebConfig)}, source, "web")
+    listen = tuple(
+        parse_hostport(x, source, "[web] listen")
+        for x in _list(wt.get("listen", []), source, "[web] listen")
+    )
+    public_host = wt.get("public_host", "")
+    if public_host != "":
+        public_host = normalize_domain(public_host, source, "[web] public_host")
+    trusted = tuple(
+        parse_network(x, source, "[web] proxy_trusted")
+        for x in _list(wt.get("proxy_trusted", []), source, "[web] proxy_trusted")
+    )
+    timeout = WebConfig.request_timeout
+    if "request_timeout" in wt:
+        timeout = parse_duration(wt["request_timeout"], source, "[web] request_timeout")
+        if timeout <= 0:
+            raise ConfigError(source, "[web] request_timeout", "must be more than 0")
+    return WebConfig(
+        listen=listen, public_host=public_host, proxy_trusted=trusted, request_timeout=timeout
+    )
 
 
 def embedded_default(cwd: Path | None = None) -> Config:

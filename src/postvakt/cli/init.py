@@ -83,6 +83,11 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 #                                 # `postvakt queue release ID`, postmaster is told
 # [limits.users."news@{domain}"]  # one user's own limits
 # messages_per_hour = 5000
+
+# [web]                           # autoconfig, Autodiscover, /help (docs/helpdesk.md); absent = off
+# listen = "127.0.0.1:8080"       # plain HTTP: put a TLS proxy in front for the world
+# public_host = "mail.{domain}"   # the name mail programs are told (default: hostname)
+# proxy_trusted = ["127.0.0.1/32"]  # proxies whose X-Forwarded-For is believed
 """
 
 

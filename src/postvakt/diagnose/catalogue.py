@@ -621,6 +621,14 @@ FINDINGS: dict[str, dict[str, str]] = {
         "en": "This wording is used by: {servers}",
         "sv": "Formuleringen används av: {servers}",
     },
+    "reply_code": {
+        "en": "Reply code {code}: {meaning}",
+        "sv": "Svarskod {code}: {meaning}",
+    },
+    "stage_rcpt": {
+        "en": "The refusal came when the recipient was given (after the sender was accepted)",
+        "sv": "Nejet kom när mottagaren angavs (efter att avsändaren godtagits)",
+    },
     "port25_no_ssl": {
         "en": "Port 25 without encryption is meant for servers talking to servers, "
         "not for mail programs",
@@ -629,7 +637,22 @@ FINDINGS: dict[str, dict[str, str]] = {
     },
 }
 
-# Outlook / Windows Mail error numbers: number -> language -> meaning.
+# Outlook / Outlook Express / Windows Mail error numbers: number -> language -> meaning.
+#
+# Source (CLIENT_ERROR_SOURCES below): these numbers are the HRESULTs of
+# Microsoft's Internet mail transport, the one behind Outlook Express, Windows
+# Mail and Outlook's POP3/SMTP accounts. Microsoft documents the result
+# structure that carries them ("IXPRESULT structure", hrResult: "the error
+# code from the transport"; header Imnxport.h):
+#   https://learn.microsoft.com/en-us/previous-versions/windows/desktop/oe/oe-ixpresult
+# Imnxport.h (Windows SDK) defines each as IXP_E_<NAME> = HR_E(n) =
+# MAKE_SCODE(SEVERITY_ERROR, FACILITY_INTERNET (12), n), i.e. 0x800C0000 | n;
+# the constant's name is what the number means. Microsoft's support articles
+# show the numbers in the dialog text the users paste, e.g. 0x800CCC0F:
+#   https://support.microsoft.com/kb/935400
+# Numbers of other Outlook components (0x8004210x and friends) are left out:
+# no Microsoft document for them was found, and a guessed meaning would
+# mislead; their dialog text is still read by its words.
 CLIENT_ERRORS: dict[str, dict[str, str]] = {
     "0x800CCC79": {
         "en": "the server rejected one or more recipients (most often: relaying denied)",
@@ -638,6 +661,22 @@ CLIENT_ERRORS: dict[str, dict[str, str]] = {
     "0x800CCC78": {
         "en": "the server rejected the sender address",
         "sv": "servern vägrade avsändaradressen",
+    },
+    "0x800CCC7C": {
+        "en": "the server wants STARTTLS before it takes mail (530)",
+        "sv": "servern vill ha STARTTLS innan den tar emot post (530)",
+    },
+    "0x800CCC7D": {
+        "en": "the mail program asked for STARTTLS but the server does not offer it",
+        "sv": "e-postprogrammet bad om STARTTLS men servern erbjuder det inte",
+    },
+    "0x800CCC6E": {
+        "en": "the server refused an address (553)",
+        "sv": "servern vägrade en adress (553)",
+    },
+    "0x800CCC6D": {
+        "en": "the server refused the message size (552)",
+        "sv": "servern vägrade brevets storlek (552)",
     },
     "0x800CCC0E": {
         "en": "the mail program could not connect to the server",
@@ -648,11 +687,40 @@ CLIENT_ERRORS: dict[str, dict[str, str]] = {
         "sv": "förbindelsen bröts innan servern var klar",
     },
     "0x800CCC0D": {"en": "the server name could not be found", "sv": "servernamnet hittades inte"},
-    "0x80042109": {
-        "en": "the mail program could not connect to the outgoing (SMTP) server",
-        "sv": "e-postprogrammet kunde inte ansluta till den utgående (SMTP) servern",
+    "0x800CCC19": {
+        "en": "the server did not answer in time",
+        "sv": "servern svarade inte i tid",
     },
-    "0x8004210B": {"en": "the server did not answer in time", "sv": "servern svarade inte i tid"},
+    "0x800CCC1A": {
+        "en": "the encrypted (SSL/TLS) connection could not be set up",
+        "sv": "den krypterade (SSL/TLS) förbindelsen gick inte att upprätta",
+    },
+    "0x800CCC18": {
+        "en": "the login was refused",
+        "sv": "inloggningen nekades",
+    },
+    "0x800CCC92": {
+        "en": "the POP3 server refused the password",
+        "sv": "POP3-servern godtog inte lösenordet",
+    },
+}
+
+# Number -> (the constant's name in Imnxport.h, where Microsoft documents it).
+_IXP = "https://learn.microsoft.com/en-us/previous-versions/windows/desktop/oe/oe-ixpresult"
+CLIENT_ERROR_SOURCES: dict[str, tuple[str, str]] = {
+    "0x800CCC79": ("IXP_E_SMTP_REJECTED_RECIPIENTS", _IXP),
+    "0x800CCC78": ("IXP_E_SMTP_REJECTED_SENDER", _IXP),
+    "0x800CCC7C": ("IXP_E_SMTP_530_STARTTLS_REQUIRED", _IXP),
+    "0x800CCC7D": ("IXP_E_SMTP_NO_STARTTLS_SUPPORT", _IXP),
+    "0x800CCC6E": ("IXP_E_SMTP_553_MAILBOX_NAME_SYNTAX", _IXP),
+    "0x800CCC6D": ("IXP_E_SMTP_552_STORAGE_OVERFLOW", _IXP),
+    "0x800CCC0E": ("IXP_E_FAILED_TO_CONNECT", _IXP),
+    "0x800CCC0F": ("IXP_E_CONNECTION_DROPPED", "https://support.microsoft.com/kb/935400"),
+    "0x800CCC0D": ("IXP_E_CANT_FIND_HOST", _IXP),
+    "0x800CCC19": ("IXP_E_TIMEOUT", _IXP),
+    "0x800CCC1A": ("IXP_E_SECURE_CONNECT_FAILED", _IXP),
+    "0x800CCC18": ("IXP_E_SICILY_LOGON_FAILED", _IXP),
+    "0x800CCC92": ("IXP_E_POP3_INVALID_PASSWORD", _IXP),
 }
 
 LABELS: dict[str, dict[str, str]] = {
@@ -694,6 +762,30 @@ LABELS: dict[str, dict[str, str]] = {
     "unknown_server": {"en": "(server not named)", "sv": "(servern namnges inte)"},
     "unknown_address": {"en": "(address not named)", "sv": "(adressen namnges inte)"},
     "unknown_login": {"en": "(your user name)", "sv": "(ditt användarnamn)"},
+    "confidence": {"en": "How sure", "sv": "Hur säker"},
+    "confidence_high": {
+        "en": "sure: the server's own words say so",
+        "sv": "säker: serverns egna ord säger det",
+    },
+    "confidence_medium": {
+        "en": "fairly sure: the server's words are not known here, but the other clues agree",
+        "sv": "ganska säker: serverns ord känns inte igen, men de andra ledtrådarna stämmer",
+    },
+    "confidence_low": {
+        "en": "not sure: only one clue points to this",
+        "sv": "osäker: bara en ledtråd pekar hit",
+    },
+    "reply_not_shown": {
+        "en": "(the server's words are not in the pasted text)",
+        "sv": "(serverns ord finns inte i den inklistrade texten)",
+    },
+    "code_permanent": {"en": "a permanent refusal", "sv": "ett bestående nej"},
+    "code_temporary": {"en": "a temporary refusal", "sv": "ett tillfälligt nej"},
+    "code_policy": {
+        "en": "refused by the server's rules (permission or security)",
+        "sv": "nekat av serverns regler (behörighet eller säkerhet)",
+    },
+    "code_address": {"en": "a problem with an address", "sv": "ett problem med en adress"},
     "alt_ports": {"en": "Port {ports} answers.", "sv": "Port {ports} svarar."},
     "relay_title": {
         "en": "Open relay test of {server} (as an outside client from {source})",
@@ -728,6 +820,139 @@ LABELS: dict[str, dict[str, str]] = {
         "were accepted; make sure they are delivered locally.",
         "sv": "{count} lokalt utseende adress(er) med routningstecken "
         "godtogs; kontrollera att de levereras lokalt.",
+    },
+    # The help page (postvakt.web) and the documents it hands to mail programs.
+    "web_title": {"en": "Why can't I send?", "sv": "Varför kan jag inte skicka?"},
+    "web_description": {
+        "en": "Paste the error your mail program showed and read what it means and what to change.",
+        "sv": "Klistra in felet som e-postprogrammet visade och läs vad det betyder och vad du ska "
+        "ändra.",
+    },
+    "web_intro": {
+        "en": "Paste the error message your mail program showed. The explanation says what it "
+        "means and the one setting to change. Nothing you paste is stored.",
+        "sv": "Klistra in felmeddelandet som e-postprogrammet visade. Förklaringen säger vad det "
+        "betyder och vilken inställning du ska ändra. Inget du klistrar in sparas.",
+    },
+    "web_language": {"en": "Language", "sv": "Språk"},
+    "web_error_label": {"en": "The error message", "sv": "Felmeddelandet"},
+    "web_error_hint": {
+        "en": "Copy the whole message, with numbers such as 550 or 0x800CCC79.",
+        "sv": "Kopiera hela meddelandet, med siffror som 550 eller 0x800CCC79.",
+    },
+    "web_submit": {"en": "Explain the error", "sv": "Förklara felet"},
+    "web_result": {"en": "Explanation", "sv": "Förklaring"},
+    "web_change_this": {"en": "Change this", "sv": "Ändra det här"},
+    "web_also": {"en": "Also worth trying", "sv": "Också värt att prova"},
+    "web_case_id": {
+        "en": "For the helpdesk: case {case}",
+        "sv": "För supporten: fall {case}",
+    },
+    "web_settings": {
+        "en": "The right settings for {domain}",
+        "sv": "Rätt inställningar för {domain}",
+    },
+    "web_settings_intro": {
+        "en": "Thunderbird, Outlook, Apple Mail, K-9 Mail and FairEmail find these by themselves "
+        "when you type in your address.",
+        "sv": "Thunderbird, Outlook, Apple Mail, K-9 Mail och FairEmail hittar dem själva när du "
+        "skriver in din adress.",
+    },
+    "web_outgoing": {"en": "Outgoing mail (SMTP)", "sv": "Utgående post (SMTP)"},
+    "web_incoming": {"en": "Incoming mail (POP3)", "sv": "Inkommande post (POP3)"},
+    "web_server": {"en": "Server", "sv": "Server"},
+    "web_port": {"en": "Port", "sv": "Port"},
+    "web_security": {"en": "Connection security", "sv": "Anslutningssäkerhet"},
+    "web_username": {"en": "User name", "sv": "Användarnamn"},
+    "web_username_value": {
+        "en": "your whole e-mail address",
+        "sv": "hela din e-postadress",
+    },
+    "web_login": {"en": "Login", "sv": "Inloggning"},
+    "web_login_value": {
+        "en": "on, with the same password as for incoming mail",
+        "sv": "på, med samma lösenord som för inkommande post",
+    },
+    "web_or": {"en": "or", "sv": "eller"},
+    "web_no_secure_send": {
+        "en": "This server offers no secure way to send mail yet, so no settings are shown: ask "
+        "the provider.",
+        "sv": "Den här servern erbjuder ännu inget säkert sätt att skicka post, så inga "
+        "inställningar visas: fråga leverantören.",
+    },
+    "web_no_incoming": {
+        "en": "This server offers no way to fetch mail, so no settings are shown.",
+        "sv": "Den här servern erbjuder inget sätt att hämta post, så inga inställningar visas.",
+    },
+    "web_check_title": {"en": "Check my connection", "sv": "Kontrollera min anslutning"},
+    "web_check_intro": {
+        "en": "Asks this server (and no other) what it knows about the address you connect from.",
+        "sv": "Frågar den här servern (och ingen annan) vad den vet om adressen du ansluter från.",
+    },
+    "web_check_submit": {"en": "Check", "sv": "Kontrollera"},
+    "web_check_ip": {
+        "en": "Your address, as this server sees it: {ip}",
+        "sv": "Din adress, som den här servern ser den: {ip}",
+    },
+    "web_check_network_yes": {
+        "en": "It is in the provider's own network: sending works from here even without login.",
+        "sv": "Den finns i leverantörens eget nät: att skicka fungerar härifrån även utan "
+        "inloggning.",
+    },
+    "web_check_network_no": {
+        "en": "It is not in the provider's own network.",
+        "sv": "Den finns inte i leverantörens eget nät.",
+    },
+    "web_check_client_yes": {
+        "en": "It is on the provider's list of addresses allowed to send.",
+        "sv": "Den står på leverantörens lista över adresser som får skicka.",
+    },
+    "web_check_pop_yes": {
+        "en": "A POP3 login from this address lets you send without login for {minutes} more "
+        "minutes.",
+        "sv": "En POP3-inloggning från den här adressen låter dig skicka utan inloggning i "
+        "{minutes} minuter till.",
+    },
+    "web_check_pop_no": {
+        "en": "No POP3 login from this address in the last {minutes} minutes.",
+        "sv": "Ingen POP3-inloggning från den här adressen de senaste {minutes} minuterna.",
+    },
+    "web_check_needs_login": {
+        "en": 'From here, sending needs login: turn on "My outgoing server (SMTP) requires '
+        'authentication" and use the outgoing settings above.',
+        "sv": 'Härifrån kräver det inloggning att skicka: slå på "Servern för utgående e-post '
+        '(SMTP) kräver autentisering" och använd inställningarna för utgående post ovan.',
+    },
+    "web_check_works": {
+        "en": "From here, sending works even without login (login is still the safer setting).",
+        "sv": "Härifrån fungerar det att skicka även utan inloggning (inloggning är ändå den "
+        "säkrare inställningen).",
+    },
+    "web_profile_title": {"en": "iPhone, iPad and Mac", "sv": "iPhone, iPad och Mac"},
+    "web_profile_intro": {
+        "en": "Download a profile that sets up Apple Mail for you; the device asks for your "
+        "password.",
+        "sv": "Ladda ner en profil som ställer in Apple Mail åt dig; enheten frågar efter ditt "
+        "lösenord.",
+    },
+    "web_email_label": {"en": "Your e-mail address", "sv": "Din e-postadress"},
+    "web_profile_submit": {"en": "Download profile", "sv": "Ladda ner profilen"},
+    "web_autoconfig_doc": {
+        "en": "Settings and explanations of sending errors",
+        "sv": "Inställningar och förklaringar av fel vid sändning",
+    },
+    "web_profile_descr": {
+        "en": "Mail settings for {email}",
+        "sv": "E-postinställningar för {email}",
+    },
+    "web_bad_form": {
+        "en": "The form could not be used (it may be too old). Reload the page and try again.",
+        "sv": "Formuläret gick inte att använda (det kan vara för gammalt). Ladda om sidan och "
+        "försök igen.",
+    },
+    "web_too_many": {
+        "en": "Too many requests from your address; wait a minute and try again.",
+        "sv": "För många förfrågningar från din adress; vänta en minut och försök igen.",
     },
 }
 

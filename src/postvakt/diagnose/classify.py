@@ -13,6 +13,7 @@ Rules of the house:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 # Reply kinds, in the words of the catalogue's cases.
@@ -86,6 +87,53 @@ PATTERNS: tuple[Pattern, ...] = (
         r"|not permitted to relay|no relaying",
         "other servers",
     ),
+    # Localized servers (Exchange, hosting panels, translated sendmail/Exim
+    # templates): the same refusal in the languages the issue names. Words
+    # only; the code-and-port fallback in errortext.py covers the rest.
+    _p(
+        RELAY_DENIED,
+        r"vidarebefordran (är )?(nekad|inte tillåten|ej tillåten)|förbjuden vidarebefordran"
+        r"|relä(ning)? (nekad|nekat)",
+        "localized (sv)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"relay(ing)?(-zugriff)? (wurde )?(verweigert|abgelehnt|nicht (erlaubt|gestattet|zulässig))"
+        r"|weiterleitung (wurde )?(verweigert|abgelehnt|nicht (erlaubt|gestattet|möglich))",
+        "localized (de)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"relais (refusé|interdit|non autorisé)|relayage (refusé|interdit|non autorisé)"
+        r"|refus de relayer",
+        "localized (fr)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"(retransmisión|reenvío|relay|relevo) (denegad[oa]|no permitid[oa]|rechazad[oa])"
+        r"|no se permite (el |la )?(relay|reenvío|retransmisión)",
+        "localized (es)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"relay(ing)? (geweigerd|niet toegestaan)|doorsturen (geweigerd|niet toegestaan)",
+        "localized (nl)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"videresendelse (er )?(nægtet|afvist|ikke tilladt)|relæ(ring)? (nægtet|afvist)",
+        "localized (da)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"videresending (er )?(nektet|avvist|ikke tillatt)|relé(ing)? (nektet|avvist)",
+        "localized (no)",
+    ),
+    _p(
+        RELAY_DENIED,
+        r"(välitys|edelleenlähetys|välittäminen) (on )?(estetty|kielletty|evätty|ei (ole )?sallittu)",
+        "localized (fi)",
+    ),
     _p(
         AUTH_REQUIRED,
         r"authentication (is )?required|must (first )?authenticate|must issue an auth|authenticate first"
@@ -103,14 +151,23 @@ PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+def find_pattern(enhanced: str, text: str) -> Pattern | None:
+    """The first row whose words the reply carries (text compared in NFC, as pasted
+    text from some systems arrives decomposed: "nekad" vs "neka\u0301d")."""
+    words = unicodedata.normalize("NFC", f"{enhanced} {text}".strip())
+    for p in PATTERNS:
+        if p.regex.search(words):
+            return p
+    return None
+
+
 def classify(code: int, enhanced: str, text: str, stage: str = "") -> str:
     """The kind of a reply. `stage` is the command it answered: AUTH, MAIL, RCPT or ""."""
     if 200 <= code < 400:
         return ACCEPTED
-    words = f"{enhanced} {text}".strip()
-    for p in PATTERNS:
-        if p.regex.search(words):
-            return p.kind
+    row = find_pattern(enhanced, text)
+    if row is not None:
+        return row.kind
     if code == 530:
         return AUTH_REQUIRED
     if code == 538:
@@ -130,11 +187,8 @@ def classify(code: int, enhanced: str, text: str, stage: str = "") -> str:
 
 def matching_servers(code: int, enhanced: str, text: str) -> str:
     """Whose wording matched (shown in --explain-error output)."""
-    words = f"{enhanced} {text}".strip()
-    for p in PATTERNS:
-        if p.regex.search(words):
-            return p.servers
-    return ""
+    row = find_pattern(enhanced, text)
+    return row.servers if row is not None else ""
 
 
 def is_temporary(code: int) -> bool:

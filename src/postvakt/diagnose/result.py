@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from postvakt.diagnose import catalogue
@@ -20,6 +21,19 @@ SEVERITIES = ("ok", "info", "warning", "problem")
 EXIT_ACCEPTED = 0
 EXIT_REFUSED = 1
 EXIT_NOT_RECOGNISED = 2
+
+
+class Confidence(StrEnum):
+    """How sure a reading of a pasted error is (a live probe needs no such word).
+
+    HIGH: the server's own words name the case. MEDIUM: its words are unknown,
+    but the reply code, the stage and the client's port and encryption agree.
+    LOW: one clue alone (an error number, a bare code).
+    """
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class Diagnosis:
     findings: tuple[Finding, ...] = ()
     probes: tuple[Probe, ...] = ()
     exit_code: int = EXIT_REFUSED
+    confidence: Confidence | None = None
 
     def to_json(self, lang: str) -> str:
         t = catalogue.case_text(self.case, lang, self.params)
@@ -63,6 +78,7 @@ class Diagnosis:
             "accepted": self.accepted,
             "exit_code": self.exit_code,
             "lang": lang,
+            "confidence": self.confidence.value if self.confidence else None,
             "title": t.title,
             "explanation": t.explanation,
             "advice": list(t.advice),
@@ -96,7 +112,12 @@ class Diagnosis:
     def to_text(self, lang: str, *, verbose: bool = False, probing: bool = True) -> str:
         t = catalogue.case_text(self.case, lang, self.params)
         lab = catalogue.label
-        out = [f"{lab('diagnosis', lang)}: {t.title}  [{self.case}]", ""]
+        out = [f"{lab('diagnosis', lang)}: {t.title}  [{self.case}]"]
+        if self.confidence is not None:
+            out.append(
+                f"{lab('confidence', lang)}: {lab('confidence_' + self.confidence.value, lang)}"
+            )
+        out.append("")
         out += [f"{lab('meaning', lang)}:", f"  {t.explanation}", ""]
         if t.advice:
             out.append(f"{lab('advice', lang)}:")

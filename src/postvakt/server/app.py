@@ -33,6 +33,7 @@ from postvakt.grants import GrantStore, LoginFailures, open_grant_store
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
 from postvakt.server.tls import server_context
+from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")
 
@@ -207,6 +208,24 @@ def _bound(servers: list[tuple[str, asyncio.base_events.Server]]) -> dict[str, l
     return out
 
 
+async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
+    """postvakt.web on this loop, told the ports the mail listeners really bound."""
+    cfg = app.config
+    if not cfg.web.listen:
+        return None
+    ports = {kind: int(addrs[0].rsplit(":", 1)[1]) for kind, addrs in bound.items()}
+    if "submission" not in ports and "submissions" not in ports:
+        log.warning("web: no [listen] submission or submissions: no mail settings are offered")
+    deps = WebDeps(config=lambda: app.config, ports=ports, grants=app.grants)
+    try:
+        web = await start_web(deps, cfg.web.listen, cfg.web.request_timeout)
+    except OSError as e:
+        where = ", ".join(map(str, cfg.web.listen))
+        raise ConfigError(cfg.source, "[web] listen", f"{where}: {e.strerror or e}") from None
+    bound["web"] = web.addresses
+    return web
+
+
 async def run(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
     from postvakt.server.manager_process import ManagerProcess
@@ -215,10 +234,11 @@ async def run(config: Config, config_path: Path | None) -> int:
     await app.manager.start()
     try:
         servers = await _listen(app)
+        bound = _bound(servers)
+        web_server = await _start_web(app, bound)
     except ConfigError:
         await app.manager.stop(5)
         raise
-    bound = _bound(servers)
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
@@ -242,6 +262,8 @@ async def run(config: Config, config_path: Path | None) -> int:
         stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
+    if web_server is not None:
+        await web_server.stop()
     for s in list(app.sessions):
         s.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
@@ -262,8 +284,14 @@ def _reload(app: App, path: Path) -> None:
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
-    if new.listen != app.config.listen or new.data_dir != app.config.data_dir:
-        log.warning("reload: [listen] and data_dir changes take effect after a restart")
+    if (
+        new.listen != app.config.listen
+        or new.data_dir != app.config.data_dir
+        or new.web.listen != app.config.web.listen
+    ):
+        log.warning(
+            "reload: [listen], [web] listen and data_dir changes take effect after a restart"
+        )
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
     lim = new.limits

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The help page under load: `wrk` against a real `postvakt serve` with [web] on.
+
+    python3 bench/web_help.py              # 100 connections, 15 s, GET /help
+    python3 bench/web_help.py --seconds 5  # shorter
+
+Target (issue 15): the page is served in under 50 ms at 100 concurrent
+requests on this machine; the run prints wrk's latency distribution and
+whether the 99th percentile is under the target. Each request is the whole
+page as a first visit renders it: language from Accept-Language, the live
+mail settings, a fresh CSRF token and cookie. The mail listeners run in the
+same process, idle.
+
+Needs `wrk` (Debian package) and postvakt installed for this python3. Results
+are printed and written as JSON to bench/results/web-help-<UTC time>.json.
+Not a test: nothing here is asserted in tests/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+TARGET_MS = 50.0
+CONFIG = """\
+hostname = "mail.bench.test"
+data_dir = "{data}"
+log_level = "warning"
+
+[listen]
+smtp = ["127.0.0.1:0"]
+submission = ["127.0.0.1:0"]
+submissions = ["127.0.0.1:0"]
+pop3 = ["127.0.0.1:0"]
+pop3s = ["127.0.0.1:0"]
+
+[domains]
+local = ["bench.test"]
+
+[web]
+listen = "127.0.0.1:0"
+"""
+_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def to_ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for pct in ("50", "75", "90", "99"):
+        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+(\S+)", out, re.M)
+        if m:
+            res[f"p{pct}_ms"] = round(to_ms(m.group(1)), 2)
+    m = re.search(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    if m:
+        res["mean_ms"], res["max_ms"] = round(to_ms(m.group(1)), 2), round(to_ms(m.group(3)), 2)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    res["requests_per_s"] = float(m.group(1)) if m else None
+    m = re.search(r"(\d+) requests in", out)
+    res["requests"] = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    res["non_2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: (.*)", out)
+    res["socket_errors"] = m.group(1).strip() if m else ""
+    return res
+
+
+def start(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    data = tmp / "data"
+    cfg = tmp / "postvakt.toml"
+    cfg.write_text(CONFIG.format(data=data))
+    log = open(tmp / "server.log", "wb")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "postvakt", "serve", "--config", str(cfg)], stdout=log, stderr=log
+    )
+    ready = data / "listening.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"postvakt serve exited: {(tmp / 'server.log').read_text()}")
+        if ready.exists():
+            try:
+                web = json.loads(ready.read_text())["web"][0]
+                return proc, int(web.rsplit(":", 1)[1])
+            except (ValueError, KeyError):
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit("postvakt serve did not start")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--connections", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--path", default="/help")
+    args = ap.parse_args(argv)
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("bench/web_help.py needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="postvakt-webbench-") as d:
+        proc, port = start(Path(d))
+        try:
+            url = f"http://127.0.0.1:{port}{args.path}"
+            subprocess.run(
+                [wrk, "-t1", "-c4", "-d2s", url], capture_output=True, check=True
+            )  # warm-up
+            out = subprocess.run(
+                [
+                    wrk,
+                    f"-t{args.threads}",
+                    f"-c{args.connections}",
+                    f"-d{args.seconds}s",
+                    "--latency",
+                    "-H",
+                    "Accept-Language: sv-SE,sv;q=0.9,en;q=0.8",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    res = parse_wrk(out)
+    res.update(
+        connections=args.connections,
+        seconds=args.seconds,
+        path=args.path,
+        target_ms=TARGET_MS,
+        met=bool(
+            res.get("p99_ms") is not None and res["p99_ms"] < TARGET_MS and not res["non_2xx"]
+        ),
+        machine={
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load": os.getloadavg(),
+        },
+    )
+    print(out)
+    print(
+        f"GET {args.path} at {args.connections} connections: p50 {res.get('p50_ms')} ms, "
+        f"p99 {res.get('p99_ms')} ms, {res['requests_per_s']} req/s, non-2xx {res['non_2xx']}; "
+        f"target p99 < {TARGET_MS} ms: {'met' if res['met'] else 'NOT met'}"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"web-help-{stamp}.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
