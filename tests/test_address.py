@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from postvakt.address import (
@@ -296,6 +296,11 @@ def test_simple_from_fast_path_agrees_with_the_email_package(
 
     addr = f"{local}@{'.'.join(labels)}"
     value = f"{name} <{addr}>" if bracketed else addr
-    header = email.policy.default.header_factory("From", value)
+    try:
+        header = email.policy.default.header_factory("From", value)
+    except AttributeError:
+        # The oracle itself breaks on some display names (CPython's header parser
+        # raises on a name of only "."): no verdict to compare against.
+        assume(False)
     expected = [str(parse_path(f"<{a.addr_spec}>")) for a in header.addresses]
     assert [str(a) for a in parse_header_addresses(value)] == expected
