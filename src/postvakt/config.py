@@ -173,10 +173,27 @@ class POP3Config:
     login_delay: float = 0.0
 
 
+# Whom the server's processes run as: `serve` started as root drops to this
+# user, and the Dovecot config `postvakt dovecot config` writes runs its auth
+# worker and mail processes as the same user, so that both can share the
+# Maildirs and the user database without opening their modes to anyone else.
+DEFAULT_SERVER_USER = "postvakt"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    user: str = DEFAULT_SERVER_USER
+    group: str = DEFAULT_SERVER_USER
+
+
 @dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: Path
+    # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
+    # None in the dataclass means data_dir/mail: use `mail_root`.
+    mail_dir: Path | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -190,6 +207,11 @@ class Config:
     postmaster: str = ""
     log_level: str = "info"
     source: str = "<embedded default>"
+
+    @property
+    def mail_root(self) -> Path:
+        """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
 
     @property
     def postmaster_address(self) -> str:
@@ -209,6 +231,8 @@ class Config:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# A POSIX user or group name (useradd's rule, as Debian relaxes it).
+_SYSTEM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
 
 
@@ -349,6 +373,8 @@ def _scalar_table(
 TOP_KEYS = {
     "hostname",
     "data_dir",
+    "mail_dir",
+    "server",
     "postmaster",
     "log_level",
     "listen",
@@ -394,6 +420,12 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
 
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
+    mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
+
+    server = _scalar_table(_table(raw, "server", source), ServerConfig(), source, "server")
+    for k in ("user", "group"):
+        if not _SYSTEM_NAME.match(getattr(server, k)):
+            raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -519,6 +551,8 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     cfg = Config(
         hostname=hostname,
         data_dir=data_dir,
+        mail_dir=mail_dir,
+        server=server,
         listen=listen,
         tls=tls,
         domains=domains,
