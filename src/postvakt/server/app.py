@@ -30,7 +30,14 @@ from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
 from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.grants.report import socket_path
 from postvakt.queue import Queue
+from postvakt.server.grantreport import (
+    GrantReports,
+    allowed_uids,
+    start_grant_reports,
+    stop_grant_reports,
+)
 from postvakt.server.tls import server_context
 
 log = logging.getLogger("postvakt")
@@ -215,6 +222,18 @@ async def run(config: Config, config_path: Path | None) -> int:
         await app.manager.stop(5)
         raise
     bound = _bound(servers)
+    # Dovecot's post-login script reports IMAP logins here (docs/imap.md).
+    report_path = socket_path(config)
+    reports = await start_grant_reports(
+        report_path,
+        GrantReports(
+            config=lambda: app.config,
+            grants=app.grants,
+            user_exists=app.directory.user_exists,
+            allowed=allowed_uids(config),
+        ),
+        config,
+    )
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
@@ -238,6 +257,7 @@ async def run(config: Config, config_path: Path | None) -> int:
         stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
+    stop_grant_reports(reports, report_path)
     for s in list(app.sessions):
         s.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
