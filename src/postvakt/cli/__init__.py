@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from postvakt.cli.diagnose import doctor, relaytest
+from postvakt.cli.dovecot import dovecot
 from postvakt.cli.explain import explain
 from postvakt.cli.grants import grants
 from postvakt.cli.init import init
@@ -44,5 +45,17 @@ def main() -> None:
     """postvakt: a small mail server that is never an open relay."""
 
 
-for _command in (serve, init, user, alias, grants, queue, explain, limits, doctor, relaytest):
+for _command in (
+    serve,
+    init,
+    user,
+    alias,
+    grants,
+    queue,
+    explain,
+    limits,
+    doctor,
+    relaytest,
+    dovecot,
+):
     main.add_command(_command)
