@@ -267,7 +267,11 @@ class Stack:
     # ------------------------------------------------------------ dovecot
 
     def start_dovecot(self, *extra: str) -> None:
-        """Write the config with the real command (as root, as an admin would) and start it."""
+        self.write_dovecot_config(*extra)
+        self.run_dovecot()
+
+    def write_dovecot_config(self, *extra: str) -> None:
+        """The real command, as root (as an admin would), on ports of this test's own."""
         self.conf_dir = self.root / "dovecot"
         self.imap_port, self.imaps_port = free_port(), free_port()
         args = [
@@ -291,6 +295,9 @@ class Stack:
         (self.conf_dir / "local.conf").write_text(
             f"log_path = {self.root / 'dovecot.log'}\nstate_dir = {state}\n"
         )
+
+    def run_dovecot(self) -> None:
+        assert self.conf_dir is not None
         self.dovecot = subprocess.Popen(
             [DOVECOT, "-F", "-c", str(self.conf_dir / "dovecot.conf")],
             stdout=subprocess.DEVNULL,
