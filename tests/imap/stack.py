@@ -154,19 +154,23 @@ class Stack:
             pytest.skip(missing)
         uid, gid = ensure_server_user()
         root = Path(tempfile.mkdtemp(prefix="pvdc-"))
-        os.chmod(root, 0o755)
-        python, env = python_for(uid, gid, root)
-        data_dir, mail_dir = root / "data", root / "mail"
-        for d in (data_dir, mail_dir):
-            d.mkdir(mode=0o750)
-            os.chown(d, uid, gid)
-        config_path = root / "postvakt.toml"
-        cfg = base_config(data_dir, **sections)
-        cfg = {"mail_dir": str(mail_dir), **cfg}  # Maildirs outside data_dir: mail_dir is used
-        config_path.write_text(to_toml(cfg))
-        stack = cls(root, uid, gid, python, env, config_path, data_dir, mail_dir)
-        for address, password in (users or {}).items():
-            stack.cli("user", "add", address, "--password-stdin", input=password + "\n")
+        try:
+            os.chmod(root, 0o755)
+            python, env = python_for(uid, gid, root)
+            data_dir, mail_dir = root / "data", root / "mail"
+            for d in (data_dir, mail_dir):
+                d.mkdir(mode=0o750)
+                os.chown(d, uid, gid)
+            config_path = root / "postvakt.toml"
+            cfg = base_config(data_dir, **sections)
+            cfg = {"mail_dir": str(mail_dir), **cfg}  # Maildirs outside data_dir: mail_dir is used
+            config_path.write_text(to_toml(cfg))
+            stack = cls(root, uid, gid, python, env, config_path, data_dir, mail_dir)
+            for address, password in (users or {}).items():
+                stack.cli("user", "add", address, "--password-stdin", input=password + "\n")
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
         return stack
 
     def cli(

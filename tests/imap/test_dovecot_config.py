@@ -82,6 +82,8 @@ def test_defaults_listen_where_postvakt_does_and_dovecot_reads_the_file(
     r = postvakt("dovecot", "config", str(tmp_path / "dc"), config=site)
     conf = tmp_path / "dc" / "dovecot.conf"
     assert f"wrote {conf}" in r.stdout and "start: dovecot -c" in r.stdout
+    if os.geteuid() == 0:  # data_dir is root's here, not the server user's: the admin is told
+        assert f"note: {tmp_path}/data does not belong to {SOME_USER}" in r.stdout
     full = subprocess.run(
         [DOVECONF, "-c", str(conf), "-n"], capture_output=True, text=True, check=True
     )

@@ -222,6 +222,10 @@ def test_imap_login_opens_pop_before_smtp_for_that_address_only(stack: Stack) ->
     assert grants(stack)["127.0.0.2"] == ("imap", "dave@pv.test")
     assert grants(stack)["127.0.0.3"] == ("imap", "dave@pv.test")
     assert "imap login client=127.0.0.2 user=dave@pv.test" in stack.postvakt_log()
+    explained = stack.cli(
+        "explain", "--client", "127.0.0.2", "--from", "x@other.example", "--to", "y@other.example"
+    ).stdout
+    assert "IMAP login by dave@pv.test from 127.0.0.2" in explained
 
 
 FORGER = """

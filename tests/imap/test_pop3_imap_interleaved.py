@@ -18,6 +18,7 @@ import json
 import os
 import poplib
 import random
+import socket
 import time
 from collections.abc import Iterator
 
@@ -28,6 +29,10 @@ from stack import Stack, tls_context
 from support import free_port
 
 USER = "mix@pv.test"
+# The other tests' own mailboxes: the tests run in any order, and the big one
+# knows every message in its mailbox.
+NAMES_USER = "names@pv.test"
+DOVECOT_POP3_USER = "dpop@pv.test"
 PASSWORD = "interleaved"
 OPERATIONS = 100
 SEED = 1717
@@ -35,7 +40,7 @@ SEED = 1717
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    s = Stack.create(users={USER: PASSWORD})
+    s = Stack.create(users={u: PASSWORD for u in (USER, NAMES_USER, DOVECOT_POP3_USER)})
     try:
         s.start_postvakt()
         s.start_dovecot("--pop3", f"127.0.0.1:{free_port()}")
@@ -49,7 +54,7 @@ def message_id_marker(header_bytes: bytes) -> str:
     return mid.strip().strip("<>").split("@")[0]
 
 
-def pop3_view(port: int, *, dovecot: bool = False) -> dict[str, str]:
+def pop3_view(port: int, *, dovecot: bool = False, user: str = USER) -> dict[str, str]:
     """marker -> UIDL, as a POP3 server lists the mailbox (asserting no marker twice)."""
     p = (
         poplib.POP3("127.0.0.1", port, timeout=30)
@@ -59,7 +64,7 @@ def pop3_view(port: int, *, dovecot: bool = False) -> dict[str, str]:
     try:
         if dovecot:
             p.stls(context=tls_context())
-        p.user(USER)
+        p.user(user)
         p.pass_(PASSWORD)
         return _listing(p)
     finally:
@@ -109,10 +114,10 @@ def imap_view(m: imaplib.IMAP4) -> dict[str, str]:
     return view
 
 
-def drop_dovecot_style(stack: Stack, marker: str) -> None:
+def drop_dovecot_style(stack: Stack, marker: str, user: str = USER) -> None:
     """A message arriving with ',S=,W=' sizes in its name (written tmp/ -> new/, as delivery does)."""
     body = (
-        f"From: <s@other.example>\nTo: <{USER}>\nSubject: sized\n"
+        f"From: <s@other.example>\nTo: <{user}>\nSubject: sized\n"
         f"Message-ID: <{marker}@other.example>\n\n{marker}\n"
     ).encode()
     wire = body.replace(b"\n", b"\r\n")
@@ -121,7 +126,7 @@ def drop_dovecot_style(stack: Stack, marker: str) -> None:
         f"{now // 10**9}.M{(now // 1000) % 10**6}P{os.getpid()}Q{marker}.test"
         f",S={len(body)},W={len(wire)}"
     )
-    root = stack.maildir(USER)
+    root = stack.maildir(user)
     tmp = root / "tmp" / name
     tmp.write_bytes(body)
     os.chown(tmp, stack.uid, stack.gid)
@@ -198,12 +203,12 @@ def test_pop3_and_imap_interleaved_lose_nothing_and_keep_uidls(stack: Stack) -> 
 
 def test_maildir_files_keep_their_unique_names_across_imap_flag_changes(stack: Stack) -> None:
     """What makes the UIDLs stable: Dovecot changes only the info part after ':2,'."""
-    stack.deliver(USER, "names-1")
-    drop_dovecot_style(stack, "names-2")
+    stack.deliver(NAMES_USER, "names-1")
+    drop_dovecot_style(stack, "names-2", NAMES_USER)
     before = {
-        p.name.split(":")[0] for p in stack.maildir_files(USER) if b"names-" in p.read_bytes()
+        p.name.split(":")[0] for p in stack.maildir_files(NAMES_USER) if b"names-" in p.read_bytes()
     }
-    m = imap_login(stack.imaps_port, USER, PASSWORD)
+    m = imap_login(stack.imaps_port, NAMES_USER, PASSWORD)
     try:
         m.select("INBOX")
         view = imap_view(m)
@@ -211,21 +216,32 @@ def test_maildir_files_keep_their_unique_names_across_imap_flag_changes(stack: S
             m.uid("STORE", view[marker], "+FLAGS", r"(\Seen \Flagged)")
     finally:
         m.logout()
-    after = [p for p in stack.maildir_files(USER) if b"names-" in p.read_bytes()]
+    after = [p for p in stack.maildir_files(NAMES_USER) if b"names-" in p.read_bytes()]
     assert {p.name.split(":")[0] for p in after} == before
     assert all(p.parent.name == "cur" and p.name.endswith(":2,FS") for p in after)
     assert any(",S=" in n and ",W=" in n for n in before)
 
 
+class POP3From(poplib.POP3):
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        super().__init__("127.0.0.1", port, timeout=30)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
+
+
 def test_dovecot_pop3_when_asked_reports_pop3_grants(stack: Stack) -> None:
-    p = poplib.POP3("127.0.0.1", stack.pop3_port, timeout=30)
+    p = POP3From(stack.pop3_port, "127.0.0.6")
     try:
         p.stls(context=tls_context())
-        p.user(USER)
+        p.user(DOVECOT_POP3_USER)
         p.pass_(PASSWORD)
     finally:
         p.quit()
     rows = json.loads(stack.cli("grants", "list", "--json").stdout)
-    assert {"ip": "127.0.0.1", "protocol": "pop3", "login": USER} in [
+    assert {"ip": "127.0.0.6", "protocol": "pop3", "login": DOVECOT_POP3_USER} in [
         {k: r[k] for k in ("ip", "protocol", "login")} for r in rows
     ]
