@@ -134,6 +134,8 @@ def drop_dovecot_style(stack: Stack, marker: str, user: str = USER) -> None:
     os.rename(tmp, root / "new" / name)
 
 
+# 100 operations, each a POP3 or IMAP session or a delivery, on a machine others share.
+@pytest.mark.timeout(900)
 def test_pop3_and_imap_interleaved_lose_nothing_and_keep_uidls(stack: Stack) -> None:
     rng = random.Random(SEED)
     pop3s = stack.port("pop3s")

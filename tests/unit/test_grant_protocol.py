@@ -59,6 +59,19 @@ def test_memory_snapshot_from_before_the_column_reads_as_pop3(tmp_path: Path) ->
     ]
 
 
+def test_memory_snapshot_rows_it_cannot_read_are_skipped(tmp_path: Path) -> None:
+    snap = tmp_path / "grants.json"
+    rows = [
+        {"ip": "127.0.0.2", "login": "a@pv.test", "expires": 500.0, "protocol": "carrier-pigeon"},
+        {"ip": "127.0.0.3", "login": "b@pv.test", "expires": 500.0, "protocol": "imap"},
+        "not a row",
+    ]
+    snap.write_text(json.dumps(rows))
+    assert MemoryGrantStore.read_snapshot(snap, 10.0) == [
+        Grant("127.0.0.3", "b@pv.test", 500.0, "imap")
+    ]
+
+
 def test_unknown_protocol_is_refused() -> None:
     assert grant_protocol("imap") == "imap"
     with pytest.raises(ValueError, match="not a login protocol"):

@@ -84,16 +84,20 @@ class MemoryGrantStore:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
-        grants = [
-            Grant(
-                ip=str(r["ip"]),
-                login=str(r["login"]),
-                expires=float(r["expires"]),
-                # A snapshot from before the column existed holds POP3 grants only.
-                protocol=grant_protocol(r.get("protocol", "pop3")),
-            )
-            for r in rows
-        ]
+        grants = []
+        for r in rows if isinstance(rows, list) else []:
+            try:
+                grants.append(
+                    Grant(
+                        ip=str(r["ip"]),
+                        login=str(r["login"]),
+                        expires=float(r["expires"]),
+                        # A snapshot from before the column existed holds POP3 grants only.
+                        protocol=grant_protocol(r.get("protocol", "pop3")),
+                    )
+                )
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue  # a row this version did not write: the view shows the rest
         return sorted((g for g in grants if g.expires > now), key=lambda g: g.ip)
 
     def lookup(self, ip: str, now: float) -> Grant | None:
