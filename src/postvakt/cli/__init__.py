@@ -45,17 +45,6 @@ def main() -> None:
     """postvakt: a small mail server that is never an open relay."""
 
 
-for _command in (
-    serve,
-    init,
-    user,
-    alias,
-    grants,
-    queue,
-    explain,
-    limits,
-    doctor,
-    relaytest,
-    dovecot,
-):
+for _command in (serve, init, user, alias, grants, queue, explain, limits, doctor, relaytest):
     main.add_command(_command)
+main.add_command(dovecot)
