@@ -193,7 +193,6 @@ class Config:
     # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
     # None in the dataclass means data_dir/mail: use `mail_root`.
     mail_dir: Path | None = None
-    server: ServerConfig = field(default_factory=ServerConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -203,6 +202,7 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     pop3: POP3Config = field(default_factory=POP3Config)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -374,7 +374,6 @@ TOP_KEYS = {
     "hostname",
     "data_dir",
     "mail_dir",
-    "server",
     "postmaster",
     "log_level",
     "listen",
@@ -386,6 +385,7 @@ TOP_KEYS = {
     "delivery",
     "pop3",
     "limits",
+    "server",
 }
 
 
@@ -421,11 +421,6 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
     mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
-
-    server = _scalar_table(_table(raw, "server", source), ServerConfig(), source, "server")
-    for k in ("user", "group"):
-        if not _SYSTEM_NAME.match(getattr(server, k)):
-            raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -541,6 +536,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     _choice(pop3.plaintext, ("never", "networks", "always"), source, "[pop3] plaintext")
 
     limits = parse_limits(_table(raw, "limits", source), source)
+    server = _scalar_table(_table(raw, "server", source), ServerConfig(), source, "server")
+    for k in ("user", "group"):
+        if not _SYSTEM_NAME.match(getattr(server, k)):
+            raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
@@ -552,7 +551,6 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         hostname=hostname,
         data_dir=data_dir,
         mail_dir=mail_dir,
-        server=server,
         listen=listen,
         tls=tls,
         domains=domains,
@@ -562,6 +560,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         delivery=delivery,
         pop3=pop3,
         limits=limits,
+        server=server,
         postmaster=postmaster,
         log_level=log_level,
         source=source,
