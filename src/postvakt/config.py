@@ -174,6 +174,19 @@ class POP3Config:
     login_delay: float = 0.0
 
 
+# Whom the server's processes run as: `serve` started as root drops to this
+# user, and the Dovecot config `postvakt dovecot config` writes runs its auth
+# worker and mail processes as the same user, so that both can share the
+# Maildirs and the user database without opening their modes to anyone else.
+DEFAULT_SERVER_USER = "postvakt"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    user: str = DEFAULT_SERVER_USER
+    group: str = DEFAULT_SERVER_USER
+
+
 @dataclass(frozen=True)
 class DNSConfig:
     """The DNS every lookup asks: MX for delivery, SPF, DKIM and DMARC alike."""
@@ -244,6 +257,9 @@ class WebConfig:
 class Config:
     hostname: str
     data_dir: Path
+    # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
+    # None in the dataclass means data_dir/mail: use `mail_root`.
+    mail_dir: Path | None = None
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -257,10 +273,16 @@ class Config:
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
     source: str = "<embedded default>"
+
+    @property
+    def mail_root(self) -> Path:
+        """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
+        return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
 
     @property
     def postmaster_address(self) -> str:
@@ -284,6 +306,8 @@ class Config:
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# A POSIX user or group name (useradd's rule, as Debian relaxes it).
+_SYSTEM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?)+$")
 
 
@@ -424,6 +448,7 @@ def _scalar_table(
 TOP_KEYS = {
     "hostname",
     "data_dir",
+    "mail_dir",
     "postmaster",
     "log_level",
     "listen",
@@ -439,6 +464,7 @@ TOP_KEYS = {
     "dkim",
     "auth_checks",
     "web",
+    "server",
 }
 
 # RFC 6376 §3.1: a selector is one or more dot-separated labels.
@@ -532,6 +558,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
 
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
+    mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -652,6 +679,10 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     dns = _parse_dns(_table(raw, "dns", source), source)
     dkim = _parse_dkim(_table(raw, "dkim", source), source, path_of)
     auth_checks = _parse_auth_checks(_table(raw, "auth_checks", source), source)
+    server = _scalar_table(_table(raw, "server", source), ServerConfig(), source, "server")
+    for k in ("user", "group"):
+        if not _SYSTEM_NAME.match(getattr(server, k)):
+            raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
@@ -662,6 +693,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     cfg = Config(
         hostname=hostname,
         data_dir=data_dir,
+        mail_dir=mail_dir,
         listen=listen,
         tls=tls,
         domains=domains,
@@ -675,6 +707,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         dkim=dkim,
         auth_checks=auth_checks,
         web=web,
+        server=server,
         postmaster=postmaster,
         log_level=log_level,
         source=source,

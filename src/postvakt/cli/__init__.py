@@ -14,6 +14,7 @@ import click
 
 from postvakt.cli.diagnose import doctor, relaytest
 from postvakt.cli.dkim import dkim
+from postvakt.cli.dovecot import dovecot
 from postvakt.cli.explain import explain
 from postvakt.cli.grants import grants
 from postvakt.cli.init import init
@@ -57,5 +58,6 @@ for _command in (
     doctor,
     relaytest,
     dkim,
+    dovecot,
 ):
     main.add_command(_command)

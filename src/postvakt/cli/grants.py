@@ -14,7 +14,7 @@ from postvakt.grants import list_grants
 
 @click.group()
 def grants() -> None:
-    """POP-before-SMTP grants: which address may relay until when."""
+    """POP-before-SMTP grants: which address may relay until when, opened by which login."""
 
 
 @grants.command("list")
@@ -25,10 +25,19 @@ def grants_list(config_path: str | None, as_json: bool) -> None:
     now = time.time()
     rows = list_grants(cfg, now)
     if as_json:
-        click.echo(json.dumps([{"ip": g.ip, "login": g.login, "expires": g.expires} for g in rows]))
+        click.echo(
+            json.dumps(
+                [
+                    {"ip": g.ip, "protocol": g.protocol, "login": g.login, "expires": g.expires}
+                    for g in rows
+                ]
+            )
+        )
         return
     if not rows:
         click.echo("no address may relay by POP-before-SMTP now")
     for g in rows:
         until = datetime.datetime.fromtimestamp(g.expires).strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(f"{g.ip:<40} {g.login:<30} until {until} ({int(g.expires - now)} s left)")
+        click.echo(
+            f"{g.ip:<40} {g.protocol:<5} {g.login:<30} until {until} ({int(g.expires - now)} s left)"
+        )

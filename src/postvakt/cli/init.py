@@ -17,6 +17,11 @@ INIT_TEMPLATE = """\
 hostname = "{hostname}"          # the name in the banner, EHLO and Received: headers
 data_dir = "{data_dir}"          # queue, mailboxes, user database (relative to this file)
 # postmaster = "admin@{domain}"  # where postmaster@ every local domain goes
+# mail_dir = "data/mail"         # the Maildirs (default: data_dir/mail); may be a shared mount
+
+# [server]                        # started as root, the server runs as this user and group;
+# user = "postvakt"               # `postvakt dovecot config` runs Dovecot's mail and auth
+# group = "postvakt"              # processes as them too
 
 [listen]                          # lists of "host:port"; remove a key to turn that listener off
 smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone

@@ -264,7 +264,10 @@ def _describe_client(client: Client, config: Config) -> str:
     parts.append(f"logged in as {client.login}" if client.login else "not logged in")
     if client.grant is not None:
         left = client.grant.expires - client.now
-        parts.append(f"POP3 login by {client.grant.login} (grant valid {max(0, int(left))} s more)")
+        parts.append(
+            f"{client.grant.login_kind} by {client.grant.login}"
+            f" (grant valid {max(0, int(left))} s more)"
+        )
     elif config.relay.pop_before_smtp > 0:
         parts.append("no POP3 login grant")
     return ", ".join(parts)
@@ -312,7 +315,12 @@ def render_json(exp: Explanation, notes: Sequence[str] = ()) -> dict[str, Any]:
     grant = (
         None
         if c.grant is None
-        else {"ip": c.grant.ip, "login": c.grant.login, "expires": c.grant.expires}
+        else {
+            "ip": c.grant.ip,
+            "protocol": c.grant.protocol,
+            "login": c.grant.login,
+            "expires": c.grant.expires,
+        }
     )
     return {
         "client": {

@@ -84,12 +84,18 @@ class Directory:
     """The user database. Thread-safe: one connection, guarded by a lock."""
 
     def __init__(
-        self, path: Path, local_domains: Sequence[str], postmaster: str, data_dir: Path
+        self,
+        path: Path,
+        local_domains: Sequence[str],
+        postmaster: str,
+        data_dir: Path,
+        mail_dir: Path | None = None,
     ) -> None:
         self.path = path
         self.local_domains = tuple(local_domains)
         self.postmaster = canonical(postmaster)
         self.data_dir = data_dir
+        self.mail_dir = mail_dir if mail_dir is not None else data_dir / "mail"
         self._lock = threading.Lock()
         self._db = sqlitedb.connect(path)
         self._db.executescript(_SCHEMA)
@@ -103,6 +109,7 @@ class Directory:
             config.domains.local,
             config.postmaster_address,
             config.data_dir,
+            config.mail_root,
         )
 
     def close(self) -> None:
@@ -285,4 +292,4 @@ class Directory:
 
     def maildir(self, mailbox: str) -> Path:
         local, _, domain = canonical(mailbox).rpartition("@")
-        return self.data_dir / "mail" / domain / local
+        return self.mail_dir / domain / local

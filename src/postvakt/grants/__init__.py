@@ -1,7 +1,9 @@
 """State every front must see: POP-before-SMTP grants and login-failure counters.
 
-A grant says "this client address logged in to our POP3 server as this user,
-and may relay until then". The POP3 front writes grants; the SMTP front reads
+A grant says "this client address logged in to our POP3 server (or to the
+Dovecot beside us, over IMAP) as this user, and may relay until then". The
+POP3 front and the grant-report socket Dovecot's post-login script talks to
+write grants, each naming the protocol of the login; the SMTP front reads
 them at RCPT time and hands the one it found to the (pure) policy.
 
 Stores sit behind one small interface. The memory store suits one process;
@@ -12,6 +14,7 @@ machine; a Redis store is the several-node form.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from postvakt import sqlitedb
-from postvakt.policy import Grant
+from postvakt.policy import Grant, GrantProtocol, grant_protocol
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -36,7 +39,9 @@ __all__ = [
 
 
 class GrantStore(Protocol):
-    def grant(self, ip: str, login: str, expires: float) -> None: ...
+    def grant(
+        self, ip: str, login: str, expires: float, protocol: GrantProtocol = "pop3"
+    ) -> None: ...
     def lookup(self, ip: str, now: float) -> Grant | None: ...
     def all(self, now: float) -> list[Grant]: ...
 
@@ -59,15 +64,18 @@ class MemoryGrantStore:
         if self.snapshot is None:
             return
         tmp = self.snapshot.with_suffix(".tmp")
-        rows = [{"ip": g.ip, "login": g.login, "expires": g.expires} for g in self._grants.values()]
+        rows = [
+            {"ip": g.ip, "login": g.login, "expires": g.expires, "protocol": g.protocol}
+            for g in self._grants.values()
+        ]
         try:
             tmp.write_text(json.dumps(rows))
             tmp.replace(self.snapshot)
         except OSError:
             pass  # a view only: never let it break a login
 
-    def grant(self, ip: str, login: str, expires: float) -> None:
-        self._grants[ip] = Grant(ip=ip, login=login, expires=expires)
+    def grant(self, ip: str, login: str, expires: float, protocol: GrantProtocol = "pop3") -> None:
+        self._grants[ip] = Grant(ip=ip, login=login, expires=expires, protocol=protocol)
         self._write_snapshot()
 
     @staticmethod
@@ -76,9 +84,20 @@ class MemoryGrantStore:
             rows = json.loads(path.read_text())
         except (OSError, ValueError):
             return []
-        grants = [
-            Grant(ip=str(r["ip"]), login=str(r["login"]), expires=float(r["expires"])) for r in rows
-        ]
+        grants = []
+        for r in rows if isinstance(rows, list) else []:
+            try:
+                grants.append(
+                    Grant(
+                        ip=str(r["ip"]),
+                        login=str(r["login"]),
+                        expires=float(r["expires"]),
+                        # A snapshot from before the column existed holds POP3 grants only.
+                        protocol=grant_protocol(r.get("protocol", "pop3")),
+                    )
+                )
+            except (AttributeError, KeyError, TypeError, ValueError):
+                continue  # a row this version did not write: the view shows the rest
         return sorted((g for g in grants if g.expires > now), key=lambda g: g.ip)
 
     def lookup(self, ip: str, now: float) -> Grant | None:
@@ -101,29 +120,52 @@ class SqliteGrantStore:
         self._lock = threading.Lock()
         self._db = sqlitedb.connect(path)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS grants (ip TEXT PRIMARY KEY, login TEXT NOT NULL, expires REAL NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS grants (ip TEXT PRIMARY KEY, login TEXT NOT NULL, "
+            "expires REAL NOT NULL, protocol TEXT NOT NULL DEFAULT 'pop3')"
         )
+        _add_protocol_column(self._db)
 
-    def grant(self, ip: str, login: str, expires: float) -> None:
+    def grant(self, ip: str, login: str, expires: float, protocol: GrantProtocol = "pop3") -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO grants(ip, login, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT(ip) DO UPDATE SET login = excluded.login, expires = excluded.expires",
-                (ip, login, expires),
+                "INSERT INTO grants(ip, login, expires, protocol) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(ip) DO UPDATE SET login = excluded.login, "
+                "expires = excluded.expires, protocol = excluded.protocol",
+                (ip, login, expires, protocol),
             )
 
     def lookup(self, ip: str, now: float) -> Grant | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT ip, login, expires FROM grants WHERE ip = ? AND expires > ?", (ip, now)
+                "SELECT ip, login, expires, protocol FROM grants WHERE ip = ? AND expires > ?",
+                (ip, now),
             ).fetchone()
-        return Grant(ip=row[0], login=row[1], expires=row[2]) if row else None
+        return _row_grant(row) if row else None
 
     def all(self, now: float) -> list[Grant]:
         with self._lock:
             self._db.execute("DELETE FROM grants WHERE expires <= ?", (now,))
-            rows = self._db.execute("SELECT ip, login, expires FROM grants ORDER BY ip").fetchall()
-        return [Grant(ip=r[0], login=r[1], expires=r[2]) for r in rows]
+            rows = self._db.execute(
+                "SELECT ip, login, expires, protocol FROM grants ORDER BY ip"
+            ).fetchall()
+        return [_row_grant(r) for r in rows]
+
+
+def _row_grant(row: tuple[str, str, float, str]) -> Grant:
+    return Grant(ip=row[0], login=row[1], expires=row[2], protocol=grant_protocol(row[3]))
+
+
+def _add_protocol_column(db: sqlite3.Connection) -> None:
+    """A grants table from before the protocol column gets it (its grants came from POP3)."""
+    columns = {str(r[1]) for r in db.execute("PRAGMA table_info(grants)")}
+    if "protocol" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE grants ADD COLUMN protocol TEXT NOT NULL DEFAULT 'pop3'")
+    except sqlite3.OperationalError:
+        # Another process added it first ("duplicate column name"); anything else is real.
+        if "protocol" not in {str(r[1]) for r in db.execute("PRAGMA table_info(grants)")}:
+            raise
 
 
 def open_grant_store(config: Config) -> GrantStore:

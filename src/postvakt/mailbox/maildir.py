@@ -17,7 +17,9 @@ Rules of the house:
   dies, so a crashed server never leaves a mailbox locked, and it works
   across worker processes.
 - A file that disappears behind our back (another client, an admin) is a
-  missing message, never an exception that escapes.
+  missing message, never an exception that escapes; one that moves (Dovecot's
+  IMAP renames a file to set its flags, docs/imap.md) is found again by its
+  unique name, also when it moves while we delete it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from pathlib import Path
 from postvakt.pop3 import MessageInfo, wire_size
 
 LOCK_NAME = "postvakt-pop3.lock"
+# A message another reader (Dovecot, setting flags) renames between our lookup
+# and our unlink is looked up again; each rename is one IMAP command, so a
+# few tries outlast any client.
+UNLINK_ATTEMPTS = 5
 # RFC 1939 §7 (UIDL): "The unique-id of a message is an arbitrary server-
 # determined string, consisting of one to 70 characters in the range 0x21 to 0x7E".
 UID_MAX = 70
@@ -165,19 +171,25 @@ class MaildirMailbox:
         all_gone = True
         for uid in uids:
             m = self._by_uid.get(uid)
-            if m is None:
-                continue
-            p = self._current_path(m)
-            if p is None:
-                continue
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError:
+            if m is not None and not self._unlink(m):
                 all_gone = False
         _fsync_dir(self.path / "cur")
         return all_gone
+
+    def _unlink(self, m: StoredMessage) -> bool:
+        """Remove one message wherever it is now; True when it is gone."""
+        for _ in range(UNLINK_ATTEMPTS):
+            p = self._current_path(m)
+            if p is None:
+                return True
+            try:
+                p.unlink()
+                return True
+            except FileNotFoundError:
+                continue  # renamed by an IMAP client's flag change meanwhile: find it again
+            except OSError:
+                return False
+        return self._current_path(m) is None
 
     def close(self) -> None:
         """Release the lock. Idempotent; also what the kernel does if the process dies."""

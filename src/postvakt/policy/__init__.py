@@ -48,16 +48,20 @@ from postvakt.policy.sender import (
     check_sender,
 )
 from postvakt.policy.types import (
+    GRANT_PROTOCOLS,
     PORTS,
     Client,
     Decision,
     DirectoryView,
     Grant,
+    GrantProtocol,
     Step,
     Verdict,
+    grant_protocol,
 )
 
 __all__ = [
+    "GRANT_PROTOCOLS",
     "HEADER_FROM",
     "LOCAL_DOMAIN",
     "NULL_SENDER",
@@ -80,6 +84,7 @@ __all__ = [
     "Decision",
     "DirectoryView",
     "Grant",
+    "GrantProtocol",
     "LimitsConfig",
     "Quota",
     "Step",
@@ -87,6 +92,7 @@ __all__ = [
     "Usage",
     "Verdict",
     "check_header_from",
+    "grant_protocol",
     "check_mail_limits",
     "check_rcpt",
     "check_rcpt_limits",

@@ -148,15 +148,15 @@ def pop_before_smtp(client: Client, config: Config) -> Road:
         return Road(
             rule,
             False,
-            f"POP3 login by {grant.login} from {client.ip} expired {ago} ago",
+            f"{grant.login_kind} by {grant.login} from {client.ip} expired {ago} ago",
             f"no POP3 login from {client.ip} {recent}",
         )
     left = duration_words(grant.expires - client.now)
     return Road(
         rule,
         True,
-        f"POP3 login by {grant.login} from {client.ip}, valid for {left} more",
-        f"POP3 login from {client.ip}",
+        f"{grant.login_kind} by {grant.login} from {client.ip}, valid for {left} more",
+        f"{grant.login_kind} from {client.ip}",
         grant.login,
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from postvakt.reply import Reply
 
@@ -51,13 +51,33 @@ class Step:
         return f"{self.rule}: {self.result}: {self.detail}"
 
 
+# The login that created a POP-before-SMTP grant: our own POP3 server, or an
+# IMAP login that Dovecot reported ("IMAP-before-SMTP", as DRAC did for both).
+GrantProtocol = Literal["pop3", "imap"]
+GRANT_PROTOCOLS: tuple[GrantProtocol, ...] = ("pop3", "imap")
+
+
+def grant_protocol(value: object) -> GrantProtocol:
+    """A stored or reported protocol name as the type; ValueError for anything else."""
+    for p in GRANT_PROTOCOLS:
+        if value == p:
+            return p
+    raise ValueError(f"{value!r} is not a login protocol ({', '.join(GRANT_PROTOCOLS)})")
+
+
 @dataclass(frozen=True)
 class Grant:
-    """A POP-before-SMTP grant: `login` logged in to POP3 from `ip`; valid until `expires`."""
+    """A POP-before-SMTP grant: `login` logged in by `protocol` from `ip`; valid until `expires`."""
 
     ip: str
     login: str
     expires: float
+    protocol: GrantProtocol = "pop3"
+
+    @property
+    def login_kind(self) -> str:
+        """How the trace and `explain` name the login: "POP3 login", "IMAP login"."""
+        return f"{self.protocol.upper()} login"
 
 
 @dataclass(frozen=True)

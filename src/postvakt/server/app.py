@@ -30,8 +30,15 @@ from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
 from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
+from postvakt.server.grantreport import (
+    GrantReports,
+    allowed_uids,
+    start_grant_reports,
+    stop_grant_reports,
+)
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -239,6 +246,18 @@ async def run(config: Config, config_path: Path | None) -> int:
     except ConfigError:
         await app.manager.stop(5)
         raise
+    # Dovecot's post-login script reports IMAP logins here (docs/imap.md).
+    report_path = socket_path(config)
+    reports = await start_grant_reports(
+        report_path,
+        GrantReports(
+            config=lambda: app.config,
+            grants=app.grants,
+            user_exists=app.directory.user_exists,
+            allowed=allowed_uids(config),
+        ),
+        config,
+    )
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
@@ -264,6 +283,7 @@ async def run(config: Config, config_path: Path | None) -> int:
         srv.close()
     if web_server is not None:
         await web_server.stop()
+    stop_grant_reports(reports, report_path)
     for s in list(app.sessions):
         s.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE

@@ -362,7 +362,7 @@ class POP3Protocol(asyncio.Protocol):
         ttl = ctx.config.relay.pop_before_smtp
         if ttl > 0:
             expires = ctx.clock() + ttl
-            ctx.grants.grant(self.ip, login, expires)
+            ctx.grants.grant(self.ip, login, expires, "pop3")
             log.info(
                 "pop3 login client=%s user=%s messages=%d pop-before-smtp until=%.0f",
                 self.ip,
