@@ -156,7 +156,7 @@ def test_t9_bad_base64() -> None:
 def test_t9_star_aborts() -> None:
     d = tls_session()
     d.feed(b"AUTH PLAIN\r\n*\r\n")
-    assert d.lines() == ["334", "501 5.7.0 Authentication aborted"]
+    assert d.lines() == ["334 ", "501 5.7.0 Authentication aborted"]
     d.feed(b"AUTH LOGIN\r\n" + b64(b"alice").encode() + b"\r\n*\r\n")
     assert d.lines() == ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "501 5.7.0 Authentication aborted"]
     assert d.conn.login is None
@@ -205,7 +205,7 @@ def test_t9_oversized_response() -> None:
     d.feed(b"AUTH PLAIN\r\n")
     d.feed(b"A" * (MAX_AUTH_LINE + 100) + b"\r\nNOOP\r\n")
     assert d.lines() == [
-        "334",
+        "334 ",
         "500 5.5.6 Authentication exchange line is too long",
         "250 2.0.0 Ok",
     ]
