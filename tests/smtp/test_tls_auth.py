@@ -8,6 +8,7 @@ import pytest
 from smtp_harness import BANNER, Driver, settings
 
 from postvakt.reply import Reply
+from postvakt.server.smtp import received_protocol
 from postvakt.smtp import NEED_DATA, PAUSED, AuthCredentials, SMTPServer, StartTLS, replies
 from postvakt.smtp._sasl import MAX_AUTH_LINE
 
@@ -320,3 +321,23 @@ def test_respond_without_a_waiting_event_is_a_usage_error() -> None:
         conn.respond(replies.OK)
     with pytest.raises(UsageError):
         conn.tls_started()
+
+
+@pytest.mark.parametrize(
+    ("esmtp", "tls", "auth", "smtputf8", "keyword"),
+    [
+        (False, False, False, False, "SMTP"),
+        (True, False, False, False, "ESMTP"),
+        (True, True, False, False, "ESMTPS"),
+        (True, False, True, False, "ESMTPA"),
+        (True, True, True, False, "ESMTPSA"),
+        (True, False, False, True, "UTF8SMTP"),
+        (True, True, False, True, "UTF8SMTPS"),
+        (True, False, True, True, "UTF8SMTPA"),
+        (True, True, True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_received_protocol_keywords_rfc3848_rfc6531(
+    esmtp: bool, tls: bool, auth: bool, smtputf8: bool, keyword: str
+) -> None:
+    assert received_protocol(esmtp, tls, auth, smtputf8) == keyword

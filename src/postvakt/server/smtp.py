@@ -52,6 +52,17 @@ REPLY_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
 REPLY_HEADER_TOO_LONG = Reply(552, "5.3.4", "Header section too long to check the sender")
 
 
+def received_protocol(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str:
+    """The `with` keyword of Received: (RFC 3848; RFC 6531 §3.7.3 for SMTPUTF8).
+
+    ESMTP + S for TLS + A for AUTH (ESMTPSA); a transaction that used SMTPUTF8
+    is UTF8SMTP with the same suffixes (UTF8SMTPSA). Plain HELO is SMTP.
+    """
+    if not esmtp:
+        return "SMTP"
+    return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + ("A" if auth else "")
+
+
 def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
     return [v for k, v in headers if k.lower() == name]
 
@@ -623,14 +634,11 @@ class SMTPSession(asyncio.Protocol):
             self.msg = None
 
     def _received_header(self, qid: str) -> str:
-        """RFC 5321 §4.4 trace header; protocol keyword per RFC 3848 (ESMTPSA = TLS + AUTH)."""
+        """RFC 5321 §4.4 trace header, stamped with the local time and its real offset."""
         conn = self.conn
         assert conn is not None
-        proto = "ESMTP" if conn.esmtp else "SMTP"
-        if conn.tls:
-            proto += "S"
-        if conn.login:
-            proto += "A"
+        smtputf8 = bool(self.mail_event and self.mail_event.smtputf8)
+        proto = received_protocol(conn.esmtp, conn.tls, bool(conn.login), smtputf8)
         helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
         lines = [
             f"Received: from {helo} ([{self.ip}])",
@@ -641,7 +649,8 @@ class SMTPSession(asyncio.Protocol):
         if len(self.rcpts) == 1:
             lines.append(f"\tfor <{self.rcpts[0].address}>")
         lines[-1] += ";"
-        lines.append("\t" + email.utils.formatdate(localtime=False))
+        # RFC 5322 §3.3: "-0000" means "local time unknown"; we know it.
+        lines.append("\t" + email.utils.formatdate(localtime=True))
         return "\r\n".join(lines) + "\r\n"
 
     def shutdown(self) -> None:
