@@ -188,7 +188,8 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 # [limits]                        # outbound abuse control; 0 = no limit
 # store = "sqlite"                # keep counters across restarts
 # notify_user = true              # also tell a user whose mail was held
-# auth_failures = 10              # failed logins per address before 454 4.7.0
+# auth_failures = 10              # failed logins per (address, login) before 454 4.7.0
+# auth_failures_address = 100     # failed logins per address, all logins together
 # [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
 # messages_per_hour = 200
 # recipients_per_hour = 1000

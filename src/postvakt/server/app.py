@@ -29,7 +29,8 @@ from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
-from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.grants import GrantStore, open_grant_store
+from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.queue import Queue
 from postvakt.server.tls import server_context
 
@@ -47,7 +48,7 @@ class App:
     directory: Directory
     authenticator: Authenticator
     grants: GrantStore
-    failures: LoginFailures
+    login_throttle: LoginThrottle
     queue: Queue
     ssl_context: Any
     manager: Any = None
@@ -118,18 +119,12 @@ def build_app(config: Config) -> App:
     from postvakt.server.limits import Limiter
 
     queue = Queue(config.data_dir / "queue")
-    lim = config.limits
     return App(
         config=config,
         directory=directory,
         authenticator=Authenticator(directory),
         grants=open_grant_store(config),
-        failures=LoginFailures(
-            delay_start=lim.auth_delay,
-            delay_max=lim.auth_delay_max,
-            block_after=lim.auth_failures,
-            window=lim.auth_window,
-        ),
+        login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
         queue=queue,
         ssl_context=server_context(config) if needs_tls else None,
         limiter=Limiter(open_counter_store(config), queue),
@@ -181,7 +176,7 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
                 directory=app.directory,
                 authenticator=app.authenticator,
                 grants=app.grants,
-                failures=app.failures,
+                login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
             )
         except OSError as e:
@@ -262,9 +257,7 @@ def _reload(app: App, path: Path) -> None:
         log.warning("reload: [listen] and data_dir changes take effect after a restart")
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
-    lim = new.limits
-    app.failures.delay_start, app.failures.delay_max = lim.auth_delay, lim.auth_delay_max
-    app.failures.block_after, app.failures.window = lim.auth_failures, lim.auth_window
+    app.login_throttle.configure(new.limits)
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import smtp
 from postvakt.address import AddressError, parse_header_addresses
+from postvakt.grants.logins import Outcome
 from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
 from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.queue import Envelope, QueueWriteError, Recipient
@@ -40,9 +41,7 @@ log = logging.getLogger("postvakt.smtp")
 # our replies (robustness P13: 10^5 pipelined NOOPs must not grow memory).
 WRITE_HIGH_WATER = 256 * 1024
 
-REPLY_AUTH_BLOCKED = Reply(
-    454, "4.7.0", "Too many failed logins from your address, try again later"
-)
+REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 # Warn mode: the finding travels with the message, where the recipient's filters can see it.
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
 # The core's catalogue and the queue's own error reply, so every side says the same.
@@ -547,35 +546,47 @@ class SMTPSession(asyncio.Protocol):
         )
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
+        """Reserve the attempt, check, settle (postvakt.grants.logins): parallel
+        sessions cannot get more passwords checked than serial ones."""
         conn = self.conn
         assert conn is not None
-        failures = self.app.failures
-        now = time.time()
-        if failures.blocked(self.ip, now):
+        throttle = self.app.login_throttle
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reservation = await throttle.reserve(self.ip, ev.username, time.time())
+        if not reservation.granted:
+            assert reservation.refused is not None
             log.info(
-                "AUTH client=%s port=%s user=<%s> refused: too many failures",
+                "AUTH client=%s port=%s user=<%s> refused: too many failures (%s)",
                 self.ip,
                 self.kind,
                 ev.username,
+                reservation.refused.value,
             )
             conn.respond(REPLY_AUTH_BLOCKED)
             return
-        delay = failures.delay(self.ip, now)
-        if delay:
-            await asyncio.sleep(delay)
-        login = await self.app.authenticator.verify(ev.username, ev.password)
+        try:
+            login = await self.app.authenticator.verify(ev.username, ev.password)
+        except BaseException:
+            await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
+            raise
         if login is None:
-            failures.record_failure(self.ip, time.time())
+            outcome = await throttle.settle(reservation, Outcome.FAILED, ev.password, time.time())
+            # The answer waits the pair's slow-down, counted from the attempt's start.
+            wait = started + throttle.delay(reservation) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             log.info(
-                "AUTH client=%s port=%s user=<%s> mechanism=%s failed",
+                "AUTH client=%s port=%s user=<%s> mechanism=%s failed%s",
                 self.ip,
                 self.kind,
                 ev.username,
                 ev.mechanism,
+                " (same password as before)" if outcome is Outcome.REPEATED else "",
             )
             conn.respond(smtp_replies.AUTH_INVALID)
             return
-        failures.record_success(self.ip)
+        await throttle.settle(reservation, Outcome.SUCCEEDED, "", time.time())
         log.info(
             "AUTH client=%s port=%s user=<%s> mechanism=%s ok",
             self.ip,
