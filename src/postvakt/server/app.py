@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -32,6 +33,7 @@ from postvakt.directory import Directory
 from postvakt.grants import GrantStore, open_grant_store
 from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.queue import Queue
+from postvakt.server.handshake import Listening, TLSServer
 from postvakt.server.tls import server_context
 
 log = logging.getLogger("postvakt")
@@ -145,25 +147,26 @@ def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigErr
     return ConfigError(source, f"[listen] {kind}", reason)
 
 
-async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
+async def _listen(app: App) -> list[tuple[str, Listening]]:
     from postvakt.server.smtp import SMTPSession
 
     loop = asyncio.get_running_loop()
-    servers: list[tuple[str, asyncio.base_events.Server]] = []
+    servers: list[tuple[str, Listening]] = []
     cfg = app.config
     for kind in ("smtp", "submission", "submissions"):
         for hp in getattr(cfg.listen, kind):
-            ssl_ctx = app.ssl_context if kind == "submissions" else None
+            factory = functools.partial(SMTPSession, app, kind)
             try:
-                srv = await loop.create_server(
-                    lambda k=kind: SMTPSession(app, k),
-                    hp.host,
-                    hp.port,
-                    ssl=ssl_ctx,
-                    reuse_address=True,
-                    backlog=1024,
-                    ssl_handshake_timeout=30 if ssl_ctx else None,
-                )
+                srv: Listening
+                if kind == "submissions":
+                    # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
+                    srv = await TLSServer.create(
+                        factory, hp.host, hp.port, app.ssl_context, kind=kind
+                    )
+                else:
+                    srv = await loop.create_server(
+                        factory, hp.host, hp.port, reuse_address=True, backlog=1024
+                    )
             except OSError as e:
                 raise _bind_error(kind, hp, e, cfg.source) from None
             servers.append((kind, srv))
@@ -188,7 +191,7 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
     return servers
 
 
-def _bound(servers: list[tuple[str, asyncio.base_events.Server]]) -> dict[str, list[str]]:
+def _bound(servers: list[tuple[str, Listening]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for kind, srv in servers:
         for s in srv.sockets:
@@ -213,6 +216,7 @@ async def run(config: Config, config_path: Path | None) -> int:
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
+    log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     print(
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
@@ -275,12 +279,7 @@ def setup_logging(level: str) -> None:
 def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
     """The front (listeners); with `wake_fd`, the queue manager process it started."""
     setup_logging(config.log_level)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
 
@@ -290,6 +289,29 @@ def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = Non
     with contextlib.suppress(KeyboardInterrupt):
         return int(runner(main))
     return 0
+
+
+# Which event loop runs the server: "uvloop" (the default when installed) or
+# "asyncio"; for telling a loop's bug from ours, and for tests of both.
+EVENT_LOOP_ENV = "POSTVAKT_EVENT_LOOP"
+
+
+def _event_loop_runner(choice: str) -> Any:
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ConfigError(
+            EVENT_LOOP_ENV, EVENT_LOOP_ENV, f"{choice!r} is not one of uvloop, asyncio"
+        )
+    if choice != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.run
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    EVENT_LOOP_ENV, EVENT_LOOP_ENV, "uvloop is not installed"
+                ) from None
+    return asyncio.run
 
 
 def pid_file(config: Config) -> Path:

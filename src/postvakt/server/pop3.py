@@ -46,6 +46,7 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
+from postvakt.server.handshake import Listening, TLSServer, listener_of, start_server_tls
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -384,15 +385,20 @@ class POP3Protocol(asyncio.Protocol):
             expires = ctx.clock() + ttl
             ctx.grants.grant(self.ip, login, expires)
             log.info(
-                "pop3 login client=%s user=%s messages=%d pop-before-smtp until=%.0f",
+                "pop3 login client=%s user=%s mechanism=%s messages=%d pop-before-smtp until=%.0f",
                 self.ip,
                 login,
+                ev.mechanism,
                 len(mailbox.messages),
                 expires,
             )
         else:
             log.info(
-                "pop3 login client=%s user=%s messages=%d", self.ip, login, len(mailbox.messages)
+                "pop3 login client=%s user=%s mechanism=%s messages=%d",
+                self.ip,
+                login,
+                ev.mechanism,
+                len(mailbox.messages),
             )
         self._pump()
 
@@ -424,23 +430,18 @@ class POP3Protocol(asyncio.Protocol):
 
     async def _start_tls(self) -> None:
         assert self.transport is not None and self.ctx.ssl_context is not None
-        loop = asyncio.get_running_loop()
         old = self.transport
         # No plaintext read from here on: what the kernel still holds goes to TLS.
         old.pause_reading()
         self._tls_pending = True
         self._start_tls_running = True
         try:
-            new = await loop.start_tls(old, self, self.ctx.ssl_context, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as e:
-            log.info("pop3 stls handshake failed client=%s: %s", self.ip, e)
-            old.close()
-            self._gone()
-            return
+            new = await start_server_tls(
+                old, self, self.ctx.ssl_context, client=self.ip, listener=listener_of("pop3", old)
+            )
         finally:
             self._start_tls_running = False
         if new is None:
-            old.close()
             self._gone()
             return
         self.transport = new
@@ -452,12 +453,10 @@ class POP3Protocol(asyncio.Protocol):
         self._pump()
 
 
-_contexts: weakref.WeakKeyDictionary[asyncio.base_events.Server, POP3Context] = (
-    weakref.WeakKeyDictionary()
-)
+_contexts: weakref.WeakKeyDictionary[Listening, POP3Context] = weakref.WeakKeyDictionary()
 
 
-def stop_pop3(servers: list[asyncio.base_events.Server]) -> None:
+def stop_pop3(servers: list[Listening]) -> None:
     """Stop accepting, and end every open POP3 session of these servers.
 
     A session ended here deletes nothing (RFC 1939 §6: only QUIT enters the
@@ -489,7 +488,7 @@ async def start_pop3(
     ssl_context: ssl.SSLContext | None,
     login_delay: float | None = None,
     reuse_port: bool = False,
-) -> list[asyncio.base_events.Server]:
+) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
     The pop3 servers come first in the list, then the pop3s ones, each in
@@ -507,7 +506,7 @@ async def start_pop3(
         ssl_context=ssl_context,
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
     )
-    servers: list[asyncio.base_events.Server] = []
+    servers: list[Listening] = []
     try:
         for hp in config.listen.pop3:
             servers.append(
@@ -522,14 +521,16 @@ async def start_pop3(
         if config.listen.pop3s and ssl_context is None:
             raise ValueError("[listen] pop3s needs a TLS context")
         for hp in config.listen.pop3s:
+            assert ssl_context is not None
+            # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
             servers.append(
-                await loop.create_server(
+                await TLSServer.create(
                     lambda: POP3Protocol(ctx, implicit_tls=True),
                     hp.host,
                     hp.port,
-                    ssl=ssl_context,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
+                    ssl_context,
+                    kind="pop3s",
+                    reuse_port=reuse_port,
                 )
             )
     except BaseException:

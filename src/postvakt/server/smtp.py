@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -29,6 +28,7 @@ from postvakt.policy import Client, Decision, Verdict, check_header_from, check_
 from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
+from postvakt.server.handshake import listener_of, start_server_tls
 from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
@@ -604,20 +604,13 @@ class SMTPSession(asyncio.Protocol):
         if ctx is None:
             self._close()
             return
-        loop = asyncio.get_running_loop()
         # Reading stays paused until start_tls has put the TLS layer in front of
         # us (it resumes the raw transport itself): a ClientHello must never
         # reach this protocol as plaintext.
         self.tls_pending = []
-        try:
-            new_transport = await asyncio.wait_for(
-                loop.start_tls(transport, self, ctx, server_side=True), timeout=60
-            )
-        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
-            log.info("TLS handshake failed client=%s port=%s: %s", self.ip, self.kind, e)
-            self.closing = True
-            transport.abort()
-            return
+        new_transport = await start_server_tls(
+            transport, self, ctx, client=self.ip, listener=listener_of(self.kind, transport)
+        )
         if new_transport is None:
             self.closing = True
             return
