@@ -56,6 +56,9 @@ class ListenConfig:
 class TLSConfig:
     cert: Path | None = None
     key: Path | None = None
+    # The names (or addresses) mail programs connect to. The self-signed
+    # certificate covers them all; an admin's certificate is checked against them.
+    names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -383,6 +386,16 @@ def normalize_domain(value: object, source: str, key: str) -> str:
     return d
 
 
+def normalize_host(value: object, source: str, key: str) -> str:
+    """A host name (normalized as a domain) or an IP address (as written by ipaddress)."""
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value.strip().strip("[]")))
+        except ValueError:
+            pass
+    return normalize_domain(value, source, key)
+
+
 def _expect(value: object, typ: type | tuple[type, ...], source: str, key: str, what: str) -> Any:
     if isinstance(value, bool) and typ is not bool and not (isinstance(typ, tuple) and bool in typ):
         raise ConfigError(source, key, f"expected {what}, got {value!r}")
@@ -573,10 +586,16 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     )
 
     tt = _table(raw, "tls", source)
-    _check_keys(tt, {"cert", "key"}, source, "tls")
+    _check_keys(tt, {"cert", "key", "names"}, source, "tls")
     tls = TLSConfig(
         cert=path_of(tt["cert"], "[tls] cert") if "cert" in tt else None,
         key=path_of(tt["key"], "[tls] key") if "key" in tt else None,
+        names=tuple(
+            dict.fromkeys(
+                normalize_host(x, source, "[tls] names")
+                for x in _list(tt.get("names", []), source, "[tls] names")
+            )
+        ),
     )
     if (tls.cert is None) != (tls.key is None):
         raise ConfigError(source, "[tls]", "give both cert and key, or neither")

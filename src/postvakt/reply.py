@@ -8,7 +8,13 @@ the wire (or to a bounce) without being re-worded on the way.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# RFC 4954 §4: the server's SASL continuation, `334 SP [base64]`.
+SASL_CHALLENGE = 334
+# RFC 5321 §4.2 textstring is TAB and %d32-126 (UTF-8 under RFC 6531); nothing else.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -30,13 +36,26 @@ class Reply:
         return self.code < 400
 
     def lines(self) -> list[str]:
-        """The reply's lines without CRLF; multi-line text uses `code-` continuation."""
+        """The reply's lines without CRLF; multi-line text uses `code-` continuation.
+
+        RFC 5321 §4.2: `code "-" [text]` for every line but the last, `code
+        [SP text]` for the last. A SASL challenge is the exception: RFC 4954 §4
+        makes it `334 SP [base64]`, so an empty challenge is `334 ` with its
+        space (clients such as s-nail take a shorter line for a dead link).
+        Control characters in the text (a CR from a config file, say) become
+        `?`: one reply never turns into two lines on the wire.
+        """
         texts = self.text.split("\n") if self.text else [""]
         out = []
         for i, t in enumerate(texts):
-            sep = " " if i == len(texts) - 1 else "-"
-            body = f"{self.enhanced} {t}" if self.enhanced else t
-            out.append(f"{self.code}{sep}{body}".rstrip())
+            last = i == len(texts) - 1
+            body = " ".join(p for p in (self.enhanced, _CONTROL.sub("?", t).rstrip(" \t")) if p)
+            if body:
+                out.append(f"{self.code}{' ' if last else '-'}{body}")
+            elif last and self.code == SASL_CHALLENGE:
+                out.append(f"{self.code} ")
+            else:
+                out.append(f"{self.code}" if last else f"{self.code}-")
         return out
 
     def encode(self) -> bytes:

@@ -207,6 +207,42 @@ def test_received_header_records_tls_and_auth(tmp_path: Path) -> None:
         srv.stop()
 
 
+def test_received_header_says_utf8smtpsa_and_the_real_zone_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 6531 §3.7.3: a transaction with SMTPUTF8 is recorded as UTF8SMTP(S)(A);
+    RFC 5322 §3.3: the date carries the server's offset, not "-0000" (unknown)."""
+    import ssl
+
+    monkeypatch.setenv("TZ", "IST-5:30")  # POSIX form: +0530 all year, no zone files needed
+    srv = start_server(tmp_path, users={ALICE: "pw"})
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with smtplib.SMTP("127.0.0.1", srv.port("submission"), timeout=10) as s:
+            s.starttls(context=ctx)
+            s.login(ALICE, "pw")
+            s.sendmail(
+                ALICE, [ALICE], "Subject: utf8-trace\r\n\r\nhej då\r\n".encode(), ["SMTPUTF8"]
+            )
+            s.sendmail(ALICE, [ALICE], "Subject: ascii-trace\r\n\r\nhi\r\n")
+        with smtplib.SMTP("127.0.0.1", srv.port("smtp"), timeout=10) as s:
+            s.sendmail(
+                "x@other.example", [ALICE], b"Subject: plain-utf8\r\n\r\nhi\r\n", ["SMTPUTF8"]
+            )
+        for subject, proto in (
+            (b"utf8-trace", "UTF8SMTPSA"),
+            (b"ascii-trace", "ESMTPSA"),
+            (b"plain-utf8", "UTF8SMTP"),
+        ):
+            msg = wait_maildir(srv.data_dir, ALICE, containing=subject)[0].decode()
+            received = msg.split("Received: ", 1)[1].split("\nSubject:")[0]
+            assert f"with {proto} id" in received, received
+            assert received.rstrip().endswith("+0530"), received
+    finally:
+        srv.stop()
+
+
 def _peak_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

@@ -313,6 +313,7 @@ notify_user = true
 auth_delay = 0.5
 auth_delay_max = "2s"
 auth_failures = 5
+auth_failures_address = 40
 auth_window = "10m"
 
 [limits.user]
@@ -335,6 +336,8 @@ messages_per_hour = 5000
         5,
         600.0,
     )
+    assert cfg.auth_failures_address == 40
+    assert loads("").limits.auth_failures_address == 100  # ten users' worth of the default 10
     assert cfg.user.messages_per_hour == 50
     # A quota-wide outcome replaces the default per-limit ones.
     assert cfg.user.outcome_for("recipients_per_message") == "reject"
@@ -364,6 +367,7 @@ messages_per_hour = 5000
         ('[limits]\nstore = "redis"', "[limits] store"),
         ('[limits]\nexempt = ["not-an-ip"]', "[limits] exempt"),
         ("[limits]\nauth_failures = 0", "[limits] auth_failures"),
+        ("[limits]\nauth_failures_address = true", "[limits] auth_failures_address"),
         ("[limits]\nauth_delay = 5\nauth_delay_max = 1", "[limits] auth_delay_max"),
         ("[limits.users.nobody]\nmessages_per_hour = 1", "[limits.users.'nobody']"),
         ("[limits]\nuser = 3", "[limits.user]"),

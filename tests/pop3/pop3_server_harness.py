@@ -24,7 +24,8 @@ from typing import Any
 from postvakt.auth import Authenticator
 from postvakt.config import Config, from_dict
 from postvakt.directory import Directory
-from postvakt.grants import LoginFailures, MemoryGrantStore
+from postvakt.grants import MemoryGrantStore
+from postvakt.grants.logins import LoginThrottle, MemoryLoginFailureStore
 from postvakt.server.pop3 import start_pop3
 from postvakt.server.tls import server_context
 
@@ -37,6 +38,24 @@ OTHER_OUTSIDE_IP = "127.0.0.3"
 _seq = itertools.count()
 
 
+def make_throttle(
+    delay_start: float = 2.0,
+    delay_max: float = 15.0,
+    per_login: int = 10,
+    per_address: int = 100,
+    window: float = 900.0,
+) -> LoginThrottle:
+    """The failed-login throttle on an in-memory store (the defaults are the config's)."""
+    return LoginThrottle(
+        MemoryLoginFailureStore(),
+        delay_start=delay_start,
+        delay_max=delay_max,
+        per_login=per_login,
+        per_address=per_address,
+        window=window,
+    )
+
+
 class LiveServer:
     def __init__(
         self,
@@ -45,7 +64,7 @@ class LiveServer:
         users: dict[str, str] | None = None,
         pop3: dict[str, Any] | None = None,
         relay: dict[str, Any] | None = None,
-        failures: LoginFailures | None = None,
+        throttle: LoginThrottle | None = None,
         login_delay: float | None = None,
     ) -> None:
         raw: dict[str, Any] = {
@@ -62,7 +81,7 @@ class LiveServer:
             self.directory.add_user(address, password)
         self.authenticator = Authenticator(self.directory)
         self.grants = MemoryGrantStore()
-        self.failures = failures or LoginFailures(delay_start=0.05, delay_max=0.4)
+        self.throttle = throttle or make_throttle(delay_start=0.05, delay_max=0.4)
         self.ssl_context = server_context(self.config)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -73,7 +92,7 @@ class LiveServer:
                 directory=self.directory,
                 authenticator=self.authenticator,
                 grants=self.grants,
-                failures=self.failures,
+                login_throttle=self.throttle,
                 ssl_context=self.ssl_context,
                 login_delay=login_delay,
             )

@@ -19,9 +19,8 @@ from pop3_server_harness import (
     PASSWORD,
     LiveServer,
     POP3Raw,
+    make_throttle,
 )
-
-from postvakt.grants import LoginFailures
 
 IN_USE = "-ERR [IN-USE] Mailbox is locked by another session"
 AUTH_FAILED = "-ERR [AUTH] Authentication failed"
@@ -249,7 +248,7 @@ def test_q5_plaintext_refused_before_stls(server: LiveServer) -> None:
     assert c.cmd("AUTH PLAIN AGFsaWNlQHB2LnRlc3QAc2VjcmV0") == PLAINTEXT
     # The password was never checked, and no failure was counted against the client.
     assert server.authenticator.argon2_runs == runs_before
-    assert server.failures.failures("127.0.0.1", time.time()) == 0
+    assert server.throttle.failures("127.0.0.1", time.time()) == 0
     assert server.grants.lookup("127.0.0.1", time.time()) is None
     # After STLS the same login works.
     assert c.cmd("STLS") == "+OK Begin TLS negotiation"
@@ -343,7 +342,7 @@ def test_q7_apop_disabled_no_timestamp(server: LiveServer) -> None:
 def test_q8_failed_login_delay_grows_per_address(tmp_path: Path) -> None:
     """The defaults: a bad PASS answers after >= 2 s, the next one from the same address later still."""
     srv = LiveServer(
-        tmp_path, pop3={"fail_delay": 2.0, "fail_delay_max": 15.0}, failures=LoginFailures()
+        tmp_path, pop3={"fail_delay": 2.0, "fail_delay_max": 15.0}, throttle=make_throttle()
     )
     try:
         times = []
@@ -374,7 +373,7 @@ def test_q8_unknown_user_and_wrong_password_look_alike(tmp_path: Path) -> None:
     srv = LiveServer(
         tmp_path,
         pop3={"fail_delay": 0.4, "fail_delay_max": 0.4},
-        failures=LoginFailures(delay_start=0.4, delay_max=0.4),
+        throttle=make_throttle(delay_start=0.4, delay_max=0.4),
     )
     try:
         results = []
@@ -395,20 +394,20 @@ def test_q8_unknown_user_and_wrong_password_look_alike(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_q8_blocked_address_refused_other_address_fine(tmp_path: Path) -> None:
+def test_q8_guessed_login_refused_from_that_address_fine_from_another(tmp_path: Path) -> None:
     srv = LiveServer(
-        tmp_path, failures=LoginFailures(delay_start=0.01, delay_max=0.02, block_after=3)
+        tmp_path, throttle=make_throttle(delay_start=0.01, delay_max=0.02, per_login=3)
     )
     try:
-        for _ in range(3):
+        for i in range(3):
             c = POP3Raw(srv.port("pop3s"), OUTSIDE_IP, tls=True)
             c.line()
-            c.login(password="wrong")
+            c.login(password=f"wrong{i}")  # three different guesses (a repeat is no new guess)
             c.close()
         runs = srv.authenticator.argon2_runs
         c = POP3Raw(srv.port("pop3s"), OUTSIDE_IP, tls=True)
         c.line()
-        assert c.login() == AUTH_FAILED  # the right password, but this address guessed too often
+        assert c.login() == AUTH_FAILED  # the right password, but this login was guessed too often
         assert srv.authenticator.argon2_runs == runs  # refused without checking
         assert srv.grants.lookup(OUTSIDE_IP, time.time()) is None
         other = login_tls(srv, OTHER_OUTSIDE_IP)
@@ -425,7 +424,7 @@ def test_q8_sys_perm_when_mailbox_is_broken(server: LiveServer) -> None:
     c = POP3Raw(server.port("pop3s"), tls=True)
     c.line()
     assert c.login() == "-ERR [SYS/PERM] Mailbox cannot be opened, please contact the administrator"
-    assert server.failures.failures("127.0.0.1", time.time()) == 0
+    assert server.throttle.failures("127.0.0.1", time.time()) == 0
     assert server.grants.lookup("127.0.0.1", time.time()) is None
 
 
@@ -435,7 +434,7 @@ def test_q8_sys_temp_when_user_database_fails(server: LiveServer) -> None:
     c = POP3Raw(server.port("pop3s"), OUTSIDE_IP, tls=True)
     c.line()
     assert c.login() == "-ERR [SYS/TEMP] Temporary server failure, try again later"
-    assert server.failures.failures(OUTSIDE_IP, time.time()) == 0
+    assert server.throttle.failures(OUTSIDE_IP, time.time()) == 0
     assert c.cmd("QUIT") == "+OK Logging out"
 
 
@@ -549,7 +548,7 @@ def test_login_delay_advertised_and_enforced(tmp_path: Path) -> None:
             c.login() == "-ERR [LOGIN-DELAY] Logged in too recently, wait before logging in again"
         )
         assert srv.grants.lookup(OUTSIDE_IP, time.time()) == first  # not renewed
-        assert srv.failures.failures(OUTSIDE_IP, time.time()) == 0  # not a guess
+        assert srv.throttle.failures(OUTSIDE_IP, time.time()) == 0  # not a guess
         time.sleep(1.6)
         assert c.login().startswith("+OK Logged in")
         c.cmd("QUIT")
@@ -579,7 +578,7 @@ def test_idle_timeout_does_not_fire_while_the_server_checks_a_login(tmp_path: Pa
     srv = LiveServer(
         tmp_path,
         pop3={"idle_timeout": 0.3, "fail_delay": 0.8, "fail_delay_max": 0.8},
-        failures=LoginFailures(delay_start=0.8, delay_max=0.8),
+        throttle=make_throttle(delay_start=0.8, delay_max=0.8),
     )
     try:
         c = POP3Raw(srv.port("pop3s"), tls=True)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 from email.message import Message
+
+import pytest
 
 from postvakt.queue import dsn
 from postvakt.queue.envelope import FAILED, PENDING, Envelope, Recipient, Unit
@@ -166,3 +169,25 @@ def test_utf8_sender_and_8bit_original() -> None:
     )
     assert benv.smtputf8 and benv.body == "8BITMIME"
     assert "jörg@pv.test".encode() in data
+
+
+def test_bounce_dates_carry_the_real_zone_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 5322 §3.3: "-0000" says "local time unknown"; a bounce knows its time."""
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    try:
+        _, data = dsn.build(
+            hostname="mx.pv.test",
+            queue_id="ABC",
+            envelope=envelope(),
+            reports=failed_units(),
+            original=ORIGINAL,
+            now=1_700_000_100.0,
+        )
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    msg = parse(data)
+    assert msg["Date"].endswith("+0530"), msg["Date"]
+    per_message = msg.get_payload()[1].get_payload()[0]
+    assert per_message["Arrival-Date"].endswith("+0530")

@@ -4,6 +4,8 @@ Transcripts are lines:
 - `C: text`  the client sends `text` + CRLF;
 - `C~ text`  the client sends `text` with Python escapes (`\\r`, `\\n`, `\\x00`) and no CRLF added;
 - `S: text`  the server answers `text` + CRLF;
+- `S~ text`  the server answers `text` with Python escapes and no CRLF added
+             (for bytes a stripped line cannot show, as the space of `334 `);
 - `E: repr`  an event the application saw (DataChunks of one message are merged);
 - `A: reply` the application's answer to the next event that needs one, in
              place of the default application (`answer`);
@@ -191,6 +193,10 @@ def parse(text: str) -> Transcript:
             )
         elif line.startswith("S: ") or line == "S:":
             segments[-1].server += line[3:].encode("utf-8") + b"\r\n"
+        elif line.startswith("S~ "):
+            segments[-1].server += (
+                line[3:].encode("latin-1").decode("unicode_escape").encode("latin-1")
+            )
         elif line.startswith("E: "):
             events.append(line[3:])
         elif line.startswith("A: "):

@@ -227,7 +227,7 @@ S: 334 UGFzc3dvcmQ6
 C: *
 S: 501 5.7.0 Authentication aborted
 C: AUTH PLAIN
-S: 334
+S~ 334\\x20\\r\\n
 C: !!!
 S: 501 5.5.2 Can't decode base64
 C: AUTH CRAM-MD5
@@ -235,7 +235,7 @@ S: 504 5.5.4 Unrecognized authentication type
 C: AUTH
 S: 501 5.5.4 Syntax: AUTH mechanism [initial-response]
 C: AUTH PLAIN
-S: 334
+S~ 334\\x20\\r\\n
 C: AGFsaWNlAHNlY3JldA==
 S: 235 2.7.0 Authentication successful
 C: MAIL FROM:<alice@pv.test>

@@ -8,6 +8,7 @@ import pytest
 from smtp_harness import BANNER, Driver, settings
 
 from postvakt.reply import Reply
+from postvakt.server.smtp import received_protocol
 from postvakt.smtp import NEED_DATA, PAUSED, AuthCredentials, SMTPServer, StartTLS, replies
 from postvakt.smtp._sasl import MAX_AUTH_LINE
 
@@ -156,7 +157,7 @@ def test_t9_bad_base64() -> None:
 def test_t9_star_aborts() -> None:
     d = tls_session()
     d.feed(b"AUTH PLAIN\r\n*\r\n")
-    assert d.lines() == ["334", "501 5.7.0 Authentication aborted"]
+    assert d.lines() == ["334 ", "501 5.7.0 Authentication aborted"]
     d.feed(b"AUTH LOGIN\r\n" + b64(b"alice").encode() + b"\r\n*\r\n")
     assert d.lines() == ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6", "501 5.7.0 Authentication aborted"]
     assert d.conn.login is None
@@ -205,7 +206,7 @@ def test_t9_oversized_response() -> None:
     d.feed(b"AUTH PLAIN\r\n")
     d.feed(b"A" * (MAX_AUTH_LINE + 100) + b"\r\nNOOP\r\n")
     assert d.lines() == [
-        "334",
+        "334 ",
         "500 5.5.6 Authentication exchange line is too long",
         "250 2.0.0 Ok",
     ]
@@ -320,3 +321,23 @@ def test_respond_without_a_waiting_event_is_a_usage_error() -> None:
         conn.respond(replies.OK)
     with pytest.raises(UsageError):
         conn.tls_started()
+
+
+@pytest.mark.parametrize(
+    ("esmtp", "tls", "auth", "smtputf8", "keyword"),
+    [
+        (False, False, False, False, "SMTP"),
+        (True, False, False, False, "ESMTP"),
+        (True, True, False, False, "ESMTPS"),
+        (True, False, True, False, "ESMTPA"),
+        (True, True, True, False, "ESMTPSA"),
+        (True, False, False, True, "UTF8SMTP"),
+        (True, True, False, True, "UTF8SMTPS"),
+        (True, False, True, True, "UTF8SMTPA"),
+        (True, True, True, True, "UTF8SMTPSA"),
+    ],
+)
+def test_received_protocol_keywords_rfc3848_rfc6531(
+    esmtp: bool, tls: bool, auth: bool, smtputf8: bool, keyword: str
+) -> None:
+    assert received_protocol(esmtp, tls, auth, smtputf8) == keyword

@@ -1,4 +1,4 @@
-"""Grant stores and the shared login-failure counter."""
+"""Grant stores (the login-failure throttle: test_login_throttle.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from postvakt.grants import LoginFailures, MemoryGrantStore, SqliteGrantStore
+from postvakt.grants import MemoryGrantStore, SqliteGrantStore
 
 
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
@@ -35,19 +35,3 @@ def test_memory_snapshot_is_readable_from_outside(tmp_path: Path) -> None:
     MemoryGrantStore(snap).grant("127.0.0.2", "alice@pv.test", 500.0)
     assert [g.ip for g in MemoryGrantStore.read_snapshot(snap, 10.0)] == ["127.0.0.2"]
     assert MemoryGrantStore.read_snapshot(snap, 600.0) == []
-
-
-def test_failure_delay_grows_then_blocks() -> None:
-    f = LoginFailures(delay_start=2, delay_max=15, block_after=5, window=600)
-    assert f.delay("127.0.0.2", 0) == 0
-    delays = []
-    for i in range(5):
-        f.record_failure("127.0.0.2", float(i))
-        delays.append(f.delay("127.0.0.2", float(i)))
-    assert delays == [2, 4, 8, 15, 15]
-    assert f.blocked("127.0.0.2", 5.0)
-    assert not f.blocked("127.0.0.3", 5.0) and f.delay("127.0.0.3", 5.0) == 0
-    assert not f.blocked("127.0.0.2", 5.0 + 601)  # forgotten after the window
-    f.record_failure("127.0.0.4", 0.0)
-    f.record_success("127.0.0.4")
-    assert f.delay("127.0.0.4", 0.0) == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from postvakt import config as config_mod
 from postvakt.cli.common import DEFAULT_CONFIG_NAME
+from postvakt.server.tls import certificate_names, ensure_self_signed, fingerprint
 
 INIT_TEMPLATE = """\
 # postvakt configuration, written by `postvakt init`.
@@ -30,9 +32,14 @@ submissions = ["{host}:{p_subs}"]          # implicit TLS (RFC 8314), AUTH requi
 pop3 = ["{host}:{p_pop3}"]                 # STLS before any login
 pop3s = ["{host}:{p_pop3s}"]               # implicit TLS
 
-# [tls]                           # absent: a self-signed certificate is made in data_dir
-# cert = "/etc/ssl/mail.pem"
-# key = "/etc/ssl/mail.key"
+[tls]
+# The names mail programs connect to (what users type as "server"). The
+# self-signed certificate in data_dir/tls covers them all; with a certificate
+# of your own (Let's Encrypt, say), uncomment cert and key: `serve` warns when
+# it does not cover one of these names.
+names = {names}
+# cert = "/etc/letsencrypt/live/{hostname}/fullchain.pem"
+# key = "/etc/letsencrypt/live/{hostname}/privkey.pem"
 
 [domains]
 local = ["{domain}"]              # mailboxes live here
@@ -80,7 +87,8 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 # [limits]                        # outbound abuse control; 0 = no limit
 # store = "sqlite"                # keep counters across restarts
 # notify_user = true              # also tell a user whose mail was held
-# auth_failures = 10              # failed logins per address before 454 4.7.0
+# auth_failures = 10              # failed logins per (address, login) before 454 4.7.0
+# auth_failures_address = 100     # failed logins per address, all logins together
 # [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
 # messages_per_hour = 200
 # recipients_per_hour = 1000
@@ -107,6 +115,14 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 @click.option("--domain", required=True, help="The mail domain whose mailboxes live here.")
 @click.option("--hostname", default=None, help="This server's name (default mail.DOMAIN).")
 @click.option(
+    "--names",
+    "names_arg",
+    multiple=True,
+    metavar="NAMES",
+    help="Host names mail programs connect to, comma separated or repeated"
+    " (default: the host name; asked for on a terminal). The certificate covers them all.",
+)
+@click.option(
     "--ports",
     type=click.Choice(["standard", "unprivileged"]),
     default="standard",
@@ -115,15 +131,32 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 @click.option("--listen-host", default="0.0.0.0", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing postvakt.toml.")
 def init(
-    directory: str, domain: str, hostname: str | None, ports: str, listen_host: str, force: bool
+    directory: str,
+    domain: str,
+    hostname: str | None,
+    names_arg: tuple[str, ...],
+    ports: str,
+    listen_host: str,
+    force: bool,
 ) -> None:
-    """Write a commented DIR/postvakt.toml and the data directory."""
+    """Write a commented DIR/postvakt.toml, the data directory and a certificate."""
     d = Path(directory)
     target = d / DEFAULT_CONFIG_NAME
     dom = config_mod.normalize_domain(domain, "--domain", "--domain")
     host = config_mod.normalize_domain(hostname or f"mail.{dom}", "--hostname", "--hostname")
     if target.exists() and not force:
         raise click.ClickException(f"{target} exists already (use --force to overwrite)")
+    if not names_arg and sys.stdin.isatty():
+        names_arg = (
+            click.prompt(
+                "Host names your users' mail programs will connect to (comma separated)",
+                default=host,
+            ),
+        )
+    raw = [n for arg in names_arg for n in arg.replace(",", " ").split()]
+    names = list(
+        dict.fromkeys([host, *(config_mod.normalize_host(n, "--names", "--names") for n in raw)])
+    )
     p = (25, 587, 465, 110, 995) if ports == "standard" else (2525, 2587, 2465, 2110, 2995)
     text = INIT_TEMPLATE.format(
         config=target,
@@ -136,9 +169,20 @@ def init(
         p_subs=p[2],
         p_pop3=p[3],
         p_pop3s=p[4],
+        names="[" + ", ".join(f'"{n}"' for n in names) + "]",
     )
-    config_mod.loads(text, source=str(target), base_dir=d)  # the template must load
+    cfg = config_mod.loads(text, source=str(target), base_dir=d)  # the template must load
     d.mkdir(parents=True, exist_ok=True)
     (d / "data").mkdir(exist_ok=True)
     target.write_text(text)
-    click.echo(f"wrote {target}\nnext: postvakt user add someone@{dom} --config {target}")
+    cert, _ = ensure_self_signed(cfg)
+    pem = cert.read_bytes()
+    click.echo(
+        f"wrote {target}\n"
+        f"self-signed certificate {cert}\n"
+        f"  covers {', '.join(certificate_names(pem))}\n"
+        f"  SHA-256 fingerprint {fingerprint(pem)}\n"
+        f"  give this file to your users' mail programs, or use a certificate of your own\n"
+        f"  ([tls] cert and key; the README shows both)\n"
+        f"next: postvakt user add someone@{dom} --config {target}"
+    )

@@ -105,6 +105,7 @@ def show_cmd(config_path: str | None, as_json: bool, who: str | None) -> None:
     general = {
         "connections_per_client": conn,
         "auth_failures": lc.auth_failures,
+        "auth_failures_address": lc.auth_failures_address,
         "auth_delay": lc.auth_delay,
         "auth_delay_max": lc.auth_delay_max,
         "auth_window": lc.auth_window,
@@ -125,6 +126,8 @@ def show_cmd(config_path: str | None, as_json: bool, who: str | None) -> None:
         " [relay] networks exempt)"
     )
     click.echo(
-        f"failed logins per client address: delay {lc.auth_delay:g} s doubling to {lc.auth_delay_max:g} s,"
-        f" refused after {lc.auth_failures} within {lc.auth_window:g} s (SMTP AUTH and POP3 together)"
+        f"failed logins per client address and login: answer delayed {lc.auth_delay:g} s doubling"
+        f" to {lc.auth_delay_max:g} s, refused after {lc.auth_failures}; per client address over"
+        f" all logins: refused after {lc.auth_failures_address}; counts forgotten"
+        f" {lc.auth_window:g} s after the last failure (SMTP AUTH and POP3 together)"
     )

@@ -1,4 +1,5 @@
-"""State every front must see: POP-before-SMTP grants and login-failure counters.
+"""State every front must see: POP-before-SMTP grants (here), rate counters
+(`counters`) and the failed-login throttle (`logins`).
 
 A grant says "this client address logged in to our POP3 server (or to the
 Dovecot beside us, over IMAP) as this user, and may relay until then". The
@@ -16,8 +17,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = [
     "Grant",
     "GrantStore",
-    "LoginFailures",
     "MemoryGrantStore",
     "SqliteGrantStore",
     "list_grants",
@@ -179,76 +177,3 @@ def list_grants(config: Config, now: float) -> list[Grant]:
     if config.relay.grant_store == "sqlite":
         return SqliteGrantStore(config.data_dir / "grants.sqlite3").all(now)
     return MemoryGrantStore.read_snapshot(config.data_dir / "grants.json", now)
-
-
-# ---------------------------------------------------------------- login failures
-
-# Dovecot's authentication penalty: 2 s after the first failure, doubling, at most 15 s.
-FAIL_DELAY_START = 2.0
-FAIL_DELAY_MAX = 15.0
-# After this many failures in the window, refuse without checking (Postfix-style
-# 421/454): a password guesser gets nothing more to measure.
-FAIL_BLOCK_AFTER = 10
-# Failures older than this are forgotten.
-FAIL_WINDOW = 15 * 60
-
-
-@dataclass
-class _FailureRecord:
-    count: int
-    last: float
-
-
-class LoginFailures:
-    """Per-client-address failed-login counter shared by the SMTP and POP3 fronts.
-
-    `now` is wall-clock seconds (time.time()) everywhere, as for grants.
-    """
-
-    def __init__(
-        self,
-        delay_start: float = FAIL_DELAY_START,
-        delay_max: float = FAIL_DELAY_MAX,
-        block_after: int = FAIL_BLOCK_AFTER,
-        window: float = FAIL_WINDOW,
-    ) -> None:
-        self.delay_start = delay_start
-        self.delay_max = delay_max
-        self.block_after = block_after
-        self.window = window
-        self._records: dict[str, _FailureRecord] = {}
-
-    def _get(self, ip: str, now: float) -> _FailureRecord | None:
-        r = self._records.get(ip)
-        if r is not None and now - r.last > self.window:
-            del self._records[ip]
-            return None
-        return r
-
-    def failures(self, ip: str, now: float) -> int:
-        r = self._get(ip, now)
-        return r.count if r else 0
-
-    def delay(self, ip: str, now: float) -> float:
-        n = self.failures(ip, now)
-        if n == 0:
-            return 0.0
-        return float(min(self.delay_max, self.delay_start * 2 ** (n - 1)))
-
-    def blocked(self, ip: str, now: float) -> bool:
-        return self.failures(ip, now) >= self.block_after
-
-    def record_failure(self, ip: str, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        r = self._get(ip, now)
-        if r is None:
-            self._records[ip] = _FailureRecord(1, now)
-        else:
-            r.count += 1
-            r.last = now
-        if len(self._records) > 100_000:  # bounded: forget the oldest under a flood
-            oldest = min(self._records, key=lambda k: self._records[k].last)
-            del self._records[oldest]
-
-    def record_success(self, ip: str) -> None:
-        self._records.pop(ip, None)

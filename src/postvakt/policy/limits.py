@@ -29,10 +29,11 @@ Config (every key optional; 0 = no limit):
     exempt = ["127.0.0.0/8", "::1/128"]   # not counted per address
     notify_user = false                   # also tell the user when held
     store = "memory"                      # or "sqlite" (survives restarts)
-    auth_delay = "2s"                     # failed logins per address:
-    auth_delay_max = "15s"                #   delay doubling up to the max,
-    auth_failures = 10                    #   then 454 4.7.0 without a check,
-    auth_window = "15m"                   #   forgotten after this long
+    auth_delay = "2s"                     # failed logins per (address, login):
+    auth_delay_max = "15s"                #   answer delay doubling up to the max,
+    auth_failures = 10                    #   then 454 4.7.0 without a check;
+    auth_failures_address = 100           # per address over all logins: 454 after this;
+    auth_window = "15m"                   #   both forgotten after this long
 
     [limits.user]                         # likewise [limits.address], [limits.networks]
     messages_per_hour = 200
@@ -188,12 +189,17 @@ DEFAULT_EXEMPT: tuple[IPNetwork, ...] = (
     ipaddress.ip_network("::1/128"),
 )
 
-# Failed logins (SMTP AUTH and POP3 share one counter per client address).
-# Dovecot's authentication penalty: 2 s after the first failure, doubling, at
-# most 15 s; then Postfix-style refusal without a password check after 10.
+# Failed logins (SMTP AUTH and POP3 share the counts; postvakt.grants.logins).
+# Per (client address, login): Dovecot's authentication penalty, 2 s after the
+# first failure, doubling, at most 15 s; then refusal without a password check
+# after 10 (Postfix-style 454), which a user who mistypes never reaches.
 AUTH_DELAY = 2.0
 AUTH_DELAY_MAX = 15.0
 AUTH_FAILURES = 10
+# Per client address, over all logins: ten users' worth of the above, so that
+# a NAT full of honest users (a school, a hotel) stays clear of it while an
+# address that sprays guesses over many logins is stopped.
+AUTH_FAILURES_ADDRESS = 100
 # Failures older than this are forgotten (fail2ban's default findtime is 10 min).
 AUTH_WINDOW = 15 * 60.0
 
@@ -216,6 +222,7 @@ class LimitsConfig:
     auth_delay: float = AUTH_DELAY
     auth_delay_max: float = AUTH_DELAY_MAX
     auth_failures: int = AUTH_FAILURES
+    auth_failures_address: int = AUTH_FAILURES_ADDRESS
     auth_window: float = AUTH_WINDOW
 
     def user_quota(self, login: str) -> Quota:
@@ -529,7 +536,7 @@ def parse_limits(table: Any, source: str) -> LimitsConfig:
             if not isinstance(v, bool):
                 raise ConfigError(source, key, f"expected true or false, got {v!r}")
             changes[k] = v
-        elif k == "auth_failures":
+        elif k in ("auth_failures", "auth_failures_address"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(source, key, f"expected a whole number of at least 1, got {v!r}")
             changes[k] = v

@@ -135,7 +135,7 @@ def build(
     ]
     if envelope.envid:
         status.append(f"Original-Envelope-Id: {xtext_decode(envelope.envid)}")
-    status.append(f"Arrival-Date: {email.utils.formatdate(envelope.received_at)}")
+    status.append(f"Arrival-Date: {email.utils.formatdate(envelope.received_at, localtime=True)}")
     for rep in reports:
         u = rep.unit
         rcpt = envelope.recipients[u.rcpt]
@@ -152,10 +152,10 @@ def build(
         r = u.last_reply
         if r is not None and action in (FAILED, DELAYED):
             status.append(f"Diagnostic-Code: smtp; {_one_line(str(r))}")
-        status.append(f"Last-Attempt-Date: {email.utils.formatdate(now)}")
+        status.append(f"Last-Attempt-Date: {email.utils.formatdate(now, localtime=True)}")
         if action == DELAYED:
             until = envelope.received_at + give_up_days * 86400
-            status.append(f"Will-Retry-Until: {email.utils.formatdate(until)}")
+            status.append(f"Will-Retry-Until: {email.utils.formatdate(until, localtime=True)}")
     headers_only = envelope.ret == "HDRS" or len(original) > RETURN_SIZE_LIMIT
     returned = _crlf(_header_of(original) if headers_only else original)
     eight_bit = any(b > 127 for b in returned) or any(
@@ -166,7 +166,7 @@ def build(
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{envelope.sender}>",
         f"Subject: {_SUBJECTS[action]}",
-        f"Date: {email.utils.formatdate(now)}",
+        f"Date: {email.utils.formatdate(now, localtime=True)}",
         f"Message-ID: <{queue_id}.{new_queue_id()}@{hostname}>",
         "Auto-Submitted: auto-replied",
         "MIME-Version: 1.0",

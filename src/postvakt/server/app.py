@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -29,7 +30,8 @@ from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
-from postvakt.grants import GrantStore, LoginFailures, open_grant_store
+from postvakt.grants import GrantStore, open_grant_store
+from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
@@ -39,6 +41,7 @@ from postvakt.server.grantreport import (
     start_grant_reports,
     stop_grant_reports,
 )
+from postvakt.server.handshake import Listening, TLSServer
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -56,7 +59,7 @@ class App:
     directory: Directory
     authenticator: Authenticator
     grants: GrantStore
-    failures: LoginFailures
+    login_throttle: LoginThrottle
     queue: Queue
     ssl_context: Any
     manager: Any = None
@@ -130,18 +133,12 @@ def build_app(config: Config) -> App:
     from postvakt.server.limits import Limiter
 
     queue = Queue(config.data_dir / "queue")
-    lim = config.limits
     return App(
         config=config,
         directory=directory,
         authenticator=Authenticator(directory),
         grants=open_grant_store(config),
-        failures=LoginFailures(
-            delay_start=lim.auth_delay,
-            delay_max=lim.auth_delay_max,
-            block_after=lim.auth_failures,
-            window=lim.auth_window,
-        ),
+        login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
         queue=queue,
         ssl_context=server_context(config) if needs_tls else None,
         limiter=Limiter(open_counter_store(config), queue),
@@ -162,25 +159,26 @@ def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigErr
     return ConfigError(source, f"[listen] {kind}", reason)
 
 
-async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
+async def _listen(app: App) -> list[tuple[str, Listening]]:
     from postvakt.server.smtp import SMTPSession
 
     loop = asyncio.get_running_loop()
-    servers: list[tuple[str, asyncio.base_events.Server]] = []
+    servers: list[tuple[str, Listening]] = []
     cfg = app.config
     for kind in ("smtp", "submission", "submissions"):
         for hp in getattr(cfg.listen, kind):
-            ssl_ctx = app.ssl_context if kind == "submissions" else None
+            factory = functools.partial(SMTPSession, app, kind)
             try:
-                srv = await loop.create_server(
-                    lambda k=kind: SMTPSession(app, k),
-                    hp.host,
-                    hp.port,
-                    ssl=ssl_ctx,
-                    reuse_address=True,
-                    backlog=1024,
-                    ssl_handshake_timeout=30 if ssl_ctx else None,
-                )
+                srv: Listening
+                if kind == "submissions":
+                    # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
+                    srv = await TLSServer.create(
+                        factory, hp.host, hp.port, app.ssl_context, kind=kind
+                    )
+                else:
+                    srv = await loop.create_server(
+                        factory, hp.host, hp.port, reuse_address=True, backlog=1024
+                    )
             except OSError as e:
                 raise _bind_error(kind, hp, e, cfg.source) from None
             servers.append((kind, srv))
@@ -193,7 +191,7 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
                 directory=app.directory,
                 authenticator=app.authenticator,
                 grants=app.grants,
-                failures=app.failures,
+                login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
             )
         except OSError as e:
@@ -205,7 +203,7 @@ async def _listen(app: App) -> list[tuple[str, asyncio.base_events.Server]]:
     return servers
 
 
-def _bound(servers: list[tuple[str, asyncio.base_events.Server]]) -> dict[str, list[str]]:
+def _bound(servers: list[tuple[str, Listening]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for kind, srv in servers:
         for s in srv.sockets:
@@ -261,6 +259,7 @@ async def run(config: Config, config_path: Path | None) -> int:
     (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
+    log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     print(
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
@@ -314,9 +313,7 @@ def _reload(app: App, path: Path) -> None:
         )
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
-    lim = new.limits
-    app.failures.delay_start, app.failures.delay_max = lim.auth_delay, lim.auth_delay_max
-    app.failures.block_after, app.failures.window = lim.auth_failures, lim.auth_window
+    app.login_throttle.configure(new.limits)
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new
@@ -334,12 +331,7 @@ def setup_logging(level: str) -> None:
 def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
     """The front (listeners); with `wake_fd`, the queue manager process it started."""
     setup_logging(config.log_level)
-    try:
-        import uvloop
-
-        runner: Any = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
 
@@ -349,6 +341,29 @@ def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = Non
     with contextlib.suppress(KeyboardInterrupt):
         return int(runner(main))
     return 0
+
+
+# Which event loop runs the server: "uvloop" (the default when installed) or
+# "asyncio"; for telling a loop's bug from ours, and for tests of both.
+EVENT_LOOP_ENV = "POSTVAKT_EVENT_LOOP"
+
+
+def _event_loop_runner(choice: str) -> Any:
+    if choice not in ("", "uvloop", "asyncio"):
+        raise ConfigError(
+            EVENT_LOOP_ENV, EVENT_LOOP_ENV, f"{choice!r} is not one of uvloop, asyncio"
+        )
+    if choice != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.run
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError(
+                    EVENT_LOOP_ENV, EVENT_LOOP_ENV, "uvloop is not installed"
+                ) from None
+    return asyncio.run
 
 
 def pid_file(config: Config) -> Path:

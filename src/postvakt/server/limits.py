@@ -209,7 +209,7 @@ def notice_text(
         f"From: Mail Delivery System <MAILER-DAEMON@{config.hostname}>",
         f"To: <{to}>",
         f"Subject: {subject}",
-        f"Date: {email.utils.formatdate(client.now)}",
+        f"Date: {email.utils.formatdate(client.now, localtime=True)}",
         f"Message-ID: <{queue_id}.{int(client.now)}.limits@{config.hostname}>",
         "Auto-Submitted: auto-generated",
         "MIME-Version: 1.0",

@@ -5,13 +5,15 @@ The core decides every reply; this module only moves bytes, runs TLS
 Maildir, keeps time (idle timeout, failure delays) and writes POP-before-SMTP
 grants.
 
-Login, in order (a wrong password, an unknown user and a blocked address get
+Login, in order (a wrong password, an unknown user and a refused attempt get
 the same reply after the same delay):
-1. a client address with too many recent failures is refused without a check;
+1. the attempt is reserved in the failed-login throttle shared with the SMTP
+   front (`postvakt.grants.logins`); a login or address with too many recent
+   failures is refused there without a check;
 2. the password is verified (cached Argon2, off the event loop);
-3. a failure is recorded for the address (shared with the SMTP front) and
-   answered only once the address's delay has passed since the attempt began,
-   so an unknown user and a wrong password take the same time;
+3. the reservation is settled: a failure stays counted and is answered only
+   once the pair's delay has passed since the attempt began, so an unknown
+   user and a wrong password take the same time; a success is refunded;
 4. a success locks the Maildir ([IN-USE] if another session has it), takes
    the snapshot, and only then grants relay to the client address for
    `[relay] pop_before_smtp` seconds.
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from postvakt.directory import canonical
+from postvakt.grants.logins import Outcome, Reservation
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
 from postvakt.pop3 import (
     NEED_DATA,
@@ -43,12 +46,14 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
+from postvakt.server.handshake import Listening, TLSServer, listener_of, start_server_tls
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
     from postvakt.config import Config
     from postvakt.directory import Directory
-    from postvakt.grants import GrantStore, LoginFailures
+    from postvakt.grants import GrantStore
+    from postvakt.grants.logins import LoginThrottle
 
 log = logging.getLogger("postvakt.pop3")
 
@@ -81,7 +86,7 @@ class POP3Context:
         directory: Directory,
         authenticator: Authenticator,
         grants: GrantStore,
-        failures: LoginFailures,
+        login_throttle: LoginThrottle,
         ssl_context: ssl.SSLContext | None,
         login_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
@@ -90,7 +95,7 @@ class POP3Context:
         self.directory = directory
         self.authenticator = authenticator
         self.grants = grants
-        self.failures = failures
+        self.login_throttle = login_throttle
         self.ssl_context = ssl_context
         self.login_delay = login_delay
         self.clock = clock
@@ -123,11 +128,12 @@ class POP3Context:
             return any(addr in net for net in self.config.relay.networks)
         return False
 
-    def failure_delay(self, ip: str, now: float) -> float:
-        """Seconds between a failed attempt's start and its reply (grows per address)."""
+    def failure_delay(self, reservation: Reservation) -> float:
+        """Seconds between a failed attempt's start and its reply (grows per address and login)."""
         p = self.config.pop3
         return min(
-            max(self.failures.delay(ip, now), p.fail_delay), max(p.fail_delay_max, p.fail_delay)
+            max(self.login_throttle.delay(reservation), p.fail_delay),
+            max(p.fail_delay_max, p.fail_delay),
         )
 
 
@@ -302,12 +308,17 @@ class POP3Protocol(asyncio.Protocol):
         ctx = self.ctx
         started = ctx.clock()
         loop = asyncio.get_running_loop()
-        if ctx.failures.blocked(self.ip, started):
-            login = None
-        else:
+        throttle = ctx.login_throttle
+        reservation = await throttle.reserve(self.ip, ev.login, started)
+        login: str | None = None
+        outcome: Outcome | None = None
+        if reservation.granted:
             try:
                 login = await ctx.authenticator.verify(ev.login, ev.password)
-            except Exception:
+            except BaseException as e:
+                await throttle.settle(reservation, Outcome.UNCHECKED, "", ctx.clock())
+                if not isinstance(e, Exception):
+                    raise
                 log.exception("pop3 auth backend error client=%s", self.ip)
                 conn.login_failed(R.SYS_TEMP, counts=False)
                 self._pump()
@@ -316,21 +327,31 @@ class POP3Protocol(asyncio.Protocol):
                 # Acting for another user is never allowed; refuse like a bad password.
                 if canonical(ev.authzid) != login:
                     login = None
+            if login is None:
+                outcome = await throttle.settle(
+                    reservation, Outcome.FAILED, ev.password, ctx.clock()
+                )
         if login is None:
-            ctx.failures.record_failure(self.ip, ctx.clock())
-            wait = started + ctx.failure_delay(self.ip, ctx.clock()) - ctx.clock()
+            wait = started + ctx.failure_delay(reservation) - ctx.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if reservation.refused is not None:
+                reason = f" refused: too many failures ({reservation.refused.value})"
+            elif outcome is Outcome.REPEATED:
+                reason = " (same password as before)"
+            else:
+                reason = ""
             log.info(
-                "pop3 login failed client=%s user=%s mechanism=%s",
+                "pop3 login failed client=%s user=%s mechanism=%s%s",
                 self.ip,
                 ev.login[:64],
                 ev.mechanism,
+                reason,
             )
             conn.login_failed(R.AUTH_FAILED)
             self._pump()
             return
-        ctx.failures.record_success(self.ip)
+        await throttle.settle(reservation, Outcome.SUCCEEDED, "", ctx.clock())
         if ctx.too_soon(login, ctx.clock()):
             log.info("pop3 login delay client=%s user=%s", self.ip, login)
             conn.login_failed(R.LOGIN_DELAY, counts=False)
@@ -364,15 +385,20 @@ class POP3Protocol(asyncio.Protocol):
             expires = ctx.clock() + ttl
             ctx.grants.grant(self.ip, login, expires, "pop3")
             log.info(
-                "pop3 login client=%s user=%s messages=%d pop-before-smtp until=%.0f",
+                "pop3 login client=%s user=%s mechanism=%s messages=%d pop-before-smtp until=%.0f",
                 self.ip,
                 login,
+                ev.mechanism,
                 len(mailbox.messages),
                 expires,
             )
         else:
             log.info(
-                "pop3 login client=%s user=%s messages=%d", self.ip, login, len(mailbox.messages)
+                "pop3 login client=%s user=%s mechanism=%s messages=%d",
+                self.ip,
+                login,
+                ev.mechanism,
+                len(mailbox.messages),
             )
         self._pump()
 
@@ -404,23 +430,18 @@ class POP3Protocol(asyncio.Protocol):
 
     async def _start_tls(self) -> None:
         assert self.transport is not None and self.ctx.ssl_context is not None
-        loop = asyncio.get_running_loop()
         old = self.transport
         # No plaintext read from here on: what the kernel still holds goes to TLS.
         old.pause_reading()
         self._tls_pending = True
         self._start_tls_running = True
         try:
-            new = await loop.start_tls(old, self, self.ctx.ssl_context, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as e:
-            log.info("pop3 stls handshake failed client=%s: %s", self.ip, e)
-            old.close()
-            self._gone()
-            return
+            new = await start_server_tls(
+                old, self, self.ctx.ssl_context, client=self.ip, listener=listener_of("pop3", old)
+            )
         finally:
             self._start_tls_running = False
         if new is None:
-            old.close()
             self._gone()
             return
         self.transport = new
@@ -432,12 +453,10 @@ class POP3Protocol(asyncio.Protocol):
         self._pump()
 
 
-_contexts: weakref.WeakKeyDictionary[asyncio.base_events.Server, POP3Context] = (
-    weakref.WeakKeyDictionary()
-)
+_contexts: weakref.WeakKeyDictionary[Listening, POP3Context] = weakref.WeakKeyDictionary()
 
 
-def stop_pop3(servers: list[asyncio.base_events.Server]) -> None:
+def stop_pop3(servers: list[Listening]) -> None:
     """Stop accepting, and end every open POP3 session of these servers.
 
     A session ended here deletes nothing (RFC 1939 §6: only QUIT enters the
@@ -465,11 +484,11 @@ async def start_pop3(
     directory: Directory,
     authenticator: Authenticator,
     grants: GrantStore,
-    failures: LoginFailures,
+    login_throttle: LoginThrottle,
     ssl_context: ssl.SSLContext | None,
     login_delay: float | None = None,
     reuse_port: bool = False,
-) -> list[asyncio.base_events.Server]:
+) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
     The pop3 servers come first in the list, then the pop3s ones, each in
@@ -483,11 +502,11 @@ async def start_pop3(
         directory=directory,
         authenticator=authenticator,
         grants=grants,
-        failures=failures,
+        login_throttle=login_throttle,
         ssl_context=ssl_context,
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
     )
-    servers: list[asyncio.base_events.Server] = []
+    servers: list[Listening] = []
     try:
         for hp in config.listen.pop3:
             servers.append(
@@ -502,14 +521,16 @@ async def start_pop3(
         if config.listen.pop3s and ssl_context is None:
             raise ValueError("[listen] pop3s needs a TLS context")
         for hp in config.listen.pop3s:
+            assert ssl_context is not None
+            # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
             servers.append(
-                await loop.create_server(
+                await TLSServer.create(
                     lambda: POP3Protocol(ctx, implicit_tls=True),
                     hp.host,
                     hp.port,
-                    ssl=ssl_context,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
+                    ssl_context,
+                    kind="pop3s",
+                    reuse_port=reuse_port,
                 )
             )
     except BaseException:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
-import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -25,12 +24,14 @@ from typing import TYPE_CHECKING, Any, cast
 from postvakt import smtp
 from postvakt.address import Address, AddressError, parse_header_addresses
 from postvakt.dnsclient import client_for
+from postvakt.grants.logins import Outcome
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
 from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.policy.roads import Road, each_road, first_open
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
+from postvakt.server.handshake import listener_of, start_server_tls
 from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
@@ -43,9 +44,7 @@ log = logging.getLogger("postvakt.smtp")
 # our replies (robustness P13: 10^5 pipelined NOOPs must not grow memory).
 WRITE_HIGH_WATER = 256 * 1024
 
-REPLY_AUTH_BLOCKED = Reply(
-    454, "4.7.0", "Too many failed logins from your address, try again later"
-)
+REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
 # Warn mode: the finding travels with the message, where the recipient's filters can see it.
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
 # The core's catalogue and the queue's own error reply, so every side says the same.
@@ -53,6 +52,17 @@ REPLY_DATA_GO = smtp_replies.START_DATA
 REPLY_QUEUE_ERROR = QueueWriteError.reply
 REPLY_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
 REPLY_HEADER_TOO_LONG = Reply(552, "5.3.4", "Header section too long to check the sender")
+
+
+def received_protocol(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str:
+    """The `with` keyword of Received: (RFC 3848; RFC 6531 §3.7.3 for SMTPUTF8).
+
+    ESMTP + S for TLS + A for AUTH (ESMTPSA); a transaction that used SMTPUTF8
+    is UTF8SMTP with the same suffixes (UTF8SMTPSA). Plain HELO is SMTP.
+    """
+    if not esmtp:
+        return "SMTP"
+    return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + ("A" if auth else "")
 
 
 def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
@@ -578,35 +588,47 @@ class SMTPSession(asyncio.Protocol):
         return auth
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
+        """Reserve the attempt, check, settle (postvakt.grants.logins): parallel
+        sessions cannot get more passwords checked than serial ones."""
         conn = self.conn
         assert conn is not None
-        failures = self.app.failures
-        now = time.time()
-        if failures.blocked(self.ip, now):
+        throttle = self.app.login_throttle
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        reservation = await throttle.reserve(self.ip, ev.username, time.time())
+        if not reservation.granted:
+            assert reservation.refused is not None
             log.info(
-                "AUTH client=%s port=%s user=<%s> refused: too many failures",
+                "AUTH client=%s port=%s user=<%s> refused: too many failures (%s)",
                 self.ip,
                 self.kind,
                 ev.username,
+                reservation.refused.value,
             )
             conn.respond(REPLY_AUTH_BLOCKED)
             return
-        delay = failures.delay(self.ip, now)
-        if delay:
-            await asyncio.sleep(delay)
-        login = await self.app.authenticator.verify(ev.username, ev.password)
+        try:
+            login = await self.app.authenticator.verify(ev.username, ev.password)
+        except BaseException:
+            await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
+            raise
         if login is None:
-            failures.record_failure(self.ip, time.time())
+            outcome = await throttle.settle(reservation, Outcome.FAILED, ev.password, time.time())
+            # The answer waits the pair's slow-down, counted from the attempt's start.
+            wait = started + throttle.delay(reservation) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             log.info(
-                "AUTH client=%s port=%s user=<%s> mechanism=%s failed",
+                "AUTH client=%s port=%s user=<%s> mechanism=%s failed%s",
                 self.ip,
                 self.kind,
                 ev.username,
                 ev.mechanism,
+                " (same password as before)" if outcome is Outcome.REPEATED else "",
             )
             conn.respond(smtp_replies.AUTH_INVALID)
             return
-        failures.record_success(self.ip)
+        await throttle.settle(reservation, Outcome.SUCCEEDED, "", time.time())
         log.info(
             "AUTH client=%s port=%s user=<%s> mechanism=%s ok",
             self.ip,
@@ -624,20 +646,13 @@ class SMTPSession(asyncio.Protocol):
         if ctx is None:
             self._close()
             return
-        loop = asyncio.get_running_loop()
         # Reading stays paused until start_tls has put the TLS layer in front of
         # us (it resumes the raw transport itself): a ClientHello must never
         # reach this protocol as plaintext.
         self.tls_pending = []
-        try:
-            new_transport = await asyncio.wait_for(
-                loop.start_tls(transport, self, ctx, server_side=True), timeout=60
-            )
-        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
-            log.info("TLS handshake failed client=%s port=%s: %s", self.ip, self.kind, e)
-            self.closing = True
-            transport.abort()
-            return
+        new_transport = await start_server_tls(
+            transport, self, ctx, client=self.ip, listener=listener_of(self.kind, transport)
+        )
         if new_transport is None:
             self.closing = True
             return
@@ -665,14 +680,11 @@ class SMTPSession(asyncio.Protocol):
             self.msg = None
 
     def _received_header(self, qid: str) -> str:
-        """RFC 5321 §4.4 trace header; protocol keyword per RFC 3848 (ESMTPSA = TLS + AUTH)."""
+        """RFC 5321 §4.4 trace header, stamped with the local time and its real offset."""
         conn = self.conn
         assert conn is not None
-        proto = "ESMTP" if conn.esmtp else "SMTP"
-        if conn.tls:
-            proto += "S"
-        if conn.login:
-            proto += "A"
+        smtputf8 = bool(self.mail_event and self.mail_event.smtputf8)
+        proto = received_protocol(conn.esmtp, conn.tls, bool(conn.login), smtputf8)
         helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
         lines = [
             f"Received: from {helo} ([{self.ip}])",
@@ -683,7 +695,8 @@ class SMTPSession(asyncio.Protocol):
         if len(self.rcpts) == 1:
             lines.append(f"\tfor <{self.rcpts[0].address}>")
         lines[-1] += ";"
-        lines.append("\t" + email.utils.formatdate(localtime=False))
+        # RFC 5322 §3.3: "-0000" means "local time unknown"; we know it.
+        lines.append("\t" + email.utils.formatdate(localtime=True))
         return "\r\n".join(lines) + "\r\n"
 
     def shutdown(self) -> None:

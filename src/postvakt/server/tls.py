@@ -1,27 +1,49 @@
 """Server TLS contexts: the admin's certificate, or a self-signed one we make.
 
-Without `[tls]` in the config, a self-signed certificate for the hostname is
-generated once into data_dir/tls/ (key mode 0600) and reused, so that STARTTLS,
-465 and 995 work from the first start; clients will call it untrusted, which
-`postvakt doctor` explains.
+Without `[tls] cert`/`key`, a self-signed certificate is generated into
+data_dir/tls/ (key mode 0600) and reused, so that STARTTLS, 465 and 995 work
+from the first start; clients will call it untrusted, which `postvakt doctor`
+explains. It covers every name mail programs connect to: `hostname`, `[tls]
+names` (which `postvakt init --names` writes), `localhost`, 127.0.0.1 and ::1
+(several programs, s-nail and fetchmail among them, ignore IP address entries,
+so the names matter). When the wanted names change, it is made anew.
+
+The context remembers which names its certificate covers, so that a failed
+handshake's log line can say "the client asked for a name we do not cover".
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from postvakt.config import ConfigError
 
 if TYPE_CHECKING:
     from postvakt.config import Config
 
+log = logging.getLogger("postvakt.tls")
+
 # Long enough not to surprise a self-hoster, short enough to be renewed now and then.
 SELF_SIGNED_DAYS = 825
+# Always in the self-signed certificate: the names a test on the machine itself uses.
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class ServerContext(ssl.SSLContext):
+    """A server-side SSLContext that knows the names its certificate covers."""
+
+    names: tuple[str, ...] = ()
 
 
 def self_signed_paths(config: Config) -> tuple[Path, Path]:
@@ -29,20 +51,76 @@ def self_signed_paths(config: Config) -> tuple[Path, Path]:
     return d / "cert.pem", d / "key.pem"
 
 
+def wanted_names(config: Config) -> tuple[str, ...]:
+    """What the self-signed certificate must cover, in order, without repeats."""
+    return tuple(dict.fromkeys((config.hostname, *config.tls.names, *LOCAL_NAMES)))
+
+
+def certificate_names(cert_pem: bytes) -> tuple[str, ...]:
+    """The DNS names and IP addresses a certificate covers (its CN when it has no SAN)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return tuple(str(a.value).lower() for a in cns)
+    dns = [n.lower() for n in san.get_values_for_type(x509.DNSName)]
+    ips = [str(a) for a in san.get_values_for_type(x509.IPAddress)]
+    return tuple(dns + ips)
+
+
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the certificate, as `openssl x509 -fingerprint -sha256` shows it."""
+    digest = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256())
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def covers(names: tuple[str, ...], host: str) -> bool:
+    """Whether a certificate for `names` is valid for `host` (RFC 6125: a wildcard
+    stands for exactly one left-most label)."""
+    host = host.lower().rstrip(".")
+    for name in names:
+        if name == host:
+            return True
+        if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
+            return True
+    return False
+
+
+def _ip_or_none(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return None
+
+
 def ensure_self_signed(config: Config) -> tuple[Path, Path]:
     cert_path, key_path = self_signed_paths(config)
+    names = wanted_names(config)
     if cert_path.exists() and key_path.exists():
-        return cert_path, key_path
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
+        try:
+            have = certificate_names(cert_path.read_bytes())
+        except (OSError, ValueError):
+            have = ()
+        # Only the configured names decide: a certificate from before ::1 was
+        # added is not replaced for that (clients may have trusted it).
+        missing = [n for n in (config.hostname, *config.tls.names) if not covers(have, n)]
+        if not missing:
+            return cert_path, key_path
+        log.warning(
+            "self-signed certificate %s does not cover %s: making a new one for %s"
+            " (mail programs that trusted the old one must accept the new one)",
+            cert_path,
+            ", ".join(missing),
+            ", ".join(names),
+        )
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, config.hostname)])
     now = datetime.datetime.now(datetime.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName(config.hostname), x509.DNSName("localhost")]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        ip = _ip_or_none(n)
+        sans.append(x509.IPAddress(ip) if ip is not None else x509.DNSName(n))
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -53,6 +131,9 @@ def ensure_self_signed(config: Config) -> tuple[Path, Path]:
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +154,7 @@ def ensure_self_signed(config: Config) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def server_context(config: Config) -> ssl.SSLContext:
+def server_context(config: Config) -> ServerContext:
     """The context for STARTTLS, STLS, 465 and 995. Errors name the file and the reason."""
     if config.tls.cert is not None and config.tls.key is not None:
         cert, key = config.tls.cert, config.tls.key
@@ -81,10 +162,11 @@ def server_context(config: Config) -> ssl.SSLContext:
     else:
         cert, key = ensure_self_signed(config)
         source_key = "[tls] (self-signed in data_dir)"
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(str(cert), str(key))
+        ctx.names = certificate_names(Path(cert).read_bytes())
     except FileNotFoundError as e:
         raise ConfigError(
             config.source, source_key, f"cannot read {e.filename}: no such file"
@@ -93,8 +175,18 @@ def server_context(config: Config) -> ssl.SSLContext:
         raise ConfigError(
             config.source, source_key, f"cannot read {e.filename}: permission denied"
         ) from None
-    except (ssl.SSLError, OSError) as e:
+    except (ssl.SSLError, OSError, ValueError) as e:
         raise ConfigError(
             config.source, source_key, f"{cert} / {key}: not a usable certificate and key ({e})"
         ) from None
+    if config.tls.cert is not None:
+        for host in config.tls.names:
+            if not covers(ctx.names, host):
+                log.warning(
+                    "[tls] names: %s is not covered by %s (it covers %s): mail programs"
+                    " connecting by that name will refuse the certificate",
+                    host,
+                    cert,
+                    ", ".join(ctx.names) or "no names",
+                )
     return ctx
