@@ -256,10 +256,13 @@ async def run(config: Config, config_path: Path | None) -> int:
         ),
         config,
     )
-    (config.data_dir / "listening.json").write_text(json.dumps(bound))
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
     log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
+    # The readiness marker comes last, whole (rename), after every start-up line.
+    ready = config.data_dir / "listening.json"
+    ready.with_suffix(".tmp").write_text(json.dumps(bound))
+    ready.with_suffix(".tmp").replace(ready)
     print(
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
