@@ -162,6 +162,53 @@ def test_crash_point_recovery_through_the_server(
         srv.stop()
 
 
+def test_committer_killed_in_the_middle_of_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Group commit: the server dies after the first rename of a batch of two or
+    more, before the directory fsync that acknowledges them. Every message that
+    got a 250 is delivered after the restart; none of the batch was acknowledged."""
+    monkeypatch.setenv("POSTVAKT_CRASH_AT", "mid_batch")
+    srv = start_server(tmp_path, users={BOB: "x"})
+    port = srv.port("smtp")
+    outcomes: dict[str, str] = {}
+
+    def sender(client: int) -> None:
+        n = 0
+        while srv.proc is not None and srv.proc.poll() is None and n < 200:
+            seq = f"b{client}-{n}"
+            n += 1
+            outcomes[seq] = send_one(port, seq)
+
+    try:
+        clients = [threading.Thread(target=sender, args=(i,)) for i in range(20)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(120)
+        assert srv.proc is not None
+        # Twenty parallel senders make batches; the first of two or more kills the server.
+        assert srv.proc.wait(30) == 137, "no batch of two or more was committed"
+        acked = {seq for seq, how in outcomes.items() if how == "acked"}
+        monkeypatch.delenv("POSTVAKT_CRASH_AT")
+        srv.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (drained(srv) and acked <= _seqs(srv)):
+            time.sleep(0.2)
+        seen = _seqs(srv)
+        q = srv.data_dir / "queue"
+        assert os.listdir(q / "tmp") == [] and os.listdir(q / "corrupt") == []
+    finally:
+        srv.stop()
+    lost = acked - seen
+    assert not lost, f"{len(lost)} messages got a 250 and were lost: {sorted(lost)[:10]}"
+    assert seen <= set(outcomes)
+
+
+def _seqs(srv: Running) -> set[str]:
+    return {m.decode() for raw in maildir_messages(srv.data_dir, BOB) for m in SEQ.findall(raw)}
+
+
 def test_failing_disk_gives_451_never_250(tmp_path: Path) -> None:
     """A file size limit on the server process makes queue writes fail (EFBIG)
     the way a full disk does (ENOSPC): the client must get 451 4.3.0."""

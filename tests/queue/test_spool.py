@@ -7,14 +7,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
+from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient, spool
 from postvakt.queue.envelope import DONE, Status, Unit
-from postvakt.queue.spool import CORRUPT, INCOMING, CorruptEntry
+from postvakt.queue.spool import CORRUPT, INCOMING, CorruptEntry, commit_batch
 from postvakt.reply import Reply
 
 BODY = b"Received: from client\r\nSubject: s\r\n\r\nhello\r\n"
@@ -292,3 +293,79 @@ def test_commit_is_durable_before_returning(tmp_path: Path) -> None:
     assert st.st_mtime >= start - 1
     assert files(q)["tmp"] == []
     assert CORRUPT not in q.ids("incoming")
+
+
+def _filled(q: Queue, n: int) -> list:
+    msgs = []
+    for _ in range(n):
+        m = q.new_message()
+        m.write(BODY)
+        msgs.append(m)
+    return msgs
+
+
+def test_group_commit_commits_each_message_of_a_batch(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    msgs = _filled(q, 3)
+    held = env(hold="over the limit")
+    errors = commit_batch([(msgs[0], env()), (msgs[1], held), (msgs[2], env())])
+    assert errors == [None, None, None]
+    assert files(q)["tmp"] == []
+    assert files(q)["incoming"] == sorted([msgs[0].queue_id, msgs[2].queue_id])
+    assert files(q)["hold"] == [msgs[1].queue_id]
+    assert q.read_body(q.load(msgs[2].queue_id, INCOMING)) == BODY
+
+
+def test_group_commit_a_failed_directory_fsync_undoes_only_that_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename happened but the directory fsync failed: the messages renamed
+    into that directory are taken back (their clients get 451), the others stay."""
+    q = Queue(tmp_path / "queue")
+    msgs = _filled(q, 3)
+    real = spool.fsync_dir
+
+    def failing(path: Path) -> None:
+        if path.name == INCOMING:
+            raise OSError(5, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(spool, "fsync_dir", failing)
+    errors = commit_batch([(msgs[0], env()), (msgs[1], env(hold="h")), (msgs[2], env())])
+    assert [type(e) for e in errors] == [QueueWriteError, type(None), QueueWriteError]
+    assert errors[0] is not None and "Input/output error" in errors[0].reason
+    assert errors[0].reply.code == 451
+    assert files(q) == {
+        **{d: [] for d in ("tmp", "incoming", "active", "deferred", "corrupt", "status")},
+        "hold": [msgs[1].queue_id],
+    }
+
+
+def test_group_commit_one_bad_message_does_not_fail_the_others(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    msgs = _filled(q, 2)
+    msgs[0].abort()  # its writer gave up before the batch ran
+    errors = commit_batch([(msgs[0], env()), (msgs[1], env())])
+    assert isinstance(errors[0], QueueWriteError) and errors[1] is None
+    assert files(q)["incoming"] == [msgs[1].queue_id] and files(q)["tmp"] == []
+
+
+def test_committer_thread_hands_back_every_result_once(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    results: list[tuple[object, object]] = []
+    done = threading.Event()
+
+    def on_batch(batch: list[tuple[object, QueueWriteError | None]]) -> None:
+        results.extend(batch)
+        if len(results) == 40:
+            done.set()
+
+    committer = spool.Committer(on_batch)
+    msgs = _filled(q, 40)
+    for i, m in enumerate(msgs):
+        committer.submit(m, env(), i)
+    assert done.wait(60)
+    committer.close()
+    assert sorted(t for t, _ in results) == list(range(40))  # type: ignore[type-var]
+    assert all(e is None for _, e in results)
+    assert files(q)["incoming"] == sorted(m.queue_id for m in msgs)

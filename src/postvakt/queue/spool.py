@@ -13,8 +13,10 @@ import os
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import BinaryIO
 
 from postvakt.queue.envelope import Envelope, Status
@@ -25,7 +27,15 @@ log = logging.getLogger("postvakt.queue")
 # Fault injection for crash tests: read once, at import, so that a test
 # cannot switch it on in a running server by accident.
 CRASH_AT = os.environ.get("POSTVAKT_CRASH_AT", "")
-CRASH_POINTS = ("after_write", "after_fsync", "after_rename", "before_250", "after_250")
+CRASH_POINTS = (
+    "after_write",
+    "after_fsync",
+    "after_rename",
+    "before_250",
+    "after_250",
+    # Group commit: after the first rename of a batch of two or more.
+    "mid_batch",
+)
 
 INCOMING = "incoming"
 ACTIVE = "active"
@@ -156,34 +166,38 @@ class IncomingMessage:
 
     def commit(self, envelope: Envelope) -> None:
         """Make the message durable. Returns only once a crash cannot lose it."""
+        error = commit_batch([(self, envelope)])[0]
+        if error is not None:
+            raise error
+
+    def _seal(self, envelope: Envelope) -> Path:
+        """Write the envelope and the trailer; the path the commit will rename to."""
         if self._file is None or self._done:
             raise QueueWriteError("message already committed or aborted")
         env = envelope.to_json()
         state = HOLD if envelope.hold is not None else INCOMING
-        final = self.queue.root / state / self.queue_id
         f = self._file
-        try:
-            f.write(env)
-            f.write(_FOOTER % (self._size, self._crc, len(env), zlib.crc32(env)))
-            f.flush()
-            crash_point("after_write")
-            os.fsync(f.fileno())
-            crash_point("after_fsync")
-            # The commit point: from here on the message exists.
-            os.rename(self._tmp, final)
-            crash_point("after_rename")
-            fsync_dir(final.parent)
-        except OSError as e:
-            self.abort()
-            # The rename may have happened before fsync_dir failed: undo it, the
-            # client gets a 451 and must not find its message delivered as well.
+        f.write(env)
+        f.write(_FOOTER % (self._size, self._crc, len(env), zlib.crc32(env)))
+        f.flush()
+        return self.queue.root / state / self.queue_id
+
+    def _fsync(self) -> None:
+        assert self._file is not None
+        os.fsync(self._file.fileno())
+
+    def _fail(self, final: Path | None, error: BaseException) -> QueueWriteError:
+        """Undo a commit that did not complete: the client gets a 451 and must not
+        find its message delivered as well (the rename may already have happened)."""
+        self.abort()
+        if final is not None:
             try:
                 os.unlink(final)
             except OSError:
                 pass
-            raise QueueWriteError(f"commit {self.queue_id}: {e}") from e
-        self._done = True
-        self._close()
+        if isinstance(error, QueueWriteError):
+            return error
+        return QueueWriteError(f"commit {self.queue_id}: {error}")
 
     def abort(self) -> None:
         if self._done:
@@ -205,6 +219,116 @@ class IncomingMessage:
             os.unlink(self._tmp)
         except OSError:
             pass
+
+
+def commit_batch(
+    batch: list[tuple[IncomingMessage, Envelope]],
+) -> list[QueueWriteError | None]:
+    """Make several messages durable together (group commit); one result each.
+
+    The order is the single-message commit's, stage by stage over the batch:
+    write every trailer, fsync every file (on ext4 the first fsync's journal
+    commit carries the others' data, so the rest cost little), rename every
+    file into its state directory (the commit point), then fsync each touched
+    directory once. A message counts as committed only when its own file and
+    its directory fsync succeeded; any failure undoes that message (or every
+    message renamed into a directory whose fsync failed) and reports it.
+    """
+    errors: list[QueueWriteError | None] = [None] * len(batch)
+    staged: list[tuple[int, IncomingMessage, Path]] = []
+    for i, (msg, envelope) in enumerate(batch):
+        try:
+            staged.append((i, msg, msg._seal(envelope)))
+        except (OSError, QueueWriteError) as e:
+            errors[i] = msg._fail(None, e)
+    crash_point("after_write")
+
+    def stage(step: Callable[[IncomingMessage, Path], object], undo_final: bool) -> None:
+        kept = []
+        for i, msg, final in staged:
+            try:
+                step(msg, final)
+                kept.append((i, msg, final))
+            except OSError as e:
+                errors[i] = msg._fail(final if undo_final else None, e)
+        staged[:] = kept
+
+    stage(lambda msg, final: msg._fsync(), undo_final=False)
+    crash_point("after_fsync")
+
+    def rename(msg: IncomingMessage, final: Path) -> None:
+        os.rename(msg._tmp, final)
+        if len(staged) > 1 and msg is staged[0][1]:
+            crash_point("mid_batch")
+
+    stage(rename, undo_final=True)
+    crash_point("after_rename")
+    failed_dirs: dict[Path, OSError] = {}
+    for parent in {final.parent for _, _, final in staged}:
+        try:
+            fsync_dir(parent)
+        except OSError as e:
+            failed_dirs[parent] = e
+    for i, msg, final in staged:
+        if final.parent in failed_dirs:
+            errors[i] = msg._fail(final, failed_dirs[final.parent])
+        else:
+            msg._done = True
+            msg._close()
+    return errors
+
+
+class Committer:
+    """The front's one committer thread: group commit for every session.
+
+    Sessions `submit` a sealed-to-be message with a token; the thread takes
+    everything waiting, commits it as one batch (`commit_batch`) and hands all
+    results to `on_batch` at once, so the event loop is woken once per batch,
+    not once per message. A batch of one goes at once: nothing waits for
+    company, so a lone session's latency does not grow.
+    """
+
+    def __init__(
+        self,
+        on_batch: Callable[[list[tuple[object, QueueWriteError | None]]], object],
+        max_batch: int = 256,
+    ) -> None:
+        self._on_batch = on_batch
+        self._max_batch = max_batch
+        self._pending: SimpleQueue[tuple[IncomingMessage, Envelope, object] | None] = SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="postvakt-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, msg: IncomingMessage, envelope: Envelope, token: object) -> None:
+        self._pending.put((msg, envelope, token))
+
+    def close(self) -> None:
+        """Commit what was submitted, then stop the thread."""
+        self._pending.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._pending.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self._max_batch:
+                try:
+                    more = self._pending.get_nowait()
+                except Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            try:
+                errors = commit_batch([(msg, env) for msg, env, _ in batch])
+            except BaseException as e:  # a bug must fail the batch, not hang its sessions
+                log.exception("group commit failed")
+                errors = [msg._fail(None, e) for msg, _, _ in batch]
+            self._on_batch([(token, err) for (_, _, token), err in zip(batch, errors, strict=True)])
 
 
 class Queue:

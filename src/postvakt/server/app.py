@@ -35,6 +35,8 @@ from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
+from postvakt.queue.envelope import Envelope
+from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.server.grantreport import (
     GrantReports,
     allowed_uids,
@@ -69,6 +71,32 @@ class App:
     _free_bytes: int | None = None
     _free_checked: float = -1e9
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
+    # Group commit (queue.spool.Committer), started by `run`; None: each commit
+    # runs alone in the default executor (tests that build an App themselves).
+    committer: Committer | None = None
+
+    def start_committer(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def resolve(results: list[tuple[object, QueueWriteError | None]]) -> None:
+            for fut, error in results:
+                assert isinstance(fut, asyncio.Future)
+                if not fut.done():  # a session cancelled meanwhile
+                    fut.set_result(error)
+
+        self.committer = Committer(lambda results: loop.call_soon_threadsafe(resolve, results))
+
+    async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None:
+        """Make an accepted message durable; returns once a crash cannot lose it."""
+        loop = asyncio.get_running_loop()
+        if self.committer is None:
+            await loop.run_in_executor(None, msg.commit, envelope)
+            return
+        done: asyncio.Future[QueueWriteError | None] = loop.create_future()
+        self.committer.submit(msg, envelope, done)
+        error = await done
+        if error is not None:
+            raise error
 
     def low_on_space(self, announced_size: int | None) -> bool:
         """Too little room in the queue for a message: say 452 at MAIL, not 451 after DATA."""
@@ -237,6 +265,7 @@ async def run(config: Config, config_path: Path | None) -> int:
 
     app.manager = ManagerProcess(config, config_path)
     await app.manager.start()
+    app.start_committer()
     try:
         servers = await _listen(app)
         bound = _bound(servers)
@@ -294,6 +323,8 @@ async def run(config: Config, config_path: Path | None) -> int:
     for s in list(app.sessions):
         if s.transport is not None:
             s.transport.close()
+    if app.committer is not None:
+        await asyncio.to_thread(app.committer.close)
     await app.manager.stop(SHUTDOWN_GRACE)
     app.directory.close()
     log.info("stopped")

@@ -526,9 +526,8 @@ class SMTPSession(asyncio.Protocol):
             road=road.rule if road is not None and not warnings else None,
             authserv_id=self.app.config.hostname,
         )
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(None, msg.commit, envelope)
+            await self.app.commit(msg, envelope)
         except (QueueWriteError, OSError) as e:
             log.error("queue commit failed client=%s id=%s: %s", self.ip, msg.queue_id, e)
             msg.abort()
