@@ -11,7 +11,6 @@ from smtp_peer import Peer
 
 from postvakt import config as C
 from postvakt.delivery.remote import RemoteDelivery
-from postvakt.delivery.source import MessageSource
 from postvakt.delivery.smtpclient import (
     Hop,
     MailParams,
@@ -22,6 +21,7 @@ from postvakt.delivery.smtpclient import (
     to_wire,
     xtext,
 )
+from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 from support import free_port
 

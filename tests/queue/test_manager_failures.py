@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from smallfs import fill, small_fs
 from smtp_peer import Peer
-from support import free_port
 
 from postvakt import config as C
 from postvakt.directory import Directory
 from postvakt.queue import Envelope, Queue, Recipient
 from postvakt.queue.manager import QueueManager
+from smallfs import fill, small_fs
+from support import free_port
 
 BODY = b"Received: from client\r\nFrom: alice@pv.test\r\nSubject: %s\r\n\r\nhello\r\n"
 

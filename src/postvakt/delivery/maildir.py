@@ -93,6 +93,8 @@ class LFConverter:
             crlf = out.count(b"\r\n")
             self.size += len(out)
             self.wire += len(out) + (out.count(b"\r") - crlf) + (out.count(b"\n") - crlf)
+            if self._last == b"\r" and out[:1] == b"\n":
+                self.wire -= 2  # a CR and an LF on both sides of a cut: one CRLF in the file
             self._last = out[-1:]
         return out
 
