@@ -107,11 +107,13 @@ class WireEncoder:
         self._cr = False  # the last piece ended with CR: an LF next belongs to it
 
     def feed(self, data: bytes) -> bytes:
-        if self._cr and data.startswith(b"\n"):
-            data = data[1:]
         if not data:
             return b""
+        if self._cr and data.startswith(b"\n"):
+            data = data[1:]
         self._cr = data.endswith(b"\r")
+        if not data:
+            return b""
         out = bytearray()
         parts = _LINE_END.split(data)
         for part in parts[:-1]:
