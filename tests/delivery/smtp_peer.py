@@ -34,7 +34,10 @@ class Peer:
     server: asyncio.AbstractServer | None = None
 
     async def start(self, host: str = "127.0.0.1") -> Peer:
-        self.server = await asyncio.start_server(self._handle, host, self.port)
+        # A body is read whole with readuntil: allow big ones (test messages only).
+        self.server = await asyncio.start_server(
+            self._handle, host, self.port, limit=64 * 1024 * 1024
+        )
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 

@@ -13,8 +13,9 @@ from postvakt.delivery import DeliveryError
 from postvakt.delivery.remote import RemoteDelivery
 from postvakt.delivery.resolver import DNSError, destination, mx_hops
 from postvakt.delivery.smtpclient import MailParams, RcptParams
+from postvakt.delivery.source import MessageSource
 
-MSG = b"Subject: x\r\n\r\nbody\r\n"
+MSG = MessageSource.from_bytes(b"Subject: x\r\n\r\nbody\r\n")
 
 
 class StubResolver:

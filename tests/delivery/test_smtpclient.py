@@ -21,10 +21,11 @@ from postvakt.delivery.smtpclient import (
     to_wire,
     xtext,
 )
+from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 from support import free_port
 
-MSG = b"Received: from a\r\nSubject: test\r\n\r\n.leading dot\r\nline\r\n"
+MSG = MessageSource.from_bytes(b"Received: from a\r\nSubject: test\r\n\r\n.leading dot\r\nline\r\n")
 
 
 class NoDNS:
@@ -95,7 +96,7 @@ def test_delivery_to_smtp_sink(smtp_sink) -> None:  # type: ignore[no-untyped-de
         try:
             assert "DSN" in c.extensions and "8BITMIME" in c.extensions
             return await c.transaction(
-                MailParams("alice@pv.test", len(MSG)),
+                MailParams("alice@pv.test", MSG.size),
                 [RcptParams("bob@other.example"), RcptParams("carol@other.example")],
                 MSG,
             )
@@ -103,7 +104,7 @@ def test_delivery_to_smtp_sink(smtp_sink) -> None:  # type: ignore[no-untyped-de
             await c.quit()
 
     replies = asyncio.run(go())
-    assert [r.code for r in replies] == [250, 250]
+    assert [r.reply.code for r in replies] == [250, 250]
     [dump] = sink.messages()
     assert "X-Mail-Args: <alice@pv.test>" in dump
     assert "X-Rcpt-Args: <bob@other.example>" in dump
@@ -125,7 +126,7 @@ def test_sink_rejecting_rcpt(smtp_sink, option: str, code: int) -> None:  # type
             await c.quit()
 
     [r] = asyncio.run(go())
-    assert r.code == code
+    assert r.reply.code == code
     assert sink.messages() == []
 
 
@@ -160,7 +161,7 @@ def test_helo_fallback_when_ehlo_refused() -> None:
         await c.quit()
         return r
 
-    assert [r.code for r in run_peer(peer, body)] == [250]  # type: ignore[attr-defined]
+    assert [r.reply.code for r in run_peer(peer, body)] == [250]  # type: ignore[attr-defined]
     assert peer.commands[:2] == ["EHLO mx.pv.test", "HELO mx.pv.test"]
     assert peer.transactions[0].mail == "MAIL FROM:<a@pv.test>"  # no ESMTP params after HELO
 
@@ -188,7 +189,7 @@ def test_per_recipient_results_and_data_reply() -> None:
         return r
 
     replies = run_peer(peer, body)
-    assert [(r.code, r.enhanced) for r in replies] == [
+    assert [(r.reply.code, r.reply.enhanced) for r in replies] == [
         (250, "2.0.0"),
         (550, "5.1.1"),
         (451, "4.3.0"),
@@ -230,7 +231,7 @@ def test_smtputf8_message_to_peer_without_it_bounces_5_6_7() -> None:
         return r
 
     [r] = run_peer(peer, body)  # type: ignore[misc]
-    assert (r.code, r.enhanced) == (550, "5.6.7")
+    assert (r.reply.code, r.reply.enhanced) == (550, "5.6.7")
     assert peer.transactions == []
     assert not any(c.startswith("MAIL") for c in peer.commands)
 
@@ -243,7 +244,7 @@ def test_body_8bitmime_declared_when_offered() -> None:
         await c.transaction(
             MailParams("jörg@pv.test", 10, smtputf8=True, body="8BITMIME"),
             [RcptParams("b@x.example")],
-            "Subject: grüße\r\n\r\nä\r\n".encode(),
+            MessageSource.from_bytes("Subject: grüße\r\n\r\nä\r\n".encode()),
         )
         await c.quit()
 

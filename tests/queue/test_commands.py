@@ -78,3 +78,24 @@ def test_errors_are_one_line_messages(tmp_path: Path) -> None:
     r = run.invoke(queue, ["list", "--config", str(other)])
     assert r.exit_code == 1 and "no queue in" in r.output
     assert not (tmp_path / "nowhere").exists()  # looking creates nothing
+
+
+def test_commands_that_change_nothing_exit_non_zero(tmp_path: Path) -> None:
+    """`queue retry` of a message in active/ said "already being delivered" and exited 0."""
+    cfg, q = setup(tmp_path)
+    run = CliRunner()
+    waiting = commit(q, "waiting")
+    r = run.invoke(queue, ["retry", waiting, "--config", str(cfg)])
+    assert r.exit_code == 1 and "waiting for delivery already" in r.output
+    busy = commit(q, "busy")
+    assert q.move(busy, "incoming", "active")
+    r = run.invoke(queue, ["retry", busy, "--config", str(cfg)])
+    assert r.exit_code == 1 and "being delivered now" in r.output
+    r = run.invoke(queue, ["retry", "--all", "--config", str(cfg)])
+    assert r.exit_code == 1 and "no deferred message" in r.output
+    held = commit(q, "held", hold="admin")
+    r = run.invoke(queue, ["hold", held, "--config", str(cfg)])
+    assert r.exit_code == 1 and "already held" in r.output
+    assert q.move(waiting, "incoming", "deferred")
+    r = run.invoke(queue, ["retry", waiting, "--config", str(cfg)])
+    assert r.exit_code == 0 and "scheduled" in r.output and q.find(waiting) == "incoming"

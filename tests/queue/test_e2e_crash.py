@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from smallfs import fill, small_fs
 from support import (
     LOCAL_DOMAIN,
     Running,
@@ -78,7 +79,11 @@ def load(port: int, stop: threading.Event, acked: set[str], sent: set[str], clie
             time.sleep(0.05)
 
 
-def test_sigkill_under_load_loses_nothing_that_got_250(tmp_path: Path) -> None:
+def soak(tmp_path: Path, full_disk: Path | None = None) -> None:
+    """Rounds of load, SIGKILL, restart; with `full_disk` (the queue's own small
+    file system) it is also filled up in each round: the front must answer
+    451 rather than 250, the queue manager must keep every message it holds,
+    and once there is room again all of it is delivered."""
     sink = SmtpSink(tmp_path)
     srv = start_server(
         tmp_path, users={BOB: "x"}, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}}
@@ -86,33 +91,55 @@ def test_sigkill_under_load_loses_nothing_that_got_250(tmp_path: Path) -> None:
     acked: set[str] = set()
     sent: set[str] = set()
     try:
-        for _ in range(ROUNDS):
+        for r in range(ROUNDS):
             stop = threading.Event()
             port = srv.port("smtp")
             clients = [
-                threading.Thread(target=load, args=(port, stop, acked, sent, i + 100 * _))
+                threading.Thread(target=load, args=(port, stop, acked, sent, i + 100 * r))
                 for i in range(10)
             ]
             for t in clients:
                 t.start()
             time.sleep(random.uniform(1.0, 2.5))
+            filler = None
+            if full_disk is not None:
+                filler = fill(full_disk)  # the queue's file system is full from here on
+                time.sleep(random.uniform(0.5, 1.5))
+                if r % 2:
+                    filler.unlink()  # room again while the server runs
+                    filler = None
+                    time.sleep(random.uniform(0.2, 0.8))
             srv.kill()  # SIGKILL in the middle of the load
             stop.set()
             for t in clients:
                 t.join(30)
+            if filler is not None:
+                filler.unlink()
             srv.start()
         wait_drained(srv)
         time.sleep(0.5)
         seen = delivered(srv, sink)
+        log = srv.log()
     finally:
         srv.stop()
         sink.stop()
+    if full_disk is not None:
+        assert "No space left on device" in log, "the full disk was never met"
     assert len(acked) > 50, "the load did not get going"
     lost = acked - set(seen)
     dupes = sum(c - 1 for c in seen.values() if c > 1)
     print(f"acked={len(acked)} delivered={len(seen)} duplicates={dupes} rounds={ROUNDS}")
     assert not lost, f"{len(lost)} messages got a 250 and were lost: {sorted(lost)[:10]}"
     assert set(seen) <= sent  # nothing invented
+
+
+def test_sigkill_under_load_loses_nothing_that_got_250(tmp_path: Path) -> None:
+    soak(tmp_path)
+
+
+def test_sigkill_under_load_with_a_full_queue_disk_loses_nothing(tmp_path: Path) -> None:
+    with small_fs(tmp_path / "data" / "queue", "16m") as queue_fs:
+        soak(tmp_path, full_disk=queue_fs)
 
 
 def send_one(port: int, seq: str) -> str:

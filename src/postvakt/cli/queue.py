@@ -162,18 +162,25 @@ def retry_cmd(config_path: str | None, queue_id: str | None, all_: bool) -> None
         raise click.UsageError("give a queue id or --all")
     if all_:
         n = sum(q.retry(qid) for qid in q.ids(DEFERRED))
+        if not n:
+            raise click.ClickException("no deferred message to retry")
         click.echo(f"{n} message(s) scheduled for delivery now")
         return
     qid = (queue_id or "").upper()
     state = _find(q, qid)
-    if state in (INCOMING, ACTIVE):
-        click.echo(f"{qid}: already being delivered")
-    elif state != DEFERRED:
+    # A command that changes nothing exits non-zero, so that a script notices.
+    if state == INCOMING:
+        raise click.ClickException(f"{qid}: not retried: it is waiting for delivery already")
+    if state == ACTIVE:
+        raise click.ClickException(
+            f"{qid}: not retried: it is being delivered now (the queue manager tries"
+            " a message that an error left there again by itself)"
+        )
+    if state != DEFERRED:
         raise click.ClickException(f"{qid}: is in state {state}; use `queue release` for held mail")
-    elif q.retry(qid):
-        click.echo(f"{qid}: scheduled for delivery now")
-    else:
-        click.echo(f"{qid}: already being delivered")
+    if not q.retry(qid):
+        raise click.ClickException(f"{qid}: not retried: delivery took it up meanwhile")
+    click.echo(f"{qid}: scheduled for delivery now")
 
 
 @queue.command("hold")
@@ -185,7 +192,7 @@ def hold_cmd(config_path: str | None, queue_id: str) -> None:
     qid = queue_id.upper()
     state = _find(q, qid)
     if state == HOLD:
-        click.echo(f"{qid}: already held")
+        raise click.ClickException(f"{qid}: not changed: already held")
     elif state == CORRUPT or not q.hold(qid):
         raise click.ClickException(f"{qid}: cannot be held (state {q.find(qid) or 'gone'})")
     else:

@@ -1,10 +1,16 @@
 """Local delivery into a Maildir (qmail's maildir(5) recipe).
 
-Write the whole message into tmp/, fsync it, link it into new/, remove the tmp
-name, fsync new/. A reader (POP3, mailbox.Maildir) only ever sees complete
-files in new/ and cur/. Files are stored with LF line endings, the Maildir
-convention that qmail-local, Postfix and Dovecot follow; POP3 turns them back
-into CRLF.
+Write the message into tmp/ piece by piece, fsync it, link it into new/,
+remove the tmp name, fsync new/. A reader (POP3, mailbox.Maildir) only ever
+sees complete files in new/ and cur/. Files are stored with LF line endings,
+the Maildir convention that qmail-local, Postfix and Dovecot follow; POP3 turns
+them back into CRLF. Lines are kept whole, however long: only the relay to
+another server breaks them (`smtpclient.LINE_LENGTH_LIMIT`).
+
+The name in new/ carries the sizes, as Dovecot writes them:
+`<unique>,S=<octets in the file>,W=<octets in CRLF form>`. W is the size POP3
+reports (RFC 1939 STAT/LIST), so a login lists a mailbox from its file names
+without reading a message.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from pathlib import Path
 
 from postvakt.delivery import DeliveryError
+from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 
 _seq = itertools.count()
@@ -54,37 +61,87 @@ def header_lines(message: bytes, name: bytes) -> list[bytes]:
     return out
 
 
-def deliver(maildir: Path, message: bytes, *, return_path: str, delivered_to: str) -> Path:
-    """Deliver one copy; returns the path in new/. Raises DeliveryError."""
+class LFConverter:
+    """CRLF -> LF, piece by piece (a CR at the end of a piece waits for the
+    next), counting the octets written (S=) and their CRLF form (W=): every
+    LF and every CR not part of a CRLF counts as two octets there, and a last
+    line without its end gets one, as `pop3.message.wire_size` counts them."""
+
+    def __init__(self) -> None:
+        self.size = 0
+        self.wire = 0
+        self._cr = False
+        self._last = b""
+
+    def feed(self, data: bytes) -> bytes:
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        return self._count(data.replace(b"\r\n", b"\n"))
+
+    def end(self) -> bytes:
+        out = self._count(b"\r" if self._cr else b"")
+        self._cr = False
+        if self.size and self._last not in (b"\r", b"\n"):
+            self.wire += 2  # POP3 ends the last line for the client
+        return out
+
+    def _count(self, out: bytes) -> bytes:
+        if out:
+            crlf = out.count(b"\r\n")
+            self.size += len(out)
+            self.wire += len(out) + (out.count(b"\r") - crlf) + (out.count(b"\n") - crlf)
+            if self._last == b"\r" and out[:1] == b"\n":
+                self.wire -= 2  # a CR and an LF on both sides of a cut: one CRLF in the file
+            self._last = out[-1:]
+        return out
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def deliver(
+    maildir: Path, message: MessageSource | bytes, *, return_path: str, delivered_to: str
+) -> Path:
+    """Deliver one copy; returns the path in new/. Raises DeliveryError.
+    The message's header must be whole in `message.prefix` (the loop check reads it)."""
+    if isinstance(message, bytes):
+        message = MessageSource.from_bytes(message)
     target = delivered_to.encode("utf-8")
-    if any(v.lower() == target.lower() for v in header_lines(message, b"delivered-to")):
+    if any(v.lower() == target.lower() for v in header_lines(message.prefix, b"delivered-to")):
         # The message has been here before: an alias loop through another system.
         raise DeliveryError(
             Reply(554, "5.4.6", f"Mail forwarding loop for <{delivered_to}>"), temporary=False
         )
     head = b"Return-Path: <%s>\nDelivered-To: %s\n" % (return_path.encode("utf-8"), target)
-    data = head + message.replace(b"\r\n", b"\n")
     try:
         ensure_maildir(maildir)
         for _ in range(NAME_ATTEMPTS):
             name = _unique_name()
             tmp = maildir / "tmp" / name
-            new = maildir / "new" / name
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
                 continue
+            lf = LFConverter()
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                _write_all(fd, lf.feed(head))
+                for piece in message.chunks():
+                    _write_all(fd, lf.feed(piece))
+                _write_all(fd, lf.end())
                 os.fsync(fd)
             except OSError:
                 os.close(fd)
                 os.unlink(tmp)
                 raise
             os.close(fd)
+            new = maildir / "new" / f"{name},S={lf.size},W={lf.wire}"
             try:
                 os.link(tmp, new)
             except FileExistsError:

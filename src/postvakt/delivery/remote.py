@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from postvakt.config import Config
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.resolver import SMTP_PORT, Resolver, destination
-from postvakt.delivery.smtpclient import Hop, MailParams, RcptParams, SMTPClient, SMTPClientError
+from postvakt.delivery.smtpclient import (
+    Hop,
+    MailParams,
+    Outcome,
+    RcptParams,
+    RcptResult,
+    SMTPClient,
+    SMTPClientError,
+)
+from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 
 # Postfix smtp_connection_cache_time_limit is 2 s; a little longer suits a
@@ -25,7 +34,11 @@ MAX_TRANSACTIONS_PER_CONNECTION = 100
 
 @dataclass(frozen=True)
 class RemoteResult:
+    """One recipient's result: `outcome` SENT only after the peer's 2xx to
+    the body (see `SMTPClient.transaction`), else the failure's class."""
+
     reply: Reply
+    outcome: Outcome
     relay: str = ""
     peer_dsn: bool = False  # the peer took over DSN duties (RFC 3461 §5.2.3)
 
@@ -85,7 +98,7 @@ class RemoteDelivery:
         self._idle.setdefault(client.hop, []).append((client, asyncio.get_running_loop().time()))
 
     async def deliver(
-        self, domain: str, mail: MailParams, rcpts: list[RcptParams], data: bytes
+        self, domain: str, mail: MailParams, rcpts: list[RcptParams], message: MessageSource
     ) -> list[RemoteResult]:
         """Deliver to all `rcpts` (one domain); a result per recipient, in order."""
         try:
@@ -93,7 +106,8 @@ class RemoteDelivery:
                 domain, self.config.delivery, self.resolver, self.mx_port, self.config.hostname
             )
         except DeliveryError as e:
-            return [RemoteResult(e.reply)] * len(rcpts)
+            outcome = Outcome.DEFERRED if e.temporary else Outcome.BOUNCED
+            return [RemoteResult(e.reply, outcome)] * len(rcpts)
         limit = self._limits.setdefault(
             dest.key, asyncio.Semaphore(max(1, self.config.delivery.concurrency_per_destination))
         )
@@ -108,7 +122,7 @@ class RemoteDelivery:
                     last = e.reply
                     continue
                 try:
-                    replies = await self._transactions(client, mail, rcpts, data)
+                    results = await self._transactions(client, mail, rcpts, message)
                 except SMTPClientError as e:
                     client.close()
                     last = e.reply
@@ -118,22 +132,35 @@ class RemoteDelivery:
                     raise
                 self._release(client)
                 peer_dsn = "DSN" in client.extensions
-                return [RemoteResult(r, str(hop), peer_dsn) for r in replies]
-        return [RemoteResult(last, "")] * len(rcpts)
+                return [RemoteResult(r.reply, r.outcome, str(hop), peer_dsn) for r in results]
+        failed = RcptResult.failure(last)
+        return [RemoteResult(failed.reply, failed.outcome, "")] * len(rcpts)
 
     async def _transactions(
-        self, client: SMTPClient, mail: MailParams, rcpts: list[RcptParams], data: bytes
-    ) -> list[Reply]:
+        self,
+        client: SMTPClient,
+        mail: MailParams,
+        rcpts: list[RcptParams],
+        message: MessageSource,
+    ) -> list[RcptResult]:
         """One transaction, and more on the same connection for recipients the
         peer put off with 452 "too many recipients" (RFC 5321 §4.5.3.1.10)
-        as long as each round gets at least one through."""
-        replies = await client.transaction(mail, rcpts, data)
+        as long as each round gets at least one through. A connection lost in
+        a later round fails only that round's recipients: the ones sent stay sent."""
+        results = await client.transaction(mail, rcpts, message)
         while True:
-            rest = [i for i, r in enumerate(replies) if r.code == TOO_MANY_RECIPIENTS]
-            if not rest or len(rest) == len(replies) or not await client.rset():
-                return replies
-            again = await client.transaction(mail, [rcpts[i] for i in rest], data)
-            if all(r.code == TOO_MANY_RECIPIENTS for r in again):
-                return replies
+            rest = [i for i, r in enumerate(results) if r.reply.code == TOO_MANY_RECIPIENTS]
+            if not rest or len(rest) == len(results) or not await client.rset():
+                return results
+            try:
+                again = await client.transaction(mail, [rcpts[i] for i in rest], message)
+            except SMTPClientError as e:
+                client.close()
+                failed = RcptResult.failure(e.reply)
+                for i in rest:
+                    results[i] = failed
+                return results
+            if all(r.reply.code == TOO_MANY_RECIPIENTS for r in again):
+                return results
             for i, r in zip(rest, again, strict=True):
-                replies[i] = r
+                results[i] = r

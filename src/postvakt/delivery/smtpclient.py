@@ -19,11 +19,13 @@ House rules:
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import re
 import ssl
 from dataclasses import dataclass
 
+from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 
 # RFC 5321 §4.5.3.2: minimum client timeouts.
@@ -36,9 +38,51 @@ TIMEOUT_DATA_END = 600.0  # §4.5.3.2.6 DATA termination: 10 minutes
 MAX_REPLY_LINES = 100
 # RFC 5321 §4.5.3.1.5: reply lines are at most 512 octets; leave room for broken peers.
 MAX_LINE = 4096
+# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF. Longer
+# lines (we accept them, up to [smtp] max_line_length) are broken before this
+# many octets by inserting CRLF SPACE, as Postfix's smtp_line_length_limit = 998
+# does: a peer that enforces the limit gets the mail instead of refusing it, and
+# the SPACE keeps a broken header field one folded field (RFC 5322 §2.2.3).
+LINE_LENGTH_LIMIT = 998
+# RFC 5321 §4.2: Reply-code = %x32-35 %x30-35 %x30-39, then SP or "-" or the end.
+_REPLY_LINE = re.compile(r"^([2-5][0-5][0-9])([ -]|$)")
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class Outcome(enum.Enum):
+    """What became of one recipient on one try; only SENT ends a delivery well."""
+
+    SENT = "sent"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True)
+class RcptResult:
+    """One recipient's result and the reply that says why.
+
+    SENT is made in one place only, `SMTPClient.transaction` after a 2xx to
+    the final dot; every other result is a failure whose reply is a 4xx
+    (DEFERRED) or 5xx (BOUNCED): a reply that fits neither is never taken as
+    a delivery, and turns into a temporary failure quoting it.
+    """
+
+    reply: Reply
+    outcome: Outcome
+
+    @classmethod
+    def failure(cls, reply: Reply) -> RcptResult:
+        if 500 <= reply.code < 600:
+            return cls(reply, Outcome.BOUNCED)
+        if 400 <= reply.code < 500:
+            return cls(reply, Outcome.DEFERRED)
+        return cls(Reply(451, "4.5.0", f"unexpected reply: {_one_line(reply)}"), Outcome.DEFERRED)
+
+
+def _one_line(reply: Reply) -> str:
+    return str(reply).replace("\n", " / ")[:300]
 
 
 class SMTPClientError(Exception):
@@ -49,14 +93,71 @@ class SMTPClientError(Exception):
         self.reply = reply
 
 
-def to_wire(data: bytes) -> bytes:
-    """Message bytes -> DATA payload: CRLF everywhere, dot-stuffed, ends with CRLF."""
-    data = _LINE_END.sub(b"\r\n", data)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b"."):
-        data = b"." + data
-    return data.replace(b"\r\n.", b"\r\n..")
+class WireEncoder:
+    """Message bytes -> DATA payload, one piece at a time: every line end
+    (CRLF, bare LF, bare CR) becomes CRLF, a "." first on a line is doubled
+    (RFC 5321 §4.5.2), the payload ends with CRLF, and a line longer than
+    `limit` wire octets is broken by CRLF SPACE (0: never broken). Holds no
+    more than a flag and a column, whatever the size of a piece or a line."""
+
+    def __init__(self, limit: int = LINE_LENGTH_LIMIT) -> None:
+        self.limit = limit
+        self.broken = 0  # lines broken, for the log
+        self._col = 0  # wire octets of the open line
+        self._cr = False  # the last piece ended with CR: an LF next belongs to it
+
+    def feed(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        if self._cr and data.startswith(b"\n"):
+            data = data[1:]
+        self._cr = data.endswith(b"\r")
+        if not data:
+            return b""
+        out = bytearray()
+        parts = _LINE_END.split(data)
+        for part in parts[:-1]:
+            self._add(part, out)
+            out += b"\r\n"
+            self._col = 0
+        self._add(parts[-1], out)
+        return bytes(out)
+
+    def end(self) -> bytes:
+        """What closes the payload: the last line's CRLF if it had none."""
+        if self._col:
+            self._col = 0
+            return b"\r\n"
+        return b""
+
+    def _add(self, text: bytes, out: bytearray) -> None:
+        if not text:
+            return
+        if self._col == 0 and text.startswith(b"."):
+            out += b"."
+            self._col = 1
+        limit = self.limit
+        if not limit or self._col + len(text) <= limit:
+            out += text
+            self._col += len(text)
+            return
+        view = memoryview(text)
+        while view:
+            room = limit - self._col
+            if room <= 0:
+                out += b"\r\n "
+                self.broken += 1
+                self._col = 1
+                room = limit - 1
+            out += view[:room]
+            self._col += min(room, len(view))
+            view = view[room:]
+
+
+def to_wire(data: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
+    """Message bytes -> DATA payload in one piece (see `WireEncoder`)."""
+    enc = WireEncoder(limit)
+    return enc.feed(data) + enc.end()
 
 
 _XTEXT_HEX = re.compile(rb"\+[0-9A-F]{2}")
@@ -81,6 +182,7 @@ def xtext(value: str) -> str:
 
 
 def parse_reply(lines: list[str]) -> Reply:
+    """Reply lines already checked by `reply_line_error` -> a Reply."""
     code = int(lines[0][:3])
     texts = [ln[4:] for ln in lines]
     m = _ENHANCED.match(texts[0])
@@ -89,6 +191,18 @@ def parse_reply(lines: list[str]) -> Reply:
         enhanced = m.group(1)
         texts = [_ENHANCED.sub("", t, count=1) for t in texts]
     return Reply(code, enhanced, "\n".join(texts))
+
+
+def reply_line_error(line: str, first: str | None) -> str | None:
+    """Why one reply line breaks RFC 5321 §4.2 (None: it does not). `first`
+    is the reply's first line when this one continues it: every line of one
+    reply must carry the same code, or the reply means nothing certain."""
+    m = _REPLY_LINE.match(line)
+    if m is None:
+        return "not a reply line"
+    if first is not None and line[:3] != first[:3]:
+        return f"code {line[:3]} in a reply that began with {first[:3]}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -141,6 +255,7 @@ class SMTPClient:
         self.tls = False
         self.closed = False
         self.transactions = 0
+        self.lines_broken = 0  # in the last body sent
 
     # ------------------------------------------------------------ setup
 
@@ -203,6 +318,10 @@ class SMTPClient:
     # ------------------------------------------------------------ I/O
 
     async def read_reply(self, timeout: float) -> Reply:
+        """The next reply. A reply outside RFC 5321's grammar (no code, a code
+        outside 2xx-5xx, codes that change within one reply, too many lines)
+        leaves nothing certain about the peer's state: SMTPClientError, a
+        temporary failure, and the connection is not used again."""
         lines: list[str] = []
         try:
             async with asyncio.timeout(timeout):
@@ -213,13 +332,14 @@ class SMTPClient:
                             Reply(451, "4.4.2", f"lost connection with {self.hop}")
                         )
                     line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-                    if (
-                        len(line) < 3
-                        or not line[:3].isdigit()
-                        or (len(line) > 3 and line[3] not in " -")
-                    ):
+                    why = reply_line_error(line, lines[0] if lines else None)
+                    if why is not None:
                         raise SMTPClientError(
-                            Reply(451, "4.5.0", f"malformed reply from {self.hop}: {line[:80]!r}")
+                            Reply(
+                                451,
+                                "4.5.0",
+                                f"malformed reply from {self.hop} ({why}): {line[:80]!r}",
+                            )
                         )
                     lines.append(line)
                     if len(line) == 3 or line[3] == " ":
@@ -257,11 +377,18 @@ class SMTPClient:
     # ------------------------------------------------------------ mail
 
     async def transaction(
-        self, mail: MailParams, rcpts: list[RcptParams], data: bytes
-    ) -> list[Reply]:
-        """One MAIL/RCPT.../DATA; a reply per recipient. Raises SMTPClientError
-        when the connection breaks; a 4xx/5xx to MAIL is returned for all."""
+        self, mail: MailParams, rcpts: list[RcptParams], message: MessageSource
+    ) -> list[RcptResult]:
+        """One MAIL/RCPT.../DATA; a result per recipient, in order.
+
+        Each stage is held to what RFC 5321 §4.3.2 lets it answer: 2xx to
+        MAIL and RCPT, exactly 354 to DATA, 2xx to the final dot. A 4xx or
+        5xx fails the recipients it concerns by its class; any other reply
+        (a 252 or 354 to MAIL, a 250 to DATA, a 3xx after the dot) fails them
+        temporarily and the connection is dropped, as its state is unknown.
+        Raises SMTPClientError when the connection breaks."""
         self.transactions += 1
+        n = len(rcpts)
         ext = self.extensions
         params = []
         if "SIZE" in ext:
@@ -269,13 +396,13 @@ class SMTPClient:
             limit = ext["SIZE"].strip()
             if limit.isdigit() and int(limit) and mail.size > int(limit):
                 r = Reply(552, "5.3.4", f"message size {mail.size} exceeds the limit of {self.hop}")
-                return [r] * len(rcpts)
+                return [RcptResult.failure(r)] * n
         if mail.body == "8BITMIME" and "8BITMIME" in ext:
             params.append("BODY=8BITMIME")
         if mail.smtputf8:
             if "SMTPUTF8" not in ext:
                 r = Reply(550, "5.6.7", f"SMTPUTF8 is required, but was not offered by {self.hop}")
-                return [r] * len(rcpts)
+                return [RcptResult.failure(r)] * n
             params.append("SMTPUTF8")
         dsn = "DSN" in ext
         if dsn and mail.ret:
@@ -283,10 +410,11 @@ class SMTPClient:
         if dsn and mail.envid:
             params.append(f"ENVID={xtext(mail.envid)}")
         r = await self.command(" ".join([f"MAIL FROM:<{mail.sender}>", *params]), TIMEOUT_COMMAND)
-        if r.code != 250:
-            await self.rset()
-            return [r] * len(rcpts)
-        replies: list[Reply] = []
+        if r.code // 100 != 2:
+            failed = self._failed("MAIL FROM", r)
+            await self._after_failure(r)
+            return [failed] * n
+        results: list[RcptResult | None] = []
         for rc in rcpts:
             rparams = []
             if dsn and rc.notify:
@@ -294,19 +422,56 @@ class SMTPClient:
             if dsn and rc.orcpt:
                 kind, _, addr = rc.orcpt.partition(";")
                 rparams.append(f"ORCPT={kind};{xtext(addr)}")
-            replies.append(
-                await self.command(" ".join([f"RCPT TO:<{rc.address}>", *rparams]), TIMEOUT_COMMAND)
-            )
-        if not any(x.code in (250, 251) for x in replies):
+            r = await self.command(" ".join([f"RCPT TO:<{rc.address}>", *rparams]), TIMEOUT_COMMAND)
+            if r.code // 100 == 2:
+                results.append(None)  # accepted: its result is the reply to the body
+            elif 400 <= r.code < 600:
+                results.append(RcptResult.failure(r))
+            else:
+                # Nothing certain about this session any more: no body is sent in it.
+                failed = self._failed("RCPT TO", r)
+                self.close()
+                return [x or failed for x in results] + [failed] * (n - len(results))
+        if all(x is not None for x in results):
             await self.rset()
-            return replies
+            return [x for x in results if x is not None]
         r = await self.command("DATA", TIMEOUT_DATA_INIT)
         if r.code != 354:
-            await self.rset()
-            return [r if x.code in (250, 251) else x for x in replies]
-        await self.send(to_wire(data) + b".\r\n", TIMEOUT_DATA_BLOCK)
+            failed = self._failed("DATA", r)
+            await self._after_failure(r)
+            return [x or failed for x in results]
+        enc = WireEncoder(LINE_LENGTH_LIMIT)
+        async for piece in message.achunks():
+            out = enc.feed(piece)
+            if out:
+                await self.send(out, TIMEOUT_DATA_BLOCK)
+        await self.send(enc.end() + b".\r\n", TIMEOUT_DATA_BLOCK)
+        self.lines_broken = enc.broken
         final = await self.read_reply(TIMEOUT_DATA_END)
-        return [final if x.code in (250, 251) else x for x in replies]
+        if final.code // 100 == 2:
+            # The one place a recipient becomes SENT: the peer took the body.
+            done = RcptResult(final, Outcome.SENT)
+            return [x or done for x in results]
+        failed = self._failed("end of data", final)
+        if not 400 <= final.code < 600:
+            self.close()
+        return [x or failed for x in results]
+
+    def _failed(self, stage: str, r: Reply) -> RcptResult:
+        if 400 <= r.code < 600:
+            return RcptResult.failure(r)
+        return RcptResult(
+            Reply(451, "4.5.0", f"unexpected reply to {stage} from {self.hop}: {_one_line(r)}"),
+            Outcome.DEFERRED,
+        )
+
+    async def _after_failure(self, r: Reply) -> None:
+        """After a refusal the session is reset for the next transaction; after
+        a reply that makes no sense at that stage, it is given up."""
+        if 400 <= r.code < 600:
+            await self.rset()
+        else:
+            self.close()
 
     async def rset(self) -> bool:
         """True if the connection is usable for another transaction."""

@@ -109,10 +109,12 @@ def build(
     reports: Sequence[Report],
     original: bytes,
     now: float,
+    original_size: int | None = None,
     delay_hours: float = 0.0,
     give_up_days: float = 0.0,
 ) -> tuple[Envelope, bytes]:
-    """The envelope and bytes of a DSN about `reports` (all one action)."""
+    """The envelope and bytes of a DSN about `reports` (all one action).
+    `original_size` is the message's size when `original` is only its header."""
     action = reports[0].action
     boundary = f"{queue_id}.{new_queue_id()}/{hostname}"
     human = [
@@ -156,7 +158,8 @@ def build(
         if action == DELAYED:
             until = envelope.received_at + give_up_days * 86400
             status.append(f"Will-Retry-Until: {email.utils.formatdate(until, localtime=True)}")
-    headers_only = envelope.ret == "HDRS" or len(original) > RETURN_SIZE_LIMIT
+    size = len(original) if original_size is None else original_size
+    headers_only = envelope.ret == "HDRS" or size > RETURN_SIZE_LIMIT
     returned = _crlf(_header_of(original) if headers_only else original)
     eight_bit = any(b > 127 for b in returned) or any(
         any(ord(c) > 127 for c in line) for line in (*human, *status)

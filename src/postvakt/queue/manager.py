@@ -11,6 +11,15 @@ House rules:
   never a loss.
 - File I/O runs in the default executor; the event loop only waits on the
   network.
+- A message body is never held whole: it is read from the queue file in
+  chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
+  Only a DKIM signature needs the whole message at once, once.
+- Every failure path ends in a state that is tried again: a bounce that
+  cannot be queued (a full disk) keeps the message, deferred, until it can;
+  when even the deferral cannot be written, the message stays in active/ and
+  the sweep of active/ (every scan) takes it up again after `retry_initial`,
+  without a restart. Anything in active/ that no delivery of this manager
+  holds is such a message.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from postvakt.config import Config
 from postvakt.delivery import DeliveryError, maildir
 from postvakt.delivery.remote import RemoteDelivery, RemoteResult
 from postvakt.delivery.resolver import SMTP_PORT, Resolver
-from postvakt.delivery.smtpclient import MailParams, RcptParams
+from postvakt.delivery.smtpclient import MailParams, Outcome, RcptParams
+from postvakt.delivery.source import MessageSource
 from postvakt.dnsclient import client_for
 from postvakt.mailauth.signing import DKIMException, Signer, sign
 from postvakt.queue import dsn, schedule
@@ -43,6 +53,7 @@ from postvakt.queue.spool import (
     Queue,
     QueuedMessage,
     QueueWriteError,
+    read_head,
 )
 from postvakt.reply import Reply
 
@@ -84,6 +95,8 @@ class QueueManager:
         self.config = config
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._next_try: dict[str, float] = {}
+        # Messages an error left in active/ (not even deferrable): when to take them up again.
+        self._stranded: dict[str, float] = {}
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,6 +178,7 @@ class QueueManager:
     # ------------------------------------------------------------ scheduling
 
     async def scan(self) -> None:
+        await self._sweep_active()
         incoming = await asyncio.to_thread(self.queue.ids, INCOMING)
         for qid in incoming:
             if len(self._inflight) >= MAX_ACTIVE:
@@ -191,6 +205,28 @@ class QueueManager:
                 del self._next_try[qid]
                 self._spawn(qid)
 
+    async def _sweep_active(self) -> None:
+        """Take up messages in active/ that no delivery holds: an error left them
+        there (see the house rules). Only this manager puts messages there, and
+        each delivery is in `_inflight` from the rename on, so nothing live is
+        taken twice; one just finished is gone from active/ and found missing."""
+        active = await asyncio.to_thread(self.queue.ids, ACTIVE)
+        present = set(active)
+        for qid in list(self._stranded):
+            if qid not in present:
+                del self._stranded[qid]
+        now = time.time()
+        for qid in active:
+            if len(self._inflight) >= MAX_ACTIVE:
+                return
+            if qid in self._inflight:
+                continue
+            due = self._stranded.setdefault(qid, now)
+            if due <= now:
+                log.warning("queue_id=%s found in active/ without a delivery; tried again", qid)
+                del self._stranded[qid]
+                self._spawn(qid)
+
     def _spawn(self, qid: str) -> None:
         assert self._loop is not None
         task = self._loop.create_task(self._guarded(qid))
@@ -204,8 +240,18 @@ class QueueManager:
         except Exception:
             # A bug must turn into neither a bounce nor a loss: try again later.
             log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
-            with contextlib.suppress(Exception):
+            try:
                 nxt = await asyncio.to_thread(self._defer_after_error, qid)
+            except Exception as e:
+                again = time.time() + self.policy.retry_initial
+                self._stranded[qid] = again
+                log.error(
+                    "queue_id=%s could not be deferred (%s); tried again from active/ in %.0f s",
+                    qid,
+                    e,
+                    self.policy.retry_initial,
+                )
+            else:
                 if nxt is not None:
                     self._next_try[qid] = nxt
         finally:
@@ -213,11 +259,18 @@ class QueueManager:
             self.wake()  # a slot is free: take the next waiting message now
 
     def _defer_after_error(self, qid: str) -> float | None:
-        status = self.queue.read_status(qid)
-        nxt = time.time() + self.policy.retry_initial
+        """active/ -> deferred/ after an error. The status is saved if it can be;
+        if not (a full disk), the next try starts from the last saved status (a
+        recipient may get the message twice, none loses it) and the time of
+        the next try is kept in memory."""
         if not (self.queue.root / ACTIVE / qid).exists():
             return None
-        self.queue.write_status(qid, replace(status, next_try=nxt))
+        nxt = time.time() + self.policy.retry_initial
+        try:
+            status = self.queue.read_status(qid)
+            self.queue.write_status(qid, replace(status, next_try=nxt))
+        except OSError as e:
+            log.error("queue_id=%s status not saved (%s); deferred all the same", qid, e)
         return nxt if self.queue.move(qid, ACTIVE, DEFERRED) else None
 
     # ------------------------------------------------------------ one message
@@ -227,12 +280,21 @@ class QueueManager:
         # File work in as few thread hops as the error handling allows: each
         # hop costs more than the small reads it carries.
         try:
-            msg, body = await asyncio.to_thread(self._read, qid)
+            msg, source = await asyncio.to_thread(self._read, qid)
         except FileNotFoundError:
             return  # held or deleted by the admin meanwhile
-        except (CorruptEntry, OSError) as e:
+        except CorruptEntry as e:
             await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
             return
+        # Any other OSError (no descriptors, an I/O error) is not the file's
+        # fault: it reaches _guarded and the message is deferred.
+        try:
+            await self._process(qid, msg, source)
+        finally:
+            if source.fd is not None:
+                os.close(source.fd)
+
+    async def _process(self, qid: str, msg: QueuedMessage, source: MessageSource) -> None:
         status, expanded = await asyncio.to_thread(self._status_and_units, qid, msg.envelope)
         for u in expanded:
             if u.state == FAILED:
@@ -240,7 +302,7 @@ class QueueManager:
         assert status.units is not None
         units = list(status.units)
         try:
-            await self._deliver(qid, msg, body, units)
+            await self._deliver(qid, msg, source, units)
         except asyncio.CancelledError:
             # Shutdown cut the delivery short: keep what is known to be done.
             partial = replace(status, units=tuple(units))
@@ -248,11 +310,20 @@ class QueueManager:
             raise
         now = time.time()
         status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
-        await self._settle(qid, msg, body, status, now)
+        await self._settle(qid, msg, source, status, now)
 
-    def _read(self, qid: str) -> tuple[QueuedMessage, bytes]:
+    def _read(self, qid: str) -> tuple[QueuedMessage, MessageSource]:
+        """The envelope, and the message as delivered: the header (with the
+        front's late fields) in memory, the rest left in the file."""
         msg = self.queue.load(qid, ACTIVE)
-        return msg, msg.envelope.with_headers(self.queue.read_body(msg))
+        fd = self.queue.open_body(msg)
+        try:
+            head = read_head(fd, msg.size)
+            prefix = msg.envelope.with_headers(head)
+        except BaseException:
+            os.close(fd)
+            raise
+        return msg, MessageSource(prefix, fd, len(head), msg.size)
 
     def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...]]:
         """The delivery status; on the first try, with the recipients expanded
@@ -268,42 +339,51 @@ class QueueManager:
         if (self.queue.root / ACTIVE / qid).exists():
             self.queue.write_status(qid, status)
 
-    async def _signed(self, qid: str, env: Envelope, body: bytes) -> bytes:
+    async def _signed(self, qid: str, env: Envelope, source: MessageSource) -> MessageSource:
         """The message as it leaves for other domains: DKIM-signed when
         `[dkim] sign` and the envelope's road say so. Signed here, not at the
-        front, so that RSA costs nothing on the path to the `250`."""
-        keys, why = self.signer.plan(env.road, body)
+        front, so that RSA costs nothing on the path to the `250`. The
+        signature needs the whole message once; only the new header field
+        is kept."""
+        keys, why = self.signer.plan(env.road, source.prefix)
         if not keys:
             dlog.debug("queue_id=%s dkim: %s", qid, why)
-            return body
+            return source
+        whole = await asyncio.to_thread(source.read_all)
         try:
-            signed = await asyncio.to_thread(sign, body, keys)
+            signed = await asyncio.to_thread(sign, whole, keys)
         except DKIMException as e:
             log.error("queue_id=%s dkim signing failed, sent unsigned: %s", qid, e)
-            return body
+            return source
+        signature = signed[: len(signed) - len(whole)]
+        del whole, signed
         selectors = ",".join(f"{k.selector}({k.algorithm})" for k in keys)
         dlog.info("queue_id=%s dkim=%s d=%s s=%s", qid, "signed", keys[0].domain, selectors)
-        return signed
+        return replace(source, prefix=signature + source.prefix)
 
-    async def _deliver(self, qid: str, msg: QueuedMessage, body: bytes, units: list[Unit]) -> None:
+    async def _deliver(
+        self, qid: str, msg: QueuedMessage, source: MessageSource, units: list[Unit]
+    ) -> None:
         env = msg.envelope
         jobs = []
         for i, u in enumerate(units):
             if u.state == PENDING and u.local:
-                jobs.append(self._local(qid, env, body, units, i))
+                jobs.append(self._local(qid, env, source, units, i))
         by_domain: dict[str, list[int]] = {}
         for i, u in enumerate(units):
             if u.state == PENDING and not u.local:
                 by_domain.setdefault(u.address.rpartition("@")[2].lower(), []).append(i)
-        remote_body = await self._signed(qid, env, body) if by_domain else body
+        remote_source = await self._signed(qid, env, source) if by_domain else source
         for domain, idx in by_domain.items():
-            jobs.append(self._remote(qid, env, remote_body, units, domain, idx))
+            jobs.append(self._remote(qid, env, remote_source, units, domain, idx))
         await asyncio.gather(*jobs)
 
-    async def _local(self, qid: str, env: Envelope, body: bytes, units: list[Unit], i: int) -> None:
+    async def _local(
+        self, qid: str, env: Envelope, source: MessageSource, units: list[Unit], i: int
+    ) -> None:
         u = units[i]
         try:
-            path = await asyncio.to_thread(self._maildir_deliver, env, body, u.address)
+            path = await asyncio.to_thread(self._maildir_deliver, env, source, u.address)
         except DeliveryError as e:
             units[i] = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
         else:
@@ -312,22 +392,22 @@ class QueueManager:
             )
         self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
 
-    def _maildir_deliver(self, env: Envelope, body: bytes, mailbox: str) -> Path:
+    def _maildir_deliver(self, env: Envelope, source: MessageSource, mailbox: str) -> Path:
         path = self.directory.maildir(mailbox)
-        return maildir.deliver(path, body, return_path=env.sender, delivered_to=mailbox)
+        return maildir.deliver(path, source, return_path=env.sender, delivered_to=mailbox)
 
     async def _remote(
         self,
         qid: str,
         env: Envelope,
-        body: bytes,
+        source: MessageSource,
         units: list[Unit],
         domain: str,
         idx: list[int],
     ) -> None:
         mail = MailParams(
             sender=env.sender,
-            size=len(body),
+            size=source.size,
             smtputf8=env.smtputf8,
             body=env.body,
             ret=env.ret,
@@ -344,15 +424,10 @@ class QueueManager:
                     orcpt=r.orcpt if same else None,
                 )
             )
-        results: Sequence[RemoteResult] = await self.remote.deliver(domain, mail, rcpts, body)
+        results: Sequence[RemoteResult] = await self.remote.deliver(domain, mail, rcpts, source)
         for i, res in zip(idx, results, strict=True):
             u = units[i]
-            if res.reply.positive:
-                state = DONE
-            elif res.reply.permanent:
-                state = FAILED
-            else:
-                state = PENDING
+            state = _STATE[res.outcome]
             units[i] = replace(u.settle(state, res.reply, res.relay), passed_on=res.peer_dsn)
             self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
 
@@ -394,7 +469,7 @@ class QueueManager:
     # ------------------------------------------------------------ after a try
 
     async def _settle(
-        self, qid: str, msg: QueuedMessage, body: bytes, status: Status, now: float
+        self, qid: str, msg: QueuedMessage, source: MessageSource, status: Status, now: float
     ) -> None:
         env = msg.envelope
         q = self.queue
@@ -420,22 +495,43 @@ class QueueManager:
         ]
         notices = [r for r in (failed, succeeded) if r]
         pending = status.pending
-        if pending and schedule.warn_delay(self.policy, env.received_at, now, status.warned):
+        warn = bool(pending) and schedule.warn_delay(
+            self.policy, env.received_at, now, status.warned
+        )
+        if warn:
             delayed = [
                 dsn.Report(u, dsn.DELAYED) for u in pending if env.recipients[u.rcpt].wants("DELAY")
             ]
             if delayed:
                 notices.append(delayed)
-            status = replace(status, warned=True)
+        queued_all = True
         for reports in notices:
-            await self._notify(qid, msg, body, reports, now)
-        status = replace(status, notified=tuple(sorted(notified | {i for i, _ in fresh})))
-        if not pending:
+            try:
+                await self._notify(qid, msg, source, reports, now)
+            except (QueueWriteError, OSError) as e:
+                # A full disk, say: the message stays until its notice is queued.
+                queued_all = False
+                log.error(
+                    "queue_id=%s dsn action=%s not queued (%s); the message is kept and tried again",
+                    qid,
+                    reports[0].action,
+                    e,
+                )
+        if queued_all:
+            status = replace(
+                status,
+                notified=tuple(sorted(notified | {i for i, _ in fresh})),
+                warned=status.warned or warn,
+            )
+        if not pending and queued_all:
             # All done. If the admin held it meanwhile, there is nothing left to hold.
             if not await asyncio.to_thread(q.remove, qid, ACTIVE):
                 await asyncio.to_thread(q.delete, qid)
             return
-        nxt = schedule.next_retry(self.policy, env.received_at, status.attempts, now)
+        if pending:
+            nxt = schedule.next_retry(self.policy, env.received_at, status.attempts, now)
+        else:
+            nxt = now + self.policy.retry_initial  # only a notice is left to queue
         status = replace(status, next_try=nxt)
 
         def park() -> bool:
@@ -450,7 +546,12 @@ class QueueManager:
             self._next_try[qid] = nxt
 
     async def _notify(
-        self, qid: str, msg: QueuedMessage, body: bytes, reports: list[dsn.Report], now: float
+        self,
+        qid: str,
+        msg: QueuedMessage,
+        source: MessageSource,
+        reports: list[dsn.Report],
+        now: float,
     ) -> None:
         env = msg.envelope
         if not env.sender:
@@ -463,12 +564,17 @@ class QueueManager:
                     )
             return
         d = self.config.delivery
+        if source.size <= dsn.RETURN_SIZE_LIMIT:
+            original = await asyncio.to_thread(source.read_all)
+        else:
+            original = source.prefix  # only the header goes back (bounce_size_limit)
         bounce_env, data = dsn.build(
             hostname=self.config.hostname,
             queue_id=qid,
             envelope=env,
             reports=reports,
-            original=body,
+            original=original,
+            original_size=source.size,
             now=now,
             delay_hours=d.delay_warning / 3600,
             give_up_days=d.give_up / 86400,
@@ -494,6 +600,10 @@ class QueueManager:
             len(reports),
         )
         self.wake()
+
+
+# Only the client's SENT (a 2xx to the body) makes a recipient done.
+_STATE = {Outcome.SENT: DONE, Outcome.BOUNCED: FAILED, Outcome.DEFERRED: PENDING}
 
 
 def _word(u: Unit) -> str:
