@@ -175,6 +175,11 @@ class POP3Config:
     # RFC 2449 LOGIN-DELAY: the least time between two logins of one user (ISP
     # polling policy); 0 = no limit.
     login_delay: float = 0.0
+    # Connections one client address may hold on 110 and 995 together, counted
+    # from accept; clients in `[relay] networks` are exempt. 0 = no limit.
+    # Dovecot's mail_max_userip_connections is 10 per user and address; one
+    # address can be a NAT of many users, so per address this is SMTP's 50.
+    max_connections_per_client: int = 50
 
 
 # Whom the server's processes run as: `serve` started as root drops to this
@@ -188,6 +193,11 @@ DEFAULT_SERVER_USER = "postvakt"
 class ServerConfig:
     user: str = DEFAULT_SERVER_USER
     group: str = DEFAULT_SERVER_USER
+    # Connections the process holds on all listeners together, counted from
+    # accept; past it a new one is refused (421 / -ERR [SYS/TEMP] / closed on
+    # 465 and 995). 0 = as many as the descriptor limit leaves room for, with
+    # an eighth of it (at least 64) kept for spool files and the rest.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)
