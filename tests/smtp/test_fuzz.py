@@ -113,7 +113,7 @@ def test_application_may_answer_late(data: bytes) -> None:
 # ---------------------------------------------------------------- DATA reader
 
 
-def reference(stream: bytes, max_size: int) -> tuple[bytes, bool, bytes] | None:
+def reference(stream: bytes, max_size: int, max_line: int) -> tuple[bytes, bool, bytes] | None:
     """Slow line-by-line model: (message, refused, rest after the end) or None."""
     s = b"\r\n" + stream
     end = s.find(b"\r\n.\r\n")
@@ -127,7 +127,7 @@ def reference(stream: bytes, max_size: int) -> tuple[bytes, bool, bytes] | None:
     for line in lines:
         if line.startswith(b"."):
             line = line[1:]
-        if b"\r" in line or b"\n" in line or b"\x00" in line or len(line) > MAX_TEXT_LINE:
+        if b"\r" in line or b"\n" in line or b"\x00" in line or 0 < max_line < len(line):
             refused = True
         out.append(line + b"\r\n")
     message = b"".join(out)
@@ -145,10 +145,13 @@ data_streams = st.lists(
     stream=data_streams,
     points=st.lists(st.integers(0, 5000), max_size=30),
     tail=st.sampled_from([b"", b"\r\n.\r\n", b"x\r\n.\r\nNOOP\r\n"]),
+    max_line=st.sampled_from([0, MAX_TEXT_LINE, 1_200]),
 )
-def test_data_reader_matches_the_line_model(stream: bytes, points: list[int], tail: bytes) -> None:
+def test_data_reader_matches_the_line_model(
+    stream: bytes, points: list[int], tail: bytes, max_line: int
+) -> None:
     stream += tail
-    reader = DataReader(max_size=1_500, max_hops=3)
+    reader = DataReader(max_size=1_500, max_hops=3, max_line=max_line)
     buf = bytearray()
     got = b""
     done = False
@@ -160,7 +163,7 @@ def test_data_reader_matches_the_line_model(stream: bytes, points: list[int], ta
         out, done = reader.consume(buf)
         got += out
         assert len(buf) == 0 or done
-    want = reference(stream, 1_500)
+    want = reference(stream, 1_500, max_line)
     if want is None:
         assert not done
         return

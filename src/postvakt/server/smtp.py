@@ -121,6 +121,7 @@ class SMTPSession(asyncio.Protocol):
                 soft_error_limit=cfg.smtp.soft_error_limit,
                 hard_error_limit=cfg.smtp.hard_error_limit,
                 max_hops=cfg.smtp.max_hops,
+                max_line_length=cfg.smtp.max_line_length,
                 tls_available=self.app.ssl_context is not None,
                 tls_active=tls_active,
                 require_tls=self.kind == "submission",
