@@ -364,7 +364,7 @@ def mailbox_problem(text: str) -> str | None:
     if inner.startswith("@"):
         return "a source route (@host:) is not part of a mailbox name"
     try:
-        address = parse_address(inner)
+        address = parse_path(f"<{inner}>", smtputf8=True)
     except AddressError as e:
         reason = e.reply.text.rpartition(">: ")[2] or e.reply.text
         if reason == "bad local part":
