@@ -115,8 +115,6 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 # --- message content (EndOfData.problem)
 
 BARE_CR_LF_IN_DATA = Reply(550, "5.5.2", "Message contains bare CR or LF, refused (RFC 5321 2.3.8)")
-
-
 TOO_MANY_HOPS = Reply(554, "5.4.0", "Too many hops")
 NUL_IN_DATA = Reply(550, "5.6.0", "Message contains NUL characters, refused")
 
