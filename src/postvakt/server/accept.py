@@ -194,8 +194,10 @@ class Connections:
             self._per_client[key] = n
         else:
             self._per_client.pop(key, None)
-        if self._capped and self.total < self.limit:
-            log.info("below the connection cap again after %d refused connections", self._capped)
+        # The cap episode ends with some room (a tenth), not at the first close:
+        # under a steady flood one line each way per close would be a flood too.
+        if self._capped and self.total <= self.limit - max(1, self.limit // 10):
+            log.warning("below the connection cap again: %d connections were refused", self._capped)
             self._capped = 0
         if self._paused_since is not None:
             self._resume()
