@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -98,6 +99,8 @@ class Running:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     ports: dict[str, list[int]] = field(default_factory=dict)
+    # RLIMIT_NOFILE (soft and hard) for the server process; None: inherited.
+    nofile: int | None = None
 
     def port(self, kind: str = "smtp") -> int:
         return self.ports[kind][0]
@@ -130,6 +133,7 @@ class Running:
             stdout=logf,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=None if self.nofile is None else self._limit_descriptors,
         )
         logf.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -149,6 +153,10 @@ class Running:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"postvakt serve did not start in {START_TIMEOUT} s:\n{self.log()}")
+
+    def _limit_descriptors(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def stop(self, timeout: float = 20.0) -> int:
         if self.proc is None or self.proc.poll() is not None:

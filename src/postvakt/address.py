@@ -36,6 +36,7 @@ __all__ = [
     "NULL_PATH",
     "Address",
     "AddressError",
+    "mailbox_problem",
     "parse_address",
     "parse_header_addresses",
     "parse_path",
@@ -345,6 +346,39 @@ def parse_address(text: str) -> Address:
     if stripped.startswith("<") and stripped.endswith(">"):
         return parse_path(stripped, smtputf8=True)
     return parse_path(f"<{stripped}>", smtputf8=True)
+
+
+def mailbox_problem(text: str) -> str | None:
+    """Why `text` cannot name a mailbox, an alias or a send-as address; None if it can.
+
+    The admin's check (`postvakt user add`, `alias add`, ...) is SMTP's own
+    parser: an address stored in the directory is one a client can reach.
+    On top, an address the directory holds needs a domain, and no source
+    route or address literal. The reason is plain words, for a CLI error.
+    """
+    stripped = text.strip()
+    inner = stripped[1:-1] if stripped.startswith("<") and stripped.endswith(">") else stripped
+    size = len(inner.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_OCTETS - 2:
+        return f"it is {size} octets long; SMTP takes at most {MAX_PATH_OCTETS - 2} in an address"
+    if inner.startswith("@"):
+        return "a source route (@host:) is not part of a mailbox name"
+    try:
+        address = parse_path(f"<{inner}>", smtputf8=True)
+    except AddressError as e:
+        reason = e.reply.text.rpartition(">: ")[2] or e.reply.text
+        if reason == "bad local part":
+            local = inner.rpartition("@")[0]
+            bad = next((c for c in local if c not in _ATEXT and c != "." and ord(c) < 128), None)
+            if bad is not None:
+                return f"bad local part: {bad!r} is not allowed in it unquoted"
+            return "bad local part: a dot at its start or end, or two dots in a row"
+        return reason
+    if not address.domain:
+        return "it has no domain (user@domain)"
+    if address.is_literal:
+        return "an address literal ([...]) is not a mail domain of ours"
+    return None
 
 
 # A From:/Sender: value with no character that could make two parsers disagree:

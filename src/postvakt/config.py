@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from postvakt.policy.limits import LimitsConfig, parse_limits
+from postvakt.smtp._data import DEFAULT_MAX_LINE_LENGTH
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -127,6 +128,10 @@ class SMTPConfig:
     error_sleep: float = 1.0
     # Postfix hopcount_limit.
     max_hops: int = 50
+    # Octets in one line of a message, CRLF not counted (RFC 5322's 998 is
+    # exceeded by real mail; why 64 KiB: postvakt.smtp._data). Longer: refused
+    # after DATA with "554 5.6.0 Line too long ...". 0 = no limit but the size.
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     # Postfix smtpd_client_connection_count_limit; clients in `networks` are exempt
     # (Postfix smtpd_client_event_limit_exceptions). 0 = no limit.
     max_connections_per_client: int = 50
@@ -175,6 +180,11 @@ class POP3Config:
     # RFC 2449 LOGIN-DELAY: the least time between two logins of one user (ISP
     # polling policy); 0 = no limit.
     login_delay: float = 0.0
+    # Connections one client address may hold on 110 and 995 together, counted
+    # from accept; clients in `[relay] networks` are exempt. 0 = no limit.
+    # Dovecot's mail_max_userip_connections is 10 per user and address; one
+    # address can be a NAT of many users, so per address this is SMTP's 50.
+    max_connections_per_client: int = 50
 
 
 # Whom the server's processes run as: `serve` started as root drops to this
@@ -188,6 +198,11 @@ DEFAULT_SERVER_USER = "postvakt"
 class ServerConfig:
     user: str = DEFAULT_SERVER_USER
     group: str = DEFAULT_SERVER_USER
+    # Connections the process holds on all listeners together, counted from
+    # accept; past it a new one is refused (421 / -ERR [SYS/TEMP] / closed on
+    # 465 and 995). 0 = as many as the descriptor limit leaves room for, with
+    # an eighth of it (at least 64) kept for spool files and the rest.
+    max_connections: int = 0
 
 
 @dataclass(frozen=True)

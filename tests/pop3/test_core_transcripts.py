@@ -343,6 +343,28 @@ def test_too_many_bad_commands_close() -> None:
     assert d.closed
 
 
+def test_bad_commands_between_good_ones_do_not_close() -> None:
+    # issue 16 point 10: a long session with an -ERR now and then (a client
+    # asking for a message another session removed) is no attack.
+    d = CoreDriver()
+    d.feed(b"USER alice@pv.test\r\nPASS secret\r\n")
+    for _ in range(MAX_BAD_COMMANDS * 2):
+        d.feed(b"LIST 9999\r\nNOOP\r\n")
+    d.feed(b"STAT\r\n")
+    lines = bytes(d.out).split(b"\r\n")
+    assert lines.count(b"-ERR No such message") == MAX_BAD_COMMANDS * 2, lines[-6:]
+    assert b"-ERR Too many bad commands, closing connection" not in lines
+    assert not d.closed
+    assert lines[-2].startswith(b"+OK 2 ")
+
+
+def test_bad_commands_in_a_row_still_close_after_a_good_one() -> None:
+    d = CoreDriver()
+    d.feed(b"USER alice@pv.test\r\nPASS secret\r\nNOOP\r\n" + b"LIST 9999\r\n" * MAX_BAD_COMMANDS)
+    assert b"-ERR Too many bad commands, closing connection" in bytes(d.out)
+    assert d.closed
+
+
 def test_vanished_message_gives_err_and_session_goes_on() -> None:
     d = CoreDriver(vanished={"uid-1"})
     d.feed(b"USER alice@pv.test\r\nPASS secret\r\nRETR 1\r\nRETR 2\r\n")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from smtp_harness import REPLY_LINE, Driver, merged_events, split_at
+from smtp_harness import REPLY_LINE, Driver, answer, merged_events, split_at
 from smtp_harness import settings as make_settings
 
-from postvakt.smtp import NEED_DATA, PAUSED, SMTPServer, StartTLS, replies
+from postvakt.reply import Reply
+from postvakt.smtp import NEED_DATA, PAUSED, Settings, SMTPServer, StartTLS, replies
 from postvakt.smtp._connection import MAX_COMMAND_LINE
 from postvakt.smtp._data import MAX_TEXT_LINE, DataReader
 
@@ -113,7 +114,7 @@ def test_application_may_answer_late(data: bytes) -> None:
 # ---------------------------------------------------------------- DATA reader
 
 
-def reference(stream: bytes, max_size: int) -> tuple[bytes, bool, bytes] | None:
+def reference(stream: bytes, max_size: int, max_line: int) -> tuple[bytes, bool, bytes] | None:
     """Slow line-by-line model: (message, refused, rest after the end) or None."""
     s = b"\r\n" + stream
     end = s.find(b"\r\n.\r\n")
@@ -127,7 +128,7 @@ def reference(stream: bytes, max_size: int) -> tuple[bytes, bool, bytes] | None:
     for line in lines:
         if line.startswith(b"."):
             line = line[1:]
-        if b"\r" in line or b"\n" in line or b"\x00" in line or len(line) > MAX_TEXT_LINE:
+        if b"\r" in line or b"\n" in line or b"\x00" in line or 0 < max_line < len(line):
             refused = True
         out.append(line + b"\r\n")
     message = b"".join(out)
@@ -145,10 +146,13 @@ data_streams = st.lists(
     stream=data_streams,
     points=st.lists(st.integers(0, 5000), max_size=30),
     tail=st.sampled_from([b"", b"\r\n.\r\n", b"x\r\n.\r\nNOOP\r\n"]),
+    max_line=st.sampled_from([0, MAX_TEXT_LINE, 1_200]),
 )
-def test_data_reader_matches_the_line_model(stream: bytes, points: list[int], tail: bytes) -> None:
+def test_data_reader_matches_the_line_model(
+    stream: bytes, points: list[int], tail: bytes, max_line: int
+) -> None:
     stream += tail
-    reader = DataReader(max_size=1_500, max_hops=3)
+    reader = DataReader(max_size=1_500, max_hops=3, max_line=max_line)
     buf = bytearray()
     got = b""
     done = False
@@ -160,7 +164,7 @@ def test_data_reader_matches_the_line_model(stream: bytes, points: list[int], ta
         out, done = reader.consume(buf)
         got += out
         assert len(buf) == 0 or done
-    want = reference(stream, 1_500)
+    want = reference(stream, 1_500, max_line)
     if want is None:
         assert not done
         return
@@ -179,3 +183,106 @@ def test_data_reader_matches_the_line_model(stream: bytes, points: list[int], ta
 def test_line_limit_constants() -> None:
     assert MAX_COMMAND_LINE == 512
     assert MAX_TEXT_LINE == 998
+
+
+# ---------------------------------------------------------------- any application, any settings
+#
+# The core's promise holds whatever the application answers and however the
+# listener is set up: a well-formed reply for every input, never an exception.
+
+MORE_TOKENS = [
+    *TOKENS,
+    b"AUTH PLAIN\r\n",
+    b"AUTH PLAIN =\r\n",
+    b"AUTH CRAM-MD5\r\n",
+    b"=\r\n",
+    b"MAIL FROM:<@a.example,@b.example:u@c.example>\r\n",
+    b"MAIL FROM:<a@[127.0.0.1]> RET=HDRS ENVID=x+2Bq\r\n",
+    b"RCPT TO:<postmaster>\r\n",
+    b"RCPT TO:<u@pv.test> ORCPT=rfc822;u+40pv.test\r\n",
+    b"BDAT 10 LAST\r\n",
+    b"Subject: " + b"s" * 1_200 + b"\r\n",
+    b"x" * 3_000,
+    b"\r\n\r\n",
+]
+more_streams = st.lists(
+    st.one_of(st.sampled_from(MORE_TOKENS), st.binary(max_size=40)), max_size=50
+).map(b"".join)
+
+REPLY_CHOICES = [
+    None,  # the test application's own answer
+    Reply(250, "2.0.0", "Ok"),
+    Reply(354, "", "go ahead"),
+    Reply(421, "4.3.2", "shutting down"),
+    Reply(451, "4.3.0", "try later"),
+    Reply(452, "4.5.3", "Too many recipients"),
+    Reply(454, "4.7.0", "Too many failed logins"),
+    Reply(550, "5.7.1", "no"),
+    Reply(235, "2.7.0", "Authentication successful"),
+    Reply(535, "5.7.8", "Authentication credentials invalid"),
+]
+CORE_SETTINGS = st.builds(
+    make_settings,
+    tls_active=st.booleans(),
+    tls_available=st.booleans(),
+    require_tls=st.booleans(),
+    require_auth=st.booleans(),
+    max_message_size=st.sampled_from([100, 2_000, 100_000]),
+    max_recipients=st.integers(1, 5),
+    max_hops=st.integers(0, 3),
+    max_line_length=st.sampled_from([0, 10, MAX_TEXT_LINE, 2_048]),
+    soft_error_limit=st.integers(1, 10),
+    hard_error_limit=st.integers(1, 20),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=more_streams,
+    points=st.lists(st.integers(0, 3000), max_size=20),
+    config=CORE_SETTINGS,
+    answers=st.lists(st.sampled_from(REPLY_CHOICES), max_size=30),
+)
+def test_any_answers_any_settings_well_formed(
+    data: bytes, points: list[int], config: Settings, answers: list[Reply | None]
+) -> None:
+    """Whatever the application answers (even a reply unusual for the stage)."""
+    pending = list(answers)
+
+    def app(event: object) -> Reply | None:
+        own = answer(event)
+        if own is None:
+            return None
+        chosen = pending.pop(0) if pending else None
+        return own if chosen is None else chosen
+
+    d = Driver(config, app=app)
+    for piece in split_at(points)(data):
+        d.feed(piece)
+    d.feed(b"")
+    check_output(d.take())
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(st.integers(0, 3_000), min_size=1, max_size=6),
+    limit=st.sampled_from([0, MAX_TEXT_LINE, 1_000, 2_048]),
+    points=st.lists(st.integers(1, 4_000), max_size=10),
+)
+def test_long_lines_accepted_up_to_the_limit_and_kept_whole(
+    lines: list[int], limit: int, points: list[int]
+) -> None:
+    body = b"".join(b"L" * n + b"\r\n" for n in lines)
+    d = Driver(make_settings(max_line_length=limit, max_message_size=1_000_000))
+    d.feed(b"EHLO x\r\nMAIL FROM:<a@other.example>\r\nRCPT TO:<u@pv.test>\r\nDATA\r\n")
+    d.take()
+    for piece in split_at(points)(body + b".\r\n"):
+        d.feed(piece)
+    end = d.ends()[-1]
+    too_long = limit > 0 and max(lines) > limit
+    if too_long:
+        assert end.problem == replies.data_line_too_long(limit)
+    else:
+        assert end.problem is None
+        assert d.message() == body
+    check_output(d.take())

@@ -6,7 +6,7 @@ from smtp_harness import BANNER, HOST, Driver, settings
 
 from postvakt.smtp import NEED_DATA, DataChunk, SMTPServer, replies
 from postvakt.smtp._connection import JUNK_COMMAND_LIMIT, MAX_COMMAND_LINE
-from postvakt.smtp._data import MAX_HEADER_SECTION
+from postvakt.smtp._data import DEFAULT_MAX_LINE_LENGTH, MAX_HEADER_SECTION
 
 CHUNK = 64 * 1024
 
@@ -82,13 +82,31 @@ def test_p3_50mb_in_data_without_lf_keeps_memory_bounded() -> None:
     assert peak == 0
     d.feed(b"\r\n.\r\n")
     end = d.ends()[-1]
-    assert end.problem == replies.DATA_LINE_TOO_LONG
+    assert end.problem == replies.data_line_too_long(DEFAULT_MAX_LINE_LENGTH)
     assert end.size == 50 * 1024 * 1024 + 2
-    assert d.lines() == ["500 5.5.2 Line too long"]
+    assert d.lines() == [LINE_TOO_LONG_REPLY]
 
 
-def test_p4_998_octet_line_is_fine_and_999_is_too_long() -> None:
-    d = Driver()
+LINE_TOO_LONG_REPLY = (
+    f"554 5.6.0 Line too long: a line of the message exceeds {DEFAULT_MAX_LINE_LENGTH} octets"
+)
+
+
+def test_p4_lines_over_998_octets_are_accepted_and_kept_whole() -> None:
+    # issue 16 point 11: generated HTML has long lines; RFC 5322's 998 is not our bound.
+    d = Driver(settings(max_message_size=1_000_000))
+    in_data(d)
+    before = len(d.events)
+    line = b"<p>" + b"h" * 20_000 + b"</p>"
+    d.feed(b"Subject: html\r\n\r\n" + line + b"\r\n." + line + b"\r\n.\r\n")
+    assert d.ends()[-1].problem is None
+    assert d.lines() == ["250 2.0.0 Ok: queued as TEST"]
+    chunks = b"".join(e.data for e in d.events[before:] if isinstance(e, DataChunk))
+    assert chunks == b"Subject: html\r\n\r\n" + line + b"\r\n" + line + b"\r\n"
+
+
+def test_p4_max_line_length_is_the_bound_the_transparency_dot_not_counted() -> None:
+    d = Driver(settings(max_line_length=998))
     in_data(d)
     d.feed(b"x" * 998 + b"\r\n.\r\n")
     assert d.ends()[-1].problem is None
@@ -101,19 +119,27 @@ def test_p4_998_octet_line_is_fine_and_999_is_too_long() -> None:
     d.feed(b"MAIL FROM:<a@other.example>\r\nRCPT TO:<u@pv.test>\r\nDATA\r\n")
     d.take()
     d.feed(b"x" * 999 + b"\r\n.\r\n")
-    assert d.ends()[-1].problem == replies.DATA_LINE_TOO_LONG
+    assert d.ends()[-1].problem == replies.data_line_too_long(998)
+    assert d.lines() == ["554 5.6.0 Line too long: a line of the message exceeds 998 octets"]
 
 
-def test_p4_5000_octet_line_refused_only_after_the_final_dot() -> None:
+def test_p4_no_line_limit_but_the_size_with_zero() -> None:
+    d = Driver(settings(max_line_length=0, max_message_size=1_000_000))
+    in_data(d)
+    d.feed(b"z" * (DEFAULT_MAX_LINE_LENGTH * 2) + b"\r\n.\r\n")
+    assert d.ends()[-1].problem is None
+
+
+def test_p4_overlong_line_refused_only_after_the_final_dot() -> None:
     d = Driver()
     in_data(d)
     before = len(d.events)
-    d.feed(b"Subject: long\r\n\r\n" + b"y" * 5000 + b"\r\nmore\r\n")
+    d.feed(b"Subject: long\r\n\r\n" + b"y" * (DEFAULT_MAX_LINE_LENGTH + 1) + b"\r\nmore\r\n")
     assert d.take() == b"", "no reply before the end of data (RFC 5321 §4.2.5)"
     d.feed(b".\r\n")
-    assert d.lines() == ["500 5.5.2 Line too long"]
+    assert d.lines() == [LINE_TOO_LONG_REPLY]
     chunks = b"".join(e.data for e in d.events[before:] if isinstance(e, DataChunk))
-    assert b"y" * 999 not in chunks
+    assert b"y" * (DEFAULT_MAX_LINE_LENGTH + 1) not in chunks
 
 
 def test_p5_size_parameter_over_limit_refused_at_mail() -> None:

@@ -24,6 +24,7 @@ data_dir = "{data_dir}"          # queue, mailboxes, user database (relative to 
 # [server]                        # started as root, the server runs as this user and group;
 # user = "postvakt"               # `postvakt dovecot config` runs Dovecot's mail and auth
 # group = "postvakt"              # processes as them too
+# max_connections = 0             # on all listeners; 0 = what the descriptor limit leaves room for
 
 [listen]                          # lists of "host:port"; remove a key to turn that listener off
 smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone
@@ -66,6 +67,12 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 # clients = "any"                   # likewise for `clients`
 # pop_before_smtp = "any"           # any | domain | owner (the user who logged in to POP3)
 # trusted = "reject"                # when those three are not met: off | warn | reject
+
+# [smtp]                          # the SMTP front (Postfix's defaults where it has one)
+# max_connections_per_client = 50 # per address on 25/587/465 together, from accept; networks exempt
+# max_line_length = 65536         # octets per message line; longer: 554 5.6.0 (0 = only the size)
+# [pop3]
+# max_connections_per_client = 50 # per address on 110/995 together, from accept; networks exempt
 
 [delivery]
 # smarthost = "relay.example.net:587"       # send everything through this host

@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from postvakt import sqlitedb
+from postvakt.address import mailbox_problem
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -71,6 +72,9 @@ def canonical(address: str) -> str:
 
 
 def _check_mailbox(address: str) -> str:
+    problem = mailbox_problem(address)
+    if problem is not None:
+        raise DirectoryError(f"{address!r} is not an address SMTP accepts: {problem}")
     a = canonical(address)
     local, sep, domain = a.rpartition("@")
     if not sep or not local or not domain or "." not in domain:

@@ -44,7 +44,7 @@ from postvakt.pop3.replies import POP3Error, POP3Reply
 # enough without letting a peer buffer more than that per line.
 MAX_LINE = 1024
 # Dovecot (pop3-client.c CLIENT_MAX_BAD_COMMANDS) disconnects after 20 bad
-# commands; a real client never gets near it.
+# commands in a row (a good one resets the count); a real client never gets near it.
 MAX_BAD_COMMANDS = 20
 # Input that may pile up while the caller answers an event (a password check
 # takes tens of milliseconds). A client pipelining after PASS sends a few
@@ -407,10 +407,14 @@ class POP3Connection:
         # PASS takes the rest of the line: passwords may hold spaces (RFC 1939 §7).
         args = [rest] if keyword == "PASS" else rest.split()
         try:
-            return _HANDLERS[keyword](self, args)
+            event = _HANDLERS[keyword](self, args)
         except POP3Error as e:
             self._bad_command(e.reply)
             return None
+        # As Dovecot does: a command that worked forgives the bad ones before
+        # it, so a long session with a few `-ERR`s now and then goes on.
+        self._bad = 0
+        return event
 
     # ------------------------------------------------------------ AUTHORIZATION
 

@@ -37,13 +37,21 @@ from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
 from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
+from postvakt.reply import Reply
+from postvakt.server.accept import (
+    Acceptor,
+    Connections,
+    Refused,
+    connection_limit,
+    raise_descriptor_limit,
+)
 from postvakt.server.grantreport import (
     GrantReports,
     allowed_uids,
     start_grant_reports,
     stop_grant_reports,
 )
-from postvakt.server.handshake import Listening, TLSServer
+from postvakt.server.handshake import Listening
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -68,6 +76,8 @@ class App:
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
     sessions: set[Any] = field(default_factory=set)
+    # Every connection of the process, from accept to close (postvakt.server.accept).
+    connections: Connections = field(default_factory=lambda: Connections(1 << 30))
     _free_bytes: int | None = None
     _free_checked: float = -1e9
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
@@ -119,6 +129,18 @@ class App:
         except ValueError:
             return False
         return any(addr in n for n in self.config.relay.networks)
+
+    def smtp_client_limit(self, ip: str) -> int:
+        """`[smtp] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
+        if self.in_networks(ip):
+            return 0
+        return self.config.smtp.max_connections_per_client
+
+    def smtp_refusal(self, why: Refused, ip: str) -> bytes:
+        name = self.config.hostname
+        if why is Refused.CLIENT:
+            return Reply(421, "4.7.0", f"{name} Error: too many connections from {ip}").encode()
+        return Reply(421, "4.7.0", f"{name} Error: too many connections").encode()
 
     def message_queued(self) -> None:
         if self.manager is not None:
@@ -190,23 +212,24 @@ def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigErr
 async def _listen(app: App) -> list[tuple[str, Listening]]:
     from postvakt.server.smtp import SMTPSession
 
-    loop = asyncio.get_running_loop()
     servers: list[tuple[str, Listening]] = []
     cfg = app.config
     for kind in ("smtp", "submission", "submissions"):
         for hp in getattr(cfg.listen, kind):
             factory = functools.partial(SMTPSession, app, kind)
             try:
-                srv: Listening
-                if kind == "submissions":
-                    # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
-                    srv = await TLSServer.create(
-                        factory, hp.host, hp.port, app.ssl_context, kind=kind
-                    )
-                else:
-                    srv = await loop.create_server(
-                        factory, hp.host, hp.port, reuse_address=True, backlog=1024
-                    )
+                srv: Listening = await Acceptor.create(
+                    factory,
+                    hp.host,
+                    hp.port,
+                    kind=kind,
+                    family="smtp",
+                    connections=app.connections,
+                    client_limit=app.smtp_client_limit,
+                    refusal=app.smtp_refusal,
+                    # 465: implicit TLS, the handshake runs (and fails, logged) in the acceptor.
+                    ssl_context=app.ssl_context if kind == "submissions" else None,
+                )
             except OSError as e:
                 raise _bind_error(kind, hp, e, cfg.source) from None
             servers.append((kind, srv))
@@ -221,6 +244,7 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                 grants=app.grants,
                 login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
+                connections=app.connections,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
@@ -261,6 +285,11 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
 
 async def run(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
+    descriptors = raise_descriptor_limit()
+    app.connections.limit = connection_limit(config.server.max_connections, descriptors)
+    log.info(
+        "descriptor limit %d; at most %d connections at once", descriptors, app.connections.limit
+    )
     from postvakt.server.manager_process import ManagerProcess
 
     app.manager = ManagerProcess(config, config_path)

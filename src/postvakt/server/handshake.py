@@ -1,8 +1,8 @@
 """Server-side TLS handshakes on every listener, and one log line for each that fails.
 
 Two ways in, one log line:
-- implicit TLS (465, 995): a `TLSServer` accepts the connections itself and
-  hands each to `loop.connect_accepted_socket(ssl=...)`, which runs the
+- implicit TLS (465, 995): the shared accept path (`postvakt.server.accept`)
+  accepts the connections itself and hands each to `loop.connect_accepted_socket(ssl=...)`, which runs the
   handshake and raises when it fails, on asyncio and uvloop alike. (A protocol
   cannot pause a new connection before the first read on uvloop, which starts
   reading right after `connection_made`, so the handshake cannot start there.)
@@ -30,7 +30,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -38,8 +38,11 @@ from postvakt.server.tls import ServerContext, covers
 
 log = logging.getLogger("postvakt.tls")
 
-# How long a client may take from accept (or STARTTLS) to a finished handshake.
-HANDSHAKE_TIMEOUT = 30.0
+# How long a client may take from accept (or STARTTLS) to a finished handshake:
+# Postfix's smtpd_starttls_timeout is a few seconds per I/O (300 s in all at
+# worst), Dovecot's login processes give ~10 s before the banner exchange; a
+# real client finishes in well under a second, a socket flood holds nothing long.
+HANDSHAKE_TIMEOUT = 10.0
 # A ClientHello with a few extensions fits; more is not needed for a log line.
 PEEK_BYTES = 2048
 # How much plaintext a log line quotes.
@@ -84,7 +87,7 @@ class Listener:
 
 def listener_of(kind: str, transport: asyncio.BaseTransport) -> Listener:
     name = transport.get_extra_info("sockname")
-    return Listener(kind, _host_port(name) if name else "?")
+    return Listener(kind, host_port(name) if name else "?")
 
 
 async def start_server_tls(
@@ -284,11 +287,11 @@ def parse_client_hello(data: bytes) -> tuple[int, str | None] | None:
         return None
 
 
-# ---------------------------------------------------------------- implicit TLS listeners
+# ---------------------------------------------------------------- listeners
 
 
 class Listening(Protocol):
-    """What the server uses of a listener; `asyncio.Server` and `TLSServer` both are one."""
+    """What the server uses of a listener; `asyncio.Server` and `accept.Acceptor` both are one."""
 
     @property
     def sockets(self) -> Sequence[Any]: ...
@@ -298,156 +301,6 @@ class Listening(Protocol):
     async def wait_closed(self) -> None: ...
 
 
-# Connections taken per readiness of a listening socket before others get a turn.
-ACCEPT_BATCH = 64
-# After an accept error (EMFILE, ENFILE), wait this long before trying again (asyncio's own delay).
-ACCEPT_RETRY_DELAY = 1.0
-
-
-class TLSServer:
-    """An implicit-TLS listener (465, 995) that runs each handshake itself.
-
-    The sockets are bound by `loop.create_server(start_serving=False)`, so
-    addresses, options and bind errors are those of every other listener;
-    connections are accepted here. It offers what the rest of the server uses
-    of an `asyncio.Server`: `sockets`, `close()`, `wait_closed()`.
-    """
-
-    def __init__(
-        self,
-        server: asyncio.base_events.Server,
-        factory: Callable[[], asyncio.BaseProtocol],
-        context: ssl.SSLContext,
-        *,
-        kind: str,
-        timeout: float,
-        backlog: int,
-    ) -> None:
-        self._server = server
-        self._factory = factory
-        self._context = context
-        self._kind = kind
-        self._timeout = timeout
-        self._loop = asyncio.get_running_loop()
-        self._listening: list[socket.socket] = []
-        self._handshakes: set[asyncio.Task[None]] = set()
-        self._closed = False
-        for s in server.sockets:
-            dup = socket.socket(fileno=os.dup(s.fileno()))
-            dup.setblocking(False)
-            dup.listen(backlog)  # start_serving=False left them bound, not listening
-            self._listening.append(dup)
-            self._loop.add_reader(dup.fileno(), self._accept, dup)
-
-    @classmethod
-    async def create(
-        cls,
-        factory: Callable[[], asyncio.BaseProtocol],
-        host: str,
-        port: int,
-        context: ssl.SSLContext,
-        *,
-        kind: str,
-        reuse_port: bool = False,
-        backlog: int = 1024,
-        timeout: float = HANDSHAKE_TIMEOUT,
-    ) -> TLSServer:
-        server = await asyncio.get_running_loop().create_server(
-            factory,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=backlog,
-            start_serving=False,
-        )
-        return cls(server, factory, context, kind=kind, timeout=timeout, backlog=backlog)
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self._server.sockets)
-
-    def is_serving(self) -> bool:
-        return not self._closed
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for s in self._listening:
-            self._loop.remove_reader(s.fileno())
-            s.close()
-        self._server.close()
-        for t in list(self._handshakes):
-            t.cancel()
-
-    async def wait_closed(self) -> None:
-        if self._handshakes:
-            await asyncio.gather(*self._handshakes, return_exceptions=True)
-        await self._server.wait_closed()
-
-    def _accept(self, listening: socket.socket) -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                conn, addr = listening.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as e:
-                # Out of descriptors or memory (or worse): stop accepting for a
-                # moment instead of spinning on a socket that stays readable.
-                log.error(
-                    "accept on %s failed: %s; pausing %g s", self._kind, e, ACCEPT_RETRY_DELAY
-                )
-                self._loop.remove_reader(listening.fileno())
-                self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume, listening)
-                return
-            conn.setblocking(False)
-            task = self._loop.create_task(self._handshake(conn, addr))
-            self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
-
-    def _resume(self, listening: socket.socket) -> None:
-        if not self._closed:
-            self._loop.add_reader(listening.fileno(), self._accept, listening)
-
-    async def _handshake(self, conn: socket.socket, addr: Any) -> None:
-        deadline = self._loop.time() + self._timeout
-        try:
-            local = conn.getsockname()
-        except OSError:
-            conn.close()
-            return
-        listener = Listener(self._kind, _host_port(local))
-        client = _client_address(addr)
-        sent: bytes | None = None
-        try:
-            sent = await peek(conn.fileno(), self._timeout)
-            await self._loop.connect_accepted_socket(
-                self._factory,
-                conn,
-                ssl=self._context,
-                ssl_handshake_timeout=max(1.0, deadline - self._loop.time()),
-            )
-        except asyncio.CancelledError:
-            conn.close()
-            raise
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError) as e:
-            log_failure(
-                e,
-                sent,
-                client=client,
-                listener=listener,
-                context=self._context,
-                timeout=self._timeout,
-            )
-            conn.close()
-
-
-def _host_port(name: Any) -> str:
+def host_port(name: Any) -> str:
     host = str(name[0])
     return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
-
-
-def _client_address(addr: Any) -> str:
-    host = str(addr[0]) if isinstance(addr, tuple) and addr else "?"
-    return host[7:] if host.startswith("::ffff:") else host

@@ -22,6 +22,7 @@ the same reply after the same delay):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
@@ -46,7 +47,8 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
-from postvakt.server.handshake import Listening, TLSServer, listener_of, start_server_tls
+from postvakt.server.accept import Acceptor, Connections, Refused, Slot
+from postvakt.server.handshake import Listening, listener_of, start_server_tls
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -121,12 +123,27 @@ class POP3Context:
         if mode == "always":
             return True
         if mode == "networks":
-            try:
-                addr = ipaddress.ip_address(ip)
-            except ValueError:
-                return False
-            return any(addr in net for net in self.config.relay.networks)
+            return self.in_networks(ip)
         return False
+
+    def in_networks(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.config.relay.networks)
+
+    def client_limit(self, ip: str) -> int:
+        """`[pop3] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
+        if self.in_networks(ip):
+            return 0
+        return self.config.pop3.max_connections_per_client
+
+    @staticmethod
+    def refusal(why: Refused, ip: str) -> bytes:
+        if why is Refused.CLIENT:
+            return f"-ERR [SYS/TEMP] Too many connections from {ip}\r\n".encode()
+        return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
 
     def failure_delay(self, reservation: Reservation) -> float:
         """Seconds between a failed attempt's start and its reply (grows per address and login)."""
@@ -138,9 +155,11 @@ class POP3Context:
 
 
 class POP3Protocol(asyncio.Protocol):
-    def __init__(self, ctx: POP3Context, *, implicit_tls: bool) -> None:
+    def __init__(self, ctx: POP3Context, *, implicit_tls: bool, slot: Slot | None = None) -> None:
         self.ctx = ctx
         self.implicit_tls = implicit_tls
+        # This connection's place in the accept path's counts, given back when it ends.
+        self.slot = slot
         self.transport: asyncio.Transport | None = None
         self.conn: POP3Connection | None = None
         self.ip = ""
@@ -199,6 +218,8 @@ class POP3Protocol(asyncio.Protocol):
         if self._lost:
             return
         self._lost = True
+        if self.slot is not None:
+            self.slot.release()
         self.ctx.sessions.discard(self)
         if self._idle is not None:
             self._idle.cancel()
@@ -473,6 +494,10 @@ def stop_pop3(servers: list[Listening]) -> None:
             session.shutdown()
 
 
+def _pop3_protocol(ctx: POP3Context, implicit_tls: bool, slot: Slot) -> POP3Protocol:
+    return POP3Protocol(ctx, implicit_tls=implicit_tls, slot=slot)
+
+
 def _close_if_opened(fut: asyncio.Future[MaildirMailbox]) -> None:
     if not fut.cancelled() and fut.exception() is None:
         fut.result().close()
@@ -488,15 +513,19 @@ async def start_pop3(
     ssl_context: ssl.SSLContext | None,
     login_delay: float | None = None,
     reuse_port: bool = False,
+    connections: Connections | None = None,
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
     The pop3 servers come first in the list, then the pop3s ones, each in
     config order. `login_delay` (seconds, RFC 2449 LOGIN-DELAY) defaults to
     `[pop3] login_delay`. `reuse_port` lets
-    several worker processes share the ports (SO_REUSEPORT).
+    several worker processes share the ports (SO_REUSEPORT). `connections`
+    is the process's count shared with the other listeners (default: one of
+    its own, capped by `[server] max_connections` alone).
     """
-    loop = asyncio.get_running_loop()
+    if connections is None:
+        connections = Connections(config.server.max_connections or 1 << 30)
     ctx = POP3Context(
         config,
         directory=directory,
@@ -508,31 +537,26 @@ async def start_pop3(
     )
     servers: list[Listening] = []
     try:
-        for hp in config.listen.pop3:
-            servers.append(
-                await loop.create_server(
-                    lambda: POP3Protocol(ctx, implicit_tls=False),
-                    hp.host,
-                    hp.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
-                )
-            )
         if config.listen.pop3s and ssl_context is None:
             raise ValueError("[listen] pop3s needs a TLS context")
-        for hp in config.listen.pop3s:
-            assert ssl_context is not None
-            # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
-            servers.append(
-                await TLSServer.create(
-                    lambda: POP3Protocol(ctx, implicit_tls=True),
-                    hp.host,
-                    hp.port,
-                    ssl_context,
-                    kind="pop3s",
-                    reuse_port=reuse_port,
+        for kind, addresses in (("pop3", config.listen.pop3), ("pop3s", config.listen.pop3s)):
+            implicit = kind == "pop3s"
+            for hp in addresses:
+                servers.append(
+                    await Acceptor.create(
+                        functools.partial(_pop3_protocol, ctx, implicit),
+                        hp.host,
+                        hp.port,
+                        kind=kind,
+                        family="pop3",
+                        connections=connections,
+                        client_limit=ctx.client_limit,
+                        refusal=ctx.refusal,
+                        # 995: implicit TLS, the handshake runs (and fails, logged) in the acceptor.
+                        ssl_context=ssl_context if implicit else None,
+                        reuse_port=reuse_port,
+                    )
                 )
-            )
     except BaseException:
         for s in servers:
             s.close()

@@ -36,6 +36,7 @@ from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
     from postvakt.queue import IncomingMessage
+    from postvakt.server.accept import Slot
     from postvakt.server.app import App
 
 log = logging.getLogger("postvakt.smtp")
@@ -70,9 +71,11 @@ def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]
 
 
 class SMTPSession(asyncio.Protocol):
-    def __init__(self, app: App, kind: str) -> None:
+    def __init__(self, app: App, kind: str, slot: Slot | None = None) -> None:
         self.app = app
         self.kind = kind  # "smtp" | "submission" | "submissions"
+        # This connection's place in the accept path's counts, given back when it ends.
+        self.slot = slot
         self.transport: asyncio.Transport | None = None
         self.conn: smtp.SMTPServer | None = None
         self.ip = "?"
@@ -118,6 +121,7 @@ class SMTPSession(asyncio.Protocol):
                 soft_error_limit=cfg.smtp.soft_error_limit,
                 hard_error_limit=cfg.smtp.hard_error_limit,
                 max_hops=cfg.smtp.max_hops,
+                max_line_length=cfg.smtp.max_line_length,
                 tls_available=self.app.ssl_context is not None,
                 tls_active=tls_active,
                 require_tls=self.kind == "submission",
@@ -126,16 +130,6 @@ class SMTPSession(asyncio.Protocol):
         )
         self.app.sessions.add(self)
         log.debug("connect client=%s port=%s", self.ip, self.kind)
-        if self._too_many_connections():
-            log.info("refused client=%s port=%s: too many connections", self.ip, self.kind)
-            transport.write(
-                Reply(
-                    421, "4.7.0", f"{cfg.hostname} Error: too many connections from {self.ip}"
-                ).encode()
-            )
-            self.closing = True
-            transport.close()
-            return
         self._flush()
         self._reset_idle()
 
@@ -166,7 +160,10 @@ class SMTPSession(asyncio.Protocol):
         self._abort_message()
         if self.idle_handle is not None:
             self.idle_handle.cancel()
+            self.idle_handle = None
         self.app.sessions.discard(self)
+        if self.slot is not None:
+            self.slot.release()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -179,12 +176,6 @@ class SMTPSession(asyncio.Protocol):
             self.transport.resume_reading()
 
     # ------------------------------------------------------------ plumbing
-
-    def _too_many_connections(self) -> bool:
-        limit = self.app.config.smtp.max_connections_per_client
-        if limit <= 0 or self.app.in_networks(self.ip):
-            return False
-        return sum(1 for s in self.app.sessions if s.ip == self.ip and not s.closing) > limit
 
     def _reset_idle(self) -> None:
         """A per-request deadline: reset when we answer a command, not by every byte."""
@@ -653,7 +644,9 @@ class SMTPSession(asyncio.Protocol):
             transport, self, ctx, client=self.ip, listener=listener_of(self.kind, transport)
         )
         if new_transport is None:
-            self.closing = True
+            # The failed handshake closed the connection; the TLS layer never
+            # made it ours, so no connection_lost() comes: end the session here.
+            self.connection_lost(None)
             return
         self.transport = new_transport
         self._note_tls()

@@ -515,7 +515,9 @@ class SMTPServer:
             return
         self._emit(reply)
         self._state = ON_POSITIVE[(self._state, "DATA")]
-        self._data = DataReader(self.settings.max_message_size, self.settings.max_hops)
+        self._data = DataReader(
+            self.settings.max_message_size, self.settings.max_hops, self.settings.max_line_length
+        )
 
     def _respond_end(self, reply: Reply) -> None:
         self._emit(reply)

@@ -27,6 +27,15 @@ _VIRTUAL_START = b"\r\n"
 # RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF;
 # the dot added by transparency (§4.5.2) is not part of the text.
 MAX_TEXT_LINE = 1000 - 2
+# What we accept, though ([smtp] max_line_length): real mail has longer lines
+# (generated HTML, one paragraph per line), and Postfix takes lines of any
+# length (its line_length_limit of 2048 only cuts them into queue records and
+# joins them again at delivery). A bound is still worth having: a "message"
+# with no line structure at all is a broken client or not mail. 64 KiB is far
+# beyond any generated line seen in practice, and costs no memory (the reader
+# counts a line, it never holds one). Lines are kept intact in the queue and
+# in local delivery; relaying to a peer folds them for its 998-octet limit.
+DEFAULT_MAX_LINE_LENGTH = 64 * 1024
 # Header section kept for From:/Sender:/Received: checks. A chain of 50
 # Received: headers (Postfix's hopcount_limit) is about 15 KiB; 64 KiB is
 # generous for real mail and bounds what one session holds in memory.
@@ -64,9 +73,13 @@ def parse_header_section(section: bytes) -> tuple[tuple[str, str], ...]:
 class DataReader:
     """One message, fed from the connection's buffer until <CRLF>.<CRLF>."""
 
-    def __init__(self, max_size: int, max_hops: int) -> None:
+    def __init__(
+        self, max_size: int, max_hops: int, max_line: int = DEFAULT_MAX_LINE_LENGTH
+    ) -> None:
         self.max_size = max_size
         self.max_hops = max_hops
+        # Octets in one text line, CRLF and transparency dot not counted; 0: no limit.
+        self.max_line = max_line
         self.size = 0
         self.problem: Reply | None = None
         self.headers: tuple[tuple[str, str], ...] = ()
@@ -118,8 +131,8 @@ class DataReader:
             self.problem = replies.BARE_CR_LF_IN_DATA
         elif b"\x00" in body:
             self.problem = replies.NUL_IN_DATA
-        elif self._line_too_long(unstuffed):
-            self.problem = replies.DATA_LINE_TOO_LONG
+        elif self.max_line and self._line_too_long(unstuffed):
+            self.problem = replies.data_line_too_long(self.max_line)
         elif self.size > self.max_size:
             self.problem = replies.MESSAGE_TOO_BIG
         if self.problem is None and self._in_headers:
@@ -127,7 +140,7 @@ class DataReader:
         return b"" if self.problem is not None else message
 
     def _line_too_long(self, unstuffed: bytes) -> bool:
-        if self._line + len(unstuffed) <= MAX_TEXT_LINE:
+        if self._line + len(unstuffed) <= self.max_line:
             last = unstuffed.rfind(b"\r\n")
             self._line = self._line + len(unstuffed) if last < 0 else len(unstuffed) - last - 2
             return False
@@ -135,7 +148,7 @@ class DataReader:
         first = self._line + len(lines[0])
         self._line = len(lines[-1])
         longest = max(map(len, lines[1:]), default=0)
-        return max(first, longest) > MAX_TEXT_LINE
+        return max(first, longest) > self.max_line
 
     def _collect_headers(self, message: bytes) -> None:
         room = max(0, MAX_HEADER_SECTION + 2 - len(self._header_buf))

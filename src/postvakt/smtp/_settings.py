@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from postvakt.smtp._data import DEFAULT_MAX_LINE_LENGTH
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -17,6 +19,8 @@ class Settings:
     hard_error_limit: int = 20
     # Postfix hopcount_limit.
     max_hops: int = 50
+    # Octets in one line of a message (CRLF not counted); 0 = no limit but the size.
+    max_line_length: int = DEFAULT_MAX_LINE_LENGTH
     # STARTTLS may be offered (a certificate exists).
     tls_available: bool = False
     # Implicit TLS (port 465): the connection is already encrypted.

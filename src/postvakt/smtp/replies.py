@@ -115,9 +115,14 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 # --- message content (EndOfData.problem)
 
 BARE_CR_LF_IN_DATA = Reply(550, "5.5.2", "Message contains bare CR or LF, refused (RFC 5321 2.3.8)")
-DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 TOO_MANY_HOPS = Reply(554, "5.4.0", "Too many hops")
 NUL_IN_DATA = Reply(550, "5.6.0", "Message contains NUL characters, refused")
+
+
+def data_line_too_long(limit: int) -> Reply:
+    """A message with a text line over `[smtp] max_line_length` (RFC 3463 X.6.0: content)."""
+    return Reply(554, "5.6.0", f"Line too long: a line of the message exceeds {limit} octets")
+
 
 # --- STARTTLS
 
