@@ -104,7 +104,11 @@ def soak(tmp_path: Path, full_disk: Path | None = None) -> None:
             filler = None
             if full_disk is not None:
                 filler = fill(full_disk)  # the queue's file system is full from here on
-                time.sleep(random.uniform(0.5, 1.5))
+                # Until the server has met the full disk (a loaded machine may take a while).
+                deadline = time.monotonic() + 30
+                while "No space left on device" not in srv.log() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(random.uniform(0.2, 0.8))
                 if r % 2:
                     filler.unlink()  # room again while the server runs
                     filler = None
