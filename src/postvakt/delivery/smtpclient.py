@@ -278,7 +278,11 @@ class SMTPClient:
         try:
             greeting = await client.read_reply(TIMEOUT_GREETING)
             if greeting.code != 220:
-                raise SMTPClientError(greeting)
+                # Postfix (smtp_skip_5xx_greeting): a host that will not talk is
+                # skipped for the next one, and the mail deferred, never bounced.
+                raise SMTPClientError(
+                    Reply(451, "4.4.0", f"host {hop} refused to talk to me: {_one_line(greeting)}")
+                )
             await client.hello(helo_name)
             if starttls and "STARTTLS" in client.extensions:
                 await client.starttls(helo_name)
