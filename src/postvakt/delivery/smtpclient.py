@@ -160,6 +160,20 @@ def to_wire(data: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
     return enc.feed(data) + enc.end()
 
 
+def break_long_lines(data: bytes) -> bytes | None:
+    """The message with its long lines broken exactly as `WireEncoder` breaks
+    them on the wire (CRLF line ends, no dot-stuffing), or None when no line
+    is too long. Mail that is signed is broken first, so that the signature
+    covers what the peer receives."""
+    enc = WireEncoder(LINE_LENGTH_LIMIT)
+    wire = enc.feed(data) + enc.end()
+    if not enc.broken:
+        return None
+    if wire.startswith(b"."):
+        wire = wire[1:]
+    return wire.replace(b"\r\n..", b"\r\n.")
+
+
 _XTEXT_HEX = re.compile(rb"\+[0-9A-F]{2}")
 
 
