@@ -402,8 +402,10 @@ class SMTPClient:
         Each stage is held to what RFC 5321 §4.3.2 lets it answer: 2xx to
         MAIL and RCPT, exactly 354 to DATA, 2xx to the final dot. A 4xx or
         5xx fails the recipients it concerns by its class; any other reply
-        (a 252 or 354 to MAIL, a 250 to DATA, a 3xx after the dot) fails them
-        temporarily and the connection is dropped, as its state is unknown.
+        (a 354 to MAIL or RCPT, a 250 or 252 to DATA, a 3xx after the dot)
+        fails them temporarily and the connection is dropped, as its state is
+        unknown. A 252 to MAIL or RCPT is a 2xx: the transaction goes on, and
+        still nothing is sent until the body is accepted.
         Raises SMTPClientError when the connection breaks."""
         self.transactions += 1
         n = len(rcpts)
