@@ -161,3 +161,11 @@ def test_final_reply_refused_fails_only_accepted_recipients() -> None:
         (Outcome.BOUNCED, "body refused"),
         (Outcome.BOUNCED, "gone"),
     ]
+
+
+@pytest.mark.parametrize("greeting", ["554 5.7.1 go away", "250 hello", "421 busy", "2"])
+def test_a_peer_that_will_not_talk_defers(greeting: str) -> None:
+    peer = Peer(greeting=greeting)
+    [res] = deliver(peer, ["b@x.example"])
+    assert res.outcome is Outcome.DEFERRED and 400 <= res.reply.code < 500, res
+    assert peer.transactions == []

@@ -10,6 +10,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import dkim
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from smtp_peer import Peer
@@ -23,9 +24,11 @@ from postvakt.delivery.smtpclient import (
     RcptParams,
     SMTPClient,
     WireEncoder,
+    break_long_lines,
     to_wire,
 )
 from postvakt.delivery.source import CHUNK, MessageSource
+from postvakt.mailauth.signing import generate_pem, key_from_pem, sign
 from postvakt.mailbox.maildir import MaildirMailbox
 from postvakt.pop3 import wire_size
 
@@ -165,3 +168,30 @@ def test_source_from_a_file_gives_its_bytes_back(data: bytes) -> None:
             return b"".join([p async for p in src.achunks()])
 
         assert asyncio.run(collect()) == b"head" + data
+
+
+@given(messy)
+@settings(max_examples=200, deadline=None)
+def test_broken_before_signing_is_what_the_wire_carries(data: bytes) -> None:
+    """Signed mail is broken before the signature: sending it breaks nothing more."""
+    broken = break_long_lines(data)
+    if broken is None:
+        assert max(map(len, to_wire(data, 0).split(b"\r\n"))) <= LINE_LENGTH_LIMIT
+        return
+    enc = WireEncoder()
+    again = enc.feed(broken) + enc.end()
+    assert enc.broken == 0 and again == to_wire(data)
+
+
+def test_signed_long_line_verifies_after_the_break() -> None:
+    key = key_from_pem(generate_pem("rsa"), "pv.test", "s1", "test key")
+    msg = b"From: a@pv.test\r\nSubject: html\r\n\r\n<p>" + b"h" * 3000 + b"</p>\r\n"
+    broken = break_long_lines(msg)
+    assert broken is not None
+    signed = sign(broken, [key])
+    # What the peer stores: the wire form, dot-unstuffed (no dots here).
+    received = to_wire(signed)
+    record = key.record.encode()
+    assert dkim.verify(received, dnsfunc=lambda name, timeout=5: record)
+    # Signed first and broken after, as Postfix would: the signature breaks.
+    assert not dkim.verify(to_wire(sign(msg, [key])), dnsfunc=lambda name, timeout=5: record)

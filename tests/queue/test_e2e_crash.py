@@ -181,7 +181,13 @@ def test_crash_point_recovery_through_the_server(
         assert bool(before["tmp"]) is not delivered_after_restart
         assert bool(before["incoming"]) is delivered_after_restart
         monkeypatch.delenv("POSTVAKT_CRASH_AT")
+        recoveries = srv.log().count("queue recovery:")
         srv.start()
+        # The queue manager recovers the spool after the listeners are up: wait for it.
+        deadline = time.monotonic() + 60
+        while srv.log().count("queue recovery:") == recoveries:
+            assert time.monotonic() < deadline, "no queue recovery after restart"
+            time.sleep(0.1)
         wait_drained(srv)
         time.sleep(0.5)
         got = [m for m in maildir_messages(srv.data_dir, BOB) if f"X-Seq: {point}".encode() in m]

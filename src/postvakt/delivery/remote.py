@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 from postvakt.config import Config
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.resolver import SMTP_PORT, Resolver, destination
 from postvakt.delivery.smtpclient import (
+    LINE_LENGTH_LIMIT,
     Hop,
     MailParams,
     Outcome,
@@ -22,6 +24,8 @@ from postvakt.delivery.smtpclient import (
 )
 from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
+
+log = logging.getLogger("postvakt.delivery")
 
 # Postfix smtp_connection_cache_time_limit is 2 s; a little longer suits a
 # small server whose queue manager looks every second.
@@ -130,6 +134,13 @@ class RemoteDelivery:
                 except BaseException:
                     client.close()
                     raise
+                if client.lines_broken:
+                    log.info(
+                        "relay=%s lines longer than %d octets broken for the peer: %d",
+                        hop,
+                        LINE_LENGTH_LIMIT,
+                        client.lines_broken,
+                    )
                 self._release(client)
                 peer_dsn = "DSN" in client.extensions
                 return [RemoteResult(r.reply, r.outcome, str(hop), peer_dsn) for r in results]

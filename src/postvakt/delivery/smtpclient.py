@@ -160,6 +160,20 @@ def to_wire(data: bytes, limit: int = LINE_LENGTH_LIMIT) -> bytes:
     return enc.feed(data) + enc.end()
 
 
+def break_long_lines(data: bytes) -> bytes | None:
+    """The message with its long lines broken exactly as `WireEncoder` breaks
+    them on the wire (CRLF line ends, no dot-stuffing), or None when no line
+    is too long. Mail that is signed is broken first, so that the signature
+    covers what the peer receives."""
+    enc = WireEncoder(LINE_LENGTH_LIMIT)
+    wire = enc.feed(data) + enc.end()
+    if not enc.broken:
+        return None
+    if wire.startswith(b"."):
+        wire = wire[1:]
+    return wire.replace(b"\r\n..", b"\r\n.")
+
+
 _XTEXT_HEX = re.compile(rb"\+[0-9A-F]{2}")
 
 
@@ -278,7 +292,11 @@ class SMTPClient:
         try:
             greeting = await client.read_reply(TIMEOUT_GREETING)
             if greeting.code != 220:
-                raise SMTPClientError(greeting)
+                # Postfix (smtp_skip_5xx_greeting): a host that will not talk is
+                # skipped for the next one, and the mail deferred, never bounced.
+                raise SMTPClientError(
+                    Reply(451, "4.4.0", f"host {hop} refused to talk to me: {_one_line(greeting)}")
+                )
             await client.hello(helo_name)
             if starttls and "STARTTLS" in client.extensions:
                 await client.starttls(helo_name)
@@ -384,8 +402,10 @@ class SMTPClient:
         Each stage is held to what RFC 5321 §4.3.2 lets it answer: 2xx to
         MAIL and RCPT, exactly 354 to DATA, 2xx to the final dot. A 4xx or
         5xx fails the recipients it concerns by its class; any other reply
-        (a 252 or 354 to MAIL, a 250 to DATA, a 3xx after the dot) fails them
-        temporarily and the connection is dropped, as its state is unknown.
+        (a 354 to MAIL or RCPT, a 250 or 252 to DATA, a 3xx after the dot)
+        fails them temporarily and the connection is dropped, as its state is
+        unknown. A 252 to MAIL or RCPT is a 2xx: the transaction goes on, and
+        still nothing is sent until the body is accepted.
         Raises SMTPClientError when the connection breaks."""
         self.transactions += 1
         n = len(rcpts)

@@ -39,7 +39,7 @@ from postvakt.config import Config
 from postvakt.delivery import DeliveryError, maildir
 from postvakt.delivery.remote import RemoteDelivery, RemoteResult
 from postvakt.delivery.resolver import SMTP_PORT, Resolver
-from postvakt.delivery.smtpclient import MailParams, Outcome, RcptParams
+from postvakt.delivery.smtpclient import MailParams, Outcome, RcptParams, break_long_lines
 from postvakt.delivery.source import MessageSource
 from postvakt.dnsclient import client_for
 from postvakt.mailauth.signing import DKIMException, Signer, sign
@@ -350,15 +350,19 @@ class QueueManager:
             dlog.debug("queue_id=%s dkim: %s", qid, why)
             return source
         whole = await asyncio.to_thread(source.read_all)
+        # Lines too long for a peer are broken before signing, not after
+        # (which would break the signature): the rare such message stays in memory.
+        broken = await asyncio.to_thread(break_long_lines, whole)
         try:
-            signed = await asyncio.to_thread(sign, whole, keys)
+            signed = await asyncio.to_thread(sign, broken or whole, keys)
         except DKIMException as e:
             log.error("queue_id=%s dkim signing failed, sent unsigned: %s", qid, e)
             return source
-        signature = signed[: len(signed) - len(whole)]
-        del whole, signed
         selectors = ",".join(f"{k.selector}({k.algorithm})" for k in keys)
         dlog.info("queue_id=%s dkim=%s d=%s s=%s", qid, "signed", keys[0].domain, selectors)
+        if broken is not None:
+            return MessageSource.from_bytes(signed)
+        signature = signed[: len(signed) - len(whole)]
         return replace(source, prefix=signature + source.prefix)
 
     async def _deliver(
