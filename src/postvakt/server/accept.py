@@ -62,6 +62,10 @@ ACCEPT_RETRY_DELAY = 1.0
 # spool files, the user database, logs, the queue manager's pipe, TLS peeks.
 # At least this many, or an eighth of the limit when that is more.
 DESCRIPTOR_RESERVE = 64
+# Handshakes whose first bytes are peeked at (for the failure log line) at once:
+# a peek holds a second descriptor, so a flood of idle TLS sockets must not
+# double what the connections hold. Past this, a failure's line lacks `sent`.
+MAX_PEEKS = DESCRIPTOR_RESERVE // 2
 # How long the listen queue may grow while the process is busy (as before: 1024).
 BACKLOG = 1024
 # accept() errors that concern only the one connection (Linux passes on the
@@ -160,6 +164,8 @@ class Connections:
         self._episode_reported = False
         # A process-cap episode: refusals since the cap was reached.
         self._capped = 0
+        # Implicit-TLS handshakes peeking at their first bytes now (MAX_PEEKS).
+        self.peeking = 0
 
     def count(self, family: Family, ip: str) -> int:
         return self._per_client.get((family, ip), 0)
@@ -416,7 +422,12 @@ class Acceptor:
                 await self._loop.connect_accepted_socket(lambda: self._factory(slot), conn)
                 return
             local = host_port(conn.getsockname())
-            sent = await peek(conn.fileno(), self._timeout)
+            if self._connections.peeking < MAX_PEEKS:
+                self._connections.peeking += 1
+                try:
+                    sent = await peek(conn.fileno(), self._timeout)
+                finally:
+                    self._connections.peeking -= 1
             await self._loop.connect_accepted_socket(
                 lambda: self._factory(slot),
                 conn,
