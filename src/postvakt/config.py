@@ -43,6 +43,10 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+ListenerKind = Literal["smtp", "submission", "submissions", "pop3", "pop3s"]
+LISTENER_KINDS: tuple[ListenerKind, ...] = ("smtp", "submission", "submissions", "pop3", "pop3s")
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     smtp: tuple[HostPort, ...] = ()
@@ -50,6 +54,10 @@ class ListenConfig:
     submissions: tuple[HostPort, ...] = ()
     pop3: tuple[HostPort, ...] = ()
     pop3s: tuple[HostPort, ...] = ()
+    # Listeners that require a PROXY protocol header (v1 or v2) before the
+    # protocol starts, and who may send one (empty: nobody).
+    proxy_protocol: tuple[ListenerKind, ...] = ()
+    proxy_trusted: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,12 +190,17 @@ class POP3Config:
 # worker and mail processes as the same user, so that both can share the
 # Maildirs and the user database without opening their modes to anyone else.
 DEFAULT_SERVER_USER = "postvakt"
+# More front processes than this buys nothing on any machine postvakt targets
+# and multiplies the per-process memory (one interpreter each).
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     user: str = DEFAULT_SERVER_USER
     group: str = DEFAULT_SERVER_USER
+    # Front processes sharing the listening ports (one queue manager per node).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -582,7 +595,18 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
                 for x in _list(v, source, f"[listen] {k}")
             )
             for k, v in lt.items()
-        }
+            if k in LISTENER_KINDS
+        },
+        proxy_protocol=tuple(
+            dict.fromkeys(
+                cast(ListenerKind, _choice(x, LISTENER_KINDS, source, "[listen] proxy_protocol"))
+                for x in _list(lt.get("proxy_protocol", []), source, "[listen] proxy_protocol")
+            )
+        ),
+        proxy_trusted=tuple(
+            parse_network(x, source, "[listen] proxy_trusted")
+            for x in _list(lt.get("proxy_trusted", []), source, "[listen] proxy_trusted")
+        ),
     )
 
     tt = _table(raw, "tls", source)
@@ -702,6 +726,8 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     for k in ("user", "group"):
         if not _SYSTEM_NAME.match(getattr(server, k)):
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
+    if not 1 <= server.workers <= MAX_WORKERS:
+        raise ConfigError(source, "[server] workers", f"must be 1 to {MAX_WORKERS}")
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")

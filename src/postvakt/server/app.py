@@ -41,7 +41,8 @@ from postvakt.server.grantreport import (
     start_grant_reports,
     stop_grant_reports,
 )
-from postvakt.server.handshake import Listening, TLSServer
+from postvakt.server.handshake import Listening
+from postvakt.server.listeners import Opener
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -65,6 +66,8 @@ class App:
     manager: Any = None
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
+    # How listeners are opened (sockets handed down by the parent of several workers).
+    opener: Opener | None = None
     sessions: set[Any] = field(default_factory=set)
     _free_bytes: int | None = None
     _free_checked: float = -1e9
@@ -162,23 +165,14 @@ def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigErr
 async def _listen(app: App) -> list[tuple[str, Listening]]:
     from postvakt.server.smtp import SMTPSession
 
-    loop = asyncio.get_running_loop()
     servers: list[tuple[str, Listening]] = []
     cfg = app.config
+    opener = app.opener or Opener(lambda: app.config)
     for kind in ("smtp", "submission", "submissions"):
         for hp in getattr(cfg.listen, kind):
             factory = functools.partial(SMTPSession, app, kind)
             try:
-                srv: Listening
-                if kind == "submissions":
-                    # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
-                    srv = await TLSServer.create(
-                        factory, hp.host, hp.port, app.ssl_context, kind=kind
-                    )
-                else:
-                    srv = await loop.create_server(
-                        factory, hp.host, hp.port, reuse_address=True, backlog=1024
-                    )
+                srv = await opener.open(kind, hp, factory, app.ssl_context)
             except OSError as e:
                 raise _bind_error(kind, hp, e, cfg.source) from None
             servers.append((kind, srv))
@@ -193,6 +187,7 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                 grants=app.grants,
                 login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
+                opener=opener,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None

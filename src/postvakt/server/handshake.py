@@ -351,7 +351,13 @@ class TLSServer:
         reuse_port: bool = False,
         backlog: int = 1024,
         timeout: float = HANDSHAKE_TIMEOUT,
+        sock: socket.socket | None = None,
     ) -> TLSServer:
+        if sock is not None:  # bound by the parent of several workers
+            server = await asyncio.get_running_loop().create_server(
+                factory, sock=sock, backlog=backlog, start_serving=False
+            )
+            return cls(server, factory, context, kind=kind, timeout=timeout, backlog=backlog)
         server = await asyncio.get_running_loop().create_server(
             factory,
             host,
@@ -411,6 +417,11 @@ class TLSServer:
             self._loop.add_reader(listening.fileno(), self._accept, listening)
 
     async def _handshake(self, conn: socket.socket, addr: Any) -> None:
+        await self._tls_handshake(conn, _client_address(addr), self._factory)
+
+    async def _tls_handshake(
+        self, conn: socket.socket, client: str, factory: Callable[[], asyncio.BaseProtocol]
+    ) -> None:
         deadline = self._loop.time() + self._timeout
         try:
             local = conn.getsockname()
@@ -418,12 +429,11 @@ class TLSServer:
             conn.close()
             return
         listener = Listener(self._kind, _host_port(local))
-        client = _client_address(addr)
         sent: bytes | None = None
         try:
             sent = await peek(conn.fileno(), self._timeout)
             await self._loop.connect_accepted_socket(
-                self._factory,
+                factory,
                 conn,
                 ssl=self._context,
                 ssl_handshake_timeout=max(1.0, deadline - self._loop.time()),

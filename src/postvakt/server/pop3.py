@@ -46,7 +46,9 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
-from postvakt.server.handshake import Listening, TLSServer, listener_of, start_server_tls
+from postvakt.server.handshake import Listening, listener_of, start_server_tls
+from postvakt.server.listeners import Opener
+from postvakt.server.proxy import Proxied
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -138,6 +140,9 @@ class POP3Context:
 
 
 class POP3Protocol(asyncio.Protocol):
+    # Set before connection_made on a PROXY listener: the client the header names.
+    proxied: Proxied | None = None
+
     def __init__(self, ctx: POP3Context, *, implicit_tls: bool) -> None:
         self.ctx = ctx
         self.implicit_tls = implicit_tls
@@ -157,8 +162,10 @@ class POP3Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but speak its API.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.ip = client_ip(peer)
+        if self.proxied is not None:
+            self.ip = client_ip((self.proxied.client,))
+        else:
+            self.ip = client_ip(transport.get_extra_info("peername"))
         cfg = self.ctx.config
         self.conn = POP3Connection(
             Settings(
@@ -170,7 +177,12 @@ class POP3Protocol(asyncio.Protocol):
             )
         )
         self.ctx.sessions.add(self)
-        log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
+        log.info(
+            "pop3 connect client=%s tls=%s%s",
+            self.ip,
+            self.implicit_tls,
+            f" proxy={self.proxied.proxy}" if self.proxied is not None else "",
+        )
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -488,6 +500,7 @@ async def start_pop3(
     ssl_context: ssl.SSLContext | None,
     login_delay: float | None = None,
     reuse_port: bool = False,
+    opener: Opener | None = None,
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
@@ -496,7 +509,6 @@ async def start_pop3(
     `[pop3] login_delay`. `reuse_port` lets
     several worker processes share the ports (SO_REUSEPORT).
     """
-    loop = asyncio.get_running_loop()
     ctx = POP3Context(
         config,
         directory=directory,
@@ -507,30 +519,19 @@ async def start_pop3(
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
     )
     servers: list[Listening] = []
+    opener = opener or Opener(lambda: config, reuse_port=reuse_port)
     try:
         for hp in config.listen.pop3:
             servers.append(
-                await loop.create_server(
-                    lambda: POP3Protocol(ctx, implicit_tls=False),
-                    hp.host,
-                    hp.port,
-                    reuse_address=True,
-                    reuse_port=reuse_port or None,
+                await opener.open(
+                    "pop3", hp, lambda: POP3Protocol(ctx, implicit_tls=False), ssl_context
                 )
             )
-        if config.listen.pop3s and ssl_context is None:
-            raise ValueError("[listen] pop3s needs a TLS context")
         for hp in config.listen.pop3s:
-            assert ssl_context is not None
             # Implicit TLS: handshakes run (and fail, logged) in TLSServer.
             servers.append(
-                await TLSServer.create(
-                    lambda: POP3Protocol(ctx, implicit_tls=True),
-                    hp.host,
-                    hp.port,
-                    ssl_context,
-                    kind="pop3s",
-                    reuse_port=reuse_port,
+                await opener.open(
+                    "pop3s", hp, lambda: POP3Protocol(ctx, implicit_tls=True), ssl_context
                 )
             )
     except BaseException:
