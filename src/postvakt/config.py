@@ -276,6 +276,9 @@ class Config:
     # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
     # None in the dataclass means data_dir/mail: use `mail_root`.
     mail_dir: Path | None = None
+    # The queue: one node's own, never shared (a lock refuses a second server).
+    # None means data_dir/queue: use `queue_root`.
+    queue_dir: Path | None = None
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -299,6 +302,11 @@ class Config:
     def mail_root(self) -> Path:
         """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
         return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
+
+    @property
+    def queue_root(self) -> Path:
+        """Where the queue lives: `queue_dir`, by default data_dir/queue."""
+        return self.queue_dir if self.queue_dir is not None else self.data_dir / "queue"
 
     @property
     def postmaster_address(self) -> str:
@@ -475,6 +483,7 @@ TOP_KEYS = {
     "hostname",
     "data_dir",
     "mail_dir",
+    "queue_dir",
     "postmaster",
     "log_level",
     "listen",
@@ -585,6 +594,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
     mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
+    queue_dir = path_of(raw["queue_dir"], "queue_dir") if "queue_dir" in raw else None
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -739,6 +749,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         hostname=hostname,
         data_dir=data_dir,
         mail_dir=mail_dir,
+        queue_dir=queue_dir,
         listen=listen,
         tls=tls,
         domains=domains,

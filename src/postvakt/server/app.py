@@ -43,6 +43,7 @@ from postvakt.server.grantreport import (
 )
 from postvakt.server.handshake import Listening
 from postvakt.server.listeners import Opener
+from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -135,7 +136,7 @@ def build_app(config: Config) -> App:
     from postvakt.grants.counters import open_counter_store
     from postvakt.server.limits import Limiter
 
-    queue = Queue(config.data_dir / "queue")
+    queue = Queue(config.queue_root)
     return App(
         config=config,
         directory=directory,
@@ -227,6 +228,18 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
 
 
 async def run(config: Config, config_path: Path | None) -> int:
+    lock = lock_queue_dir(config)
+    try:
+        if config.server.workers > 1:
+            from postvakt.server.workers import supervise
+
+            return await supervise(config, config_path)
+        return await _run_single(config, config_path)
+    finally:
+        os.close(lock)
+
+
+async def _run_single(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
     from postvakt.server.manager_process import ManagerProcess
 
@@ -251,6 +264,28 @@ async def run(config: Config, config_path: Path | None) -> int:
         ),
         config,
     )
+    announce_ready(config, bound)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
+    await stop.wait()
+
+    log.info("stopping: no new connections, finishing transactions in flight")
+    if web_server is not None:
+        await web_server.stop()
+    stop_grant_reports(reports, report_path)
+    await stop_front(app, servers)
+    await app.manager.stop(SHUTDOWN_GRACE)
+    app.directory.close()
+    log.info("stopped")
+    return 0
+
+
+def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
     log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
@@ -262,15 +297,10 @@ async def run(config: Config, config_path: Path | None) -> int:
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
-    await stop.wait()
 
-    log.info("stopping: no new connections, finishing transactions in flight")
+async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
+    """Stop accepting, let transactions in flight finish (up to SHUTDOWN_GRACE), close the rest."""
+    loop = asyncio.get_running_loop()
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
         from postvakt.server.pop3 import stop_pop3
@@ -278,9 +308,6 @@ async def run(config: Config, config_path: Path | None) -> int:
         stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
-    if web_server is not None:
-        await web_server.stop()
-    stop_grant_reports(reports, report_path)
     for s in list(app.sessions):
         s.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
@@ -289,10 +316,6 @@ async def run(config: Config, config_path: Path | None) -> int:
     for s in list(app.sessions):
         if s.transport is not None:
             s.transport.close()
-    await app.manager.stop(SHUTDOWN_GRACE)
-    app.directory.close()
-    log.info("stopped")
-    return 0
 
 
 def _reload(app: App, path: Path) -> None:
@@ -318,22 +341,36 @@ def _reload(app: App, path: Path) -> None:
     log.info("reloaded %s", path)
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, *, with_pid: bool = False) -> None:
+    """With several processes (`[server] workers`), each line names its process."""
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        format="%(asctime)s %(name)s"
+        + ("[%(process)d]" if with_pid else "")
+        + " %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
 
-def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
-    """The front (listeners); with `wake_fd`, the queue manager process it started."""
-    setup_logging(config.log_level)
+def serve(
+    config: Config,
+    config_path: Path | None,
+    *,
+    wake_fd: int | None = None,
+    worker_spec: str | None = None,
+) -> int:
+    """The front (listeners); with `wake_fd`, the queue manager process it started;
+    with `worker_spec`, one of several front processes (`postvakt.server.workers`)."""
+    setup_logging(config.log_level, with_pid=config.server.workers > 1)
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
 
         main = run_queue_manager(config, config_path, wake_fd)
+    elif worker_spec is not None:
+        from postvakt.server.workers import run_worker
+
+        main = run_worker(config, config_path, worker_spec)
     else:
         main = run(config, config_path)
     with contextlib.suppress(KeyboardInterrupt):

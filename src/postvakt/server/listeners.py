@@ -108,12 +108,18 @@ def _bind_one(hp: HostPort, port: int) -> socket.socket:
     return s
 
 
+class BindError(Exception):
+    def __init__(self, kind: str, address: HostPort, error: OSError) -> None:
+        super().__init__(f"[listen] {kind} {address}: {error}")
+        self.kind, self.address, self.error = kind, address, error
+
+
 def bind_all(config: Config, workers: int) -> list[dict[tuple[str, str], socket.socket]]:
     """For each worker, one socket per listener address, all on the same port.
 
     Port 0 is resolved by the first bind; the others bind the port it got. On
-    an error every socket bound so far is closed and the OSError (with the
-    address in `filename`) goes up for the caller to word.
+    an error every socket bound so far is closed and a BindError names the
+    listener for the caller to word.
     """
     out: list[dict[tuple[str, str], socket.socket]] = [{} for _ in range(workers)]
     try:
@@ -123,8 +129,7 @@ def bind_all(config: Config, workers: int) -> list[dict[tuple[str, str], socket.
                 try:
                     s = _bind_one(hp, port)
                 except OSError as e:
-                    e.filename = f"{kind}\0{hp}"
-                    raise
+                    raise BindError(kind, hp, e) from None
                 port = s.getsockname()[1]
                 out[i][(kind, str(hp))] = s
     except BaseException:
