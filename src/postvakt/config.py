@@ -738,6 +738,25 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
     if not 1 <= server.workers <= MAX_WORKERS:
         raise ConfigError(source, "[server] workers", f"must be 1 to {MAX_WORKERS}")
+    if server.workers > 1:
+        # "memory" state is one process's own: a grant or a counter seen by one
+        # worker would not exist for the others.
+        one_process = [
+            key
+            for key, value in (
+                ("[relay] grant_store", relay.grant_store),
+                ("[limits] store", limits.store),
+            )
+            if value == "memory"
+        ]
+        if one_process:
+            raise ConfigError(
+                source,
+                "[server] workers",
+                f"{server.workers} workers need state every process shares: set "
+                + " and ".join(f'{k} = "sqlite"' for k in one_process)
+                + ' ("memory" is one process\'s own)',
+            )
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")

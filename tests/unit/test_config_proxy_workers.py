@@ -24,6 +24,7 @@ def test_proxy_keys_parse() -> None:
         'proxy_protocol = ["smtp", "submission", "smtp"]\n'
         'proxy_trusted = ["127.0.0.10", "2001:db8::/64"]\n'
         "[server]\nworkers = 4\n"
+        '[relay]\ngrant_store = "sqlite"\n[limits]\nstore = "sqlite"\n'
     )
     assert c.listen.proxy_protocol == ("smtp", "submission")
     assert c.listen.proxy_trusted == (
@@ -48,3 +49,14 @@ def test_bad_keys_name_the_key(text: str, key: str, reason: str) -> None:
     with pytest.raises(ConfigError) as e:
         config.loads(text, "site.toml")
     assert key in str(e.value) and reason in str(e.value), str(e.value)
+
+
+def test_workers_refuse_state_of_one_process() -> None:
+    with pytest.raises(ConfigError) as e:
+        config.loads("[server]\nworkers = 2\n", "site.toml")
+    text = str(e.value)
+    assert '[relay] grant_store = "sqlite"' in text and '[limits] store = "sqlite"' in text
+    c = config.loads(
+        '[server]\nworkers = 2\n[relay]\ngrant_store = "sqlite"\n[limits]\nstore = "sqlite"\n'
+    )
+    assert c.server.workers == 2
