@@ -228,19 +228,17 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
 
 
 async def run(config: Config, config_path: Path | None) -> int:
-    lock = lock_queue_dir(config)
-    try:
-        if config.server.workers > 1:
-            from postvakt.server.workers import supervise
+    if config.server.workers > 1:
+        from postvakt.server.workers import supervise
 
-            return await supervise(config, config_path)
-        return await _run_single(config, config_path)
-    finally:
-        os.close(lock)
+        return await supervise(config, config_path)
+    return await _run_single(config, config_path)
 
 
 async def _run_single(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
+    # Held until the process exits, however it exits (the kernel drops it).
+    lock_queue_dir(config)
     from postvakt.server.manager_process import ManagerProcess
 
     app.manager = ManagerProcess(config, config_path)

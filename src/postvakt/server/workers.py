@@ -66,6 +66,7 @@ from postvakt.server.grantreport import (
 )
 from postvakt.server.listeners import BindError, Opener, bind_all
 from postvakt.server.manager_process import ManagerProcess
+from postvakt.server.nodelock import lock_queue_dir
 
 log = logging.getLogger("postvakt.workers")
 
@@ -212,6 +213,8 @@ def _bound(sockets: dict[tuple[str, str], socket.socket]) -> dict[str, list[str]
 async def supervise(config: Config, config_path: Path | None) -> int:
     """The parent of `[server] workers` front processes; returns the exit status."""
     app = build_app(config)  # checks the config as one process would, and serves the web/reports
+    # Held until the process exits, however it exits (the kernel drops it).
+    lock_queue_dir(config)
     n = config.server.workers
     try:
         sets = bind_all(config, n)
