@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import smtplib
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -51,6 +53,7 @@ class Stack:
     smtp_v2: int  # HAProxy frontend ports on PROXY_IP
     smtp_v1: int
     pop3_v2: int
+    submissions_v2: int
 
 
 def _haproxy_config(srv: Running, ports: dict[str, int]) -> str:
@@ -68,6 +71,7 @@ def _haproxy_config(srv: Running, ports: dict[str, int]) -> str:
         + pair("smtp_v2", ports["smtp_v2"], srv.port("smtp"), "send-proxy-v2")
         + pair("smtp_v1", ports["smtp_v1"], srv.port("smtp"), "send-proxy")
         + pair("pop3_v2", ports["pop3_v2"], srv.port("pop3"), "send-proxy-v2")
+        + pair("subs_v2", ports["subs_v2"], srv.port("submissions"), "send-proxy-v2")
     )
 
 
@@ -81,15 +85,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "smtp": [f"{NODE_IP}:0"],
             "pop3": [f"{NODE_IP}:0"],
             "submission": [],
-            "submissions": [],
+            "submissions": [f"{NODE_IP}:0"],
             "pop3s": [],
-            "proxy_protocol": ["smtp", "pop3"],
+            "proxy_protocol": ["smtp", "pop3", "submissions"],
             "proxy_trusted": [f"{PROXY_IP}/32"],
         },
         relay={"networks": [f"{IN_NETWORKS}/32"], "pop_before_smtp": "30m"},
         pop3={"plaintext": "always"},
     )
-    ports = {k: free_port(PROXY_IP) for k in ("smtp_v2", "smtp_v1", "pop3_v2")}
+    ports = {k: free_port(PROXY_IP) for k in ("smtp_v2", "smtp_v1", "pop3_v2", "subs_v2")}
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(_haproxy_config(srv, ports))
     proc = subprocess.Popen(
@@ -107,18 +111,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         err = proc.stderr.read() if proc.stderr else b""
                         raise RuntimeError(f"haproxy did not start: {err!r}") from None
                     time.sleep(0.05)
-        yield Stack(srv, ports["smtp_v2"], ports["smtp_v1"], ports["pop3_v2"])
+        yield Stack(srv, ports["smtp_v2"], ports["smtp_v1"], ports["pop3_v2"], ports["subs_v2"])
     finally:
         proc.terminate()
         proc.wait(10)
         srv.stop()
 
 
-def _client(port: int, source: str) -> RawClient:
-    c = RawClient.__new__(RawClient)
-    c.sock = socket.create_connection((PROXY_IP, port), timeout=10, source_address=(source, 0))
-    c.buf = b""
-    return c
+class ViaProxy(RawClient):
+    """A raw client of HAProxy's frontend, from a given source address."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.sock = socket.create_connection(
+            (PROXY_IP, port), timeout=10, source_address=(source, 0)
+        )
+        self.buf = b""
+
+
+_client = ViaProxy
 
 
 def _rcpt_foreign(port: int, source: str) -> str:
@@ -253,3 +263,27 @@ def test_health_checks_get_the_banner(stack: Stack) -> None:
             s.sendall(b"QUIT\r\n")
         finally:
             s.close()
+
+
+def test_implicit_tls_after_the_header(stack: Stack) -> None:
+    """465 behind HAProxy: the header first, then the client's own TLS handshake."""
+    source = "127.0.0.6"
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP_SSL(
+        PROXY_IP, stack.submissions_v2, context=ctx, source_address=(source, 0), timeout=20
+    ) as c:
+        c.ehlo("six.example")
+        c.login(USER, PASSWORD)
+        c.mail("alice@" + LOCAL_DOMAIN)
+        code, _ = c.rcpt("friend@foreign.example")
+        assert code == 250
+        c.rset()
+    eventually(
+        lambda: _assert_in(
+            stack.srv.log(),
+            f"RCPT client={source} port=submissions login=alice@pv.test proxy={PROXY_IP}",
+        ),
+        timeout=10,
+    )

@@ -141,6 +141,12 @@ def test_a_pop3_login_on_one_front_lets_the_address_relay_through_the_other(
         if seen - {login_pid}:
             break
     assert seen - {login_pid}, "every SMTP connection landed on the front that saw the login"
+    # The commands read the same state the fronts share.
+    assert source in srv.cli("grants", "list").stdout
+    r = srv.cli(
+        "explain", "--client", source, "--from", "x@elsewhere.example", "--to", "y@foreign.example"
+    )
+    assert "permit_pop_before_smtp" in r.stdout and USER in r.stdout, r.stdout
     # Another address is still refused, on either front.
     assert rcpt_foreign(srv, "127.0.0.4", "x@elsewhere.example").startswith("550 5.7.1")
 
