@@ -73,8 +73,9 @@ log = logging.getLogger("postvakt.workers")
 # Pause before starting a worker again after it died (a worker that dies at
 # once must not turn into a busy loop of restarts).
 RESPAWN_DELAY = 1.0
-# How long a new worker may take to open its listeners.
-START_TIMEOUT = 30.0
+# How long the workers may take to open their listeners at start (three or
+# more interpreters starting at once on a busy machine).
+START_TIMEOUT = 90.0
 # The bytes a worker writes to its pipe.
 READY = b"R"
 WAKE = b"\0"
@@ -210,6 +211,29 @@ def _bound(sockets: dict[tuple[str, str], socket.socket]) -> dict[str, list[str]
     return out
 
 
+async def _all_ready(sup: Supervisor, config: Config) -> None:
+    """Every worker listening; a worker that exits while starting stops the start."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT
+    while not all(w.ready.is_set() for w in sup.workers):
+        for w in sup.workers:
+            code = w.proc.poll() if w.proc is not None else None
+            if code is not None and not w.ready.is_set():
+                raise ConfigError(
+                    config.source,
+                    "[server] workers",
+                    f"worker {w.index} exited with {_exit_words(code)} while starting"
+                    " (its log lines say why)",
+                )
+        if loop.time() > deadline:
+            raise ConfigError(
+                config.source,
+                "[server] workers",
+                f"the workers did not start in {START_TIMEOUT:g} s",
+            )
+        await asyncio.sleep(0.05)
+
+
 async def supervise(config: Config, config_path: Path | None) -> int:
     """The parent of `[server] workers` front processes; returns the exit status."""
     app = build_app(config)  # checks the config as one process would, and serves the web/reports
@@ -229,17 +253,8 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     try:
         for w in sup.workers:
             sup.spawn(w)
+        await _all_ready(sup, config)
         watch = asyncio.get_running_loop().create_task(sup.watch())
-        try:
-            await asyncio.wait_for(
-                asyncio.gather(*(w.ready.wait() for w in sup.workers)), START_TIMEOUT
-            )
-        except TimeoutError:
-            raise ConfigError(
-                config.source,
-                "[server] workers",
-                f"the workers did not start in {START_TIMEOUT:g} s",
-            ) from None
         bound = _bound(sets[0])
         web_server = await _start_web(app, bound)
     except BaseException:
