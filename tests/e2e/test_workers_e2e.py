@@ -231,8 +231,10 @@ def test_a_killed_front_is_started_again(srv: Running) -> None:
 def test_sigterm_stops_every_process(tmp_path: Path) -> None:
     s = start(tmp_path)
     pids = list(worker_pids(s).values())
+    assert len(pids) == 2
+    # The queue manager starts beside the workers; its first line may come after theirs.
+    eventually(lambda: _at_least(lines(s, "queue recovery"), 1), timeout=60)
     manager = [pid for pid, _ in lines(s, "queue recovery")]
-    assert len(pids) == 2 and manager
     assert s.stop() == 0
     for pid in [*pids, *manager]:
         eventually(lambda p=pid: _gone(p), timeout=10)
