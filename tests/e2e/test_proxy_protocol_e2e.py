@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import signal
 import smtplib
 import socket
 import ssl
@@ -26,10 +27,12 @@ from support import (
     LOCAL_DOMAIN,
     RawClient,
     Running,
+    base_config,
     connect_from,
     eventually,
     free_port,
     start_server,
+    to_toml,
     wait_maildir,
 )
 
@@ -287,3 +290,42 @@ def test_implicit_tls_after_the_header(stack: Stack) -> None:
         ),
         timeout=10,
     )
+
+
+def test_proxy_trusted_empty_trusts_nobody_and_a_reload_changes_it(tmp_path: Path) -> None:
+    sections: dict[str, dict[str, object]] = {
+        "listen": {
+            "smtp": [f"{NODE_IP}:0"],
+            "submission": [],
+            "submissions": [],
+            "pop3": [],
+            "pop3s": [],
+            "proxy_protocol": ["smtp"],
+        },
+    }
+    srv = start_server(tmp_path, **sections)
+    header = b"PROXY TCP4 127.0.0.7 127.0.0.11 40000 25\r\n"
+    try:
+        stack = Stack(srv, 0, 0, 0, 0)
+        _refused(stack, PROXY_IP, header, "not in [listen] proxy_trusted")
+        raw = base_config(srv.data_dir)
+        for name, values in sections.items():
+            raw.setdefault(name, {}).update(values)
+        raw["listen"]["proxy_trusted"] = [f"{PROXY_IP}/32"]
+        srv.config_path.write_text(to_toml(raw))
+        assert srv.proc is not None
+        srv.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: _assert_in(srv.log(), "reloaded "), timeout=20)
+        assert "take effect after a restart" not in srv.log()
+        s = connect_from(PROXY_IP, srv.port("smtp"), host=NODE_IP)
+        try:
+            s.sendall(header)
+            assert s.recv(4096).startswith(b"220 ")
+        finally:
+            s.close()
+        eventually(
+            lambda: _assert_in(srv.log(), f"connect client=127.0.0.7 port=smtp proxy={PROXY_IP}"),
+            timeout=10,
+        )
+    finally:
+        srv.stop()

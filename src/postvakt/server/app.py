@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -322,14 +322,17 @@ def _reload(app: App, path: Path) -> None:
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
+    # Who may send a PROXY header is read at each connection: no restart needed.
     if (
-        new.listen != app.config.listen
+        replace(new.listen, proxy_trusted=()) != replace(app.config.listen, proxy_trusted=())
         or new.data_dir != app.config.data_dir
         or new.web.listen != app.config.web.listen
     ):
         log.warning(
             "reload: [listen], [web] listen and data_dir changes take effect after a restart"
         )
+    if new.server.workers != app.config.server.workers or new.queue_root != app.config.queue_root:
+        log.warning("reload: [server] workers and queue_dir changes take effect after a restart")
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
     app.login_throttle.configure(new.limits)
