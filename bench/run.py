@@ -89,7 +89,9 @@ WARMUP_MESSAGES = 100
 # smtp-sink -c writes "sess=N quit=N mesg=N\r" after every session, QUIT and ".".
 SINK_COUNTER = re.compile(rb"mesg=(\d+)")
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0
+# The front processes of the second postvakt server ([server] workers).
+WORKERS = 2
 DRAIN_TIMEOUT = 180.0
 
 
@@ -387,11 +389,13 @@ class Postfix:
 class Postvakt:
     """`postvakt serve` from this checkout, configured like the Postfix instance."""
 
-    name = "postvakt"
     # How to run the `postvakt` command: this interpreter, this checkout.
     command = [sys.executable, "-m", "postvakt"]
 
-    def __init__(self, root: Path, sink_port: int) -> None:
+    def __init__(self, root: Path, sink_port: int, workers: int = 1) -> None:
+        # The one-worker server keeps the name the table and the JSON always used.
+        self.name = "postvakt" if workers == 1 else f"postvakt-w{workers}"
+        self.workers = workers
         self.root = root
         self.data = root / "data"
         self.config = root / "postvakt.toml"
@@ -433,6 +437,13 @@ local = ["{LOCAL_DOMAIN}"]
 
 [relay]
 networks = ["127.0.0.0/8"]
+grant_store = "sqlite"
+
+[limits]
+store = "sqlite"
+
+[server]
+workers = {self.workers}
 
 [smtp]
 max_connections_per_client = 0
@@ -845,14 +856,29 @@ def throughput(
     return out
 
 
-def cpu_row(res: dict[str, dict[str, Any]]) -> Row:
+def cpu_row(res: dict[str, dict[str, Any]], name: str = "postvakt") -> Row:
     """Server CPU per message: every process of the server, accept through disposal."""
     return Row(
         "  server CPU per message",
         "ms",
         res["postfix"]["cpu_ms_per_message"],
-        res["postvakt"]["cpu_ms_per_message"],
+        res[name]["cpu_ms_per_message"],
     )
+
+
+def workers_rows(
+    res: dict[str, dict[str, Any]], name: str, workers: int, target: float
+) -> list[Row]:
+    """The same scenario against postvakt with several front processes."""
+    row = Row(
+        f"  postvakt with workers = {workers}",
+        "msg/s",
+        res["postfix"]["per_second"],
+        res[name]["per_second"],
+        f">= {target:g}x",
+    )
+    row.met = row.ratio is not None and row.ratio >= target
+    return [row, cpu_row(res, name)]
 
 
 def machine() -> dict[str, Any]:
@@ -938,9 +964,11 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(tempfile.mkdtemp(prefix="postvakt-bench-", dir=args.dir))
     os.chmod(root, 0o755)  # Postfix's unprivileged daemons walk into their queue
-    pf_sink, pv_sink = Sink(free_port()), Sink(free_port())
+    pf_sink, pv_sink, w2_sink = Sink(free_port()), Sink(free_port()), Sink(free_port())
     postfix = Postfix(root / "postfix", pf_sink.port)
     postvakt = Postvakt(root / "postvakt", pv_sink.port)
+    # The same server with [server] workers = 2: two front processes on the ports.
+    postvakt_w2 = Postvakt(root / "postvakt-w2", w2_sink.port, workers=WORKERS)
     started = time.time()
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -960,10 +988,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"starting Postfix and postvakt under {root}", flush=True)
         pf_sink.start()
         pv_sink.start()
+        w2_sink.start()
         postfix.start()
         postvakt.start()
+        postvakt_w2.start()
         results["machine"]["postfix"] = postfix.version
-        servers: list[Postfix | Postvakt] = [postfix, postvakt]
+        servers: list[Postfix | Postvakt] = [postfix, postvakt, postvakt_w2]
         local_rcpt = USER
 
         for srv in servers:  # warm-up, not timed
@@ -1017,9 +1047,10 @@ def main(argv: list[str] | None = None) -> int:
             row.met = row.ratio is not None and row.ratio >= TARGET_ACCEPT_RATIO
             rows.append(row)
             rows.append(cpu_row(res))
+            rows += workers_rows(res, postvakt_w2.name, WORKERS, TARGET_ACCEPT_RATIO)
 
         m = profile.relay_messages
-        sinks = {"postfix": pf_sink, "postvakt": pv_sink}
+        sinks = {"postfix": pf_sink, "postvakt": pv_sink, postvakt_w2.name: w2_sink}
         res = throughput(
             "relay to smtp-sink, end to end",
             servers,
@@ -1040,6 +1071,7 @@ def main(argv: list[str] | None = None) -> int:
         row.met = row.ratio is not None and row.ratio >= TARGET_RELAY_RATIO
         rows.append(row)
         rows.append(cpu_row(res))
+        rows += workers_rows(res, postvakt_w2.name, WORKERS, TARGET_RELAY_RATIO)
 
         print(f"  idle connections: opening {profile.idle_connections} ...", end="", flush=True)
         idle = idle_connections(postvakt, profile.idle_connections)
@@ -1075,14 +1107,16 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"\nbench failed: {e}", file=sys.stderr)
         print(
-            f"postfix log:\n{postfix.log_tail()}\npostvakt log:\n{postvakt.log_tail()}",
+            f"postfix log:\n{postfix.log_tail()}\npostvakt log:\n{postvakt.log_tail()}"
+            f"\npostvakt (workers = {WORKERS}) log:\n{postvakt_w2.log_tail()}",
             file=sys.stderr,
         )
         args.keep = True
         return 1
     finally:
-        for sink in (pf_sink, pv_sink):
+        for sink in (pf_sink, pv_sink, w2_sink):
             sink.stop()
+        postvakt_w2.stop()
         postvakt.stop()
         postfix.stop()
         results["seconds_total"] = round(time.time() - started, 1)

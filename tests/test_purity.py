@@ -18,6 +18,7 @@ PURE = [
     "pop3",
     "policy",
     "address.py",
+    "proxyproto.py",
     "queue/schedule.py",
     "mailauth/results.py",
     "mailauth/headers.py",

@@ -44,6 +44,10 @@ class HostPort:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+ListenerKind = Literal["smtp", "submission", "submissions", "pop3", "pop3s"]
+LISTENER_KINDS: tuple[ListenerKind, ...] = ("smtp", "submission", "submissions", "pop3", "pop3s")
+
+
 @dataclass(frozen=True)
 class ListenConfig:
     smtp: tuple[HostPort, ...] = ()
@@ -51,6 +55,10 @@ class ListenConfig:
     submissions: tuple[HostPort, ...] = ()
     pop3: tuple[HostPort, ...] = ()
     pop3s: tuple[HostPort, ...] = ()
+    # Listeners that require a PROXY protocol header (v1 or v2) before the
+    # protocol starts, and who may send one (empty: nobody).
+    proxy_protocol: tuple[ListenerKind, ...] = ()
+    proxy_trusted: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,9 @@ class POP3Config:
 # worker and mail processes as the same user, so that both can share the
 # Maildirs and the user database without opening their modes to anyone else.
 DEFAULT_SERVER_USER = "postvakt"
+# More front processes than this buys nothing on any machine postvakt targets
+# and multiplies the per-process memory (one interpreter each).
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -203,6 +214,8 @@ class ServerConfig:
     # 465 and 995). 0 = as many as the descriptor limit leaves room for, with
     # an eighth of it (at least 64) kept for spool files and the rest.
     max_connections: int = 0
+    # Front processes sharing the listening ports (one queue manager per node).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -278,6 +291,9 @@ class Config:
     # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
     # None in the dataclass means data_dir/mail: use `mail_root`.
     mail_dir: Path | None = None
+    # The queue: one node's own, never shared (a lock refuses a second server).
+    # None means data_dir/queue: use `queue_root`.
+    queue_dir: Path | None = None
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -301,6 +317,11 @@ class Config:
     def mail_root(self) -> Path:
         """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
         return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
+
+    @property
+    def queue_root(self) -> Path:
+        """Where the queue lives: `queue_dir`, by default data_dir/queue."""
+        return self.queue_dir if self.queue_dir is not None else self.data_dir / "queue"
 
     @property
     def postmaster_address(self) -> str:
@@ -477,6 +498,7 @@ TOP_KEYS = {
     "hostname",
     "data_dir",
     "mail_dir",
+    "queue_dir",
     "postmaster",
     "log_level",
     "listen",
@@ -587,6 +609,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
     mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
+    queue_dir = path_of(raw["queue_dir"], "queue_dir") if "queue_dir" in raw else None
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -597,7 +620,18 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
                 for x in _list(v, source, f"[listen] {k}")
             )
             for k, v in lt.items()
-        }
+            if k in LISTENER_KINDS
+        },
+        proxy_protocol=tuple(
+            dict.fromkeys(
+                cast(ListenerKind, _choice(x, LISTENER_KINDS, source, "[listen] proxy_protocol"))
+                for x in _list(lt.get("proxy_protocol", []), source, "[listen] proxy_protocol")
+            )
+        ),
+        proxy_trusted=tuple(
+            parse_network(x, source, "[listen] proxy_trusted")
+            for x in _list(lt.get("proxy_trusted", []), source, "[listen] proxy_trusted")
+        ),
     )
 
     tt = _table(raw, "tls", source)
@@ -717,6 +751,27 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     for k in ("user", "group"):
         if not _SYSTEM_NAME.match(getattr(server, k)):
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
+    if not 1 <= server.workers <= MAX_WORKERS:
+        raise ConfigError(source, "[server] workers", f"must be 1 to {MAX_WORKERS}")
+    if server.workers > 1:
+        # "memory" state is one process's own: a grant or a counter seen by one
+        # worker would not exist for the others.
+        one_process = [
+            key
+            for key, value in (
+                ("[relay] grant_store", relay.grant_store),
+                ("[limits] store", limits.store),
+            )
+            if value == "memory"
+        ]
+        if one_process:
+            raise ConfigError(
+                source,
+                "[server] workers",
+                f"{server.workers} workers need state every process shares: set "
+                + " and ".join(f'{k} = "sqlite"' for k in one_process)
+                + ' ("memory" is one process\'s own)',
+            )
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
@@ -728,6 +783,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         hostname=hostname,
         data_dir=data_dir,
         mail_dir=mail_dir,
+        queue_dir=queue_dir,
         listen=listen,
         tls=tls,
         domains=domains,

@@ -20,11 +20,14 @@ hostname = "{hostname}"          # the name in the banner, EHLO and Received: he
 data_dir = "{data_dir}"          # queue, mailboxes, user database (relative to this file)
 # postmaster = "admin@{domain}"  # where postmaster@ every local domain goes
 # mail_dir = "data/mail"         # the Maildirs (default: data_dir/mail); may be a shared mount
+# queue_dir = "data/queue"       # this server's own queue (default: data_dir/queue); never shared
 
 # [server]                        # started as root, the server runs as this user and group;
 # user = "postvakt"               # `postvakt dovecot config` runs Dovecot's mail and auth
 # group = "postvakt"              # processes as them too
 # max_connections = 0             # on all listeners; 0 = what the descriptor limit leaves room for
+# workers = 2                     # front processes sharing the ports (default 1); needs
+                                  # [relay] grant_store and [limits] store = "sqlite"
 
 [listen]                          # lists of "host:port"; remove a key to turn that listener off
 smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone
@@ -32,6 +35,8 @@ submission = ["{host}:{p_sub}"]            # STARTTLS, then AUTH, then mail
 submissions = ["{host}:{p_subs}"]          # implicit TLS (RFC 8314), AUTH required
 pop3 = ["{host}:{p_pop3}"]                 # STLS before any login
 pop3s = ["{host}:{p_pop3s}"]               # implicit TLS
+# proxy_protocol = ["smtp"]                # behind HAProxy: these listeners require a PROXY header
+# proxy_trusted = ["10.0.0.5/32"]          # from these addresses only (empty: nobody)
 
 [tls]
 # The names mail programs connect to (what users type as "server"). The

@@ -13,9 +13,15 @@ from postvakt.server.app import serve as run_serve
 
 @click.command()
 @config_option
-@click.option("--role", type=click.Choice(["front", "queue-manager"]), default="front", hidden=True)
+@click.option(
+    "--role",
+    type=click.Choice(["front", "queue-manager", "worker"]),
+    default="front",
+    hidden=True,
+)
 @click.option("--wake-fd", type=int, default=None, hidden=True)
-def serve(config_path: str | None, role: str, wake_fd: int | None) -> None:
+@click.option("--worker-spec", default=None, hidden=True)
+def serve(config_path: str | None, role: str, wake_fd: int | None, worker_spec: str | None) -> None:
     """Run every configured listener until SIGTERM (SIGHUP reloads the config)."""
     cfg, path = resolve_config(config_path)
     if role == "queue-manager":
@@ -23,6 +29,11 @@ def serve(config_path: str | None, role: str, wake_fd: int | None) -> None:
         if wake_fd is None:
             raise click.UsageError("--role queue-manager needs --wake-fd")
         sys.exit(run_serve(cfg, path, wake_fd=wake_fd))
+    if role == "worker":
+        # Started by the front itself (server/workers.py) with sockets handed down.
+        if worker_spec is None:
+            raise click.UsageError("--role worker needs --worker-spec")
+        sys.exit(run_serve(cfg, path, worker_spec=worker_spec))
     if path is None:
         _print_default_banner(cfg)
     sys.exit(run_serve(cfg, path))

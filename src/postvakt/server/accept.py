@@ -38,16 +38,19 @@ import resource
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from postvakt.config import IPNetwork
 from postvakt.server.handshake import (
     HANDSHAKE_TIMEOUT,
     Listener,
+    client_address,
     host_port,
     log_failure,
     peek,
 )
+from postvakt.server.proxy import HEADER_TIMEOUT, accept_header, with_peer
 
 log = logging.getLogger("postvakt.accept")
 
@@ -192,6 +195,21 @@ class Connections:
         self._per_client[key] = self._per_client.get(key, 0) + 1
         return Slot(self, family, ip)
 
+    def rekey(self, slot: Slot, ip: str, client_limit: int) -> Refused | None:
+        """Move a held slot to the client a PROXY header named; None, or why not."""
+        key = (slot.family, ip)
+        if client_limit > 0 and self._per_client.get(key, 0) >= client_limit:
+            return Refused.CLIENT
+        old = (slot.family, slot.ip)
+        n = self._per_client.get(old, 0) - 1
+        if n > 0:
+            self._per_client[old] = n
+        else:
+            self._per_client.pop(old, None)
+        self._per_client[key] = self._per_client.get(key, 0) + 1
+        slot.ip = ip
+        return None
+
     def _release(self, slot: Slot) -> None:
         self.total -= 1
         key = (slot.family, slot.ip)
@@ -278,8 +296,11 @@ class Acceptor:
         ssl_context: ssl.SSLContext | None,
         handshake_timeout: float,
         backlog: int,
+        proxy_trusted: Callable[[], Sequence[IPNetwork]] | None = None,
     ) -> None:
         self._server = server
+        # A PROXY listener ([listen] proxy_protocol): who may send the header.
+        self._proxy_trusted = proxy_trusted
         self._factory = factory
         self.kind = kind
         self.family = family
@@ -318,16 +339,24 @@ class Acceptor:
         reuse_port: bool = False,
         backlog: int = BACKLOG,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        sock: socket.socket | None = None,
+        proxy_trusted: Callable[[], Sequence[IPNetwork]] | None = None,
     ) -> Acceptor:
-        server = await asyncio.get_running_loop().create_server(
-            asyncio.Protocol,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=reuse_port or None,
-            backlog=backlog,
-            start_serving=False,
-        )
+        loop = asyncio.get_running_loop()
+        if sock is not None:  # bound by the parent of several workers
+            server = await loop.create_server(
+                asyncio.Protocol, sock=sock, backlog=backlog, start_serving=False
+            )
+        else:
+            server = await loop.create_server(
+                asyncio.Protocol,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=backlog,
+                start_serving=False,
+            )
         return cls(
             server,
             factory,
@@ -339,6 +368,7 @@ class Acceptor:
             ssl_context=ssl_context,
             handshake_timeout=handshake_timeout,
             backlog=backlog,
+            proxy_trusted=proxy_trusted,
         )
 
     @property
@@ -394,7 +424,10 @@ class Acceptor:
             connections.accepted()
             conn.setblocking(False)
             ip = client_address(addr)
-            verdict = connections.admit(self.family, ip, self._client_limit(ip))
+            # Behind a balancer the peer is the balancer: the client's own count
+            # starts when the PROXY header has named it (`_start`).
+            limit = 0 if self._proxy_trusted is not None else self._client_limit(ip)
+            verdict = connections.admit(self.family, ip, limit)
             if isinstance(verdict, Refused):
                 self._refuse(conn, ip, verdict)
                 continue
@@ -413,13 +446,33 @@ class Acceptor:
         conn.close()
 
     async def _start(self, conn: socket.socket, slot: Slot) -> None:
-        """Hand the connection to a protocol (after the handshake, on implicit TLS)."""
+        """Hand the connection to a protocol (after the PROXY header and, on
+        implicit TLS, the handshake)."""
         sent: bytes | None = None
         local = "?"
         deadline = self._loop.time() + self._timeout
+        factory: Callable[[], asyncio.BaseProtocol] = lambda: self._factory(slot)  # noqa: E731
         try:
+            if self._proxy_trusted is not None:
+                proxied = await accept_header(
+                    conn, slot.ip, self.kind, self._proxy_trusted(), HEADER_TIMEOUT
+                )
+                if proxied is None:  # refused and logged
+                    slot.release()
+                    conn.close()
+                    return
+                if not proxied.local:
+                    why = self._connections.rekey(
+                        slot, proxied.client, self._client_limit(proxied.client)
+                    )
+                    if why is not None:
+                        slot.release()
+                        self._refuse(conn, proxied.client, why)
+                        return
+                factory = with_peer(factory, proxied)
+                deadline = self._loop.time() + self._timeout
             if self._ssl is None:
-                await self._loop.connect_accepted_socket(lambda: self._factory(slot), conn)
+                await self._loop.connect_accepted_socket(factory, conn)
                 return
             local = host_port(conn.getsockname())
             if self._connections.peeking < MAX_PEEKS:
@@ -429,7 +482,7 @@ class Acceptor:
                 finally:
                     self._connections.peeking -= 1
             await self._loop.connect_accepted_socket(
-                lambda: self._factory(slot),
+                factory,
                 conn,
                 ssl=self._ssl,
                 ssl_handshake_timeout=max(1.0, deadline - self._loop.time()),
@@ -450,9 +503,3 @@ class Acceptor:
                     timeout=self._timeout,
                 )
             conn.close()
-
-
-def client_address(addr: Any) -> str:
-    """The peer's address as policy sees it (an IPv4-mapped IPv6 address as IPv4)."""
-    host = str(addr[0]) if isinstance(addr, tuple) and addr else "?"
-    return host[7:] if host.startswith("::ffff:") else host

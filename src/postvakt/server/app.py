@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.reply import Reply
 from postvakt.server.accept import (
-    Acceptor,
     Connections,
     Refused,
     connection_limit,
@@ -52,6 +51,8 @@ from postvakt.server.grantreport import (
     stop_grant_reports,
 )
 from postvakt.server.handshake import Listening
+from postvakt.server.listeners import Opener
+from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -75,6 +76,8 @@ class App:
     manager: Any = None
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
+    # How listeners are opened (sockets handed down by the parent of several workers).
+    opener: Opener | None = None
     sessions: set[Any] = field(default_factory=set)
     # Every connection of the process, from accept to close (postvakt.server.accept).
     connections: Connections = field(default_factory=lambda: Connections(1 << 30))
@@ -182,7 +185,7 @@ def build_app(config: Config) -> App:
     from postvakt.grants.counters import open_counter_store
     from postvakt.server.limits import Limiter
 
-    queue = Queue(config.data_dir / "queue")
+    queue = Queue(config.queue_root)
     return App(
         config=config,
         directory=directory,
@@ -214,21 +217,20 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
 
     servers: list[tuple[str, Listening]] = []
     cfg = app.config
+    opener = app.opener or Opener(lambda: app.config)
     for kind in ("smtp", "submission", "submissions"):
         for hp in getattr(cfg.listen, kind):
             factory = functools.partial(SMTPSession, app, kind)
             try:
-                srv: Listening = await Acceptor.create(
+                srv: Listening = await opener.open(
+                    kind,
+                    hp,
                     factory,
-                    hp.host,
-                    hp.port,
-                    kind=kind,
+                    app.ssl_context,
                     family="smtp",
                     connections=app.connections,
                     client_limit=app.smtp_client_limit,
                     refusal=app.smtp_refusal,
-                    # 465: implicit TLS, the handshake runs (and fails, logged) in the acceptor.
-                    ssl_context=app.ssl_context if kind == "submissions" else None,
                 )
             except OSError as e:
                 raise _bind_error(kind, hp, e, cfg.source) from None
@@ -245,6 +247,7 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                 login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
                 connections=app.connections,
+                opener=opener,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
@@ -284,7 +287,17 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
 
 
 async def run(config: Config, config_path: Path | None) -> int:
+    if config.server.workers > 1:
+        from postvakt.server.workers import supervise
+
+        return await supervise(config, config_path)
+    return await _run_single(config, config_path)
+
+
+async def _run_single(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
+    # Held until the process exits, however it exits (the kernel drops it).
+    lock_queue_dir(config)
     descriptors = raise_descriptor_limit()
     app.connections.limit = connection_limit(config.server.max_connections, descriptors)
     log.info(
@@ -314,6 +327,28 @@ async def run(config: Config, config_path: Path | None) -> int:
         ),
         config,
     )
+    announce_ready(config, bound)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
+    await stop.wait()
+
+    log.info("stopping: no new connections, finishing transactions in flight")
+    if web_server is not None:
+        await web_server.stop()
+    stop_grant_reports(reports, report_path)
+    await stop_front(app, servers)
+    await app.manager.stop(SHUTDOWN_GRACE)
+    app.directory.close()
+    log.info("stopped")
+    return 0
+
+
+def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
     log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
@@ -325,15 +360,10 @@ async def run(config: Config, config_path: Path | None) -> int:
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
-    await stop.wait()
 
-    log.info("stopping: no new connections, finishing transactions in flight")
+async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
+    """Stop accepting, let transactions in flight finish (up to SHUTDOWN_GRACE), close the rest."""
+    loop = asyncio.get_running_loop()
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
         from postvakt.server.pop3 import stop_pop3
@@ -341,9 +371,6 @@ async def run(config: Config, config_path: Path | None) -> int:
         stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
-    if web_server is not None:
-        await web_server.stop()
-    stop_grant_reports(reports, report_path)
     for s in list(app.sessions):
         s.shutdown()
     deadline = loop.time() + SHUTDOWN_GRACE
@@ -354,10 +381,6 @@ async def run(config: Config, config_path: Path | None) -> int:
             s.transport.close()
     if app.committer is not None:
         await asyncio.to_thread(app.committer.close)
-    await app.manager.stop(SHUTDOWN_GRACE)
-    app.directory.close()
-    log.info("stopped")
-    return 0
 
 
 def _reload(app: App, path: Path) -> None:
@@ -366,14 +389,17 @@ def _reload(app: App, path: Path) -> None:
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
+    # Who may send a PROXY header is read at each connection: no restart needed.
     if (
-        new.listen != app.config.listen
+        replace(new.listen, proxy_trusted=()) != replace(app.config.listen, proxy_trusted=())
         or new.data_dir != app.config.data_dir
         or new.web.listen != app.config.web.listen
     ):
         log.warning(
             "reload: [listen], [web] listen and data_dir changes take effect after a restart"
         )
+    if new.server.workers != app.config.server.workers or new.queue_root != app.config.queue_root:
+        log.warning("reload: [server] workers and queue_dir changes take effect after a restart")
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
     app.login_throttle.configure(new.limits)
@@ -383,29 +409,43 @@ def _reload(app: App, path: Path) -> None:
     log.info("reloaded %s", path)
 
 
-def setup_logging(level: str) -> None:
-    # No log line names a thread, process or caller: skip collecting them for
-    # every record (the logging HOWTO's "Optimization"): a log line costs half
-    # (52 -> 25 us measured for the "queued" line).
+def setup_logging(level: str, *, with_pid: bool = False) -> None:
+    """With several processes (`[server] workers`), each line names its process."""
+    # Only what the format names is collected for each record (the logging
+    # HOWTO's "Optimization"): a log line costs half (52 -> 25 us measured for
+    # the "queued" line) without the thread and caller lookups.
     logging.logThreads = False
-    logging.logProcesses = False
+    logging.logProcesses = with_pid
     logging.logMultiprocessing = False
     logging._srcfile = None
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        format="%(asctime)s %(name)s"
+        + ("[%(process)d]" if with_pid else "")
+        + " %(levelname)s %(message)s",
         stream=sys.stderr,
     )
 
 
-def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
-    """The front (listeners); with `wake_fd`, the queue manager process it started."""
-    setup_logging(config.log_level)
+def serve(
+    config: Config,
+    config_path: Path | None,
+    *,
+    wake_fd: int | None = None,
+    worker_spec: str | None = None,
+) -> int:
+    """The front (listeners); with `wake_fd`, the queue manager process it started;
+    with `worker_spec`, one of several front processes (`postvakt.server.workers`)."""
+    setup_logging(config.log_level, with_pid=config.server.workers > 1)
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
 
         main = run_queue_manager(config, config_path, wake_fd)
+    elif worker_spec is not None:
+        from postvakt.server.workers import run_worker
+
+        main = run_worker(config, config_path, worker_spec)
     else:
         main = run(config, config_path)
     with contextlib.suppress(KeyboardInterrupt):

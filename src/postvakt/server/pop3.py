@@ -47,8 +47,10 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
-from postvakt.server.accept import Acceptor, Connections, Refused, Slot
+from postvakt.server.accept import Connections, Refused, Slot
 from postvakt.server.handshake import Listening, listener_of, start_server_tls
+from postvakt.server.listeners import Opener
+from postvakt.server.proxy import Proxied
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -155,6 +157,9 @@ class POP3Context:
 
 
 class POP3Protocol(asyncio.Protocol):
+    # Set before connection_made on a PROXY listener: the client the header names.
+    proxied: Proxied | None = None
+
     def __init__(self, ctx: POP3Context, *, implicit_tls: bool, slot: Slot | None = None) -> None:
         self.ctx = ctx
         self.implicit_tls = implicit_tls
@@ -176,8 +181,10 @@ class POP3Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but speak its API.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.ip = client_ip(peer)
+        if self.proxied is not None:
+            self.ip = client_ip((self.proxied.client,))
+        else:
+            self.ip = client_ip(transport.get_extra_info("peername"))
         cfg = self.ctx.config
         self.conn = POP3Connection(
             Settings(
@@ -189,7 +196,12 @@ class POP3Protocol(asyncio.Protocol):
             )
         )
         self.ctx.sessions.add(self)
-        log.info("pop3 connect client=%s tls=%s", self.ip, self.implicit_tls)
+        log.info(
+            "pop3 connect client=%s tls=%s%s",
+            self.ip,
+            self.implicit_tls,
+            f" proxy={self.proxied.proxy}" if self.proxied is not None else "",
+        )
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -514,6 +526,7 @@ async def start_pop3(
     login_delay: float | None = None,
     reuse_port: bool = False,
     connections: Connections | None = None,
+    opener: Opener | None = None,
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
@@ -536,25 +549,21 @@ async def start_pop3(
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
     )
     servers: list[Listening] = []
+    opener = opener or Opener(lambda: config, reuse_port=reuse_port)
     try:
-        if config.listen.pop3s and ssl_context is None:
-            raise ValueError("[listen] pop3s needs a TLS context")
         for kind, addresses in (("pop3", config.listen.pop3), ("pop3s", config.listen.pop3s)):
             implicit = kind == "pop3s"
             for hp in addresses:
                 servers.append(
-                    await Acceptor.create(
+                    await opener.open(
+                        kind,
+                        hp,
                         functools.partial(_pop3_protocol, ctx, implicit),
-                        hp.host,
-                        hp.port,
-                        kind=kind,
+                        ssl_context,
                         family="pop3",
                         connections=connections,
                         client_limit=ctx.client_limit,
                         refusal=ctx.refusal,
-                        # 995: implicit TLS, the handshake runs (and fails, logged) in the acceptor.
-                        ssl_context=ssl_context if implicit else None,
-                        reuse_port=reuse_port,
                     )
                 )
     except BaseException:

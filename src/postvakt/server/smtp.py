@@ -32,6 +32,7 @@ from postvakt.policy.roads import Road, each_road, first_open
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
 from postvakt.server.handshake import listener_of, start_server_tls
+from postvakt.server.proxy import Proxied
 from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
@@ -71,6 +72,9 @@ def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]
 
 
 class SMTPSession(asyncio.Protocol):
+    # Set before connection_made on a PROXY listener: the client the header names.
+    proxied: Proxied | None = None
+
     def __init__(self, app: App, kind: str, slot: Slot | None = None) -> None:
         self.app = app
         self.kind = kind  # "smtp" | "submission" | "submissions"
@@ -104,10 +108,13 @@ class SMTPSession(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         transport = self.transport
-        peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else "?"
-        if self.ip.startswith("::ffff:"):
-            self.ip = self.ip[7:]
+        if self.proxied is not None:
+            self.ip = self.proxied.client
+        else:
+            peer = transport.get_extra_info("peername")
+            self.ip = str(peer[0]) if peer else "?"
+            if self.ip.startswith("::ffff:"):
+                self.ip = self.ip[7:]
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         cfg = self.app.config
         tls_active = transport.get_extra_info("ssl_object") is not None
@@ -129,7 +136,16 @@ class SMTPSession(asyncio.Protocol):
             )
         )
         self.app.sessions.add(self)
-        log.debug("connect client=%s port=%s", self.ip, self.kind)
+        if self.proxied is not None:
+            log.info(
+                "connect client=%s port=%s proxy=%s%s",
+                self.ip,
+                self.kind,
+                self.proxied.proxy,
+                " health-check" if self.proxied.local else "",
+            )
+        else:
+            log.debug("connect client=%s port=%s", self.ip, self.kind)
         self._flush()
         self._reset_idle()
 
@@ -236,6 +252,8 @@ class SMTPSession(asyncio.Protocol):
     def _log_decision(self, stage: str, decision: Decision, **fields: str) -> None:
         assert self.conn is not None
         extra = " ".join(f"{k}=<{v}>" for k, v in fields.items())
+        if self.proxied is not None:
+            extra = f"proxy={self.proxied.proxy} {extra}"
         log.info(
             "%s client=%s port=%s login=%s %s %s",
             stage,
