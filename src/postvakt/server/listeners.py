@@ -25,10 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from postvakt.config import LISTENER_KINDS, Config, HostPort
-
-# Connections the kernel keeps waiting for accept() per listening socket.
 from postvakt.server.accept import (
-    BACKLOG,  # noqa: E402 (one listen queue length for all)
+    BACKLOG,
     Acceptor,
     Connections,
     Family,
