@@ -188,6 +188,9 @@ DEFAULT_SERVER_USER = "postvakt"
 class ServerConfig:
     user: str = DEFAULT_SERVER_USER
     group: str = DEFAULT_SERVER_USER
+    # false: started as root, keep running as root (a container whose root is
+    # already unprivileged, a test rig); logged as a warning at every start.
+    drop_privileges: bool = True
 
 
 @dataclass(frozen=True)
@@ -263,6 +266,8 @@ class Config:
     # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
     # None in the dataclass means data_dir/mail: use `mail_root`.
     mail_dir: Path | None = None
+    # This node's queue; never a shared mount. None means data_dir/queue: use `queue_root`.
+    queue_dir: Path | None = None
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -286,6 +291,11 @@ class Config:
     def mail_root(self) -> Path:
         """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
         return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
+
+    @property
+    def queue_root(self) -> Path:
+        """Where the queue lives: `queue_dir`, by default data_dir/queue."""
+        return self.queue_dir if self.queue_dir is not None else self.data_dir / "queue"
 
     @property
     def postmaster_address(self) -> str:
@@ -462,6 +472,7 @@ TOP_KEYS = {
     "hostname",
     "data_dir",
     "mail_dir",
+    "queue_dir",
     "postmaster",
     "log_level",
     "listen",
@@ -572,6 +583,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
     hostname = normalize_domain(raw.get("hostname", "localhost.localdomain"), source, "hostname")
     data_dir = path_of(raw.get("data_dir", "postvakt-data"), "data_dir")
     mail_dir = path_of(raw["mail_dir"], "mail_dir") if "mail_dir" in raw else None
+    queue_dir = path_of(raw["queue_dir"], "queue_dir") if "queue_dir" in raw else None
 
     lt = _table(raw, "listen", source)
     _check_keys(lt, {f.name for f in fields(ListenConfig)}, source, "listen")
@@ -713,6 +725,7 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         hostname=hostname,
         data_dir=data_dir,
         mail_dir=mail_dir,
+        queue_dir=queue_dir,
         listen=listen,
         tls=tls,
         domains=domains,
@@ -772,7 +785,31 @@ def embedded_default(cwd: Path | None = None) -> Config:
                 "pop3s": ["127.0.0.1:2995"],
             },
             "domains": {"local": ["example.test"]},
+            # A trial in the current directory on high ports, whoever starts it.
+            "server": {"drop_privileges": False},
         },
         source="<embedded default>",
         base_dir=base,
     )
+
+
+# Keys a running server cannot take over on SIGHUP: sockets already bound,
+# files and stores already open, a user already dropped to. Everything else
+# reloads (sessions in flight finish on the settings they started with).
+RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("data_dir", lambda c: c.data_dir),
+    ("mail_dir", lambda c: c.mail_root),
+    ("queue_dir", lambda c: c.queue_root),
+    ("[listen]", lambda c: c.listen),
+    ("[web] listen", lambda c: c.web.listen),
+    ("[server] user", lambda c: c.server.user),
+    ("[server] group", lambda c: c.server.group),
+    ("[server] drop_privileges", lambda c: c.server.drop_privileges),
+    ("[limits] store", lambda c: c.limits.store),
+    ("[relay] grant_store", lambda c: c.relay.grant_store),
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> tuple[str, ...]:
+    """The keys whose change `new` asks for that only a restart can apply."""
+    return tuple(name for name, get in RESTART_KEYS if get(old) != get(new))

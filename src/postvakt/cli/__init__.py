@@ -24,6 +24,7 @@ from postvakt.cli.serve import serve
 from postvakt.cli.users import alias, user
 from postvakt.config import ConfigError
 from postvakt.directory import DirectoryError
+from postvakt.permissions import set_umask
 
 
 class _Group(click.Group):
@@ -44,6 +45,8 @@ class _Group(click.Group):
 @click.version_option(package_name="postvakt")
 def main() -> None:
     """postvakt: a small mail server that is never an open relay."""
+    # Before any command makes a file: user database, keys, grants are private from birth.
+    set_umask()
 
 
 for _command in (

@@ -21,10 +21,9 @@ LIST_STATES = (INCOMING, ACTIVE, DEFERRED, HOLD, CORRUPT)
 
 
 def _queue(path: str | None) -> Queue:
-    data_dir = load_config(path).data_dir
-    root = data_dir / "queue"
+    root = load_config(path).queue_root
     if not root.is_dir():
-        raise click.ClickException(f"no queue in {data_dir} (is data_dir right?)")
+        raise click.ClickException(f"no queue in {root} (are data_dir and queue_dir right?)")
     return Queue(root)
 
 

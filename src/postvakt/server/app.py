@@ -5,8 +5,19 @@ front writes accepted mail into the queue and wakes the manager; it never
 delivers. SIGTERM stops accepting, lets transactions in flight finish (up to
 SHUTDOWN_GRACE), stops the manager (deliveries finish or are safely left for
 the next start), and exits. The manager runs in a process of its own
-(`manager_process`), so that delivery never competes with the front. SIGHUP re-reads the config file: policy, limits
-and replies change at once; listener changes need a restart (logged).
+(`manager_process`), so that delivery never competes with the front.
+
+SIGHUP re-reads the config file and applies all of it or none of it: every
+section, the TLS certificate and key included, takes effect for connections
+made from then on, while sessions in flight finish on the settings they
+started with. A change only a restart can apply (config.RESTART_KEYS: bound
+addresses, directories, stores, the server user) refuses the whole reload
+with one line naming those keys, and the running config stays.
+
+Started as root, the front binds its ports and then drops to `[server]
+user` (server/privileges.py) before it starts the queue manager or serves a
+connection. Under systemd (Type=notify) it reports readiness, reloads and
+stopping (server/notify.py).
 """
 
 from __future__ import annotations
@@ -34,7 +45,9 @@ from postvakt.grants import GrantStore, open_grant_store
 from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
+from postvakt.permissions import set_umask
 from postvakt.queue import Queue
+from postvakt.server import notify
 from postvakt.server.grantreport import (
     GrantReports,
     allowed_uids,
@@ -42,7 +55,8 @@ from postvakt.server.grantreport import (
     stop_grant_reports,
 )
 from postvakt.server.handshake import Listening, TLSServer
-from postvakt.server.tls import server_context
+from postvakt.server.privileges import drop_privileges, server_identity
+from postvakt.server.tls import ServerContext, reload_context, server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")
@@ -132,7 +146,10 @@ def build_app(config: Config) -> App:
     from postvakt.grants.counters import open_counter_store
     from postvakt.server.limits import Limiter
 
-    queue = Queue(config.data_dir / "queue")
+    queue = Queue(config.queue_root)
+    ssl_context = server_context(config) if needs_tls else None
+    if os.geteuid() == 0 and config.server.drop_privileges:
+        server_identity(config)  # a missing server user is an error before any port is bound
     return App(
         config=config,
         directory=directory,
@@ -140,7 +157,7 @@ def build_app(config: Config) -> App:
         grants=open_grant_store(config),
         login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
         queue=queue,
-        ssl_context=server_context(config) if needs_tls else None,
+        ssl_context=ssl_context,
         limiter=Limiter(open_counter_store(config), queue),
     )
 
@@ -236,14 +253,17 @@ async def run(config: Config, config_path: Path | None) -> int:
     from postvakt.server.manager_process import ManagerProcess
 
     app.manager = ManagerProcess(config, config_path)
-    await app.manager.start()
+    servers = await _listen(app)
     try:
-        servers = await _listen(app)
         bound = _bound(servers)
         web_server = await _start_web(app, bound)
-    except ConfigError:
-        await app.manager.stop(5)
+        # Every port is bound: from here on the server user (when started as root).
+        drop_privileges(config)
+    except BaseException:
+        for _, srv in servers:
+            srv.close()
         raise
+    await app.manager.start()
     # Dovecot's post-login script reports IMAP logins here (docs/imap.md).
     report_path = socket_path(config)
     reports = await start_grant_reports(
@@ -266,15 +286,17 @@ async def run(config: Config, config_path: Path | None) -> int:
     print(
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
+    notify.ready("serving " + ", ".join(bound))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path, servers))
     await stop.wait()
 
+    notify.stopping()
     log.info("stopping: no new connections, finishing transactions in flight")
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
@@ -300,23 +322,42 @@ async def run(config: Config, config_path: Path | None) -> int:
     return 0
 
 
-def _reload(app: App, path: Path) -> None:
+def _reload(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
+    notify.reloading()
+    try:
+        _apply_reload(app, path, servers)
+    finally:
+        notify.ready("serving")
+
+
+def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
+    """All of the new config, or none of it (see the module's docstring)."""
     try:
         new = config_mod.load(path)
+        restart = config_mod.restart_only_changes(app.config, new)
+        if restart:
+            raise ConfigError(
+                new.source,
+                ", ".join(restart),
+                "changed; only a restart applies "
+                + ("this" if len(restart) == 1 else "these")
+                + " (postvakt check, then systemctl restart postvakt)",
+            )
+        dkim_problems = Signer.load(new).problems
+        if dkim_problems:
+            raise ConfigError(new.source, "[dkim] sign", "; ".join(dkim_problems))
+        if isinstance(app.ssl_context, ServerContext):
+            reload_context(app.ssl_context, new)
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
-    if (
-        new.listen != app.config.listen
-        or new.data_dir != app.config.data_dir
-        or new.web.listen != app.config.web.listen
-    ):
-        log.warning(
-            "reload: [listen], [web] listen and data_dir changes take effect after a restart"
-        )
-    if new.limits.store != app.config.limits.store:
-        log.warning("reload: [limits] store changes take effect after a restart")
     app.login_throttle.configure(new.limits)
+    pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
+    if pop_servers:
+        from postvakt.server.pop3 import reload_pop3
+
+        reload_pop3(pop_servers, new)
+    logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new
@@ -333,6 +374,7 @@ def setup_logging(level: str) -> None:
 
 def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
     """The front (listeners); with `wake_fd`, the queue manager process it started."""
+    set_umask()
     setup_logging(config.log_level)
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:

@@ -136,7 +136,7 @@ async def run_queue_manager(config: Config, config_path: Path | None, wake_fd: i
     from postvakt.server.app import SHUTDOWN_GRACE
 
     directory = Directory.for_config(config)
-    manager = QueueManager(config, directory, Queue(config.data_dir / "queue"))
+    manager = QueueManager(config, directory, Queue(config.queue_root))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     deadline = loop.time() + LOCK_WAIT
