@@ -10,8 +10,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-
 from opsutil import mode, others_may, umask
+
 from support import base_config, postvakt, start_server, to_toml
 
 ALICE = "alice@pv.test"

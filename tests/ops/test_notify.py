@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
 from support import RawClient, Running, base_config, to_toml
 
 

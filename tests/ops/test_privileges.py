@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from opsutil import mode, others_may, wait_until
 from stack import ensure_server_user, python_for
+
 from support import base_config, to_toml
 
 ALICE = "alice@pv.test"
@@ -103,7 +104,17 @@ def test_root_binds_low_ports_then_runs_as_server_user(root_dir: Path) -> None:
         pw.write(b"secret\n")
         pw.seek(0)
         subprocess.run(
-            [*python, "-m", "postvakt", "user", "add", ALICE, "--password-stdin", "--config", str(cfg)],
+            [
+                *python,
+                "-m",
+                "postvakt",
+                "user",
+                "add",
+                ALICE,
+                "--password-stdin",
+                "--config",
+                str(cfg),
+            ],
             stdin=pw,
             env=run_env,
             check=True,

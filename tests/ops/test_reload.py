@@ -13,6 +13,7 @@ from pathlib import Path
 
 import trustme
 from opsutil import wait_log, wait_until
+
 from support import RawClient, Running, base_config, to_toml
 
 ALICE = "alice@pv.test"
