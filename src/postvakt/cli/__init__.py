@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from postvakt.cli.check import check, config_cmd
 from postvakt.cli.diagnose import doctor, relaytest
 from postvakt.cli.dkim import dkim
 from postvakt.cli.dovecot import dovecot
@@ -62,5 +63,7 @@ for _command in (
     relaytest,
     dkim,
     dovecot,
+    check,
+    config_cmd,
 ):
     main.add_command(_command)
