@@ -24,9 +24,10 @@ data_dir = "{data_dir}"          # mailboxes, user database, keys (relative to t
 # postmaster = "admin@{domain}"  # where postmaster@ every local domain goes
 # mail_dir = "data/mail"         # the Maildirs (default: data_dir/mail); may be a shared mount
 
-# [server]                        # started as root, the server runs as this user and group;
-# user = "postvakt"               # `postvakt dovecot config` runs Dovecot's mail and auth
-# group = "postvakt"              # processes as them too
+# [server]                        # started as root, the server binds its ports, then runs as
+# user = "postvakt"               # this user and group for good; `postvakt dovecot config`
+# group = "postvakt"              # runs Dovecot's mail and auth processes as them too
+# drop_privileges = true          # false: started as root, stay root (not recommended)
 
 [listen]                          # lists of "host:port"; remove a key to turn that listener off
 smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone
