@@ -14,7 +14,7 @@ from pathlib import Path
 import trustme
 from opsutil import wait_log, wait_until
 
-from support import RawClient, Running, base_config, to_toml
+from support import OUTSIDE_IP, RawClient, Running, base_config, to_toml
 
 ALICE = "alice@pv.test"
 
@@ -132,5 +132,30 @@ def test_renewed_certificate_served_after_sighup_session_in_flight_completes(
         assert _fingerprint(inflight.sock.getpeercert(binary_form=True)) == old
         inflight.quit()
         wait_log(srv, "status=sent")
+    finally:
+        srv.stop()
+
+
+def test_smtp_session_in_flight_keeps_its_policy(tmp_path: Path) -> None:
+    srv = _start(tmp_path)
+    try:
+        before = RawClient(srv.port("smtp"), OUTSIDE_IP)
+        before.reply()
+        before.cmd("EHLO before.example")
+        text = srv.config_path.read_text().replace(
+            'networks = ["127.0.0.1/32"]', 'networks = ["127.0.0.1/32"]\nreject_code = 553'
+        )
+        srv.config_path.write_text(text)
+        _hup(srv, 1)
+        assert "reloaded" in srv.log()
+        after = RawClient(srv.port("smtp"), OUTSIDE_IP)
+        after.reply()
+        after.cmd("EHLO after.example")
+        after.cmd("MAIL FROM:<x@elsewhere.example>")
+        assert after.cmd("RCPT TO:<v@other.example>").startswith("553 5.7.1")
+        after.close()
+        before.cmd("MAIL FROM:<x@elsewhere.example>")
+        assert before.cmd("RCPT TO:<v@other.example>").startswith("550 5.7.1")
+        before.close()
     finally:
         srv.stop()
