@@ -135,3 +135,14 @@ def test_config_full_non_default_and_json(tmp_path: Path) -> None:
     assert data["server"]["user"] == "postvakt"
     only = json.loads(postvakt("config", "--non-default", "--json", config=cfg).stdout)
     assert only["pop3"] == {"plaintext": "networks"}
+
+
+def test_invalid_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "postvakt.toml"
+    cfg.write_text('[relay]\nnetworks = ["10.0.0.0/33"]\n')
+    r = postvakt("check", config=cfg, check=False)
+    assert r.returncode == 2
+    assert r.stdout.strip().splitlines() == [
+        f"error: {cfg}: [relay] networks: '10.0.0.0/33' is not a valid IP address or CIDR"
+        ' network (e.g. "192.0.2.0/24")'
+    ]
