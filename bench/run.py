@@ -452,6 +452,9 @@ max_connections_per_client = 0
 routes = {{ "{SINK_DOMAIN}" = "127.0.0.1:{self.sink_port}" }}
 concurrency_per_destination = 20
 tls = "none"
+
+[server]
+drop_privileges = false   # run as started, in this temporary directory
 """
         )
         self.cli("user", "add", USER, "--password-stdin", input=PASSWORD + "\n")

@@ -52,6 +52,9 @@ local = ["bench.test"]
 
 [web]
 listen = "127.0.0.1:0"
+
+[server]
+drop_privileges = false   # run as started, in this temporary directory
 """
 _UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 

@@ -74,6 +74,8 @@ def base_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         "relay": {"networks": ["127.0.0.1/32"]},
         "smtp": {"error_sleep": 0},
         "delivery": {"retry_initial": "1s", "retry_max": "2s"},
+        # Tests run as root in CI; the privilege drop has tests of its own (tests/ops).
+        "server": {"drop_privileges": False},
     }
     for name, values in sections.items():
         if values is None:

@@ -216,6 +216,9 @@ class ServerConfig:
     max_connections: int = 0
     # Front processes sharing the listening ports (one queue manager per node).
     workers: int = 1
+    # false: started as root, keep running as root (a container whose root is
+    # already unprivileged, a test rig); logged as a warning at every start.
+    drop_privileges: bool = True
 
 
 @dataclass(frozen=True)
@@ -291,7 +294,7 @@ class Config:
     # The Maildirs (<mail_dir>/<domain>/<local part>); may be a shared mount.
     # None in the dataclass means data_dir/mail: use `mail_root`.
     mail_dir: Path | None = None
-    # The queue: one node's own, never shared (a lock refuses a second server).
+    # This node's queue, never a shared mount (a lock refuses a second server).
     # None means data_dir/queue: use `queue_root`.
     queue_dir: Path | None = None
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -843,7 +846,34 @@ def embedded_default(cwd: Path | None = None) -> Config:
                 "pop3s": ["127.0.0.1:2995"],
             },
             "domains": {"local": ["example.test"]},
+            # A trial in the current directory on high ports, whoever starts it.
+            "server": {"drop_privileges": False},
         },
         source="<embedded default>",
         base_dir=base,
     )
+
+
+# Keys a running server cannot take over on SIGHUP: sockets already bound,
+# files and stores already open, a user already dropped to. Everything else
+# reloads (sessions in flight finish on the settings they started with).
+RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
+    ("data_dir", lambda c: c.data_dir),
+    ("mail_dir", lambda c: c.mail_root),
+    ("queue_dir", lambda c: c.queue_root),
+    # Who may send a PROXY header is read at each connection: no restart needed.
+    ("[listen]", lambda c: replace(c.listen, proxy_trusted=())),
+    ("[web] listen", lambda c: c.web.listen),
+    ("[server] user", lambda c: c.server.user),
+    ("[server] group", lambda c: c.server.group),
+    ("[server] drop_privileges", lambda c: c.server.drop_privileges),
+    ("[server] workers", lambda c: c.server.workers),
+    ("[server] max_connections", lambda c: c.server.max_connections),
+    ("[limits] store", lambda c: c.limits.store),
+    ("[relay] grant_store", lambda c: c.relay.grant_store),
+)
+
+
+def restart_only_changes(old: Config, new: Config) -> tuple[str, ...]:
+    """The keys whose change `new` asks for that only a restart can apply."""
+    return tuple(name for name, get in RESTART_KEYS if get(old) != get(new))

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from postvakt.cli.check import check, config_cmd
 from postvakt.cli.diagnose import doctor, relaytest
 from postvakt.cli.dkim import dkim
 from postvakt.cli.dovecot import dovecot
@@ -24,6 +25,7 @@ from postvakt.cli.serve import serve
 from postvakt.cli.users import alias, user
 from postvakt.config import ConfigError
 from postvakt.directory import DirectoryError
+from postvakt.permissions import set_umask
 
 
 class _Group(click.Group):
@@ -44,6 +46,8 @@ class _Group(click.Group):
 @click.version_option(package_name="postvakt")
 def main() -> None:
     """postvakt: a small mail server that is never an open relay."""
+    # Before any command makes a file: user database, keys, grants are private from birth.
+    set_umask()
 
 
 for _command in (
@@ -59,5 +63,7 @@ for _command in (
     relaytest,
     dkim,
     dovecot,
+    check,
+    config_cmd,
 ):
     main.add_command(_command)

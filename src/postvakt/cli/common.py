@@ -14,19 +14,39 @@ import click
 
 from postvakt import config as config_mod
 from postvakt.config import Config, ConfigError
+from postvakt.permissions import loose_modes
 
 DEFAULT_CONFIG_NAME = "postvakt.toml"
 
 
-def resolve_config(path: str | None) -> tuple[Config, Path | None]:
-    """The config to use, and its file (None for the embedded default)."""
+def resolve_config(path: str | None, *, warn: bool = True) -> tuple[Config, Path | None]:
+    """The config to use, and its file (None for the embedded default).
+
+    Also warns, once per run, about private files others may read (see
+    postvakt.permissions); `warn=False` for a process whose parent did so.
+    """
     if path:
-        p = Path(path)
-        return config_mod.load(p), p
-    local = Path.cwd() / DEFAULT_CONFIG_NAME
-    if local.exists():
-        return config_mod.load(local), local
-    return config_mod.embedded_default(), None
+        p: Path | None = Path(path)
+        cfg = config_mod.load(Path(path))
+    else:
+        local = Path.cwd() / DEFAULT_CONFIG_NAME
+        p = local if local.exists() else None
+        cfg = config_mod.load(local) if p is not None else config_mod.embedded_default()
+    if warn:
+        warn_loose_modes(cfg)
+    return cfg, p
+
+
+_warned: set[Path] = set()
+
+
+def warn_loose_modes(cfg: Config) -> None:
+    """One stderr line per private file or directory that others may use; once per run."""
+    if cfg.data_dir in _warned:
+        return
+    _warned.add(cfg.data_dir)
+    for finding in loose_modes(cfg):
+        click.echo(f"postvakt: warning: {finding.line()}", err=True)
 
 
 def load_config(path: str | None) -> Config:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from postvakt import config as config_mod
 from postvakt.cli.common import DEFAULT_CONFIG_NAME
+from postvakt.cli.system import DATA_DIR, ETC_DIR, QUEUE_DIR, install_system
 from postvakt.server.tls import certificate_names, ensure_self_signed, fingerprint
 
 INIT_TEMPLATE = """\
@@ -17,17 +19,19 @@ INIT_TEMPLATE = """\
 # refuses unknown keys and names the file, key and problem.
 
 hostname = "{hostname}"          # the name in the banner, EHLO and Received: headers
-data_dir = "{data_dir}"          # queue, mailboxes, user database (relative to this file)
+data_dir = "{data_dir}"          # mailboxes, user database, keys (relative to this file)
+{queue_line}
 # postmaster = "admin@{domain}"  # where postmaster@ every local domain goes
 # mail_dir = "data/mail"         # the Maildirs (default: data_dir/mail); may be a shared mount
 # queue_dir = "data/queue"       # this server's own queue (default: data_dir/queue); never shared
 
-# [server]                        # started as root, the server runs as this user and group;
-# user = "postvakt"               # `postvakt dovecot config` runs Dovecot's mail and auth
-# group = "postvakt"              # processes as them too
+# [server]                        # started as root, the server binds its ports, then runs as
+# user = "postvakt"               # this user and group for good; `postvakt dovecot config`
+# group = "postvakt"              # runs Dovecot's mail and auth processes as them too
+# drop_privileges = true          # false: started as root, stay root (not recommended)
 # max_connections = 0             # on all listeners; 0 = what the descriptor limit leaves room for
 # workers = 2                     # front processes sharing the ports (default 1); needs
-                                  # [relay] grant_store and [limits] store = "sqlite"
+                                  # [store] state = "sqlite" or "redis://..."
 
 [listen]                          # lists of "host:port"; remove a key to turn that listener off
 smtp = ["{host}:{p_smtp}"]                 # MX: mail for our domains from anyone
@@ -120,9 +124,22 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 @click.option(
     "--dir",
     "directory",
-    required=True,
+    default=None,
     type=click.Path(file_okay=False),
-    help="Where to write postvakt.toml.",
+    help="Where to write postvakt.toml (with --system: /etc/postvakt).",
+)
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Install for a service manager: /etc/postvakt, data_dir /var/lib/postvakt,"
+    " queue_dir /var/spool/postvakt with owners and modes, the postvakt user, the systemd unit.",
+)
+@click.option(
+    "--root",
+    "root",
+    default="/",
+    type=click.Path(file_okay=False),
+    help="With --system: write everything under this directory instead of /.",
 )
 @click.option("--domain", required=True, help="The mail domain whose mailboxes live here.")
 @click.option("--hostname", default=None, help="This server's name (default mail.DOMAIN).")
@@ -143,7 +160,9 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 @click.option("--listen-host", default="0.0.0.0", show_default=True)
 @click.option("--force", is_flag=True, help="Overwrite an existing postvakt.toml.")
 def init(
-    directory: str,
+    directory: str | None,
+    system: bool,
+    root: str,
     domain: str,
     hostname: str | None,
     names_arg: tuple[str, ...],
@@ -152,11 +171,19 @@ def init(
     force: bool,
 ) -> None:
     """Write a commented DIR/postvakt.toml, the data directory and a certificate."""
+    if system:
+        if directory is not None and Path(directory) != ETC_DIR:
+            raise click.UsageError("--system writes /etc/postvakt: leave out --dir")
+        directory = str(ETC_DIR)
+    elif directory is None:
+        raise click.UsageError("name the directory for postvakt.toml: --dir DIR (or --system)")
+    elif root != "/":
+        raise click.UsageError("--root goes with --system")
     d = Path(directory)
     target = d / DEFAULT_CONFIG_NAME
     dom = config_mod.normalize_domain(domain, "--domain", "--domain")
     host = config_mod.normalize_domain(hostname or f"mail.{dom}", "--hostname", "--hostname")
-    if target.exists() and not force:
+    if target.exists() and not force and not system:
         raise click.ClickException(f"{target} exists already (use --force to overwrite)")
     if not names_arg and sys.stdin.isatty():
         names_arg = (
@@ -173,7 +200,12 @@ def init(
     text = INIT_TEMPLATE.format(
         config=target,
         hostname=host,
-        data_dir="data",
+        data_dir=str(DATA_DIR) if system else "data",
+        queue_line=(
+            f'queue_dir = "{QUEUE_DIR}"        # this node\'s queue (default: data_dir/queue)'
+            if system
+            else '# queue_dir = "/var/spool/postvakt"  # this node\'s queue (default: data_dir/queue)'
+        ),
         domain=dom,
         host=listen_host,
         p_smtp=p[0],
@@ -184,6 +216,9 @@ def init(
         names="[" + ", ".join(f'"{n}"' for n in names) + "]",
     )
     cfg = config_mod.loads(text, source=str(target), base_dir=d)  # the template must load
+    if system:
+        _init_system(Path(root), text, cfg, force)
+        return
     d.mkdir(parents=True, exist_ok=True)
     (d / "data").mkdir(exist_ok=True)
     target.write_text(text)
@@ -197,4 +232,27 @@ def init(
         f"  give this file to your users' mail programs, or use a certificate of your own\n"
         f"  ([tls] cert and key; the README shows both)\n"
         f"next: postvakt user add someone@{dom} --config {target}"
+    )
+
+
+def _init_system(root: Path, text: str, cfg: config_mod.Config, force: bool) -> None:
+    def certificate(data_dir: Path) -> tuple[Path, Path]:
+        return ensure_self_signed(replace(cfg, data_dir=data_dir))
+
+    layout, account, created = install_system(root.resolve(), text, force, certificate)
+    cert = layout.data_dir / "tls" / "cert.pem"
+    pem = cert.read_bytes()
+    user = cfg.server.user
+    click.echo(
+        ("created system user " if created else "system user ")
+        + f"{user} (uid {account.uid}, gid {account.gid})\n"
+        f"wrote {layout.config} (root:{user} 0640)\n"
+        f"data_dir {layout.data_dir}, queue_dir {layout.queue_dir} ({user}:{user} 0750)\n"
+        f"self-signed certificate {cert}\n"
+        f"  covers {', '.join(certificate_names(pem))}\n"
+        f"  SHA-256 fingerprint {fingerprint(pem)}\n"
+        f"systemd unit {layout.unit}\n"
+        f"next: postvakt user add postmaster@{cfg.domains.local[0]} --config {ETC_DIR / DEFAULT_CONFIG_NAME}\n"
+        f"      postvakt check --config {ETC_DIR / DEFAULT_CONFIG_NAME}\n"
+        f"      systemctl daemon-reload && systemctl enable --now postvakt"
     )

@@ -23,7 +23,8 @@ from postvakt.server.app import serve as run_serve
 @click.option("--worker-spec", default=None, hidden=True)
 def serve(config_path: str | None, role: str, wake_fd: int | None, worker_spec: str | None) -> None:
     """Run every configured listener until SIGTERM (SIGHUP reloads the config)."""
-    cfg, path = resolve_config(config_path)
+    # The queue manager's parent has warned about loose modes already.
+    cfg, path = resolve_config(config_path, warn=role != "queue-manager")
     if role == "queue-manager":
         # Started by the front itself (server/manager_process.py), never by hand.
         if wake_fd is None:

@@ -451,7 +451,11 @@ def write(setup: DovecotSetup) -> list[Path]:
         texts.append(
             (setup.postlogin_script(protocol), render_postlogin(setup, protocol), SCRIPT_MODE)
         )
-    setup.out_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if not setup.out_dir.is_dir():
+        setup.out_dir.mkdir(parents=True)
+        # Dovecot's processes (the post-login script, as [server] user) must enter it,
+        # whatever the umask (027 in every postvakt command).
+        os.chmod(setup.out_dir, 0o755)
     for path, text, mode in texts:
         _write(path, text, mode)
     return [p for p, _, _ in texts]

@@ -5,8 +5,19 @@ front writes accepted mail into the queue and wakes the manager; it never
 delivers. SIGTERM stops accepting, lets transactions in flight finish (up to
 SHUTDOWN_GRACE), stops the manager (deliveries finish or are safely left for
 the next start), and exits. The manager runs in a process of its own
-(`manager_process`), so that delivery never competes with the front. SIGHUP re-reads the config file: policy, limits
-and replies change at once; listener changes need a restart (logged).
+(`manager_process`), so that delivery never competes with the front.
+
+SIGHUP re-reads the config file and applies all of it or none of it: every
+section, the TLS certificate and key included, takes effect for connections
+made from then on, while sessions in flight finish on the settings they
+started with. A change only a restart can apply (config.RESTART_KEYS: bound
+addresses, directories, stores, the server user) refuses the whole reload
+with one line naming those keys, and the running config stays.
+
+Started as root, the front binds its ports and then drops to `[server]
+user` (server/privileges.py) before it starts the queue manager or serves a
+connection. Under systemd (Type=notify) it reports readiness, reloads and
+stopping (server/notify.py).
 """
 
 from __future__ import annotations
@@ -22,7 +33,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +45,12 @@ from postvakt.grants import GrantStore, open_grant_store
 from postvakt.grants.logins import LoginThrottle, open_login_failure_store
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
+from postvakt.permissions import set_umask
 from postvakt.queue import Queue
 from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.reply import Reply
+from postvakt.server import notify
 from postvakt.server.accept import (
     Connections,
     Refused,
@@ -53,7 +66,8 @@ from postvakt.server.grantreport import (
 from postvakt.server.handshake import Listening
 from postvakt.server.listeners import Opener
 from postvakt.server.nodelock import lock_queue_dir
-from postvakt.server.tls import server_context
+from postvakt.server.privileges import drop_privileges, server_identity
+from postvakt.server.tls import ServerContext, reload_context, server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")
@@ -186,6 +200,9 @@ def build_app(config: Config) -> App:
     from postvakt.server.limits import Limiter
 
     queue = Queue(config.queue_root)
+    ssl_context = server_context(config) if needs_tls else None
+    if os.geteuid() == 0 and config.server.drop_privileges:
+        server_identity(config)  # a missing server user is an error before any port is bound
     return App(
         config=config,
         directory=directory,
@@ -193,7 +210,7 @@ def build_app(config: Config) -> App:
         grants=open_grant_store(config),
         login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
         queue=queue,
-        ssl_context=server_context(config) if needs_tls else None,
+        ssl_context=ssl_context,
         limiter=Limiter(open_counter_store(config), queue),
     )
 
@@ -306,15 +323,18 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
     from postvakt.server.manager_process import ManagerProcess
 
     app.manager = ManagerProcess(config, config_path)
-    await app.manager.start()
-    app.start_committer()
+    servers = await _listen(app)
     try:
-        servers = await _listen(app)
         bound = _bound(servers)
         web_server = await _start_web(app, bound)
-    except ConfigError:
-        await app.manager.stop(5)
+        # Every port is bound: from here on the server user (when started as root).
+        drop_privileges(config)
+    except BaseException:
+        for _, srv in servers:
+            srv.close()
         raise
+    await app.manager.start()
+    app.start_committer()
     # Dovecot's post-login script reports IMAP logins here (docs/imap.md).
     report_path = socket_path(config)
     reports = await start_grant_reports(
@@ -334,9 +354,10 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path, servers))
     await stop.wait()
 
+    notify.stopping()
     log.info("stopping: no new connections, finishing transactions in flight")
     if web_server is not None:
         await web_server.stop()
@@ -359,6 +380,7 @@ def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:
     print(
         "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
     )
+    notify.ready("serving " + ", ".join(bound))
 
 
 async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
@@ -383,26 +405,42 @@ async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
         await asyncio.to_thread(app.committer.close)
 
 
-def _reload(app: App, path: Path) -> None:
+def _reload(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
+    notify.reloading()
+    try:
+        _apply_reload(app, path, servers)
+    finally:
+        notify.ready("serving")
+
+
+def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
+    """All of the new config, or none of it (see the module's docstring)."""
     try:
         new = config_mod.load(path)
+        restart = config_mod.restart_only_changes(app.config, new)
+        if restart:
+            raise ConfigError(
+                new.source,
+                ", ".join(restart),
+                "changed; only a restart applies "
+                + ("this" if len(restart) == 1 else "these")
+                + " (postvakt check, then systemctl restart postvakt)",
+            )
+        dkim_problems = Signer.load(new).problems
+        if dkim_problems:
+            raise ConfigError(new.source, "[dkim] sign", "; ".join(dkim_problems))
+        if isinstance(app.ssl_context, ServerContext):
+            reload_context(app.ssl_context, new)
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         return
-    # Who may send a PROXY header is read at each connection: no restart needed.
-    if (
-        replace(new.listen, proxy_trusted=()) != replace(app.config.listen, proxy_trusted=())
-        or new.data_dir != app.config.data_dir
-        or new.web.listen != app.config.web.listen
-    ):
-        log.warning(
-            "reload: [listen], [web] listen and data_dir changes take effect after a restart"
-        )
-    if new.server.workers != app.config.server.workers or new.queue_root != app.config.queue_root:
-        log.warning("reload: [server] workers and queue_dir changes take effect after a restart")
-    if new.limits.store != app.config.limits.store:
-        log.warning("reload: [limits] store changes take effect after a restart")
     app.login_throttle.configure(new.limits)
+    pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
+    if pop_servers:
+        from postvakt.server.pop3 import reload_pop3
+
+        reload_pop3(pop_servers, new)
+    logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new
@@ -436,6 +474,7 @@ def serve(
 ) -> int:
     """The front (listeners); with `wake_fd`, the queue manager process it started;
     with `worker_spec`, one of several front processes (`postvakt.server.workers`)."""
+    set_umask()
     setup_logging(config.log_level, with_pid=config.server.workers > 1)
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:

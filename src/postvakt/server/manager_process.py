@@ -167,9 +167,13 @@ async def run_queue_manager(config: Config, config_path: Path | None, wake_fd: i
         if config_path is None:
             return
         try:
-            manager.config = config_mod.load(config_path)
+            new = config_mod.load(config_path)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
+            return
+        if config_mod.restart_only_changes(manager.config, new):
+            return  # the front refused it too, and said why
+        manager.config = new
 
     os.set_blocking(wake_fd, False)
     loop.add_reader(wake_fd, on_wake)

@@ -175,6 +175,7 @@ class POP3Protocol(asyncio.Protocol):
         self._writing_paused = False
         self._start_tls_running = False
         self._lost = False
+        self.pop3_config = ctx.config
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -185,7 +186,8 @@ class POP3Protocol(asyncio.Protocol):
             self.ip = client_ip((self.proxied.client,))
         else:
             self.ip = client_ip(transport.get_extra_info("peername"))
-        cfg = self.ctx.config
+        # This session's settings from start to end, whatever a reload changes meanwhile.
+        self.pop3_config = cfg = self.ctx.config
         self.conn = POP3Connection(
             Settings(
                 tls_active=self.implicit_tls,
@@ -316,7 +318,7 @@ class POP3Protocol(asyncio.Protocol):
             return
         if self._idle is not None:
             self._idle.cancel()
-        timeout = self.ctx.config.pop3.idle_timeout
+        timeout = self.pop3_config.pop3.idle_timeout
         if timeout > 0:
             self._idle = asyncio.get_running_loop().call_later(timeout, self._on_idle)
 
@@ -508,6 +510,15 @@ def stop_pop3(servers: list[Listening]) -> None:
 
 def _pop3_protocol(ctx: POP3Context, implicit_tls: bool, slot: Slot) -> POP3Protocol:
     return POP3Protocol(ctx, implicit_tls=implicit_tls, slot=slot)
+
+
+def reload_pop3(servers: list[Listening], config: Config) -> None:
+    """SIGHUP: new connections get the new [pop3] settings; sessions in flight keep theirs."""
+    for srv in servers:
+        ctx = _contexts.get(srv)
+        if ctx is not None:
+            ctx.config = config
+            ctx.login_delay = config.pop3.login_delay
 
 
 def _close_if_opened(fut: asyncio.Future[MaildirMailbox]) -> None:

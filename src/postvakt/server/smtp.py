@@ -77,6 +77,9 @@ class SMTPSession(asyncio.Protocol):
 
     def __init__(self, app: App, kind: str, slot: Slot | None = None) -> None:
         self.app = app
+        # This session's settings from its start to its end: a reload (SIGHUP) applies
+        # to the sessions that start after it, as Postfix's and Dovecot's do.
+        self.config = app.config
         self.kind = kind  # "smtp" | "submission" | "submissions"
         # This connection's place in the accept path's counts, given back when it ends.
         self.slot = slot
@@ -116,7 +119,7 @@ class SMTPSession(asyncio.Protocol):
             if self.ip.startswith("::ffff:"):
                 self.ip = self.ip[7:]
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        cfg = self.app.config
+        cfg = self.config
         tls_active = transport.get_extra_info("ssl_object") is not None
         if tls_active:
             self._note_tls()
@@ -196,12 +199,12 @@ class SMTPSession(asyncio.Protocol):
     def _reset_idle(self) -> None:
         """A per-request deadline: reset when we answer a command, not by every byte."""
         loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + self.app.config.smtp.idle_timeout
+        self.deadline = loop.time() + self.config.smtp.idle_timeout
         if self.idle_handle is None:
             self.idle_handle = loop.call_at(self.deadline, self._on_idle)
 
     def _extend_deadline(self, nbytes: int) -> None:
-        rate = self.app.config.smtp.min_data_rate
+        rate = self.config.smtp.min_data_rate
         if rate > 0:
             self.deadline += nbytes / rate
 
@@ -236,9 +239,7 @@ class SMTPSession(asyncio.Protocol):
         assert self.conn is not None
         now = time.time()
         grant = (
-            self.app.grants.lookup(self.ip, now)
-            if self.app.config.relay.pop_before_smtp > 0
-            else None
+            self.app.grants.lookup(self.ip, now) if self.config.relay.pop_before_smtp > 0 else None
         )
         return Client(
             ip=self.ip,
@@ -285,7 +286,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _send_pending(self) -> None:
         assert self.conn is not None
-        cfg = self.app.config.smtp
+        cfg = self.config.smtp
         if self.conn.error_count > cfg.soft_error_limit and cfg.error_sleep > 0:
             # Tar-pit an erring client (Postfix smtpd_error_sleep_time): delay the
             # reply and stop reading meanwhile, so pipelined junk gains nothing.
@@ -373,10 +374,10 @@ class SMTPSession(asyncio.Protocol):
             self.conn.respond(REPLY_NO_SPACE)
             return
         client = self._client()
-        decision = check_sender(client, ev.sender, self.app.config, self.app.directory)
+        decision = check_sender(client, ev.sender, self.config, self.app.directory)
         self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
         if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_mail(self.app.config, client)
+            limit = self.app.limiter.check_mail(self.config, client)
             if limit.verdict is not Verdict.PERMIT:
                 self._log_decision("LIMIT", limit, **{"from": str(ev.sender)})
                 decision = decision if limit.accepted else limit
@@ -390,10 +391,10 @@ class SMTPSession(asyncio.Protocol):
     def _on_rcpt(self, ev: smtp.RcptTo) -> None:
         assert self.conn is not None
         client = self._client()
-        decision = check_rcpt(client, ev.recipient, self.app.config, self.app.directory)
+        decision = check_rcpt(client, ev.recipient, self.config, self.app.directory)
         self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
         if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_rcpt(self.app.config, client, len(self.rcpts))
+            limit = self.app.limiter.check_rcpt(self.config, client, len(self.rcpts))
             if limit.verdict is not Verdict.PERMIT:
                 self._log_decision("LIMIT", limit, **{"from": self.sender, "to": str(ev.recipient)})
                 decision = decision if limit.accepted else limit
@@ -453,7 +454,7 @@ class SMTPSession(asyncio.Protocol):
             msg.abort()
             conn.respond(REPLY_QUEUE_ERROR)
             return
-        if not ev.headers_complete and self.app.config.sender.header_from != "off":
+        if not ev.headers_complete and self.config.sender.header_from != "off":
             # A From: beyond the part of the header we read could not be checked:
             # refuse rather than let a forged sender through unseen.
             msg.abort()
@@ -476,7 +477,7 @@ class SMTPSession(asyncio.Protocol):
         except AddressError as e:
             # A From: that two parsers would read differently (CVE-2023-27043) is
             # refused rather than skipped: skipping would let a forged sender through.
-            if self.app.config.sender.header_from != "off":
+            if self.config.sender.header_from != "off":
                 msg.abort()
                 log.info(
                     "DATA client=%s login=%s id=%s refused: bad From:/Sender: reply=%r",
@@ -489,7 +490,7 @@ class SMTPSession(asyncio.Protocol):
                 return
             header_from, header_sender = [], []
         decision = check_header_from(
-            self._client(), header_from, header_sender, self.app.config, self.app.directory
+            self._client(), header_from, header_sender, self.config, self.app.directory
         )
         self._log_decision(
             "DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))}
@@ -498,7 +499,7 @@ class SMTPSession(asyncio.Protocol):
             msg.abort()
             conn.respond(decision.reply)
             return
-        road = first_open(each_road(self._client(), self.app.config))
+        road = first_open(each_road(self._client(), self.config))
         auth = await self._check_authentication(msg, road, header_from)
         if auth is not None and not auth.decision.reply.positive:
             msg.abort()
@@ -533,7 +534,7 @@ class SMTPSession(asyncio.Protocol):
             ),
             # Signing (queue manager) vouches only for a sender that passed every check.
             road=road.rule if road is not None and not warnings else None,
-            authserv_id=self.app.config.hostname,
+            authserv_id=self.config.hostname,
         )
         try:
             await self.app.commit(msg, envelope)
@@ -559,7 +560,7 @@ class SMTPSession(asyncio.Protocol):
         self.app.message_queued()
         if self.app.limiter is not None:
             await self.app.limiter.accepted(
-                self.app.config, self._client(), msg.queue_id, len(self.rcpts), self.hold_reason
+                self.config, self._client(), msg.queue_id, len(self.rcpts), self.hold_reason
             )
         self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = (
             "",
@@ -574,7 +575,7 @@ class SMTPSession(asyncio.Protocol):
     ) -> Judgement | None:
         """SPF, DKIM and DMARC (`[auth_checks]`) for mail from outside: port 25,
         a client on no road. None when they do not apply or are off."""
-        cfg = self.app.config
+        cfg = self.config
         if self.kind != "smtp" or road is not None or not cfg.auth_checks.enabled:
             return None
         assert self.conn is not None
@@ -698,7 +699,7 @@ class SMTPSession(asyncio.Protocol):
         helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
         lines = [
             f"Received: from {helo} ([{self.ip}])",
-            f"\tby {self.app.config.hostname} (postvakt) with {proto} id {qid}",
+            f"\tby {self.config.hostname} (postvakt) with {proto} id {qid}",
         ]
         if self.tls_info and conn.tls:
             lines.append(f"\t(using {self.tls_info})")

@@ -154,14 +154,37 @@ def ensure_self_signed(config: Config) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def certificate_paths(config: Config) -> tuple[Path, Path, str]:
+    """The certificate and key files to serve (making the self-signed ones), and their key name."""
+    if config.tls.cert is not None and config.tls.key is not None:
+        return config.tls.cert, config.tls.key, "[tls] cert"
+    cert, key = ensure_self_signed(config)
+    return cert, key, "[tls] (self-signed in data_dir)"
+
+
+def reload_context(live: ServerContext, config: Config) -> ServerContext:
+    """SIGHUP: serve the certificate and key the files hold now, in the same context.
+
+    A new context is built first, so that a broken file refuses the reload
+    (ConfigError) and leaves the live context as it was. The live one then
+    loads the same files: connections made from here on get the new
+    certificate, while TLS sessions already running keep the one they were
+    made with (OpenSSL copies it into each connection). Every listener and
+    STARTTLS share the live context, so none of them needs to be told.
+    """
+    fresh = server_context(config)
+    cert, key, source_key = certificate_paths(config)
+    try:
+        live.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as e:  # the files changed again meanwhile
+        raise ConfigError(config.source, source_key, f"{cert} / {key}: {e}") from None
+    live.names = fresh.names
+    return live
+
+
 def server_context(config: Config) -> ServerContext:
     """The context for STARTTLS, STLS, 465 and 995. Errors name the file and the reason."""
-    if config.tls.cert is not None and config.tls.key is not None:
-        cert, key = config.tls.cert, config.tls.key
-        source_key = "[tls] cert"
-    else:
-        cert, key = ensure_self_signed(config)
-        source_key = "[tls] (self-signed in data_dir)"
+    cert, key, source_key = certificate_paths(config)
     ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

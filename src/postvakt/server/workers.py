@@ -48,6 +48,7 @@ from pathlib import Path
 
 from postvakt.config import Config, ConfigError
 from postvakt.grants.report import socket_path
+from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
 from postvakt.server.app import (
     SHUTDOWN_GRACE,
@@ -68,6 +69,7 @@ from postvakt.server.grantreport import (
 from postvakt.server.listeners import BindError, Opener, bind_all
 from postvakt.server.manager_process import ManagerProcess
 from postvakt.server.nodelock import lock_queue_dir
+from postvakt.server.privileges import drop_privileges
 
 log = logging.getLogger("postvakt.workers")
 
@@ -245,22 +247,32 @@ async def supervise(config: Config, config_path: Path | None) -> int:
         sets = bind_all(config, n)
     except BindError as e:
         raise _bind_error(e.kind, e.address, e.error, config.source) from None
+    bound = _bound(sets[0])
+    try:
+        web_server = await _start_web(app, bound)
+        # Every port is bound: from here on the server user (when started as root),
+        # and so are the queue manager and the workers started below.
+        drop_privileges(config)
+    except BaseException:
+        for per in sets:
+            for sock in per.values():
+                sock.close()
+        raise
     manager = ManagerProcess(config, config_path)
     app.manager = manager
     await manager.start()
     sup = Supervisor(config, config_path, manager)
     sup.workers = [Worker(i, socks) for i, socks in enumerate(sets)]
-    web_server = None
     try:
         for w in sup.workers:
             sup.spawn(w)
         await _all_ready(sup, config)
         watch = asyncio.get_running_loop().create_task(sup.watch())
-        bound = _bound(sets[0])
-        web_server = await _start_web(app, bound)
     except BaseException:
         await sup.stop()
         await manager.stop(5)
+        if web_server is not None:
+            await web_server.stop()
         raise
     report_path = socket_path(config)
     reports = await start_grant_reports(
@@ -284,12 +296,13 @@ async def supervise(config: Config, config_path: Path | None) -> int:
         path = config_path
 
         def on_hup() -> None:
-            _reload(app, path)  # the parent's view (web, reports) and the queue manager
+            _reload(app, path, [])  # the parent's view (web, reports) and the queue manager
             sup.reload(path)
 
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     await stop.wait()
 
+    notify.stopping()
     log.info("stopping: workers finish their transactions in flight")
     if web_server is not None:
         await web_server.stop()
@@ -357,7 +370,7 @@ async def run_worker(config: Config, config_path: Path | None, spec_text: str) -
     loop.add_signal_handler(signal.SIGINT, stop.set)
     if config_path is not None:
         path = config_path
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, path))
+        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, path, servers))
     log.info("worker %d serving (pid %d)", index, os.getpid())
     notifier.send(READY)
     await stop.wait()
