@@ -257,6 +257,24 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus endpoint; no listener = off (nothing is counted)."""
+
+    listen: HostPort | None = None
+
+
+LOG_FORMATS = ("text", "json")
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """`[log]`: one line per event on stderr (journald), as text or as JSON objects."""
+
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: Path
@@ -277,6 +295,8 @@ class Config:
     auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
     web: WebConfig = field(default_factory=WebConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -478,6 +498,8 @@ TOP_KEYS = {
     "auth_checks",
     "web",
     "server",
+    "metrics",
+    "log",
 }
 
 # RFC 6376 §3.1: a selector is one or more dot-separated labels.
@@ -703,6 +725,19 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         if not _SYSTEM_NAME.match(getattr(server, k)):
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
+    mt = _table(raw, "metrics", source)
+    _check_keys(mt, {"listen"}, source, "metrics")
+    metrics = MetricsConfig(
+        listen=parse_hostport(mt["listen"], source, "[metrics] listen") if "listen" in mt else None
+    )
+    lgt = _table(raw, "log", source)
+    _check_keys(lgt, {"format"}, source, "log")
+    log = LogConfig(
+        format=cast(
+            LogFormat, _choice(lgt.get("format", "text"), LOG_FORMATS, source, "[log] format")
+        )
+    )
+
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
     log_level = _choice(
@@ -727,6 +762,8 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         auth_checks=auth_checks,
         web=web,
         server=server,
+        metrics=metrics,
+        log=log,
         postmaster=postmaster,
         log_level=log_level,
         source=source,

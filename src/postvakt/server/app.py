@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from postvakt import config as config_mod
+from postvakt import metrics
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
@@ -42,6 +43,7 @@ from postvakt.server.grantreport import (
     stop_grant_reports,
 )
 from postvakt.server.handshake import Listening, TLSServer
+from postvakt.server.metrics import Levels, MetricsServer, start_metrics
 from postvakt.server.tls import server_context
 from postvakt.web.app import WebDeps, WebServer, start_web
 
@@ -231,6 +233,22 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
     return web
 
 
+async def _start_metrics(app: App, bound: dict[str, list[str]]) -> MetricsServer | None:
+    """The Prometheus endpoint on this loop; it reports the node's totals."""
+    cfg = app.config
+    if cfg.metrics.listen is None:
+        return None
+    levels = Levels(queue_root=app.queue.root, grants=lambda: app.grants)
+    try:
+        srv = await start_metrics(cfg.metrics.listen, metrics.metrics_dir(cfg.data_dir), levels)
+    except OSError as e:
+        raise ConfigError(
+            cfg.source, "[metrics] listen", f"{cfg.metrics.listen}: {e.strerror or e}"
+        ) from None
+    bound["metrics"] = srv.addresses
+    return srv
+
+
 async def run(config: Config, config_path: Path | None) -> int:
     app = build_app(config)
     from postvakt.server.manager_process import ManagerProcess
@@ -241,6 +259,7 @@ async def run(config: Config, config_path: Path | None) -> int:
         servers = await _listen(app)
         bound = _bound(servers)
         web_server = await _start_web(app, bound)
+        metrics_server = await _start_metrics(app, bound)
     except ConfigError:
         await app.manager.stop(5)
         raise
@@ -285,6 +304,8 @@ async def run(config: Config, config_path: Path | None) -> int:
         srv.close()
     if web_server is not None:
         await web_server.stop()
+    if metrics_server is not None:
+        await metrics_server.stop()
     stop_grant_reports(reports, report_path)
     for s in list(app.sessions):
         s.shutdown()
@@ -310,9 +331,12 @@ def _reload(app: App, path: Path) -> None:
         new.listen != app.config.listen
         or new.data_dir != app.config.data_dir
         or new.web.listen != app.config.web.listen
+        or new.metrics.listen != app.config.metrics.listen
+        or new.log != app.config.log
     ):
         log.warning(
-            "reload: [listen], [web] listen and data_dir changes take effect after a restart"
+            "reload: [listen], [web] listen, [metrics] listen, [log] and data_dir changes"
+            " take effect after a restart"
         )
     if new.limits.store != app.config.limits.store:
         log.warning("reload: [limits] store changes take effect after a restart")
@@ -323,17 +347,42 @@ def _reload(app: App, path: Path) -> None:
     log.info("reloaded %s", path)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+class JSONFormatter(logging.Formatter):
+    """`[log] format = "json"`: one JSON object per line, for log shippers.
+
+    `msg` is the same text the text format prints, so a grep (or a fail2ban
+    filter) written for one finds the same events in the other.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "pid": record.process,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
 
 def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = None) -> int:
     """The front (listeners); with `wake_fd`, the queue manager process it started."""
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log.format)
+    if config.metrics.listen is not None:
+        # The front starts the node's counts afresh; the manager it starts adds to them.
+        metrics.enable(metrics.metrics_dir(config.data_dir), fresh=wake_fd is None)
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
