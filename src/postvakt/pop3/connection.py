@@ -57,10 +57,10 @@ MAX_PENDING_INPUT = 64 * 1024
 MAX_NUMBER_DIGITS = 10
 # RFC 2449 §4: a keyword is at most 40 characters; longer is no command at all.
 MAX_KEYWORD = 40
-# The order of the session summary line; others follow in order of first use.
+# The order of the session summary line (as SMTP's).
 SUMMARY_ORDER = (
     "capa", "stls", "user", "pass", "auth", "stat", "list", "uidl", "retr", "top", "dele",
-    "rset", "noop", "quit",
+    "rset", "noop", "apop", "quit", "unknown",
 )  # fmt: skip
 
 CAPA_IMPLEMENTATION = "postvakt"

@@ -62,9 +62,11 @@ JUNK_COMMAND_LIMIT = 100
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
 # Replies that answer a command only halfway: its outcome comes with the next reply.
 INTERMEDIATE_CODES = frozenset({334, 354})
-# The order of the session summary (Postfix's "disconnect from" line); the
-# rest follow in the order they were first used.
-SUMMARY_ORDER = ("helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "quit")
+# The order of the session summary (Postfix's "disconnect from" line).
+SUMMARY_ORDER = (
+    "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop", "vrfy", "expn",
+    "help", "quit", "unknown",
+)  # fmt: skip
 
 # Postfix smtpd_recipient_overshoot_limit: "too many recipients" replies
 # count as errors only after this many (a big mailing is not an attack).
