@@ -380,6 +380,7 @@ class SMTPSession(asyncio.Protocol):
         self._reset_transaction()
         if self.app.low_on_space(ev.size):
             log.warning("MAIL client=%s refused: queue file system low on space", self.ip)
+            metrics.smtpd_reject("mail", REPLY_NO_SPACE.code)
             self.conn.respond(REPLY_NO_SPACE)
             return
         client = self._client()
