@@ -59,15 +59,18 @@ class _Metrics:
 _m: _Metrics | None = None
 
 
-def enable(directory: Path, *, fresh: bool) -> None:
-    """Count from now on, into `directory`; `fresh` (the node's first process) empties it.
+def enable(directory: Path) -> None:
+    """Count from now on, into `directory`.
 
-    Counters start at zero with the server, as any Prometheus counter of a
-    restarted process does; the files of a process that died (a queue manager
-    started again) keep counting in the totals.
+    The node's first process empties it: counters start at zero with the
+    server, as any Prometheus counter of a restarted process does. Processes
+    it starts (the queue manager, front workers) inherit the directory in
+    their environment and add to it, however they are started; the files of
+    one that died (a queue manager started again) keep counting in the totals.
     """
     global _m
-    if fresh and directory.exists():
+    inherited = os.environ.get(MULTIPROC_ENV) == str(directory)
+    if not inherited and directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[MULTIPROC_ENV] = str(directory)

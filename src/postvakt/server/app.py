@@ -381,8 +381,8 @@ def serve(config: Config, config_path: Path | None, *, wake_fd: int | None = Non
     """The front (listeners); with `wake_fd`, the queue manager process it started."""
     setup_logging(config.log_level, config.log.format)
     if config.metrics.listen is not None:
-        # The front starts the node's counts afresh; the manager it starts adds to them.
-        metrics.enable(metrics.metrics_dir(config.data_dir), fresh=wake_fd is None)
+        # The front starts the node's counts afresh; the processes it starts add to them.
+        metrics.enable(metrics.metrics_dir(config.data_dir))
     runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
     if wake_fd is not None:
         from postvakt.server.manager_process import run_queue_manager
