@@ -103,9 +103,20 @@ class Running:
     ports: dict[str, list[int]] = field(default_factory=dict)
     # RLIMIT_NOFILE (soft and hard) for the server process; None: inherited.
     nofile: int | None = None
+    # What each listener bound, as "host:port" / "[v6]:port".
+    addresses: dict[str, list[str]] = field(default_factory=dict)
 
     def port(self, kind: str = "smtp") -> int:
         return self.ports[kind][0]
+
+    def port_on(self, kind: str, host: str) -> int:
+        """The port of the `kind` listener bound to `host` ("127.0.0.1", "::1")."""
+        want = f"[{host}]" if ":" in host else host
+        for address in self.addresses[kind]:
+            h, _, port = address.rpartition(":")
+            if h == want:
+                return int(port)
+        raise KeyError(f"no {kind} listener on {host}: {self.addresses[kind]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -151,6 +162,7 @@ class Running:
                     time.sleep(0.05)
                     continue
                 self.ports = {k: [int(a.rsplit(":", 1)[1]) for a in v] for k, v in bound.items()}
+                self.addresses = bound
                 return self
             time.sleep(0.05)
         self.kill()
@@ -209,8 +221,12 @@ def connect_from(
 class RawClient:
     """Line-oriented raw SMTP/POP3 client for byte-exact tests."""
 
-    def __init__(self, port: int, source_ip: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        self.sock = connect_from(source_ip, port, timeout=timeout)
+    def __init__(
+        self, port: int, source_ip: str = "127.0.0.1", timeout: float = 10.0, host: str = ""
+    ) -> None:
+        # The server's address: 127.0.0.1, or ::1 for a client on ::1.
+        host = host or ("::1" if ":" in source_ip else "127.0.0.1")
+        self.sock = connect_from(source_ip, port, host=host, timeout=timeout)
         self.buf = b""
 
     def send(self, data: bytes | str) -> None:
@@ -244,7 +260,7 @@ class RawClient:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
@@ -258,23 +274,33 @@ class SmtpSink:
 
     BINARY = "/usr/sbin/smtp-sink"
 
+    @property
+    def address(self) -> str:
+        """ "127.0.0.1:PORT" or "[::1]:PORT", as smtp-sink and routes write it."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
     def __init__(
-        self, tmp_path: Path, extra: list[str] | None = None, port: int | None = None
+        self,
+        tmp_path: Path,
+        extra: list[str] | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         # smtp-sink drops root and runs as nobody, who cannot enter pytest's
         # private temporary directories: dump into a world-writable one of its own.
         self.dir = Path(tempfile.mkdtemp(prefix="postvakt-sink-"))
         os.chmod(self.dir, 0o777)
-        self.port = port or free_port()
+        self.host = host  # "::1": an IPv6 peer
+        self.port = port or free_port(host)
         args = [self.BINARY]
         if os.geteuid() == 0:
             args += ["-u", "nobody"]
-        args += [*(extra or []), "-d", f"{self.dir}/%Y%m%d%H%M%S.", f"127.0.0.1:{self.port}", "100"]
+        args += [*(extra or []), "-d", f"{self.dir}/%Y%m%d%H%M%S.", self.address, "100"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection((host, self.port), timeout=1).close()
                 return
             except OSError:
                 if self.proc.poll() is not None:

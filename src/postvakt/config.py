@@ -288,6 +288,24 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`[metrics]`: the Prometheus endpoint; no listener = off (nothing is counted)."""
+
+    listen: HostPort | None = None
+
+
+LOG_FORMATS = ("text", "json")
+LogFormat = Literal["text", "json"]
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """`[log]`: one line per event on stderr (journald), as text or as JSON objects."""
+
+    format: LogFormat = "text"
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str
     data_dir: Path
@@ -311,6 +329,8 @@ class Config:
     auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
     web: WebConfig = field(default_factory=WebConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -518,6 +538,8 @@ TOP_KEYS = {
     "auth_checks",
     "web",
     "server",
+    "metrics",
+    "log",
 }
 
 # RFC 6376 §3.1: a selector is one or more dot-separated labels.
@@ -776,6 +798,19 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
                 + ' ("memory" is one process\'s own)',
             )
 
+    mt = _table(raw, "metrics", source)
+    _check_keys(mt, {"listen"}, source, "metrics")
+    metrics = MetricsConfig(
+        listen=parse_hostport(mt["listen"], source, "[metrics] listen") if "listen" in mt else None
+    )
+    lgt = _table(raw, "log", source)
+    _check_keys(lgt, {"format"}, source, "log")
+    log = LogConfig(
+        format=cast(
+            LogFormat, _choice(lgt.get("format", "text"), LOG_FORMATS, source, "[log] format")
+        )
+    )
+
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
     log_level = _choice(
@@ -801,6 +836,8 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         auth_checks=auth_checks,
         web=web,
         server=server,
+        metrics=metrics,
+        log=log,
         postmaster=postmaster,
         log_level=log_level,
         source=source,
@@ -864,6 +901,8 @@ RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     # Who may send a PROXY header is read at each connection: no restart needed.
     ("[listen]", lambda c: replace(c.listen, proxy_trusted=())),
     ("[web] listen", lambda c: c.web.listen),
+    ("[metrics] listen", lambda c: c.metrics.listen),
+    ("[log] format", lambda c: c.log.format),
     ("[server] user", lambda c: c.server.user),
     ("[server] group", lambda c: c.server.group),
     ("[server] drop_privileges", lambda c: c.server.drop_privileges),

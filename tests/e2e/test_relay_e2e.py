@@ -3,6 +3,10 @@ curl, smtplib, raw sockets), a real remote MX (Postfix's smtp-sink).
 
 127.0.0.1 is our network; 127.0.0.2 is an outside client (a hotel, another ISP).
 Every relay attempt that must fail is also checked at the sink: nothing arrives.
+
+The battery runs twice: over IPv4, and over IPv6, where the server also
+listens on [::1] and `networks` leaves ::1 out, so that a client on ::1 is an
+outsider exactly as 127.0.0.2 is.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import smtplib
 import ssl
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,8 +28,8 @@ from support import (
     RawClient,
     Running,
     SmtpSink,
-    start_server,
     wait_maildir,
+    write_server_config,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed")
@@ -42,18 +47,69 @@ def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink) -> Iterator[Running]:
-    srv = start_server(
-        tmp_path_factory.mktemp("srv"),
-        users={ALICE: PASSWORD, BOB: "bobs password"},
-        delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}},
-    )
+KINDS = ("smtp", "submission", "submissions", "pop3", "pop3s")
+# swaks speaks IPv6 only with Perl's IO::Socket::INET6, which Debian packages apart.
+SWAKS_IPV6 = (
+    subprocess.run(
+        ["perl", "-MIO::Socket::INET6", "-e", "1"], capture_output=True, check=False
+    ).returncode
+    == 0
+)
+
+
+@dataclass
+class NetServer(Running):
+    """The server as the outside client of one address family reaches it."""
+
+    family: str = "ipv4"
+    host: str = "127.0.0.1"  # the server's address the outsider connects to
+    outside: str = OUTSIDE_IP
+    other_outside: str = OTHER_OUTSIDE_IP
+
+    def port(self, kind: str = "smtp") -> int:
+        return self.port_on(kind, self.host)
+
+    @property
+    def url_host(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+
+@pytest.fixture(scope="module", params=["ipv4", "ipv6"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink
+) -> Iterator[NetServer]:
+    tmp = tmp_path_factory.mktemp("srv")
+    if request.param == "ipv4":
+        cfg_path, data_dir = write_server_config(
+            tmp, delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}}
+        )
+        srv = NetServer(cfg_path, data_dir)
+    else:
+        # networks stays 127.0.0.1/32: ::1 is outside, as 127.0.0.2 is over IPv4.
+        cfg_path, data_dir = write_server_config(
+            tmp,
+            listen={k: ["127.0.0.1:0", "[::1]:0"] for k in KINDS},
+            delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}},
+        )
+        srv = NetServer(
+            cfg_path, data_dir, family="ipv6", host="::1", outside="::1", other_outside="::1"
+        )
+    for address, password in {ALICE: PASSWORD, BOB: "bobs password"}.items():
+        srv.add_user(address, password)
+    srv.start()
     yield srv
     srv.stop()
 
 
-def swaks(*args: str) -> subprocess.CompletedProcess[str]:
+def swaks(server: NetServer, *args: str) -> subprocess.CompletedProcess[str]:
+    over_ipv6 = server.family == "ipv6" and any(server.url_host in a for a in args)
+    if over_ipv6 and not SWAKS_IPV6:
+        pytest.skip("swaks cannot speak IPv6 here: Perl's IO::Socket::INET6 is not installed")
+    if over_ipv6:
+        args = tuple(
+            {OUTSIDE_IP: server.outside, OTHER_OUTSIDE_IP: server.other_outside}.get(a, a)
+            for a in args
+        )
     return subprocess.run(
         ["swaks", "--hide-informational", "--timeout", "20", *args],
         capture_output=True,
@@ -76,10 +132,11 @@ def marker_in_sink(sink: SmtpSink, marker: str, timeout: float = 15.0) -> bool:
 # ---------------------------------------------------------------- the DESIGN.md table, live
 
 
-def test_own_network_may_relay(server: Running, sink: SmtpSink) -> None:
+def test_own_network_may_relay(server: NetServer, sink: SmtpSink) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('smtp')}",
+        f"127.0.0.1:{server.port_on('smtp', '127.0.0.1')}",  # from inside, on either run
         "--from",
         "x@home.example",
         "--to",
@@ -91,10 +148,11 @@ def test_own_network_may_relay(server: Running, sink: SmtpSink) -> None:
     assert marker_in_sink(sink, "own-network-relay")
 
 
-def test_outside_client_is_refused_relay(server: Running, sink: SmtpSink) -> None:
+def test_outside_client_is_refused_relay(server: NetServer, sink: SmtpSink) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('smtp')}",
+        f"{server.url_host}:{server.port('smtp')}",
         "--local-interface",
         OUTSIDE_IP,
         "--from",
@@ -109,10 +167,11 @@ def test_outside_client_is_refused_relay(server: Running, sink: SmtpSink) -> Non
     assert not marker_in_sink(sink, "hotel-relay", timeout=1.0)
 
 
-def test_outside_client_may_send_to_our_domain(server: Running) -> None:
+def test_outside_client_may_send_to_our_domain(server: NetServer) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('smtp')}",
+        f"{server.url_host}:{server.port('smtp')}",
         "--local-interface",
         OUTSIDE_IP,
         "--from",
@@ -126,10 +185,11 @@ def test_outside_client_may_send_to_our_domain(server: Running) -> None:
     assert wait_maildir(server.data_dir, ALICE, containing=b"inbound-for-alice")
 
 
-def test_unknown_local_user_is_refused_at_rcpt(server: Running) -> None:
+def test_unknown_local_user_is_refused_at_rcpt(server: NetServer) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('smtp')}",
+        f"{server.url_host}:{server.port('smtp')}",
         "--local-interface",
         OUTSIDE_IP,
         "--from",
@@ -150,12 +210,13 @@ def test_unknown_local_user_is_refused_at_rcpt(server: Running) -> None:
     ids=["587-starttls", "465-implicit", "25-starttls"],
 )
 def test_authenticated_outside_client_may_relay(
-    server: Running, sink: SmtpSink, kind: str, tls_args: list[str]
+    server: NetServer, sink: SmtpSink, kind: str, tls_args: list[str]
 ) -> None:
     marker = f"auth-relay-{kind}"
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port(kind)}",
+        f"{server.url_host}:{server.port(kind)}",
         "--local-interface",
         OUTSIDE_IP,
         *tls_args,
@@ -176,10 +237,11 @@ def test_authenticated_outside_client_may_relay(
     assert marker_in_sink(sink, marker)
 
 
-def test_auth_login_mechanism(server: Running, sink: SmtpSink) -> None:
+def test_auth_login_mechanism(server: NetServer, sink: SmtpSink) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('submission')}",
+        f"{server.url_host}:{server.port('submission')}",
         "--local-interface",
         OUTSIDE_IP,
         "--tls",
@@ -200,10 +262,11 @@ def test_auth_login_mechanism(server: Running, sink: SmtpSink) -> None:
     assert marker_in_sink(sink, "auth-login-relay")
 
 
-def test_submission_requires_auth(server: Running) -> None:
+def test_submission_requires_auth(server: NetServer) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('submission')}",
+        f"{server.url_host}:{server.port('submission')}",
         "--tls",
         "--from",
         ALICE,
@@ -215,8 +278,8 @@ def test_submission_requires_auth(server: Running) -> None:
     assert "530 5.7.0 Authentication required" in r.stdout
 
 
-def test_submission_requires_starttls_first(server: Running) -> None:
-    c = RawClient(server.port("submission"), OUTSIDE_IP)
+def test_submission_requires_starttls_first(server: NetServer) -> None:
+    c = RawClient(server.port("submission"), server.outside)
     assert c.reply().startswith("220 ")
     ehlo = c.cmd("EHLO client.example")
     assert "STARTTLS" in ehlo and "AUTH" not in ehlo  # T5: no AUTH offered in clear
@@ -224,10 +287,11 @@ def test_submission_requires_starttls_first(server: Running) -> None:
     c.close()
 
 
-def test_wrong_password(server: Running) -> None:
+def test_wrong_password(server: NetServer) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('submission')}",
+        f"{server.url_host}:{server.port('submission')}",
         "--tls",
         "--local-interface",
         OTHER_OUTSIDE_IP,
@@ -251,7 +315,7 @@ def test_wrong_password(server: Running) -> None:
 
 
 def test_curl_smtp_outside_refused_and_smtps_with_login(
-    server: Running, sink: SmtpSink, tmp_path: Path
+    server: NetServer, sink: SmtpSink, tmp_path: Path
 ) -> None:
     body = tmp_path / "mail.txt"
     body.write_text("Subject: curl-relay\r\n\r\nhello from curl\r\n")
@@ -260,8 +324,8 @@ def test_curl_smtp_outside_refused_and_smtps_with_login(
             "curl",
             "-sS",
             "--interface",
-            OUTSIDE_IP,
-            f"smtp://127.0.0.1:{server.port('smtp')}",
+            server.outside,
+            f"smtp://{server.url_host}:{server.port('smtp')}",
             "--mail-from",
             "x@home.example",
             "--mail-rcpt",
@@ -281,8 +345,8 @@ def test_curl_smtp_outside_refused_and_smtps_with_login(
             "-sS",
             "-k",
             "--interface",
-            OUTSIDE_IP,
-            f"smtps://127.0.0.1:{server.port('submissions')}",
+            server.outside,
+            f"smtps://{server.url_host}:{server.port('submissions')}",
             "--user",
             f"{ALICE}:{PASSWORD}",
             "--mail-from",
@@ -300,12 +364,12 @@ def test_curl_smtp_outside_refused_and_smtps_with_login(
     assert marker_in_sink(sink, "curl-relay")
 
 
-def test_smtplib_submission(server: Running, sink: SmtpSink) -> None:
+def test_smtplib_submission(server: NetServer, sink: SmtpSink) -> None:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP(
-        "127.0.0.1", server.port("submission"), source_address=(OUTSIDE_IP, 0), timeout=20
+        server.host, server.port("submission"), source_address=(server.outside, 0), timeout=20
     ) as s:
         s.starttls(context=ctx)
         s.login(ALICE, PASSWORD)
@@ -314,9 +378,9 @@ def test_smtplib_submission(server: Running, sink: SmtpSink) -> None:
     assert marker_in_sink(sink, "smtplib-relay")
 
 
-def test_smtplib_outside_relay_refused(server: Running) -> None:
+def test_smtplib_outside_relay_refused(server: NetServer) -> None:
     with smtplib.SMTP(
-        "127.0.0.1", server.port("smtp"), source_address=(OUTSIDE_IP, 0), timeout=20
+        server.host, server.port("smtp"), source_address=(server.outside, 0), timeout=20
     ) as s:
         with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
             s.sendmail("x@home.example", [f"friend@{REMOTE}"], "Subject: no\r\n\r\nno\r\n")
@@ -330,8 +394,8 @@ def test_smtplib_outside_relay_refused(server: Running) -> None:
 @pytest.mark.parametrize(
     "sender", [ALICE, ALICE.upper(), f"{ALICE}.", f'"alice"@{LOCAL_DOMAIN}', f"@{REMOTE}:{ALICE}"]
 )
-def test_s1_outside_client_cannot_claim_our_domain(server: Running, sender: str) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_s1_outside_client_cannot_claim_our_domain(server: NetServer, sender: str) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     r = c.cmd(f"MAIL FROM:<{sender}>")
@@ -340,10 +404,11 @@ def test_s1_outside_client_cannot_claim_our_domain(server: Running, sender: str)
     c.close()
 
 
-def test_s2_authenticated_user_cannot_send_as_another(server: Running) -> None:
+def test_s2_authenticated_user_cannot_send_as_another(server: NetServer) -> None:
     r = swaks(
+        server,
         "--server",
-        f"127.0.0.1:{server.port('submission')}",
+        f"{server.url_host}:{server.port('submission')}",
         "--tls",
         "--auth",
         "PLAIN",
@@ -361,8 +426,8 @@ def test_s2_authenticated_user_cannot_send_as_another(server: Running) -> None:
     assert f"553 5.7.1 <{BOB}>: Sender address rejected: not owned by user {ALICE}" in r.stdout
 
 
-def test_s3_auth_parameter_grants_nothing(server: Running) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_s3_auth_parameter_grants_nothing(server: NetServer) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     assert c.cmd(f"MAIL FROM:<x@{REMOTE}> AUTH=<{ALICE}>").startswith("250")
@@ -408,8 +473,8 @@ REJECTED_RCPTS = {
 
 
 @pytest.mark.parametrize(("case", "rcpt"), list(REJECTED_RCPTS.items()), ids=list(REJECTED_RCPTS))
-def test_relay_trick_never_relays(server: Running, sink: SmtpSink, case: str, rcpt: str) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_relay_trick_never_relays(server: NetServer, sink: SmtpSink, case: str, rcpt: str) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     sender = f"<u@{IP}>" if case == "R4" else f"<spam@{X}>"
@@ -427,8 +492,8 @@ def test_relay_trick_never_relays(server: Running, sink: SmtpSink, case: str, rc
     ["<>", f"<postmaster@{L}>", f"<u@{H}>"],
     ids=["R2-null", "R3-postmaster", "R3-hostname"],
 )
-def test_r2_r3_sender_never_grants_relay(server: Running, sender: str) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_r2_r3_sender_never_grants_relay(server: NetServer, sender: str) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     c.cmd(f"MAIL FROM:{sender}")  # may itself be refused (not logged in): either way no relay
@@ -437,8 +502,8 @@ def test_r2_r3_sender_never_grants_relay(server: Running, sender: str) -> None:
     c.close()
 
 
-def test_r11_route_to_local_user_is_local(server: Running) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_r11_route_to_local_user_is_local(server: NetServer) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     c.cmd(f"MAIL FROM:<spam@{X}>")
@@ -447,8 +512,8 @@ def test_r11_route_to_local_user_is_local(server: Running) -> None:
     c.close()
 
 
-def test_r13_trailing_dot_upper_case_is_the_same_mailbox(server: Running) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_r13_trailing_dot_upper_case_is_the_same_mailbox(server: NetServer) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     c.cmd(f"MAIL FROM:<spam@{X}>")
@@ -456,8 +521,8 @@ def test_r13_trailing_dot_upper_case_is_the_same_mailbox(server: Running) -> Non
     c.close()
 
 
-def test_r17_nul_and_cr_in_address(server: Running) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_r17_nul_and_cr_in_address(server: NetServer) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     c.cmd(f"MAIL FROM:<spam@{X}>")
@@ -469,8 +534,8 @@ def test_r17_nul_and_cr_in_address(server: Running) -> None:
     c.close()
 
 
-def test_r19_mixed_recipients_deliver_only_locally(server: Running, sink: SmtpSink) -> None:
-    c = RawClient(server.port("smtp"), OUTSIDE_IP)
+def test_r19_mixed_recipients_deliver_only_locally(server: NetServer, sink: SmtpSink) -> None:
+    c = RawClient(server.port("smtp"), server.outside)
     c.reply()
     c.cmd("EHLO client.example")
     assert c.cmd(f"MAIL FROM:<a@{X}>").startswith("250")

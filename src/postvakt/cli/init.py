@@ -105,6 +105,7 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 # notify_user = true              # also tell a user whose mail was held
 # auth_failures = 10              # failed logins per (address, login) before 454 4.7.0
 # auth_failures_address = 100     # failed logins per address, all logins together
+# ipv6_prefix = 64                # an IPv6 client is its /64, for limits and failed logins
 # [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
 # messages_per_hour = 200
 # recipients_per_hour = 1000
@@ -117,6 +118,12 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 # listen = "127.0.0.1:8080"       # plain HTTP: put a TLS proxy in front for the world
 # public_host = "mail.{domain}"   # the name mail programs are told (default: hostname)
 # proxy_trusted = ["127.0.0.1/32"]  # proxies whose X-Forwarded-For is believed
+
+# [metrics]                       # Prometheus text format at /metrics; absent = off
+# listen = "127.0.0.1:9154"       # the node's totals, whichever process counted them
+
+# [log]                           # to standard error (journald), one line per event
+# format = "json"                 # text (default) | json: one object per line
 """
 
 

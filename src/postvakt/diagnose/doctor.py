@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from postvakt.config import HostPort
 from postvakt.diagnose import catalogue
 from postvakt.diagnose import classify as k
 from postvakt.diagnose.client import (
@@ -439,13 +440,14 @@ def diagnose(opts: DoctorOptions) -> Diagnosis:
     findings: list[Finding] = []
     probes: list[Probe] = []
     params: dict[str, Any] = {
-        "server": f"{opts.host}:{opts.port}",
+        # "[2001:db8::1]:587" for an IPv6 address, as mail programs write it.
+        "server": str(HostPort(opts.host, opts.port)),
         "host": opts.host,
         "port": opts.port,
         "sender": opts.sender,
         "rcpt": opts.rcpt,
         "login": opts.login or "",
-        "pop3": f"{opts.pop3_host}:{opts.pop3_port}" if opts.pop3_host else "",
+        "pop3": str(HostPort(opts.pop3_host, opts.pop3_port)) if opts.pop3_host else "",
         "reply": "",
         "detail": "",
     }

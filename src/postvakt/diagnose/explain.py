@@ -96,8 +96,16 @@ class Explanation:
 
 
 def client_ip_arg(text: str) -> str:
+    """An address as typed: "192.0.2.7", "2001:db8::7", "[2001:db8::7]", "IPv6:2001:db8::7";
+    IPv4-mapped IPv6 as the IPv4 address the server sees."""
+    bare = text.strip().removeprefix("[").removesuffix("]")
+    if bare[:5].lower() == "ipv6:":
+        bare = bare[5:]
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        ip = ipaddress.ip_address(bare)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ip)
     except ValueError:
         raise ExplainError(f"--client: {text!r} is not an IP address") from None
 

@@ -46,7 +46,6 @@ import asyncio
 import enum
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import threading
 from collections import OrderedDict
@@ -57,6 +56,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from postvakt import sqlitedb
 from postvakt.directory import canonical
+from postvakt.policy.limits import IPV6_PREFIX, client_key
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -67,9 +67,6 @@ MAX_KEYS = 100_000
 # A login longer than any address (RFC 5321 §4.5.3.1: 64 + 1 + 255) is cut
 # here for the key: an attacker's 9 KB user names must not become 9 KB keys.
 MAX_LOGIN_KEY = 320
-# An IPv6 subscriber gets a /64 (RFC 6177): counting single addresses inside
-# it would hand a guesser 2^64 fresh counters.
-IPV6_PREFIX = 64
 # Bytes of the keyed digest kept of a pair's last wrong password.
 FINGERPRINT_BYTES = 8
 # The SQLite store deletes expired rows once per this many reservations.
@@ -138,17 +135,9 @@ class LoginFailureStore(Protocol):
     def failures(self, address: str, login: str | None, ceilings: Ceilings, now: float) -> int: ...
 
 
-def address_key(ip: str) -> str:
-    """The client address as counted: IPv4 as is, IPv6 by its /64."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        return str(ipaddress.IPv6Network(f"{addr}/{IPV6_PREFIX}", strict=False))
-    return str(addr)
+def address_key(ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
+    """The client address as counted: IPv4 as is, IPv6 by its /64 (`[limits] ipv6_prefix`)."""
+    return client_key(ip, ipv6_prefix)
 
 
 def login_key(login: str) -> str:
@@ -407,6 +396,7 @@ class LoginThrottle:
         self.delay_start = delay_start
         self.delay_max = delay_max
         self.ceilings = Ceilings(per_login, per_address, window)
+        self.ipv6_prefix = IPV6_PREFIX
         # Fingerprints of wrong passwords are keyed per process and never
         # written in clear: the store only learns "same as last time or not".
         self._key = secrets.token_bytes(32)
@@ -426,6 +416,7 @@ class LoginThrottle:
             per_address=limits.auth_failures_address,
             window=limits.auth_window,
         )
+        self.ipv6_prefix = limits.ipv6_prefix
 
     async def _call(self, step: Callable[[], T]) -> T:
         if getattr(self.store, "blocking", False):
@@ -433,7 +424,7 @@ class LoginThrottle:
         return step()
 
     async def reserve(self, ip: str, login: str, now: float) -> Reservation:
-        address, key = address_key(ip), login_key(login)
+        address, key = address_key(ip, self.ipv6_prefix), login_key(login)
         return await self._call(lambda: self.store.reserve(address, key, self.ceilings, now))
 
     async def settle(
@@ -462,7 +453,10 @@ class LoginThrottle:
     def failures(self, ip: str, now: float, login: str | None = None) -> int:
         """The address's failures, or the (address, login) pair's: for tests and views."""
         return self.store.failures(
-            address_key(ip), None if login is None else login_key(login), self.ceilings, now
+            address_key(ip, self.ipv6_prefix),
+            None if login is None else login_key(login),
+            self.ceilings,
+            now,
         )
 
 

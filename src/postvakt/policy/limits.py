@@ -200,6 +200,10 @@ AUTH_FAILURES = 10
 # a NAT full of honest users (a school, a hotel) stays clear of it while an
 # address that sprays guesses over many logins is stopped.
 AUTH_FAILURES_ADDRESS = 100
+# An IPv6 subscriber gets a /64 (RFC 6177): counting single addresses inside
+# it would hand one client 2^64 fresh counters. 128 counts each address.
+IPV6_PREFIX = 64
+
 # Failures older than this are forgotten (fail2ban's default findtime is 10 min).
 AUTH_WINDOW = 15 * 60.0
 
@@ -224,6 +228,8 @@ class LimitsConfig:
     auth_failures: int = AUTH_FAILURES
     auth_failures_address: int = AUTH_FAILURES_ADDRESS
     auth_window: float = AUTH_WINDOW
+    # How much of an IPv6 address is one client, for the limits and for failed logins.
+    ipv6_prefix: int = IPV6_PREFIX
 
     def user_quota(self, login: str) -> Quota:
         key = login.lower()
@@ -285,6 +291,21 @@ def _in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(addr in n for n in networks)
 
 
+def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
+    """The client as counted: IPv4 as is, IPv6 by its network of `ipv6_prefix` bits
+    ("2001:db8:1:2::/64"), IPv4-mapped IPv6 as the IPv4 address."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+        if ipv6_prefix < 128:
+            return str(ipaddress.IPv6Network(f"{addr}/{ipv6_prefix}", strict=False))
+    return str(addr)
+
+
 def subject_for(
     client: Client,
     limits: LimitsConfig,
@@ -311,10 +332,11 @@ def subject_for(
         return Subject(USER, login, name, quota)
     if _in_networks(client.ip, limits.exempt):
         return None
+    key = client_key(client.ip, limits.ipv6_prefix)
     if _in_networks(client.ip, networks):
-        return Subject(ADDRESS, client.ip, NETWORKS, limits.networks)
+        return Subject(ADDRESS, key, NETWORKS, limits.networks)
     if any_road or _in_networks(client.ip, clients) or client.grant is not None:
-        return Subject(ADDRESS, client.ip, ADDRESS, limits.address)
+        return Subject(ADDRESS, key, ADDRESS, limits.address)
     return None
 
 
@@ -536,6 +558,10 @@ def parse_limits(table: Any, source: str) -> LimitsConfig:
             if not isinstance(v, bool):
                 raise ConfigError(source, key, f"expected true or false, got {v!r}")
             changes[k] = v
+        elif k == "ipv6_prefix":
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 128:
+                raise ConfigError(source, key, f"expected a prefix length from 1 to 128, got {v!r}")
+            changes[k] = v
         elif k in ("auth_failures", "auth_failures_address"):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(source, key, f"expected a whole number of at least 1, got {v!r}")
@@ -567,12 +593,14 @@ __all__ = [
     "NETWORKS",
     "OUTCOMES",
     "USER",
+    "IPV6_PREFIX",
     "LimitsConfig",
     "Quota",
     "Subject",
     "Usage",
     "check_mail_limits",
     "check_rcpt_limits",
+    "client_key",
     "hold_reason",
     "parse_limits",
     "subject_for",

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from postvakt.pop3 import replies as R
 from postvakt.pop3.message import encode_message
 from postvakt.pop3.replies import POP3Error, POP3Reply
+from postvakt.tally import CommandTally
 
 # ---------------------------------------------------------------- limits
 
@@ -56,6 +57,11 @@ MAX_PENDING_INPUT = 64 * 1024
 MAX_NUMBER_DIGITS = 10
 # RFC 2449 §4: a keyword is at most 40 characters; longer is no command at all.
 MAX_KEYWORD = 40
+# The order of the session summary line (as SMTP's).
+SUMMARY_ORDER = (
+    "capa", "stls", "user", "pass", "auth", "stat", "list", "uidl", "retr", "top", "dele",
+    "rset", "noop", "apop", "quit", "unknown",
+)  # fmt: skip
 
 CAPA_IMPLEMENTATION = "postvakt"
 
@@ -198,6 +204,7 @@ class POP3Connection:
         self._messages: list[MessageInfo] = []
         self._deleted: set[int] = set()  # 0-based indexes into _messages
         self._pending_fetch: Fetch | None = None
+        self._tally = CommandTally(SUMMARY_ORDER)
         self._emit(R.GREETING)
 
     # ------------------------------------------------------------ I/O surface
@@ -221,6 +228,10 @@ class POP3Connection:
     @property
     def closed(self) -> bool:
         return self.state is State.CLOSED
+
+    def command_summary(self) -> str:
+        """`user=1 pass=1 stat=1 retr=2 dele=2 quit=1 commands=8` (as SMTP's summary)."""
+        return self._tally.summary()
 
     @property
     def marked_deleted(self) -> tuple[str, ...]:
@@ -340,6 +351,7 @@ class POP3Connection:
 
     def _emit(self, reply: POP3Reply) -> None:
         self._out += reply.encode()
+        self._tally.answered(reply.ok)
 
     def _emit_lines(self, head: POP3Reply, lines: Sequence[str]) -> None:
         self._emit(head)
@@ -398,6 +410,7 @@ class POP3Connection:
             return self._sasl_response(line)
         keyword, _, rest = line.partition(" ")
         keyword = keyword.upper()
+        self._tally.issued(keyword.lower() if keyword in _KNOWN else "unknown")
         if len(keyword) > MAX_KEYWORD or keyword not in _KNOWN:
             self._bad_command(R.UNKNOWN_COMMAND)
             return None

@@ -35,6 +35,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from postvakt import metrics
 from postvakt.config import Config
 from postvakt.delivery import DeliveryError, maildir
 from postvakt.delivery.remote import RemoteDelivery, RemoteResult
@@ -446,6 +447,7 @@ class QueueManager:
             word,
             str(r).replace("\n", " ") if r else "",
         )
+        metrics.delivery(word, delay)
 
     # ------------------------------------------------------------ expansion
 

@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from postvakt import metrics
 from postvakt.config import IPNetwork
 from postvakt.server.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -438,6 +439,8 @@ class Acceptor:
     def _refuse(self, conn: socket.socket, ip: str, why: Refused) -> None:
         if why is Refused.CLIENT:
             log.info("refused client=%s port=%s: too many connections", ip, self.kind)
+        if self.family == "smtp":
+            metrics.smtpd_reject("connect", 421)
         if self._ssl is None:
             try:
                 conn.send(self._refusal(why, ip))

@@ -32,8 +32,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+from postvakt import metrics
 from postvakt.directory import canonical
 from postvakt.grants.logins import Outcome, Reservation
+from postvakt.logtext import printable
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
 from postvakt.pop3 import (
     NEED_DATA,
@@ -204,6 +206,7 @@ class POP3Protocol(asyncio.Protocol):
             self.implicit_tls,
             f" proxy={self.proxied.proxy}" if self.proxied is not None else "",
         )
+        metrics.pop3_connect(self.listener)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -224,6 +227,10 @@ class POP3Protocol(asyncio.Protocol):
             self._pump()
         return None
 
+    @property
+    def listener(self) -> str:
+        return "pop3s" if self.implicit_tls else "pop3"
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()
 
@@ -242,7 +249,9 @@ class POP3Protocol(asyncio.Protocol):
             if t is not current:
                 t.cancel()
         self._release()
-        log.info("pop3 disconnect client=%s", self.ip)
+        summary = self.conn.command_summary() if self.conn is not None else "commands=0"
+        # One line per session, with the commands it used (as SMTP's).
+        log.info("pop3 disconnect from unknown[%s] port=%s %s", self.ip, self.listener, summary)
 
     def shutdown(self) -> None:
         """Server stop: end the session without its UPDATE state (nothing is deleted)."""
@@ -377,11 +386,14 @@ class POP3Protocol(asyncio.Protocol):
             else:
                 reason = ""
             log.info(
-                "pop3 login failed client=%s user=%s mechanism=%s%s",
+                "pop3 login failed client=%s user=<%s> mechanism=%s%s",
                 self.ip,
-                ev.login[:64],
+                printable(ev.login, 64),
                 ev.mechanism,
                 reason,
+            )
+            metrics.pop3_login(
+                self.listener, "refused" if reservation.refused is not None else "failed"
             )
             conn.login_failed(R.AUTH_FAILED)
             self._pump()
@@ -389,6 +401,7 @@ class POP3Protocol(asyncio.Protocol):
         await throttle.settle(reservation, Outcome.SUCCEEDED, "", ctx.clock())
         if ctx.too_soon(login, ctx.clock()):
             log.info("pop3 login delay client=%s user=%s", self.ip, login)
+            metrics.pop3_login(self.listener, "delayed")
             conn.login_failed(R.LOGIN_DELAY, counts=False)
             self._pump()
             return
@@ -401,6 +414,7 @@ class POP3Protocol(asyncio.Protocol):
             raise
         except MailboxLocked:
             log.info("pop3 mailbox in use client=%s user=%s", self.ip, login)
+            metrics.pop3_login(self.listener, "in_use")
             conn.login_failed(R.IN_USE, counts=False)
             self._pump()
             return
@@ -415,6 +429,7 @@ class POP3Protocol(asyncio.Protocol):
         self.mailbox = mailbox
         ctx.logged_in(login, ctx.clock())
         conn.login_ok(login, mailbox.infos())
+        metrics.pop3_login(self.listener, "ok")
         ttl = ctx.config.relay.pop_before_smtp
         if ttl > 0:
             expires = ctx.clock() + ttl

@@ -21,10 +21,11 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from postvakt import smtp
+from postvakt import metrics, smtp
 from postvakt.address import Address, AddressError, parse_header_addresses
 from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
+from postvakt.logtext import printable
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
 from postvakt.policy.limits import hold_reason as limits_hold_reason
@@ -100,6 +101,7 @@ class SMTPSession(asyncio.Protocol):
         self.deadline = 0.0
         self.tls_pending: list[bytes] | None = None
         self.write_paused = False
+        self.summarized = False
 
     @property
     def in_transaction(self) -> bool:
@@ -149,6 +151,7 @@ class SMTPSession(asyncio.Protocol):
             )
         else:
             log.debug("connect client=%s port=%s", self.ip, self.kind)
+        metrics.smtpd_connect(self.kind)
         self._flush()
         self._reset_idle()
 
@@ -175,6 +178,15 @@ class SMTPSession(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None and not self.summarized:
+            # One line per session, as Postfix's: what the client did, in counts.
+            self.summarized = True
+            log.info(
+                "disconnect from unknown[%s] port=%s %s",
+                self.ip,
+                self.kind,
+                self.conn.command_summary(),
+            )
         self.closing = True
         self._abort_message()
         if self.idle_handle is not None:
@@ -264,6 +276,12 @@ class SMTPSession(asyncio.Protocol):
             extra,
             decision.log_line(),
         )
+        if stage == "LIMIT":
+            metrics.limit_hit(decision.rule, decision.verdict.value)
+        else:
+            metrics.smtpd_decision(
+                stage.lower(), decision.verdict.value, decision.rule, decision.reply.code
+            )
 
     def _pump(self) -> None:
         """Drive the core until it needs more input or an answer we compute in a task."""
@@ -371,6 +389,7 @@ class SMTPSession(asyncio.Protocol):
         self._reset_transaction()
         if self.app.low_on_space(ev.size):
             log.warning("MAIL client=%s refused: queue file system low on space", self.ip)
+            metrics.smtpd_reject("mail", REPLY_NO_SPACE.code)
             self.conn.respond(REPLY_NO_SPACE)
             return
         client = self._client()
@@ -448,6 +467,7 @@ class SMTPSession(asyncio.Protocol):
                 msg.queue_id,
                 str(ev.problem),
             )
+            metrics.smtpd_reject("data", ev.problem.code)
             conn.respond(ev.problem)
             return
         if self.msg_failed:
@@ -465,6 +485,7 @@ class SMTPSession(asyncio.Protocol):
                 msg.queue_id,
                 str(REPLY_HEADER_TOO_LONG),
             )
+            metrics.smtpd_reject("data", REPLY_HEADER_TOO_LONG.code)
             conn.respond(REPLY_HEADER_TOO_LONG)
             return
         try:
@@ -486,6 +507,7 @@ class SMTPSession(asyncio.Protocol):
                     msg.queue_id,
                     str(e.reply),
                 )
+                metrics.smtpd_reject("data", e.reply.code)
                 conn.respond(e.reply)
                 return
             header_from, header_sender = [], []
@@ -554,6 +576,7 @@ class SMTPSession(asyncio.Protocol):
             ev.size,
             " hold=" + self.hold_reason if self.hold_reason else "",
         )
+        metrics.message_accepted(self.kind, envelope.hold)
         conn.respond(smtp_replies.queued(msg.queue_id))
         self._flush()
         self.app.crash_point("after_250")
@@ -611,9 +634,10 @@ class SMTPSession(asyncio.Protocol):
                 "AUTH client=%s port=%s user=<%s> refused: too many failures (%s)",
                 self.ip,
                 self.kind,
-                ev.username,
+                printable(ev.username),
                 reservation.refused.value,
             )
+            metrics.smtpd_auth(self.kind, ev.mechanism, ok=False)
             conn.respond(REPLY_AUTH_BLOCKED)
             return
         try:
@@ -631,10 +655,11 @@ class SMTPSession(asyncio.Protocol):
                 "AUTH client=%s port=%s user=<%s> mechanism=%s failed%s",
                 self.ip,
                 self.kind,
-                ev.username,
+                printable(ev.username),
                 ev.mechanism,
                 " (same password as before)" if outcome is Outcome.REPEATED else "",
             )
+            metrics.smtpd_auth(self.kind, ev.mechanism, ok=False)
             conn.respond(smtp_replies.AUTH_INVALID)
             return
         await throttle.settle(reservation, Outcome.SUCCEEDED, "", time.time())
@@ -645,6 +670,7 @@ class SMTPSession(asyncio.Protocol):
             login,
             ev.mechanism,
         )
+        metrics.smtpd_auth(self.kind, ev.mechanism, ok=True)
         conn.respond(smtp_replies.AUTH_OK, login=login)
 
     async def _on_starttls(self) -> None:

@@ -55,6 +55,7 @@ from postvakt.server.app import (
     _bind_error,
     _listen,
     _reload,
+    _start_metrics,
     _start_web,
     announce_ready,
     build_app,
@@ -250,6 +251,7 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     bound = _bound(sets[0])
     try:
         web_server = await _start_web(app, bound)
+        metrics_server = await _start_metrics(app, bound)
         # Every port is bound: from here on the server user (when started as root),
         # and so are the queue manager and the workers started below.
         drop_privileges(config)
@@ -273,6 +275,8 @@ async def supervise(config: Config, config_path: Path | None) -> int:
         await manager.stop(5)
         if web_server is not None:
             await web_server.stop()
+        if metrics_server is not None:
+            await metrics_server.stop()
         raise
     report_path = socket_path(config)
     reports = await start_grant_reports(
@@ -306,6 +310,8 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     log.info("stopping: workers finish their transactions in flight")
     if web_server is not None:
         await web_server.stop()
+    if metrics_server is not None:
+        await metrics_server.stop()
     stop_grant_reports(reports, report_path)
     await sup.stop()
     watch.cancel()

@@ -52,6 +52,7 @@ from postvakt.smtp._params import mail_params, rcpt_params
 from postvakt.smtp._sasl import MAX_AUTH_LINE, MECHANISMS, SaslExchange, Step
 from postvakt.smtp._settings import Settings
 from postvakt.smtp._state import ALLOWED, COMMANDS, ON_POSITIVE, State, refusal
+from postvakt.tally import CommandTally
 
 # RFC 5321 §4.5.3.1.4: a command line is at most 512 octets including CRLF.
 MAX_COMMAND_LINE = 512
@@ -59,6 +60,14 @@ MAX_COMMAND_LINE = 512
 # also counts as an error, so an idle-looping client meets the hard limit.
 JUNK_COMMAND_LIMIT = 100
 JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "HELP"})
+# Replies that answer a command only halfway: its outcome comes with the next reply.
+INTERMEDIATE_CODES = frozenset({334, 354})
+# The order of the session summary (Postfix's "disconnect from" line).
+SUMMARY_ORDER = (
+    "helo", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "rset", "noop", "vrfy", "expn",
+    "help", "quit", "unknown",
+)  # fmt: skip
+
 # Postfix smtpd_recipient_overshoot_limit: "too many recipients" replies
 # count as errors only after this many (a big mailing is not an attack).
 RECIPIENT_OVERSHOOT_LIMIT = 1000
@@ -87,6 +96,7 @@ class SMTPServer:
         "_discarding",
         "_shutdown",
         "_junk",
+        "_tally",
         "_overshoot",
         "_sasl",
         "_data",
@@ -114,6 +124,7 @@ class SMTPServer:
         self._overshoot = 0
         self._sasl: SaslExchange | None = None
         self._data: DataReader | None = None
+        self._tally = CommandTally(SUMMARY_ORDER)
         self._emit(replies.banner(settings.hostname), error=False)
 
     # ------------------------------------------------------------ public API
@@ -126,6 +137,11 @@ class SMTPServer:
     def buffered(self) -> int:
         """Bytes received but not yet consumed (the adapter pauses reading on this)."""
         return len(self._buf)
+
+    def command_summary(self) -> str:
+        """`ehlo=1 mail=1 rcpt=0/1 data=1 quit=1 commands=4/5` (Postfix's form):
+        a command that was refused at least once shows succeeded/issued."""
+        return self._tally.summary()
 
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
@@ -306,11 +322,14 @@ class SMTPServer:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError:
+                self._tally.issued("unknown")
                 raise RemoteProtocolError(replies.BAD_UTF8) from None
             word, _, arg = text.partition(" ")
             verb = word.upper()
             if verb not in COMMANDS:
+                self._tally.issued("unknown")
                 raise RemoteProtocolError(replies.UNRECOGNIZED)
+            self._tally.issued(verb.lower())
             refused = refusal(self._state, verb)
             if refused is not None:
                 raise RemoteProtocolError(refused)
@@ -545,6 +564,8 @@ class SMTPServer:
 
     def _emit(self, reply: Reply, error: bool | None = None) -> None:
         self._out += reply.encode()
+        if reply.code not in INTERMEDIATE_CODES:
+            self._tally.answered(reply.code < 400)
         if reply.code >= 400 if error is None else error:
             self._count_error()
 
