@@ -22,6 +22,7 @@ from support import (
     OUTSIDE_IP,
     RawClient,
     Running,
+    eventually,
     maildir_messages,
     start_server,
 )
@@ -296,6 +297,17 @@ def test_p11_connection_limit_per_client_address(server: Running) -> None:
     assert other.reply().startswith("220")  # 127.0.0.3 is still served
     for c in [*held, extra, other]:
         c.close()
+
+    # The places come back once the server has seen the closes (not at the
+    # client's close() itself): wait for that, so the next test starts clean.
+    def served_again() -> None:
+        c = RawClient(server.port("smtp"), OUTSIDE_IP)
+        try:
+            assert c.reply().startswith("220")
+        finally:
+            c.close()
+
+    eventually(served_again, timeout=10)
 
 
 def _open_fds(pid: int) -> int:
