@@ -210,6 +210,9 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path: Path) -> Non
         fresh.close()
 
         def resumed() -> None:
+            # The episode is over once accepts have worked for a while: keep accepting.
+            c = RawClient(srv.port("smtp"), "127.0.0.1")
+            c.close()
             assert re.search(r"accepting again: \d+ accepts failed", srv.log())
 
         eventually(resumed, timeout=PATIENCE)

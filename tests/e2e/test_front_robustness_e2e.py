@@ -22,6 +22,7 @@ from support import (
     OUTSIDE_IP,
     RawClient,
     Running,
+    eventually,
     maildir_messages,
     start_server,
 )
@@ -287,15 +288,34 @@ def test_p10_slowloris_is_cut_by_the_deadline(server: Running) -> None:
 
 
 def test_p11_connection_limit_per_client_address(server: Running) -> None:
-    held = [RawClient(server.port("smtp"), OUTSIDE_IP) for _ in range(5)]
-    for c in held:
-        assert c.reply().startswith("220")
+    held: list[RawClient] = []
+
+    def five_held() -> None:
+        # A previous test's connections count until the server has seen them
+        # close: start once all five places of the address are free.
+        for c in held:
+            c.close()
+        held[:] = [RawClient(server.port("smtp"), OUTSIDE_IP) for _ in range(5)]
+        assert all(c.reply().startswith("220") for c in held)
+
+    eventually(five_held, timeout=10)
     extra = RawClient(server.port("smtp"), OUTSIDE_IP)
     assert extra.reply().startswith("421 4.7.0")
     other = RawClient(server.port("smtp"), OTHER_OUTSIDE_IP)
     assert other.reply().startswith("220")  # 127.0.0.3 is still served
     for c in [*held, extra, other]:
         c.close()
+
+    # The places come back once the server has seen the closes (not at the
+    # client's close() itself): wait for that, so the next test starts clean.
+    def served_again() -> None:
+        c = RawClient(server.port("smtp"), OUTSIDE_IP)
+        try:
+            assert c.reply().startswith("220")
+        finally:
+            c.close()
+
+    eventually(served_again, timeout=10)
 
 
 def _open_fds(pid: int) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from postvakt.server.accept import (
     DESCRIPTOR_RESERVE,
+    EPISODE_QUIET,
     Connections,
     Refused,
     Slot,
@@ -67,14 +68,22 @@ def test_the_process_cap_comes_first_and_logs_once_per_episode(
 
 def test_out_of_descriptors_is_one_line_each_way(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "postvakt.accept")
+    now = [100.0]
 
     async def episode() -> None:
-        c = Connections(100)
+        c = Connections(100, clock=lambda: now[0])
+        emfile = OSError(errno.EMFILE, "Too many open files")
+        # At the limit with clients coming and going: one accept through, the next fails.
         for _ in range(1000):
-            c.out_of_descriptors(OSError(errno.EMFILE, "Too many open files"))
-        assert c.paused
+            c.out_of_descriptors(emfile)
+            assert c.paused
+            c._resume()  # a connection of ours closed
+            c.accepted()
+            now[0] += 0.001
+        assert c.in_episode and not c.paused
+        now[0] += EPISODE_QUIET
         c.accepted()
-        assert not c.paused
+        assert not c.in_episode
 
     asyncio.run(episode())
     lines = [r.message for r in caplog.records]

@@ -19,8 +19,8 @@ House rules:
 - Out of descriptors (EMFILE, ENFILE; or of kernel memory): every listener of
   the process stops accepting (the kernel keeps waiting clients in the
   backlog), one warning line is logged, and accepting resumes as soon as one
-  of our connections closes, or after ACCEPT_RETRY_DELAY. When an accept works
-  again, one line says how many failed meanwhile. Never one line per failure:
+  of our connections closes, or after ACCEPT_RETRY_DELAY. When accepts have
+  worked for EPISODE_QUIET, one line says how many failed meanwhile. Never one line per failure:
   a listening socket stays readable, and a log per readiness is a flood.
 - Implicit-TLS handshakes end within HANDSHAKE_TIMEOUT of accept, as
   Postfix's and Dovecot's do (about 10 s); a failed one is one log line
@@ -62,6 +62,10 @@ Family = Literal["smtp", "pop3"]
 ACCEPT_BATCH = 64
 # Out of descriptors and none of ours closed: try again after this long (asyncio's own delay).
 ACCEPT_RETRY_DELAY = 1.0
+# An out-of-descriptors episode is over after this long without a failed
+# accept: at the limit, each close lets one accept through before the next
+# fails, and a line each way per close would be the flood all over again.
+EPISODE_QUIET = 5.0
 # Descriptors kept free of connections for everything else a process opens:
 # spool files, the user database, logs, the queue manager's pipe, TLS peeks.
 # At least this many, or an eighth of the limit when that is more.
@@ -156,16 +160,19 @@ class Connections:
     """Every connection of this process, counted from accept until closed,
     and the accept pause when descriptors run out (shared by every listener)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self._clock = clock
         self.total = 0
         self._per_client: dict[tuple[Family, str], int] = {}
         self._acceptors: set[Acceptor] = set()
-        # An out-of-descriptors episode: when it began, accepts that failed, why.
-        self._paused_since: float | None = None
-        self._failed_accepts = 0
+        # Listeners stopped for lack of descriptors, and the retry that restarts them.
+        self._paused = False
         self._retry: asyncio.TimerHandle | None = None
-        self._episode_reported = False
+        # An out-of-descriptors episode: when it began, accepts that failed, the last failure.
+        self._episode_since: float | None = None
+        self._failed_accepts = 0
+        self._last_failure = 0.0
         # A process-cap episode: refusals since the cap was reached.
         self._capped = 0
         # Implicit-TLS handshakes peeking at their first bytes now (MAX_PEEKS).
@@ -176,7 +183,11 @@ class Connections:
 
     @property
     def paused(self) -> bool:
-        return self._paused_since is not None
+        return self._paused
+
+    @property
+    def in_episode(self) -> bool:
+        return self._episode_since is not None
 
     def admit(self, family: Family, ip: str, client_limit: int) -> Slot | Refused:
         """A slot for a connection just accepted, or why not (`client_limit` 0: none)."""
@@ -224,7 +235,7 @@ class Connections:
         if self._capped and self.total <= self.limit - max(1, self.limit // 10):
             log.warning("below the connection cap again: %d connections were refused", self._capped)
             self._capped = 0
-        if self._paused_since is not None:
+        if self._paused:
             self._resume()
 
     # ---------------------------------------------------------------- descriptor exhaustion
@@ -232,10 +243,9 @@ class Connections:
     def out_of_descriptors(self, err: OSError) -> None:
         """An accept failed for lack of descriptors or memory: pause every listener."""
         self._failed_accepts += 1
-        if self._paused_since is None:
-            self._paused_since = time.monotonic()
-        if not self._episode_reported:
-            self._episode_reported = True
+        self._last_failure = self._clock()
+        if self._episode_since is None:
+            self._episode_since = self._last_failure
             log.warning(
                 "accept failed: %s (%s) with %d connections open; not accepting until"
                 " a descriptor frees",
@@ -243,6 +253,7 @@ class Connections:
                 errno.errorcode.get(err.errno or 0, "?"),
                 self.total,
             )
+        self._paused = True
         for a in self._acceptors:
             a.pause()
         if self._retry is None:
@@ -253,24 +264,24 @@ class Connections:
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
+        self._paused = False
         for a in list(self._acceptors):
             a.resume()
 
     def accepted(self) -> None:
-        """An accept worked: an exhaustion episode, if any, is over."""
-        if self._paused_since is None:
+        """An accept worked: an exhaustion episode ends once they have for EPISODE_QUIET."""
+        if self._episode_since is None:
+            return
+        now = self._clock()
+        if now - self._last_failure < EPISODE_QUIET:
             return
         log.warning(
             "accepting again: %d accepts failed for lack of descriptors over %.1f s",
             self._failed_accepts,
-            time.monotonic() - self._paused_since,
+            self._last_failure - self._episode_since,
         )
-        self._paused_since = None
+        self._episode_since = None
         self._failed_accepts = 0
-        self._episode_reported = False
-        if self._retry is not None:
-            self._retry.cancel()
-            self._retry = None
 
 
 class Acceptor:
