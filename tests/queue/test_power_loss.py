@@ -241,3 +241,50 @@ def test_power_loss_during_queue_commit(recorded: Recorded) -> None:
 
 def test_power_loss_during_maildir_delivery(recorded: Recorded) -> None:
     _run(recorded, "delivery")
+
+
+COMMITTER = """
+import sys
+from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
+q = Queue(sys.argv[1])
+m = q.new_message()
+m.write(b"Subject: dir fsync\\r\\n\\r\\nbody\\r\\n")
+try:
+    m.commit(Envelope("a@pv.test", (Recipient("b@pv.test"),), 1.0, "127.0.0.1", "h", None))
+except QueueWriteError as e:
+    print(m.queue_id, e.reply.code, e.reply.enhanced, e.reply.text)
+    sys.exit(3)
+print(m.queue_id, "committed")
+"""
+
+
+def test_rename_done_but_directory_fsync_failed_gives_451_and_no_message(tmp_path: Path) -> None:
+    """The commit's rename succeeded, then fsync(incoming/) failed (a real EIO,
+    injected into the system call by strace): the client gets a 451, so the
+    message must not stay in incoming/ to be delivered besides the resend."""
+    root = tmp_path / "queue"
+    Queue(root)
+    log = tmp_path / "trace"
+    p = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(log), "-e", "trace=fsync,rename,unlink"]
+        + ["-e", "inject=fsync:error=EIO:when=2", sys.executable, "-c", COMMITTER, str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 3, p.stdout + p.stderr
+    qid, reply = p.stdout.split(" ", 1)
+    assert reply.strip() == "451 4.3.0 Queue file write error"
+    calls = [ln.split(" ", 1)[1].strip() for ln in log.read_text().splitlines()]
+    calls = [c for c in calls if "ENOENT" not in c]  # abort's unlink of the gone tmp name
+    # The path under test was taken: file fsync, the commit rename, the failed
+    # directory fsync, then the rename undone.
+    assert [c.split("(")[0] for c in calls] == ["fsync", "rename", "fsync", "unlink"], calls
+    assert calls[1].endswith("= 0") and f"incoming/{qid}" in calls[1]
+    assert "EIO" in calls[2] and "(INJECTED)" in calls[2]
+    assert calls[3].endswith("= 0") and f"incoming/{qid}" in calls[3]
+    q = Queue(root)
+    q.recover()
+    assert {d: q.ids(d) for d in ("tmp", *QUEUE_DIRS, "corrupt")} == {
+        d: [] for d in ("tmp", *QUEUE_DIRS, "corrupt")
+    }
