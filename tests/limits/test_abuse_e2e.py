@@ -25,6 +25,7 @@ from support import (
     RawClient,
     Running,
     SmtpSink,
+    clock_inside_one_hour,
     eventually,
     start_server,
     wait_maildir,
@@ -39,6 +40,14 @@ AUTH_DELAY = 0.1
 AUTH_DELAY_MAX = 0.8
 AUTH_FAILURES = 10
 AUTH_FAILURES_ADDRESS = 14
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_clock_hour() -> Iterator[None]:
+    """Hourly limits count per clock hour: keep the whole module inside one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSTVAKT_CLOCK_OFFSET", clock_inside_one_hour())
+        yield
 
 
 def tls_ctx() -> ssl.SSLContext:
