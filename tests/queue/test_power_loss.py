@@ -51,7 +51,9 @@ def body(n: int) -> bytes:
 
 
 def message(n: int) -> bytes:
-    return f"From: load@{LOCAL_DOMAIN}\r\nTo: {BOB}\r\nSubject: crash-{n}\r\n\r\n".encode() + body(n)
+    return f"From: load@{LOCAL_DOMAIN}\r\nTo: {BOB}\r\nSubject: crash-{n}\r\n\r\n".encode() + body(
+        n
+    )
 
 
 @dataclass
