@@ -40,8 +40,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         users={ALICE: PASSWORD},
         smtp={"idle_timeout": "2s", "max_connections_per_client": 5, "error_sleep": 0},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def tls_ctx() -> ssl.SSLContext:

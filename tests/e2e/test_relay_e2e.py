@@ -39,8 +39,10 @@ PASSWORD = "correct horse"
 @pytest.fixture(scope="module")
 def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpSink]:
     s = SmtpSink(tmp_path_factory.mktemp("sink"))
-    yield s
-    s.stop()
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, sink: SmtpSink) -> Iterator
         users={ALICE: PASSWORD, BOB: "bobs password"},
         delivery={"routes": {REMOTE: f"127.0.0.1:{sink.port}"}},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def swaks(*args: str) -> subprocess.CompletedProcess[str]:
@@ -446,8 +450,10 @@ def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         users={ALICE: PASSWORD},
         sender={"unauthenticated_local": "warn"},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 CLAIMED_SENDERS = {

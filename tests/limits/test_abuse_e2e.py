@@ -82,8 +82,10 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "address": {"recipients_per_hour": 3, "recipients_per_message": 2},
         },
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def test_recipients_per_message_from_one_address_not_another(limited: Running) -> None:
@@ -231,8 +233,10 @@ def guarded(tmp_path: Path) -> Iterator[Running]:
         },
         pop3={"fail_delay": AUTH_DELAY, "fail_delay_max": AUTH_DELAY_MAX},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def smtp_auth(srv: Running, ip: str, user: str, password: str) -> tuple[int, str, float]:

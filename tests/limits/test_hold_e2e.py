@@ -103,8 +103,10 @@ def held(srv: Running) -> list[dict[str, object]]:
 @pytest.fixture()
 def sink(tmp_path: Path) -> Iterator[SmtpSink]:
     s = SmtpSink(tmp_path)
-    yield s
-    s.stop()
+    try:
+        yield s
+    finally:
+        s.stop()
 
 
 def start(tmp_path: Path, sink: SmtpSink, **limits: object) -> Running:
