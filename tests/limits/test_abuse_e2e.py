@@ -176,7 +176,9 @@ def test_p7_unknown_commands_slow_down_then_421(tmp_path: Path) -> None:
         assert all(r.startswith("500 5.5.2") for r in replies), replies
         # The 20th error is followed by 421 unasked (Postfix smtpd_hard_error_limit).
         assert c.reply().startswith("421 4.7.0")
-        assert max(times[:10]) < ERROR_SLEEP <= min(times[10:19]), times  # slower after 10
+        # The event loop's timer may fire a hair early: 90% of the delay marks "slowed".
+        slowed = 0.9 * ERROR_SLEEP
+        assert max(times[:10]) < slowed <= min(times[10:19]), times  # slower after 10
         with pytest.raises((ConnectionError, OSError)):
             c.reply()
         c.close()
