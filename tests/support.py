@@ -354,6 +354,13 @@ def wait_maildir(
     return [m for m in maildir_messages(data_dir, mailbox) if containing in m]
 
 
+def clock_inside_one_hour() -> str:
+    """A POSTVAKT_CLOCK_OFFSET that puts the limit clock of the server (and of
+    `postvakt limits`) 5 minutes past the next full hour: a test of an hourly
+    limit then has 55 minutes before its counters could reset at HH:00."""
+    return str(3600 - time.time() % 3600 + 300)
+
+
 def eventually(check: Callable[[], None], timeout: float = 5.0) -> None:
     """Retry `check` until it stops failing or time runs out: for state that a
     server records after its reply (counters, views the CLI reads)."""

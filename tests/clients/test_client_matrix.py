@@ -105,8 +105,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         limits={"auth_failures": 1000, "auth_delay": 0.01, "auth_delay_max": 0.02},
         pop3={"fail_delay": 0.01, "fail_delay_max": 0.02},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def cert(srv: Running) -> str:

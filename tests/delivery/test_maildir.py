@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import mailbox
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from stack import ensure_server_user, python_for
 
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.maildir import deliver
@@ -55,15 +60,53 @@ def test_loop_is_detected_by_delivered_to(tmp_path: Path) -> None:
     deliver(tmp_path / "m", body_only, return_path="a@pv.test", delivered_to="bob@pv.test")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_unwritable_maildir_is_a_temporary_error(tmp_path: Path) -> None:
-    md = tmp_path / "m"
-    for sub in ("tmp", "new", "cur"):
-        (md / sub).mkdir(parents=True)
-    (md / "tmp").chmod(0o500)
-    with pytest.raises(DeliveryError) as e:
-        deliver(md, MSG, return_path="a@pv.test", delivered_to="bob@pv.test")
-    assert e.value.temporary and e.value.reply.code == 451
+UNWRITABLE = """
+import sys
+from pathlib import Path
+from postvakt.delivery import DeliveryError
+from postvakt.delivery.maildir import deliver
+try:
+    deliver(Path(sys.argv[1]), b"Subject: x\\r\\n\\r\\nbody\\r\\n", return_path="a@pv.test",
+            delivered_to="bob@pv.test")
+except DeliveryError as e:
+    print(e.temporary, e.reply.code, e.reply.enhanced)
+else:
+    print("delivered")
+"""
+
+
+def test_unwritable_maildir_is_a_temporary_error() -> None:
+    """tmp/ without write permission: a 451 to retry, not a bounce. Root ignores
+    directory permissions, so under root (as in CI) the delivery runs as an
+    unprivileged system user."""
+    scratch = Path(tempfile.mkdtemp(prefix="pv-maildir-"))
+    try:
+        os.chmod(scratch, 0o755)
+        md = scratch / "m"
+        for sub in ("tmp", "new", "cur"):
+            (md / sub).mkdir(parents=True)
+        cmd, env, user = [sys.executable], {}, {}
+        if os.geteuid() == 0:
+            uid, gid = ensure_server_user()
+            cmd, env = python_for(uid, gid, scratch)
+            user = {"user": uid, "group": gid, "extra_groups": []}
+            for p in (md, *(md / sub for sub in ("tmp", "new", "cur"))):
+                os.chown(p, uid, gid)
+        (md / "tmp").chmod(0o500)
+        r = subprocess.run(
+            [*cmd, "-c", UNWRITABLE, str(md)],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=60,
+            **user,  # type: ignore[arg-type]
+        )
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["True", "451", "4.3.0"]
+        assert os.listdir(md / "new") == []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def test_maildir_path_blocked_by_a_file_is_a_temporary_error(tmp_path: Path) -> None:

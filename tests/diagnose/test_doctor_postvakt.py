@@ -56,8 +56,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator
         tls={"cert": str(cert), "key": str(key)},
         relay={"networks": ["127.0.0.1/32"], "pop_before_smtp": "30m"},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def ports_arg(srv: Running) -> str:

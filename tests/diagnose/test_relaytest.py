@@ -23,6 +23,7 @@ from postvakt.diagnose.relaytest import (
     EXIT_INCONCLUSIVE,
     EXIT_OPEN,
     FOREIGN,
+    LOCAL,
     RelayTestOptions,
     battery,
     run_relaytest,
@@ -40,24 +41,60 @@ def servers() -> Iterator[list[FakeServer]]:
         s.stop()
 
 
-def test_battery_covers_every_trick_of_the_anchor() -> None:
+# Every variant of robustness anchors §2 with what a correct server must make of
+# it; a variant dropped from the battery, or one whose meaning changes, fails here.
+F, LO, A = "foreign", "local", "ambiguous"
+EXPECTED_TRICKS = {
+    "R1": F,
+    "R2": F,
+    "R3-local-sender": F,
+    "R3-host-sender": F,
+    "R4": F,
+    "R5-percent": A,
+    "R5-percent-literal": A,
+    "R6-bang": A,
+    "R6-bang-literal": A,
+    "R6-bang-bare": A,
+    "R7-quoted": F,
+    "R7-quoted-literal": F,
+    "R8-quoted-bare": F,
+    "R8-quoted-percent": F,
+    "R9-double-at": F,
+    "R9-double-at-literal": F,
+    "R9-double-at-host": F,
+    "R10-source-route": F,
+    "R10-source-route-literal": F,
+    "R11-route-to-local": LO,
+    "R12-trailing-dot": F,
+    "R12-case": F,
+    "R13-local-case-dot": LO,
+    "R14-prefix": F,
+    "R14-suffix": F,
+    "R14-subdomain": F,
+    "R15-ipv4-literal": F,
+    "R15-ipv6-literal": F,
+    "R15-bare-ip": F,
+    "R16-unqualified": LO,
+    "R17-nul": F,
+    "R17-cr": F,
+    "R18-8bit-no-smtputf8": F,
+    "R19-local-then-foreign": F,
+    "S3-auth-param": F,
+}
+
+
+def test_battery_covers_every_variant_of_the_anchor() -> None:
     tricks = battery("pv.test", "x.example", "192.0.2.10", "mx.pv.test")
-    groups = {t.id.split("-")[0] for t in tricks}
-    assert {f"R{i}" for i in range(1, 20) if i != 20} <= groups
-    assert "S3" in groups
     ids = [t.id for t in tricks]
     assert len(ids) == len(set(ids))
-    # Every trick that names a foreign place but a literal reading could keep local is ambiguous, not foreign.
-    assert {t.id for t in tricks if t.meaning == AMBIGUOUS} == {
-        "R5-percent",
-        "R5-percent-literal",
-        "R6-bang",
-        "R6-bang-literal",
-        "R6-bang-bare",
-    }
-    literal = [t for t in tricks if "[192.0.2.10]" in " ".join(t.rcpts) + t.mail]
-    assert len(literal) >= 5
-    assert all(t.meaning == FOREIGN for t in tricks if t.id.startswith(("R9", "R10", "R14", "R15")))
+    assert {t.id: t.meaning for t in tricks} == EXPECTED_TRICKS
+    assert (FOREIGN, LOCAL, AMBIGUOUS) == (F, LO, A)
+    by_id = {t.id: t for t in tricks}
+    # The literal variants use the server's own address literal.
+    for tid in ("R4", "R5-percent-literal", "R6-bang-literal", "R7-quoted-literal"):
+        assert "[192.0.2.10]" in " ".join(by_id[tid].rcpts) + by_id[tid].mail, tid
+    assert by_id["R9-double-at-literal"].rcpts == ("<v@x.example@[192.0.2.10]>",)
+    assert by_id["R10-source-route-literal"].rcpts == ("<@[192.0.2.10]:v@x.example>",)
 
 
 def test_accept_everything_server_is_an_open_relay(servers: list[FakeServer]) -> None:
@@ -67,8 +104,12 @@ def test_accept_everything_server_is_an_open_relay(servers: list[FakeServer]) ->
         RelayTestOptions("127.0.0.1", fake.port, "pv.test", source=OUTSIDE, timeout=3)
     )
     assert report.exit_code == EXIT_OPEN
-    assert "R1" in [r.trick.id for r in report.relayed]
-    assert len(report.ambiguous) == 5
+    # Each variant on its own: every foreign one is reported relayed, every
+    # ambiguous one ambiguous.
+    assert {r.trick.id for r in report.relayed} == {t for t, m in EXPECTED_TRICKS.items() if m == F}
+    assert {r.trick.id for r in report.ambiguous} == {
+        t for t, m in EXPECTED_TRICKS.items() if m == A
+    }
     assert set(fake.verbs()) <= SMTP_ALLOWED
     assert "DATA" not in fake.verbs()
     # One connection per trick, plus the identity probe and the control.

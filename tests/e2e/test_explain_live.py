@@ -107,8 +107,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         domains={"relay": ["backup.example"]},
         relay={"clients": [f"{ALLOWED}/32"], "grant_store": "sqlite"},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 class BoundPOP3(poplib.POP3):

@@ -37,8 +37,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         relay={"networks": ["127.0.0.1/32"], "grant_store": "sqlite"},
         sender={"networks": "domain", "pop_before_smtp": "owner"},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def submit(

@@ -17,6 +17,7 @@ from support import (
     LOCAL_DOMAIN,
     OUTSIDE_IP,
     RawClient,
+    Running,
     base_config,
     postvakt,
     start_server,
@@ -275,6 +276,13 @@ def test_big_message_is_streamed_not_held_in_memory(tmp_path: Path) -> None:
         srv.stop()
 
 
+def wait_for_log(srv: Running, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in srv.log():
+        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{srv.log()[-2000:]}"
+        time.sleep(0.05)
+
+
 def test_sigterm_finishes_the_transaction_in_flight(tmp_path: Path) -> None:
     srv = start_server(tmp_path, users={ALICE: "pw"})
     assert srv.proc is not None
@@ -286,7 +294,8 @@ def test_sigterm_finishes_the_transaction_in_flight(tmp_path: Path) -> None:
     assert c.cmd("DATA").startswith("354")
     c.send("Subject: in-flight\r\n\r\npart one\r\n")
     srv.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    # The server has taken the signal in (listeners closed) before the rest arrives.
+    wait_for_log(srv, "stopping: no new connections")
     c.send("part two\r\n.\r\n")
     assert c.reply().startswith("250")  # the message in flight is finished, not dropped
     assert srv.proc.wait(20) == 0
@@ -318,7 +327,7 @@ def test_sighup_reloads_policy(tmp_path: Path) -> None:
         )
         srv.config_path.write_text(text)
         srv.proc.send_signal(signal.SIGHUP)
-        time.sleep(1.0)
+        wait_for_log(srv, f"reloaded {srv.config_path}")
         assert rcpt_reply() == "553 5.7.1 sorry, that domain isn't in my list of allowed rcpthosts"
         os.kill(srv.proc.pid, 0)  # still running
     finally:

@@ -44,8 +44,10 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Running]:
         limits={"auth_delay": 0.05, "auth_delay_max": 0.2, "store": request.param},
         pop3={"fail_delay": 0.05, "fail_delay_max": 0.2},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def smtp_ready(srv: Running) -> RawClient:

@@ -43,8 +43,10 @@ def _server(tmp_path: Path, nsd: NsdServer, spf_fail: str, dmarc_reject: str) ->
         dns={"servers": [nsd.server], "timeout": "5s"},
         auth_checks={"spf_fail": spf_fail, "dmarc_reject": dmarc_reject},
     )
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,5 +10,7 @@ from pop3_server_harness import LiveServer
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LiveServer]:
     srv = LiveServer(tmp_path)
-    yield srv
-    srv.stop()
+    try:
+        yield srv
+    finally:
+        srv.stop()

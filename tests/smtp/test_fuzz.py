@@ -9,7 +9,6 @@ from smtp_harness import settings as make_settings
 
 from postvakt.reply import Reply
 from postvakt.smtp import NEED_DATA, PAUSED, Settings, SMTPServer, StartTLS, replies
-from postvakt.smtp._connection import MAX_COMMAND_LINE
 from postvakt.smtp._data import MAX_TEXT_LINE, DataReader
 
 TOKENS = [
@@ -180,9 +179,19 @@ def test_data_reader_matches_the_line_model(
         assert message.startswith(got)
 
 
-def test_line_limit_constants() -> None:
-    assert MAX_COMMAND_LINE == 512
-    assert MAX_TEXT_LINE == 998
+def test_command_line_limit_is_512_octets_with_crlf() -> None:
+    """RFC 5321 4.5.3.1.4: a command line is at most 512 octets, CRLF included."""
+    drv = Driver()
+    drv.feed(b"EHLO client.test\r\n")
+    drv.take()
+    longest = b"NOOP " + b"x" * (512 - 5 - 2) + b"\r\n"
+    assert len(longest) == 512
+    drv.feed(longest)
+    assert drv.lines() == ["250 2.0.0 Ok"]
+    drv.feed(b"NOOP " + b"x" * (512 - 5 - 1) + b"\r\n")
+    assert drv.lines() == ["500 5.5.2 Error: command line too long"]
+    drv.feed(b"NOOP\r\n")  # the session goes on after the refusal
+    assert drv.lines() == ["250 2.0.0 Ok"]
 
 
 # ---------------------------------------------------------------- any application, any settings

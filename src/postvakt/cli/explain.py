@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import BinaryIO
 
 import click
 
+from postvakt import clock
 from postvakt.cli.common import config_option, load_config
 from postvakt.diagnose.explain import (
     ExplainError,
@@ -83,7 +83,7 @@ def explain(
     Exit code 0 if the server would accept everything, 1 if it would refuse something.
     """
     config = load_config(config_path)
-    now = time.time()
+    now = clock.now()
     message = message_file.read() if message_file is not None else None
     try:
         ip = client_ip_arg(client_ip)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import time
 from typing import Any
 
 import click
 
+from postvakt import clock
 from postvakt.cli.common import config_option, load_config
 from postvakt.config import Config
 from postvakt.grants.counters import list_counters
@@ -79,7 +79,7 @@ def limits() -> None:
 def show_cmd(config_path: str | None, as_json: bool, who: str | None) -> None:
     """Current counters and limits, for one user or address, or for all with counts."""
     config = load_config(config_path)
-    now = time.time()
+    now = clock.now()
     counters = {u.subject: u.usage for u in list_counters(config, now)}
     out: list[dict[str, Any]] = []
     notes: list[str] = []

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from postvakt import clock
 from postvakt.config import Config
 from postvakt.grants.counters import (
     MemoryCounterStore,
@@ -138,7 +139,7 @@ class Limiter:
     def _flush_snapshot(self) -> None:
         self._flush = None
         if isinstance(self.store, MemoryCounterStore):
-            self.store.flush(time.time())
+            self.store.flush(clock.now())
 
     def _queue_notice(self, config: Config, rcpt: str, text: str, now: float) -> str:
         msg = self.queue.new_message()

@@ -21,7 +21,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from postvakt import metrics, smtp
+from postvakt import clock, metrics, smtp
 from postvakt.address import Address, AddressError, parse_header_addresses
 from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
@@ -249,7 +249,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _client(self) -> Client:
         assert self.conn is not None
-        now = time.time()
+        now = clock.now()
         grant = (
             self.app.grants.lookup(self.ip, now) if self.config.relay.pop_before_smtp > 0 else None
         )
