@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -188,6 +190,39 @@ DEFAULT_SERVER_USER = "postvakt"
 class ServerConfig:
     user: str = DEFAULT_SERVER_USER
     group: str = DEFAULT_SERVER_USER
+    # This node's name in grants, logs and locks; empty means the host name.
+    node: str = ""
+
+
+STATE_KINDS = ("memory", "sqlite")
+DIRECTORY_KINDS = ("sqlite",)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where shared state and the user directory live (docs/deployment.md).
+
+    `state`: "sqlite" (one node, any number of processes), "memory" (one
+    process; tests) or "redis://HOST:PORT/DB" (several nodes): POP-before-SMTP
+    grants, outbound counters, login failures, notice de-duplication, POP3
+    mailbox locks. `directory`: "sqlite" or "postgresql://...": users,
+    aliases, send-as rights.
+    """
+
+    state: str = "sqlite"
+    directory: str = "sqlite"
+    # One call to Redis or PostgreSQL waits at most this long (connect or reply).
+    timeout: float = 2.0
+
+    @property
+    def state_kind(self) -> str:
+        return "redis" if self.state.startswith(("redis://", "rediss://")) else self.state
+
+    @property
+    def directory_kind(self) -> str:
+        if self.directory.startswith(("postgresql://", "postgres://")):
+            return "postgresql"
+        return self.directory
 
 
 @dataclass(frozen=True)
@@ -277,6 +312,9 @@ class Config:
     auth_checks: AuthChecksConfig = field(default_factory=AuthChecksConfig)
     web: WebConfig = field(default_factory=WebConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    # Warnings about the config itself (old keys), logged by `serve`, printed by the CLI.
+    notes: tuple[str, ...] = ()
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -286,6 +324,11 @@ class Config:
     def mail_root(self) -> Path:
         """Where the Maildirs live: `mail_dir`, by default data_dir/mail."""
         return self.mail_dir if self.mail_dir is not None else self.data_dir / "mail"
+
+    @property
+    def node(self) -> str:
+        """This node's name: `[server] node`, by default the host name."""
+        return self.server.node or socket.gethostname()
 
     @property
     def postmaster_address(self) -> str:
@@ -465,6 +508,7 @@ TOP_KEYS = {
     "postmaster",
     "log_level",
     "listen",
+    "store",
     "tls",
     "domains",
     "relay",
@@ -703,6 +747,8 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         if not _SYSTEM_NAME.match(getattr(server, k)):
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
 
+    store, notes = _parse_store(_table(raw, "store", source), raw, source)
+
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
     log_level = _choice(
@@ -727,11 +773,72 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         auth_checks=auth_checks,
         web=web,
         server=server,
+        store=store,
+        notes=notes,
         postmaster=postmaster,
         log_level=log_level,
         source=source,
     )
     return cfg
+
+
+def _parse_store(
+    st: dict[str, Any], raw: dict[str, Any], source: str
+) -> tuple[StoreConfig, tuple[str, ...]]:
+    """`[store]`, and the old `[relay] grant_store` / `[limits] store` mapped onto it."""
+    _check_keys(st, {f.name for f in fields(StoreConfig)}, source, "store")
+    notes: list[str] = []
+    state = st.get("state")
+    old = {
+        key: value
+        for key, value in (
+            ("[relay] grant_store", dict(raw.get("relay") or {}).get("grant_store")),
+            ("[limits] store", dict(raw.get("limits") or {}).get("store")),
+        )
+        if value is not None
+    }
+    for key in old:
+        notes.append(f"{source}: {key} is deprecated: use [store] state (see docs/deployment.md)")
+    if state is None and old:
+        # One state store serves both now; "sqlite" wins if either old key asked for it.
+        state = "sqlite" if "sqlite" in old.values() else "memory"
+    if state is None:
+        state = StoreConfig.state
+    _expect(state, str, source, "[store] state", 'a string ("sqlite", "memory" or "redis://…")')
+    if state not in STATE_KINDS:
+        _check_url(
+            state,
+            ("redis://", "rediss://"),
+            source,
+            "[store] state",
+            'one of "sqlite", "memory" or a redis:// URL',
+        )
+    directory = st.get("directory", StoreConfig.directory)
+    _expect(directory, str, source, "[store] directory", 'a string ("sqlite" or "postgresql://…")')
+    if directory not in DIRECTORY_KINDS:
+        _check_url(
+            directory,
+            ("postgresql://", "postgres://"),
+            source,
+            "[store] directory",
+            '"sqlite" or a postgresql:// URL',
+        )
+    timeout = parse_duration(st.get("timeout", StoreConfig.timeout), source, "[store] timeout")
+    if timeout <= 0:
+        raise ConfigError(source, "[store] timeout", "must be more than 0")
+    return StoreConfig(state=state, directory=directory, timeout=timeout), tuple(notes)
+
+
+def _check_url(value: str, schemes: tuple[str, ...], source: str, key: str, what: str) -> None:
+    if not value.startswith(schemes):
+        raise ConfigError(source, key, f"{value!r} is not {what}")
+    parsed = urllib.parse.urlsplit(value)
+    try:
+        _ = parsed.port
+    except ValueError:
+        raise ConfigError(source, key, f"{value!r}: the port is not a number") from None
+    if not parsed.hostname and not parsed.path.strip("/"):
+        raise ConfigError(source, key, f"{value!r} names no host")
 
 
 def _parse_web(wt: dict[str, Any], source: str) -> WebConfig:

@@ -59,7 +59,6 @@ from postvakt import sqlitedb
 from postvakt.directory import canonical
 
 if TYPE_CHECKING:
-    from postvakt.config import Config
     from postvakt.policy.limits import LimitsConfig
 
 # Bound on keys kept in memory; under a flood of addresses the stalest go first.
@@ -464,10 +463,3 @@ class LoginThrottle:
         return self.store.failures(
             address_key(ip), None if login is None else login_key(login), self.ceilings, now
         )
-
-
-def open_login_failure_store(config: Config) -> LoginFailureStore:
-    """`[limits] store` decides, as for the rate counters."""
-    if config.limits.store == "sqlite":
-        return SqliteLoginFailureStore(config.data_dir / "logins.sqlite3")
-    return MemoryLoginFailureStore()

@@ -30,8 +30,8 @@ from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
-from postvakt.grants import GrantStore, open_grant_store
-from postvakt.grants.logins import LoginThrottle, open_login_failure_store
+from postvakt.grants import GrantStore
+from postvakt.grants.logins import LoginThrottle
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
@@ -43,6 +43,7 @@ from postvakt.server.grantreport import (
 )
 from postvakt.server.handshake import Listening, TLSServer
 from postvakt.server.tls import server_context
+from postvakt.store import State, open_state
 from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")
@@ -62,6 +63,8 @@ class App:
     login_throttle: LoginThrottle
     queue: Queue
     ssl_context: Any
+    # The shared state the stores above come from ([store] state).
+    state: State | None = None
     manager: Any = None
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
@@ -129,19 +132,20 @@ def build_app(config: Config) -> App:
         or config.listen.pop3
         or config.listen.pop3s
     )
-    from postvakt.grants.counters import open_counter_store
     from postvakt.server.limits import Limiter
 
     queue = Queue(config.data_dir / "queue")
+    state = open_state(config)
     return App(
         config=config,
         directory=directory,
         authenticator=Authenticator(directory),
-        grants=open_grant_store(config),
-        login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
+        grants=state.grants,
+        login_throttle=LoginThrottle.for_limits(state.logins, config.limits),
         queue=queue,
         ssl_context=server_context(config) if needs_tls else None,
-        limiter=Limiter(open_counter_store(config), queue),
+        state=state,
+        limiter=Limiter(state.counters, queue, notices=state.notices),
     )
 
 
@@ -232,6 +236,8 @@ async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
 
 
 async def run(config: Config, config_path: Path | None) -> int:
+    for note in config.notes:
+        log.warning("%s", note)
     app = build_app(config)
     from postvakt.server.manager_process import ManagerProcess
 
@@ -296,6 +302,8 @@ async def run(config: Config, config_path: Path | None) -> int:
             s.transport.close()
     await app.manager.stop(SHUTDOWN_GRACE)
     app.directory.close()
+    if app.state is not None:
+        app.state.close()
     log.info("stopped")
     return 0
 
@@ -314,8 +322,8 @@ def _reload(app: App, path: Path) -> None:
         log.warning(
             "reload: [listen], [web] listen and data_dir changes take effect after a restart"
         )
-    if new.limits.store != app.config.limits.store:
-        log.warning("reload: [limits] store changes take effect after a restart")
+    if new.store != app.config.store:
+        log.warning("reload: [store] changes take effect after a restart")
     app.login_throttle.configure(new.limits)
     app.config = new
     if app.manager is not None and hasattr(app.manager, "config"):
