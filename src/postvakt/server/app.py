@@ -197,6 +197,7 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                 grants=app.grants,
                 login_throttle=app.login_throttle,
                 ssl_context=app.ssl_context,
+                locks=app.state.locks if app.state is not None else None,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None

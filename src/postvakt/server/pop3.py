@@ -22,9 +22,12 @@ the same reply after the same delay):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import math
+import os
+import secrets
 import ssl
 import time
 import weakref
@@ -47,6 +50,7 @@ from postvakt.pop3 import (
 )
 from postvakt.pop3 import replies as R
 from postvakt.server.handshake import Listening, TLSServer, listener_of, start_server_tls
+from postvakt.store.local import LockStore, NoLocks
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -90,8 +94,11 @@ class POP3Context:
         ssl_context: ssl.SSLContext | None,
         login_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
+        locks: LockStore | None = None,
     ) -> None:
         self.config = config
+        # The maildrop lock across nodes (RFC 1939 §8: exclusive access), over the flock.
+        self.locks: LockStore = locks if locks is not None else NoLocks()
         self.directory = directory
         self.authenticator = authenticator
         self.grants = grants
@@ -127,6 +134,19 @@ class POP3Context:
                 return False
             return any(addr in net for net in self.config.relay.networks)
         return False
+
+    def open_mailbox(self, login: str) -> MaildirMailbox:
+        """Lock the maildrop on every node, then here (flock), and take the snapshot."""
+        name, owner = f"pop3:{login}", f"{self.config.node}:{os.getpid()}:{secrets.token_hex(6)}"
+        if not self.locks.acquire(name, owner):
+            raise MailboxLocked(login)
+        try:
+            mailbox = MaildirMailbox.open(self.directory.maildir(login))
+        except BaseException:
+            self.locks.release(name, owner)
+            raise
+        mailbox.on_close = functools.partial(self.locks.release, name, owner)
+        return mailbox
 
     def failure_delay(self, reservation: Reservation) -> float:
         """Seconds between a failed attempt's start and its reply (grows per address and login)."""
@@ -357,7 +377,7 @@ class POP3Protocol(asyncio.Protocol):
             conn.login_failed(R.LOGIN_DELAY, counts=False)
             self._pump()
             return
-        opening = loop.run_in_executor(None, MaildirMailbox.open, ctx.directory.maildir(login))
+        opening = loop.run_in_executor(None, ctx.open_mailbox, login)
         try:
             mailbox = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -488,6 +508,7 @@ async def start_pop3(
     ssl_context: ssl.SSLContext | None,
     login_delay: float | None = None,
     reuse_port: bool = False,
+    locks: LockStore | None = None,
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
@@ -505,6 +526,7 @@ async def start_pop3(
         login_throttle=login_throttle,
         ssl_context=ssl_context,
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
+        locks=locks,
     )
     servers: list[Listening] = []
     try:

@@ -113,14 +113,14 @@ _COUNT = """
 local n = #KEYS
 for i = 1, n do
   redis.call('INCRBY', KEYS[i], ARGV[i])
-  redis.call('PEXPIREAT', KEYS[i], ARGV[n + i])
+  redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
 end
 return n
 """
 
 _GRANT = """
 redis.call('HSET', KEYS[1], 'login', ARGV[1], 'protocol', ARGV[2], 'node', ARGV[3], 'expires', ARGV[4])
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 """
 
@@ -245,7 +245,8 @@ class RedisGrantStore:
     ) -> bool:
         """Write one grant; False if Redis is down (the login then opens no relay)."""
         keys = [PREFIX + "grant:" + ip]
-        args: list[str | int] = [login, protocol, self.node, repr(expires), int(expires * 1000)]
+        ttl_ms = max(1, int((expires - time.time()) * 1000))
+        args: list[str | int] = [login, protocol, self.node, repr(expires), ttl_ms]
         try:
             self.health.run(lambda: self._script(keys=keys, args=args))
         except StateUnavailable:
@@ -337,7 +338,8 @@ class RedisCounterStore:
             for window in WINDOWS:
                 keys.append(_counter_key(subject, metric, window, now))
                 amounts.append(amount)
-                ends.append(int(window_end(window, now) * 1000))
+                # Relative to the caller's clock: the count lives until its window ends.
+                ends.append(max(1, int((window_end(window, now) - now) * 1000)))
         self.health.run(lambda: self._script(keys=keys, args=[*amounts, *ends]))
 
     def add(self, subject: str, messages: int, recipients: int, now: float) -> None:
