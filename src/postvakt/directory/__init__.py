@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from postvakt.directory.postgres import SchemaError, open_rows
 from postvakt.directory.rows import DirectoryUnavailable, Rows, SqliteRows
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ MAX_ALIAS_DEPTH = 10
 # A password hash computed for unknown users, so that "no such user" costs the
 # same Argon2 time as "wrong password" (no timing oracle).
 _DUMMY_PASSWORD = "postvakt-timing-equaliser"
+
 
 class DirectoryError(Exception):
     """A directory change that cannot be made; the message is for the admin."""
@@ -61,7 +63,7 @@ def _check_mailbox(address: str) -> str:
     return a
 
 
-__all__ = ["Directory", "DirectoryError", "DirectoryUnavailable", "canonical"]
+__all__ = ["Directory", "DirectoryError", "DirectoryUnavailable", "SchemaError", "canonical"]
 
 
 class Directory:
@@ -86,8 +88,16 @@ class Directory:
         self._dummy_hash = self._hasher.hash(_DUMMY_PASSWORD)
 
     @classmethod
-    def for_config(cls, config: Config, rows: Rows | None = None) -> Directory:
-        """The directory `[store] directory` names; `rows` when the caller opened them."""
+    def for_config(cls, config: Config, rows: Rows | None = None, live: bool = False) -> Directory:
+        """The directory `[store] directory` names.
+
+        `live`: a server process, which reads PostgreSQL's rows from a mirror
+        kept current by notifications (`postvakt.directory.postgres`).
+        Raises DirectoryUnavailable or SchemaError for a PostgreSQL directory
+        that cannot be used.
+        """
+        if rows is None and config.store.directory_kind == "postgresql":
+            rows = open_rows(config.store.directory, timeout=config.store.timeout, live=live)
         return cls(
             config.data_dir / "directory.sqlite3",
             config.domains.local,

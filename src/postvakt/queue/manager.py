@@ -31,6 +31,7 @@ from postvakt.delivery import DeliveryError, maildir
 from postvakt.delivery.remote import RemoteDelivery, RemoteResult
 from postvakt.delivery.resolver import SMTP_PORT, Resolver
 from postvakt.delivery.smtpclient import MailParams, RcptParams
+from postvakt.directory import DirectoryUnavailable
 from postvakt.dnsclient import client_for
 from postvakt.mailauth.signing import DKIMException, Signer, sign
 from postvakt.queue import dsn, schedule
@@ -201,9 +202,13 @@ class QueueManager:
             await self.process(qid)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A bug must turn into neither a bounce nor a loss: try again later.
-            log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
+        except Exception as e:
+            # A bug, or a user database that cannot be reached now, must turn
+            # into neither a bounce nor a loss: try again later.
+            if isinstance(e, DirectoryUnavailable):
+                log.warning("queue_id=%s deferred: %s", qid, e)
+            else:
+                log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
             with contextlib.suppress(Exception):
                 nxt = await asyncio.to_thread(self._defer_after_error, qid)
                 if nxt is not None:

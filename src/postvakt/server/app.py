@@ -29,7 +29,7 @@ from typing import Any
 from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
-from postvakt.directory import Directory
+from postvakt.directory import Directory, DirectoryUnavailable, SchemaError
 from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.grants.report import socket_path
@@ -124,7 +124,10 @@ def build_app(config: Config) -> App:
     dkim_problems = Signer.load(config).problems
     if dkim_problems:
         raise ConfigError(config.source, "[dkim] sign", "; ".join(dkim_problems))
-    directory = Directory.for_config(config)
+    try:
+        directory = Directory.for_config(config, live=True)
+    except (SchemaError, DirectoryUnavailable) as e:
+        raise ConfigError(config.source, "[store] directory", str(e)) from None
     needs_tls = bool(
         config.listen.smtp
         or config.listen.submission

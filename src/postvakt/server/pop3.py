@@ -34,7 +34,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from postvakt.directory import canonical
+from postvakt.directory import DirectoryUnavailable, canonical
 from postvakt.grants.logins import Outcome, Reservation
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
 from postvakt.pop3 import (
@@ -339,7 +339,10 @@ class POP3Protocol(asyncio.Protocol):
                 await throttle.settle(reservation, Outcome.UNCHECKED, "", ctx.clock())
                 if not isinstance(e, Exception):
                     raise
-                log.exception("pop3 auth backend error client=%s", self.ip)
+                if isinstance(e, DirectoryUnavailable):
+                    log.warning("pop3 login client=%s user=%s: %s", self.ip, ev.login, e)
+                else:
+                    log.exception("pop3 auth backend error client=%s", self.ip)
                 conn.login_failed(R.SYS_TEMP, counts=False)
                 self._pump()
                 return

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import smtp
 from postvakt.address import Address, AddressError, parse_header_addresses
+from postvakt.directory import DirectoryUnavailable
 from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
@@ -54,6 +55,9 @@ log = logging.getLogger("postvakt.smtp")
 WRITE_HIGH_WATER = 256 * 1024
 
 REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
+# The user database cannot be reached: never "no such user" for one who may exist.
+REPLY_AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure")
+REPLY_LOOKUP_UNAVAILABLE = Reply(451, "4.3.0", "Temporary lookup failure, try again later")
 # Warn mode: the finding travels with the message, where the recipient's filters can see it.
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
 # The core's catalogue and the queue's own error reply, so every side says the same.
@@ -349,7 +353,7 @@ class SMTPSession(asyncio.Protocol):
             if remote:
                 self._run(self._read_shared(handler, event))
             else:
-                handler(event)
+                self._decide(handler, event)
         elif isinstance(event, smtp.DataStart):
             self._run(self._on_data_start())
         elif isinstance(event, smtp.DataChunk):
@@ -392,7 +396,16 @@ class SMTPSession(asyncio.Protocol):
 
         loop = asyncio.get_running_loop()
         self.shared_grant, self.shared_usage = await loop.run_in_executor(None, read, time.time())
-        handler(event)
+        self._decide(handler, event)
+
+    def _decide(self, handler: Callable[[Any], None], event: object) -> None:
+        """MAIL or RCPT; a user database that cannot be reached gets 451, never a 550."""
+        try:
+            handler(event)
+        except DirectoryUnavailable as e:
+            assert self.conn is not None
+            log.warning("%s client=%s: %s", type(event).__name__, self.ip, e)
+            self.conn.respond(REPLY_LOOKUP_UNAVAILABLE)
 
     def _on_mail(self, ev: smtp.MailFrom) -> None:
         assert self.conn is not None
@@ -649,6 +662,11 @@ class SMTPSession(asyncio.Protocol):
             return
         try:
             login = await self.app.authenticator.verify(ev.username, ev.password)
+        except DirectoryUnavailable as e:
+            await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
+            log.warning("AUTH client=%s port=%s user=<%s>: %s", self.ip, self.kind, ev.username, e)
+            conn.respond(REPLY_AUTH_UNAVAILABLE)
+            return
         except BaseException:
             await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
             raise
