@@ -78,7 +78,7 @@ class RelayConfig:
     clients: tuple[IPNetwork, ...] = ()
     # DRAC and pop-before-smtp both default to 30 minutes.
     pop_before_smtp: float = 30 * 60
-    # Grants survive a restart only when kept in SQLite ("memory" | "sqlite").
+    # Deprecated: the old name of `[store] state` (`_parse_store` maps it there).
     grant_store: str = "memory"
     reject_code: int = 550
     reject_enhanced: str = "5.7.1"

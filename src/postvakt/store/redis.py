@@ -526,6 +526,8 @@ class RedisLockStore:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Releases come from the event loop (a session ends): they leave it here.
+        self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lock-release")
 
     def acquire(self, name: str, owner: str) -> bool:
         key = PREFIX + "lock:" + name
@@ -546,9 +548,13 @@ class RedisLockStore:
         return True
 
     def release(self, name: str, owner: str) -> None:
+        """Stop renewing at once; the key is deleted in a thread (never waits on Redis)."""
         key = PREFIX + "lock:" + name
         with self._lock:
             self._held.pop(key, None)
+        self._releaser.submit(self._delete, key, owner)
+
+    def _delete(self, key: str, owner: str) -> None:
         try:
             self.health.run(lambda: self._release(keys=[key], args=[owner]))
         except StateUnavailable:
@@ -567,3 +573,4 @@ class RedisLockStore:
 
     def close(self) -> None:
         self._stop.set()
+        self._releaser.shutdown(wait=True)
