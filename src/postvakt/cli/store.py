@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from postvakt.cli.common import config_option, load_config
 from postvakt.config import Config
-from postvakt.directory.postgres import PostgresRows, migrate
 from postvakt.directory.rows import Rows, SqliteRows
+
+if TYPE_CHECKING:
+    from postvakt.directory.postgres import PostgresRows
 
 
 @click.group()
@@ -25,8 +29,9 @@ def migrate_cmd(config_path: str | None) -> None:
     """Bring the directory's schema up to this version's (safe to run on every node)."""
     cfg = load_config(config_path)
     if cfg.store.directory_kind == "postgresql":
-        before, after = migrate(cfg.store.directory, cfg.store.timeout)
-        rows = PostgresRows(cfg.store.directory, timeout=cfg.store.timeout, live=False)
+        pg = _postgres()
+        before, after = pg.migrate(cfg.store.directory, cfg.store.timeout)
+        rows = pg.PostgresRows(cfg.store.directory, timeout=cfg.store.timeout, live=False)
         where = rows.where
         rows.close()
         if before == after:
@@ -44,6 +49,13 @@ def migrate_cmd(config_path: str | None) -> None:
     )
 
 
+def _postgres() -> Any:
+    """postvakt.directory.postgres, imported when used: psycopg costs every command 0.1 s."""
+    from postvakt.directory import postgres
+
+    return postgres
+
+
 def _open(cfg: Config, where: str, *, target: bool) -> tuple[Rows, str]:
     if where == "sqlite":
         path = cfg.data_dir / "directory.sqlite3"
@@ -51,9 +63,10 @@ def _open(cfg: Config, where: str, *, target: bool) -> tuple[Rows, str]:
             raise click.ClickException(f"--from sqlite: {path} does not exist")
         return SqliteRows(path), f"sqlite {path}"
     if _is_postgres(where):
+        pg = _postgres()
         if target:
-            migrate(where, cfg.store.timeout)
-        rows = PostgresRows(where, timeout=cfg.store.timeout, live=False)
+            pg.migrate(where, cfg.store.timeout)
+        rows: PostgresRows = pg.PostgresRows(where, timeout=cfg.store.timeout, live=False)
         return rows, rows.where
     raise click.ClickException(f"{where!r} is neither sqlite nor a postgresql:// URL")
 
@@ -73,9 +86,10 @@ def copy_cmd(config_path: str | None, source: str, target: str) -> None:
         users = [(u, src.password_hash(u) or "") for u in src.users()]
         aliases = src.aliases()
         sendas = [(u, a) for u, _ in users for a in src.sendas(u)]
-        if isinstance(dst, PostgresRows):
+        load = getattr(dst, "load", None)  # PostgreSQL: all in one transaction
+        if load is not None:
             try:
-                dst.load(users, aliases, sendas)
+                load(users, aliases, sendas)
             except ValueError as e:
                 raise click.ClickException(f"{e}: copy only into an empty directory") from None
         else:

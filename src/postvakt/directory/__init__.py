@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from postvakt.directory.postgres import SchemaError, open_rows
-from postvakt.directory.rows import DirectoryUnavailable, Rows, SqliteRows
+from postvakt.directory.rows import DirectoryUnavailable, Rows, SchemaError, SqliteRows
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -97,6 +96,9 @@ class Directory:
         that cannot be used.
         """
         if rows is None and config.store.directory_kind == "postgresql":
+            # Imported only when configured: psycopg costs every command a tenth of a second.
+            from postvakt.directory.postgres import open_rows
+
             rows = open_rows(config.store.directory, timeout=config.store.timeout, live=live)
         return cls(
             config.data_dir / "directory.sqlite3",

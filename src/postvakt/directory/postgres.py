@@ -40,7 +40,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from postvakt.directory.rows import DirectoryUnavailable, Rows
+from postvakt.directory.rows import DirectoryUnavailable, Rows, SchemaError
 
 log = logging.getLogger("postvakt.directory")
 
@@ -101,10 +101,6 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
-
-
-class SchemaError(Exception):
-    """The database's schema is not the one this version needs (the message says what to run)."""
 
 
 def _connect_args(timeout: float) -> dict[str, Any]:

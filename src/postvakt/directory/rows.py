@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS sendas (
 """
 
 
+class SchemaError(Exception):
+    """The database's schema is not the one this version needs (the message says what to run)."""
+
+
 class DirectoryUnavailable(Exception):
     """The user database cannot be reached now: answer "try again later", never "no such user"."""
 
