@@ -9,7 +9,7 @@ import pytest
 from postvakt.config import ConfigError, from_dict
 from postvakt.store import open_state
 from postvakt.store.local import MemoryNoticeStore, SqliteNoticeStore
-from support import postvakt, to_toml
+from support import postvakt, start_server, to_toml
 
 
 def test_defaults_are_sqlite_for_state_and_directory(tmp_path: Path) -> None:
@@ -87,3 +87,12 @@ def test_one_notice_per_window(tmp_path: Path, kind: str) -> None:
     if kind == "sqlite":  # another process of the node sees the same
         other = SqliteNoticeStore(tmp_path / "n.sqlite3")
         assert not other.claim("user:a|user.messages_per_hour", 300.0, 250.0)
+
+
+def test_serve_logs_the_old_key_and_runs_on_the_new_one(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, relay={"grant_store": "memory"})
+    try:
+        assert "[relay] grant_store is deprecated: use [store] state" in srv.log()
+        assert (srv.data_dir / "grants.json").exists()  # state = "memory": the JSON view
+    finally:
+        srv.stop()
