@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import tomllib
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -85,7 +87,7 @@ class RelayConfig:
     clients: tuple[IPNetwork, ...] = ()
     # DRAC and pop-before-smtp both default to 30 minutes.
     pop_before_smtp: float = 30 * 60
-    # Grants survive a restart only when kept in SQLite ("memory" | "sqlite").
+    # Deprecated: the old name of `[store] state` (`_parse_store` maps it there).
     grant_store: str = "memory"
     reject_code: int = 550
     reject_enhanced: str = "5.7.1"
@@ -219,6 +221,39 @@ class ServerConfig:
     # false: started as root, keep running as root (a container whose root is
     # already unprivileged, a test rig); logged as a warning at every start.
     drop_privileges: bool = True
+    # This node's name in grants, logs and locks; empty means the host name.
+    node: str = ""
+
+
+STATE_KINDS = ("memory", "sqlite")
+DIRECTORY_KINDS = ("sqlite",)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where shared state and the user directory live (docs/deployment.md).
+
+    `state`: "sqlite" (one node, any number of processes), "memory" (one
+    process; tests) or "redis://HOST:PORT/DB" (several nodes): POP-before-SMTP
+    grants, outbound counters, login failures, notice de-duplication, POP3
+    mailbox locks. `directory`: "sqlite" or "postgresql://...": users,
+    aliases, send-as rights.
+    """
+
+    state: str = "sqlite"
+    directory: str = "sqlite"
+    # One call to Redis or PostgreSQL waits at most this long (connect or reply).
+    timeout: float = 2.0
+
+    @property
+    def state_kind(self) -> str:
+        return "redis" if self.state.startswith(("redis://", "rediss://")) else self.state
+
+    @property
+    def directory_kind(self) -> str:
+        if self.directory.startswith(("postgresql://", "postgres://")):
+            return "postgresql"
+        return self.directory
 
 
 @dataclass(frozen=True)
@@ -331,6 +366,9 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    # Warnings about the config itself (old keys), logged by `serve`, printed by the CLI.
+    notes: tuple[str, ...] = ()
     # Where postmaster@<local domain> and <Postmaster> go (RFC 5321 §4.5.1).
     postmaster: str = ""
     log_level: str = "info"
@@ -345,6 +383,11 @@ class Config:
     def queue_root(self) -> Path:
         """Where the queue lives: `queue_dir`, by default data_dir/queue."""
         return self.queue_dir if self.queue_dir is not None else self.data_dir / "queue"
+
+    @property
+    def node(self) -> str:
+        """This node's name: `[server] node`, by default the host name."""
+        return self.server.node or socket.gethostname()
 
     @property
     def postmaster_address(self) -> str:
@@ -525,6 +568,7 @@ TOP_KEYS = {
     "postmaster",
     "log_level",
     "listen",
+    "store",
     "tls",
     "domains",
     "relay",
@@ -778,26 +822,6 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
             raise ConfigError(source, f"[server] {k}", "is not a user or group name")
     if not 1 <= server.workers <= MAX_WORKERS:
         raise ConfigError(source, "[server] workers", f"must be 1 to {MAX_WORKERS}")
-    if server.workers > 1:
-        # "memory" state is one process's own: a grant or a counter seen by one
-        # worker would not exist for the others.
-        one_process = [
-            key
-            for key, value in (
-                ("[relay] grant_store", relay.grant_store),
-                ("[limits] store", limits.store),
-            )
-            if value == "memory"
-        ]
-        if one_process:
-            raise ConfigError(
-                source,
-                "[server] workers",
-                f"{server.workers} workers need state every process shares: set "
-                + " and ".join(f'{k} = "sqlite"' for k in one_process)
-                + ' ("memory" is one process\'s own)',
-            )
-
     mt = _table(raw, "metrics", source)
     _check_keys(mt, {"listen"}, source, "metrics")
     metrics = MetricsConfig(
@@ -810,6 +834,17 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
             LogFormat, _choice(lgt.get("format", "text"), LOG_FORMATS, source, "[log] format")
         )
     )
+
+    store, notes = _parse_store(_table(raw, "store", source), raw, source)
+    if server.workers > 1 and store.state == "memory":
+        # "memory" state is one process's own: a grant or a counter seen by one
+        # worker would not exist for the others.
+        raise ConfigError(
+            source,
+            "[server] workers",
+            f'{server.workers} workers need state every process shares: set [store] state = "sqlite"'
+            ' (or "redis://…"); "memory" is one process\'s own',
+        )
 
     postmaster = raw.get("postmaster", "")
     _expect(postmaster, str, source, "postmaster", "an address")
@@ -838,11 +873,72 @@ def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None
         server=server,
         metrics=metrics,
         log=log,
+        store=store,
+        notes=notes,
         postmaster=postmaster,
         log_level=log_level,
         source=source,
     )
     return cfg
+
+
+def _parse_store(
+    st: dict[str, Any], raw: dict[str, Any], source: str
+) -> tuple[StoreConfig, tuple[str, ...]]:
+    """`[store]`, and the old `[relay] grant_store` / `[limits] store` mapped onto it."""
+    _check_keys(st, {f.name for f in fields(StoreConfig)}, source, "store")
+    notes: list[str] = []
+    state = st.get("state")
+    old = {
+        key: value
+        for key, value in (
+            ("[relay] grant_store", dict(raw.get("relay") or {}).get("grant_store")),
+            ("[limits] store", dict(raw.get("limits") or {}).get("store")),
+        )
+        if value is not None
+    }
+    for key in old:
+        notes.append(f"{source}: {key} is deprecated: use [store] state (see docs/deployment.md)")
+    if state is None and old:
+        # One state store serves both now; "sqlite" wins if either old key asked for it.
+        state = "sqlite" if "sqlite" in old.values() else "memory"
+    if state is None:
+        state = StoreConfig.state
+    _expect(state, str, source, "[store] state", 'a string ("sqlite", "memory" or "redis://…")')
+    if state not in STATE_KINDS:
+        _check_url(
+            state,
+            ("redis://", "rediss://"),
+            source,
+            "[store] state",
+            'one of "sqlite", "memory" or a redis:// URL',
+        )
+    directory = st.get("directory", StoreConfig.directory)
+    _expect(directory, str, source, "[store] directory", 'a string ("sqlite" or "postgresql://…")')
+    if directory not in DIRECTORY_KINDS:
+        _check_url(
+            directory,
+            ("postgresql://", "postgres://"),
+            source,
+            "[store] directory",
+            '"sqlite" or a postgresql:// URL',
+        )
+    timeout = parse_duration(st.get("timeout", StoreConfig.timeout), source, "[store] timeout")
+    if timeout <= 0:
+        raise ConfigError(source, "[store] timeout", "must be more than 0")
+    return StoreConfig(state=state, directory=directory, timeout=timeout), tuple(notes)
+
+
+def _check_url(value: str, schemes: tuple[str, ...], source: str, key: str, what: str) -> None:
+    if not value.startswith(schemes):
+        raise ConfigError(source, key, f"{value!r} is not {what}")
+    parsed = urllib.parse.urlsplit(value)
+    try:
+        _ = parsed.port
+    except ValueError:
+        raise ConfigError(source, key, f"{value!r}: the port is not a number") from None
+    if not parsed.hostname and not parsed.path.strip("/"):
+        raise ConfigError(source, key, f"{value!r} names no host")
 
 
 def _parse_web(wt: dict[str, Any], source: str) -> WebConfig:
@@ -908,8 +1004,7 @@ RESTART_KEYS: tuple[tuple[str, Callable[[Config], object]], ...] = (
     ("[server] drop_privileges", lambda c: c.server.drop_privileges),
     ("[server] workers", lambda c: c.server.workers),
     ("[server] max_connections", lambda c: c.server.max_connections),
-    ("[limits] store", lambda c: c.limits.store),
-    ("[relay] grant_store", lambda c: c.relay.grant_store),
+    ("[store]", lambda c: c.store),
 )
 
 

@@ -37,7 +37,7 @@ LINE = re.compile(r"postvakt(?:\.(\w+))?\[(\d+)\] (\w+) (.*)")
 SECTIONS: dict[str, dict[str, object]] = {
     "listen": {"submission": [], "submissions": [], "pop3s": []},
     "server": {"workers": 2},
-    "relay": {"grant_store": "sqlite", "pop_before_smtp": "30m"},
+    "relay": {"pop_before_smtp": "30m"},
     "limits": {"store": "sqlite", "auth_failures": 3, "auth_delay": "0s", "auth_delay_max": "0s"},
     "pop3": {"plaintext": "always", "fail_delay": "0s", "fail_delay_max": "0s"},
 }

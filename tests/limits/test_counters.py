@@ -8,13 +8,9 @@ from pathlib import Path
 import pytest
 
 from postvakt.config import from_dict
-from postvakt.grants.counters import (
-    MemoryCounterStore,
-    SqliteCounterStore,
-    list_counters,
-    open_counter_store,
-)
+from postvakt.grants.counters import MemoryCounterStore, SqliteCounterStore
 from postvakt.policy.limits import Usage
+from postvakt.store import list_counters, open_state
 
 # 2026-11-27 12:30:00 UTC
 NOW = 1795782600.0
@@ -74,8 +70,8 @@ def test_sqlite_counters_survive_and_are_shared(tmp_path: Path) -> None:
 
 
 def test_memory_snapshot_is_what_limits_show_reads(tmp_path: Path) -> None:
-    cfg = from_dict({"data_dir": str(tmp_path)})
-    store = open_counter_store(cfg)
+    cfg = from_dict({"data_dir": str(tmp_path), "store": {"state": "memory"}})
+    store = open_state(cfg).counters
     assert isinstance(store, MemoryCounterStore)
     store.add("user:a@pv.test", 1, 4, NOW)  # the first change is written at once
     store.add("user:a@pv.test", 1, 1, NOW + 0.1)  # within the interval: pending
@@ -87,7 +83,7 @@ def test_memory_snapshot_is_what_limits_show_reads(tmp_path: Path) -> None:
 
 
 def test_missing_or_broken_snapshot_reads_as_empty(tmp_path: Path) -> None:
-    cfg = from_dict({"data_dir": str(tmp_path)})
+    cfg = from_dict({"data_dir": str(tmp_path), "store": {"state": "memory"}})
     assert list_counters(cfg, NOW) == []
     (tmp_path / "counters.json").write_text("{not json")
     assert list_counters(cfg, NOW) == []

@@ -26,7 +26,9 @@ local = ["pv.test"]
 [relay]
 networks = ["127.0.0.1/32"]
 pop_before_smtp = "30m"
-grant_store = "{store}"
+
+[store]
+state = "{store}"
 """
 
 

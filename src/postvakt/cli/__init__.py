@@ -22,9 +22,10 @@ from postvakt.cli.init import init
 from postvakt.cli.limits import limits
 from postvakt.cli.queue import queue
 from postvakt.cli.serve import serve
+from postvakt.cli.store import store
 from postvakt.cli.users import alias, user
 from postvakt.config import ConfigError
-from postvakt.directory import DirectoryError
+from postvakt.directory import DirectoryError, DirectoryUnavailable, SchemaError
 from postvakt.permissions import set_umask
 
 
@@ -37,7 +38,7 @@ class _Group(click.Group):
         except ConfigError as e:
             click.echo(f"postvakt: {e}", err=True)
             sys.exit(2)
-        except DirectoryError as e:
+        except (DirectoryError, DirectoryUnavailable, SchemaError) as e:
             click.echo(f"postvakt: {e}", err=True)
             sys.exit(1)
 
@@ -56,6 +57,7 @@ for _command in (
     user,
     alias,
     grants,
+    store,
     queue,
     explain,
     limits,

@@ -51,9 +51,12 @@ def warn_loose_modes(cfg: Config) -> None:
 
 def load_config(path: str | None) -> Config:
     try:
-        return resolve_config(path)[0]
+        config = resolve_config(path)[0]
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+    for note in config.notes:
+        click.echo(f"postvakt: warning: {note}", err=True)
+    return config
 
 
 config_option = click.option(

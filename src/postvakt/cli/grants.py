@@ -9,7 +9,7 @@ import time
 import click
 
 from postvakt.cli.common import config_option, load_config
-from postvakt.grants import list_grants
+from postvakt.store import StateUnavailable, list_grants
 
 
 @click.group()
@@ -23,12 +23,21 @@ def grants() -> None:
 def grants_list(config_path: str | None, as_json: bool) -> None:
     cfg = load_config(config_path)
     now = time.time()
-    rows = list_grants(cfg, now)
+    try:
+        rows = list_grants(cfg, now)
+    except StateUnavailable as e:
+        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(
             json.dumps(
                 [
-                    {"ip": g.ip, "protocol": g.protocol, "login": g.login, "expires": g.expires}
+                    {
+                        "ip": g.ip,
+                        "protocol": g.protocol,
+                        "node": g.node,
+                        "login": g.login,
+                        "expires": g.expires,
+                    }
                     for g in rows
                 ]
             )
@@ -39,5 +48,6 @@ def grants_list(config_path: str | None, as_json: bool) -> None:
     for g in rows:
         until = datetime.datetime.fromtimestamp(g.expires).strftime("%Y-%m-%d %H:%M:%S")
         click.echo(
-            f"{g.ip:<40} {g.protocol:<5} {g.login:<30} until {until} ({int(g.expires - now)} s left)"
+            f"{g.ip:<40} {g.protocol:<5} {g.login:<30} {g.node or '-':<20} until {until}"
+            f" ({int(g.expires - now)} s left)"
         )

@@ -61,7 +61,6 @@ relay = []                        # accepted from anyone and forwarded (backup M
 networks = ["127.0.0.0/8", "::1/128"]     # our own network (Postfix: mynetworks)
 clients = []                              # more addresses or ranges allowed to relay
 pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
-# grant_store = "sqlite"                  # keep POP-before-SMTP grants across restarts
 # reject_code = 553                       # qmail style:
 # reject_enhanced = "5.7.1"
 # reject_text = "sorry, that domain isn't in my list of allowed rcpthosts"
@@ -91,6 +90,16 @@ pop_before_smtp = "30m"                   # "0" turns POP-before-SMTP off
 spf_fail = "warn"                 # off | warn (Authentication-Results: + log) | reject (550 5.7.23)
 dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, p=quarantine -> held
 
+# [store]                         # shared state and users (docs/deployment.md)
+# state = "sqlite"                # grants, counters, failed logins: sqlite (one node, any
+#                                 # number of processes) or "redis://10.0.0.7:6379/0" (several nodes)
+# directory = "sqlite"            # users, aliases, send-as: or "postgresql://postvakt@10.0.0.8/postvakt"
+#                                 # (then `postvakt store migrate`; move users: `postvakt store copy`)
+# timeout = "2s"                  # one call to Redis or PostgreSQL waits at most this long
+
+# [server]
+# node = "mx1"                    # this node's name in grants and logs (default: the host name)
+
 # [dns]                           # who answers every lookup (MX, SPF, DKIM, DMARC)
 # servers = ["127.0.0.1:53"]      # default: the system's resolvers (/etc/resolv.conf)
 # timeout = "10s"
@@ -101,7 +110,6 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 # key_dir = "/etc/postvakt/dkim"  # default: data_dir/dkim
 
 # [limits]                        # outbound abuse control; 0 = no limit
-# store = "sqlite"                # keep counters across restarts
 # notify_user = true              # also tell a user whose mail was held
 # auth_failures = 10              # failed logins per (address, login) before 454 4.7.0
 # auth_failures_address = 100     # failed logins per address, all logins together

@@ -11,9 +11,9 @@ import click
 from postvakt import clock
 from postvakt.cli.common import config_option, load_config
 from postvakt.config import Config
-from postvakt.grants.counters import list_counters
 from postvakt.policy import Client
 from postvakt.policy.limits import LIMITS, WINDOW, Subject, Usage, subject_for
+from postvakt.store import StateUnavailable, list_counters
 
 
 def _subject_from_arg(config: Config, arg: str) -> Subject | None:
@@ -80,12 +80,15 @@ def show_cmd(config_path: str | None, as_json: bool, who: str | None) -> None:
     """Current counters and limits, for one user or address, or for all with counts."""
     config = load_config(config_path)
     now = clock.now()
-    counters = {u.subject: u.usage for u in list_counters(config, now)}
+    try:
+        counters = {u.subject: u.usage for u in list_counters(config, now)}
+    except StateUnavailable as e:
+        raise click.ClickException(str(e)) from None
     out: list[dict[str, Any]] = []
     notes: list[str] = []
     if not config.limits.enabled:
         notes.append("[limits] enabled = false: nothing is counted or limited")
-    if config.limits.store == "memory":
+    if config.store.state_kind == "memory":
         notes.append(
             "counters live in the server's memory (this view is at most a second old; restart clears them)"
         )

@@ -27,8 +27,6 @@ from postvakt.address import (
 from postvakt.config import Config
 from postvakt.directory import Directory
 from postvakt.dnsclient import client_for
-from postvakt.grants import list_grants
-from postvakt.grants.counters import list_counters
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
 from postvakt.mailauth.signing import from_domains
@@ -54,6 +52,7 @@ from postvakt.policy.limits import (
 )
 from postvakt.policy.roads import each_road, first_open
 from postvakt.reply import Reply
+from postvakt.store import StateUnavailable, list_counters, list_grants
 
 # DESIGN.md default reply: submission ports take no MAIL before AUTH.
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
@@ -450,11 +449,13 @@ def open_grants(
         grants.append(Grant(ip, pop_login, expires))
         notes.append(f"assuming {pop_login} logged in to POP3 from {ip} just now")
         return _GrantList(grants), notes
-    store_file = Path(config.data_dir) / (
-        "grants.sqlite3" if config.relay.grant_store == "sqlite" else "grants.json"
-    )
-    if store_file.exists():
-        grants = list_grants(config, now)
+    kind = config.store.state_kind
+    store_file = Path(config.data_dir) / ("grants.sqlite3" if kind == "sqlite" else "grants.json")
+    if kind == "redis" or store_file.exists():
+        try:
+            grants = list_grants(config, now)
+        except StateUnavailable as e:
+            notes.append(f"{e}: no grant could be read (the server would refuse this road too)")
     return _GrantList(grants), notes
 
 
@@ -465,7 +466,10 @@ def limit_usage(config: Config, ip: str, login: str | None, now: float) -> Usage
     )
     if subject is None:
         return Usage()
-    found = {u.subject: u.usage for u in list_counters(config, now)}
+    try:
+        found = {u.subject: u.usage for u in list_counters(config, now)}
+    except StateUnavailable:
+        return Usage()
     return found.get(subject.counter_key, Usage())
 
 

@@ -1,4 +1,5 @@
-"""Users, aliases and send-as rights, in SQLite under data_dir.
+"""Users, aliases and send-as rights: in SQLite under data_dir, or in
+PostgreSQL for several nodes (`[store] directory`, `postvakt.directory.postgres`).
 
 Addresses are stored in one canonical form: the local part and domain both in
 lower case (we treat local parts case-insensitively, as every provider in
@@ -12,7 +13,6 @@ postmaster@<first local domain>), unless a user or alias of that name exists.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from postvakt import sqlitedb
 from postvakt.address import mailbox_problem
+from postvakt.directory.rows import DirectoryUnavailable, Rows, SchemaError, SqliteRows
 
 if TYPE_CHECKING:
     from postvakt.config import Config
@@ -31,24 +31,6 @@ MAX_ALIAS_DEPTH = 10
 # A password hash computed for unknown users, so that "no such user" costs the
 # same Argon2 time as "wrong password" (no timing oracle).
 _DUMMY_PASSWORD = "postvakt-timing-equaliser"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS users (
-    address TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    created REAL NOT NULL DEFAULT (strftime('%s','now'))
-);
-CREATE TABLE IF NOT EXISTS aliases (
-    alias TEXT NOT NULL,
-    target TEXT NOT NULL,
-    PRIMARY KEY (alias, target)
-);
-CREATE TABLE IF NOT EXISTS sendas (
-    login TEXT NOT NULL,
-    address TEXT NOT NULL,
-    PRIMARY KEY (login, address)
-);
-"""
 
 
 class DirectoryError(Exception):
@@ -84,8 +66,11 @@ def _check_mailbox(address: str) -> str:
     return a
 
 
+__all__ = ["Directory", "DirectoryError", "DirectoryUnavailable", "SchemaError", "canonical"]
+
+
 class Directory:
-    """The user database. Thread-safe: one connection, guarded by a lock."""
+    """The user database's rules over its rows (`rows`: SQLite or PostgreSQL). Thread-safe."""
 
     def __init__(
         self,
@@ -94,35 +79,42 @@ class Directory:
         postmaster: str,
         data_dir: Path,
         mail_dir: Path | None = None,
+        rows: Rows | None = None,
     ) -> None:
         self.path = path
         self.local_domains = tuple(local_domains)
         self.postmaster = canonical(postmaster)
         self.data_dir = data_dir
         self.mail_dir = mail_dir if mail_dir is not None else data_dir / "mail"
-        self._lock = threading.Lock()
-        self._db = sqlitedb.connect(path)
-        self._db.executescript(_SCHEMA)
+        self.rows: Rows = rows if rows is not None else SqliteRows(path)
         self._hasher = PasswordHasher()
         self._dummy_hash = self._hasher.hash(_DUMMY_PASSWORD)
 
     @classmethod
-    def for_config(cls, config: Config) -> Directory:
+    def for_config(cls, config: Config, rows: Rows | None = None, live: bool = False) -> Directory:
+        """The directory `[store] directory` names.
+
+        `live`: a server process, which reads PostgreSQL's rows from a mirror
+        kept current by notifications (`postvakt.directory.postgres`).
+        Raises DirectoryUnavailable or SchemaError for a PostgreSQL directory
+        that cannot be used.
+        """
+        if rows is None and config.store.directory_kind == "postgresql":
+            # Imported only when configured: psycopg costs every command a tenth of a second.
+            from postvakt.directory.postgres import open_rows
+
+            rows = open_rows(config.store.directory, timeout=config.store.timeout, live=live)
         return cls(
             config.data_dir / "directory.sqlite3",
             config.domains.local,
             config.postmaster_address,
             config.data_dir,
             config.mail_root,
+            rows,
         )
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def _q(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+        self.rows.close()
 
     def is_local(self, address: str) -> bool:
         return canonical(address).rpartition("@")[2] in self.local_domains
@@ -140,15 +132,17 @@ class Directory:
         if self.user_exists(a):
             raise DirectoryError(f"{a}: user exists already")
         h = self._hasher.hash(password)
-        self._q("INSERT INTO users(address, password_hash) VALUES (?, ?)", (a, h))
+        try:
+            self.rows.add_user(a, h)
+        except KeyError:
+            raise DirectoryError(f"{a}: user exists already") from None
         return a
 
     def delete_user(self, address: str) -> None:
         a = canonical(address)
         if not self.user_exists(a):
             raise DirectoryError(f"{a}: no such user")
-        self._q("DELETE FROM users WHERE address = ?", (a,))
-        self._q("DELETE FROM sendas WHERE login = ?", (a,))
+        self.rows.delete_user(a)
 
     def set_password(self, address: str, password: str) -> None:
         a = canonical(address)
@@ -156,19 +150,16 @@ class Directory:
             raise DirectoryError(f"{a}: no such user")
         if not password:
             raise DirectoryError("the password is empty")
-        self._q(
-            "UPDATE users SET password_hash = ? WHERE address = ?", (self._hasher.hash(password), a)
-        )
+        self.rows.set_password(a, self._hasher.hash(password))
 
     def users(self) -> list[str]:
-        return [str(r[0]) for r in self._q("SELECT address FROM users ORDER BY address")]
+        return self.rows.users()
 
     def user_exists(self, address: str) -> bool:
-        return bool(self._q("SELECT 1 FROM users WHERE address = ?", (canonical(address),)))
+        return self.rows.password_hash(canonical(address)) is not None
 
     def password_hash(self, login: str) -> str | None:
-        rows = self._q("SELECT password_hash FROM users WHERE address = ?", (canonical(login),))
-        return str(rows[0][0]) if rows else None
+        return self.rows.password_hash(canonical(login))
 
     def verify_password(self, login: str, password: str) -> str | None:
         """The canonical login if the password is right, else None. Costs one Argon2 run either way."""
@@ -189,30 +180,19 @@ class Directory:
             raise DirectoryError(f"{a}: an alias must be in a local domain")
         if a == t:
             raise DirectoryError(f"{a}: an alias cannot point to itself")
-        self._q("INSERT OR IGNORE INTO aliases(alias, target) VALUES (?, ?)", (a, t))
+        self.rows.add_alias(a, t)
 
     def delete_alias(self, alias: str, target: str | None = None) -> None:
         a = canonical(alias)
-        if target is None:
-            n = self._q("SELECT count(*) FROM aliases WHERE alias = ?", (a,))[0][0]
-            self._q("DELETE FROM aliases WHERE alias = ?", (a,))
-        else:
-            t = canonical(target)
-            n = self._q("SELECT count(*) FROM aliases WHERE alias = ? AND target = ?", (a, t))[0][0]
-            self._q("DELETE FROM aliases WHERE alias = ? AND target = ?", (a, t))
+        n = self.rows.delete_alias(a, None if target is None else canonical(target))
         if not n:
             raise DirectoryError(f"{a}: no such alias")
 
     def aliases(self) -> list[tuple[str, str]]:
-        return [
-            (str(a), str(t))
-            for a, t in self._q("SELECT alias, target FROM aliases ORDER BY alias, target")
-        ]
+        return self.rows.aliases()
 
     def _alias_targets(self, address: str) -> list[str]:
-        return [
-            str(r[0]) for r in self._q("SELECT target FROM aliases WHERE alias = ?", (address,))
-        ]
+        return self.rows.alias_targets(address)
 
     # ------------------------------------------------------------ send-as
 
@@ -220,24 +200,15 @@ class Directory:
         lg = canonical(login)
         if not self.user_exists(lg):
             raise DirectoryError(f"{lg}: no such user")
-        self._q(
-            "INSERT OR IGNORE INTO sendas(login, address) VALUES (?, ?)",
-            (lg, _check_mailbox(address)),
-        )
+        self.rows.add_sendas(lg, _check_mailbox(address))
 
     def delete_sendas(self, login: str, address: str) -> None:
         lg, a = canonical(login), canonical(address)
-        if not self._q("SELECT 1 FROM sendas WHERE login = ? AND address = ?", (lg, a)):
+        if not self.rows.delete_sendas(lg, a):
             raise DirectoryError(f"{lg} has no right to send as {a}")
-        self._q("DELETE FROM sendas WHERE login = ? AND address = ?", (lg, a))
 
     def sendas(self, login: str) -> list[str]:
-        return [
-            str(r[0])
-            for r in self._q(
-                "SELECT address FROM sendas WHERE login = ? ORDER BY address", (canonical(login),)
-            )
-        ]
+        return self.rows.sendas(canonical(login))
 
     # ------------------------------------------------------------ lookups
 
@@ -292,7 +263,7 @@ class Directory:
             return True
         if a.rpartition("@")[2] in self.local_domains and self.resolve(a) == [lg]:
             return True  # a personal alias: it delivers to this user and nobody else
-        return bool(self._q("SELECT 1 FROM sendas WHERE login = ? AND address = ?", (lg, a)))
+        return a in self.rows.sendas(lg)
 
     def maildir(self, mailbox: str) -> Path:
         local, _, domain = canonical(mailbox).rpartition("@")

@@ -85,12 +85,9 @@ DirectorySource = SqliteDirectory | PostgresDirectory
 
 
 def directory_source(config: Config) -> DirectorySource:
-    """Where Dovecot finds postvakt's users.
-
-    SQLite in data_dir today. When `[store] directory = "postgresql://..."`
-    exists (the several-node work), return PostgresDirectory(that URL) here:
-    the rest of this module already writes the pgsql driver for it.
-    """
+    """Where Dovecot finds postvakt's users: `[store] directory`."""
+    if config.store.directory_kind == "postgresql":
+        return PostgresDirectory(config.store.directory)
     return SqliteDirectory(config.data_dir / "directory.sqlite3")
 
 

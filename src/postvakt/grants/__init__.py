@@ -7,9 +7,10 @@ POP3 front and the grant-report socket Dovecot's post-login script talks to
 write grants, each naming the protocol of the login; the SMTP front reads
 them at RCPT time and hands the one it found to the (pure) policy.
 
-Stores sit behind one small interface. The memory store suits one process;
-the SQLite store survives a restart and is shared by worker processes on one
-machine; a Redis store is the several-node form.
+Stores sit behind one small interface; `postvakt.store` picks one by
+`[store] state`. The memory store suits one process; the SQLite store
+survives a restart and is shared by worker processes on one machine; the
+Redis store (`postvakt.store.redis`) is the several-node form.
 """
 
 from __future__ import annotations
@@ -18,21 +19,16 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from postvakt import sqlitedb
 from postvakt.policy import Grant, GrantProtocol, grant_protocol
-
-if TYPE_CHECKING:
-    from postvakt.config import Config
 
 __all__ = [
     "Grant",
     "GrantStore",
     "MemoryGrantStore",
     "SqliteGrantStore",
-    "list_grants",
-    "open_grant_store",
 ]
 
 
@@ -52,9 +48,10 @@ class MemoryGrantStore:
     is a view, never read back by the server.
     """
 
-    def __init__(self, snapshot: Path | None = None) -> None:
+    def __init__(self, snapshot: Path | None = None, node: str = "") -> None:
         self._grants: dict[str, Grant] = {}
         self.snapshot = snapshot
+        self.node = node
         if snapshot is not None:
             self._write_snapshot()
 
@@ -63,7 +60,13 @@ class MemoryGrantStore:
             return
         tmp = self.snapshot.with_suffix(".tmp")
         rows = [
-            {"ip": g.ip, "login": g.login, "expires": g.expires, "protocol": g.protocol}
+            {
+                "ip": g.ip,
+                "login": g.login,
+                "expires": g.expires,
+                "protocol": g.protocol,
+                "node": g.node,
+            }
             for g in self._grants.values()
         ]
         try:
@@ -73,7 +76,9 @@ class MemoryGrantStore:
             pass  # a view only: never let it break a login
 
     def grant(self, ip: str, login: str, expires: float, protocol: GrantProtocol = "pop3") -> None:
-        self._grants[ip] = Grant(ip=ip, login=login, expires=expires, protocol=protocol)
+        self._grants[ip] = Grant(
+            ip=ip, login=login, expires=expires, protocol=protocol, node=self.node
+        )
         self._write_snapshot()
 
     @staticmethod
@@ -92,6 +97,7 @@ class MemoryGrantStore:
                         expires=float(r["expires"]),
                         # A snapshot from before the column existed holds POP3 grants only.
                         protocol=grant_protocol(r.get("protocol", "pop3")),
+                        node=str(r.get("node", "")),
                     )
                 )
             except (AttributeError, KeyError, TypeError, ValueError):
@@ -114,28 +120,31 @@ class MemoryGrantStore:
 class SqliteGrantStore:
     """Grants in data_dir/grants.sqlite3: survive restarts, shared by processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, node: str = "") -> None:
         self._lock = threading.Lock()
+        self.node = node
         self._db = sqlitedb.connect(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS grants (ip TEXT PRIMARY KEY, login TEXT NOT NULL, "
-            "expires REAL NOT NULL, protocol TEXT NOT NULL DEFAULT 'pop3')"
+            "expires REAL NOT NULL, protocol TEXT NOT NULL DEFAULT 'pop3', "
+            "node TEXT NOT NULL DEFAULT '')"
         )
-        _add_protocol_column(self._db)
+        _add_column(self._db, "protocol", "TEXT NOT NULL DEFAULT 'pop3'")
+        _add_column(self._db, "node", "TEXT NOT NULL DEFAULT ''")
 
     def grant(self, ip: str, login: str, expires: float, protocol: GrantProtocol = "pop3") -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO grants(ip, login, expires, protocol) VALUES (?, ?, ?, ?) "
+                "INSERT INTO grants(ip, login, expires, protocol, node) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(ip) DO UPDATE SET login = excluded.login, "
-                "expires = excluded.expires, protocol = excluded.protocol",
-                (ip, login, expires, protocol),
+                "expires = excluded.expires, protocol = excluded.protocol, node = excluded.node",
+                (ip, login, expires, protocol, self.node),
             )
 
     def lookup(self, ip: str, now: float) -> Grant | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT ip, login, expires, protocol FROM grants WHERE ip = ? AND expires > ?",
+                "SELECT ip, login, expires, protocol, node FROM grants WHERE ip = ? AND expires > ?",
                 (ip, now),
             ).fetchone()
         return _row_grant(row) if row else None
@@ -144,36 +153,25 @@ class SqliteGrantStore:
         with self._lock:
             self._db.execute("DELETE FROM grants WHERE expires <= ?", (now,))
             rows = self._db.execute(
-                "SELECT ip, login, expires, protocol FROM grants ORDER BY ip"
+                "SELECT ip, login, expires, protocol, node FROM grants ORDER BY ip"
             ).fetchall()
         return [_row_grant(r) for r in rows]
 
 
-def _row_grant(row: tuple[str, str, float, str]) -> Grant:
-    return Grant(ip=row[0], login=row[1], expires=row[2], protocol=grant_protocol(row[3]))
+def _row_grant(row: tuple[str, str, float, str, str]) -> Grant:
+    return Grant(
+        ip=row[0], login=row[1], expires=row[2], protocol=grant_protocol(row[3]), node=row[4]
+    )
 
 
-def _add_protocol_column(db: sqlite3.Connection) -> None:
-    """A grants table from before the protocol column gets it (its grants came from POP3)."""
+def _add_column(db: sqlite3.Connection, name: str, definition: str) -> None:
+    """A grants table from before a column gets it (old grants: POP3, node unknown)."""
     columns = {str(r[1]) for r in db.execute("PRAGMA table_info(grants)")}
-    if "protocol" in columns:
+    if name in columns:
         return
     try:
-        db.execute("ALTER TABLE grants ADD COLUMN protocol TEXT NOT NULL DEFAULT 'pop3'")
+        db.execute(f"ALTER TABLE grants ADD COLUMN {name} {definition}")
     except sqlite3.OperationalError:
         # Another process added it first ("duplicate column name"); anything else is real.
-        if "protocol" not in {str(r[1]) for r in db.execute("PRAGMA table_info(grants)")}:
+        if name not in {str(r[1]) for r in db.execute("PRAGMA table_info(grants)")}:
             raise
-
-
-def open_grant_store(config: Config) -> GrantStore:
-    if config.relay.grant_store == "sqlite":
-        return SqliteGrantStore(config.data_dir / "grants.sqlite3")
-    return MemoryGrantStore(snapshot=config.data_dir / "grants.json")
-
-
-def list_grants(config: Config, now: float) -> list[Grant]:
-    """What `postvakt grants list` shows, from outside the server."""
-    if config.relay.grant_store == "sqlite":
-        return SqliteGrantStore(config.data_dir / "grants.sqlite3").all(now)
-    return MemoryGrantStore.read_snapshot(config.data_dir / "grants.json", now)

@@ -8,8 +8,8 @@ session of the server process shares one store; `now` is always a parameter
 
 The memory store suits one process; with `snapshot` it also rewrites a JSON
 view (at most every SNAPSHOT_INTERVAL) for `postvakt limits show`. The SQLite
-store (`[limits] store = "sqlite"`) survives a restart and is shared by worker
-processes on one machine.
+store (`[store] state = "sqlite"`) survives a restart and is shared by worker
+processes on one machine; the Redis one is in `postvakt.store.redis`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from postvakt import sqlitedb
 from postvakt.policy.limits import DAY, HOUR, Usage, window_start
-
-if TYPE_CHECKING:
-    from postvakt.config import Config
 
 MESSAGES = "messages"
 RECIPIENTS = "recipients"
@@ -47,6 +44,7 @@ class CounterStore(Protocol):
     def add(self, subject: str, messages: int, recipients: int, now: float) -> None: ...
     def usage(self, subject: str, now: float) -> Usage: ...
     def all(self, now: float) -> list[SubjectUsage]: ...
+    def flush(self, now: float) -> None: ...
 
 
 def _usage(rows: dict[tuple[str, float], tuple[float, int]], now: float) -> Usage:
@@ -212,23 +210,3 @@ class SqliteCounterStore:
 
     def flush(self, now: float) -> None:
         """Nothing to do: every add is already on disk."""
-
-
-def counters_path(config: Config) -> Path:
-    if config.limits.store == "sqlite":
-        return config.data_dir / "counters.sqlite3"
-    return config.data_dir / "counters.json"
-
-
-def open_counter_store(config: Config) -> MemoryCounterStore | SqliteCounterStore:
-    if config.limits.store == "sqlite":
-        return SqliteCounterStore(counters_path(config))
-    return MemoryCounterStore(snapshot=counters_path(config))
-
-
-def list_counters(config: Config, now: float) -> list[SubjectUsage]:
-    """What `postvakt limits show` sees from outside the server."""
-    if config.limits.store == "sqlite":
-        path = counters_path(config)
-        return SqliteCounterStore(path).all(now) if path.exists() else []
-    return MemoryCounterStore.read_snapshot(counters_path(config), now)

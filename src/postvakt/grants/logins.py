@@ -59,7 +59,6 @@ from postvakt.directory import canonical
 from postvakt.policy.limits import IPV6_PREFIX, client_key
 
 if TYPE_CHECKING:
-    from postvakt.config import Config
     from postvakt.policy.limits import LimitsConfig
 
 # Bound on keys kept in memory; under a flood of addresses the stalest go first.
@@ -458,10 +457,3 @@ class LoginThrottle:
             self.ceilings,
             now,
         )
-
-
-def open_login_failure_store(config: Config) -> LoginFailureStore:
-    """`[limits] store` decides, as for the rate counters."""
-    if config.limits.store == "sqlite":
-        return SqliteLoginFailureStore(config.data_dir / "logins.sqlite3")
-    return MemoryLoginFailureStore()

@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +102,8 @@ class MaildirMailbox:
     def __init__(self, path: Path, lock_fd: int, messages: list[StoredMessage]) -> None:
         self.path = path
         self._lock_fd: int | None = lock_fd
+        # Called once when the lock is released (the lock across nodes, if any).
+        self.on_close: Callable[[], None] | None = None
         self.messages = messages
         self._by_uid = {m.uid: m for m in messages}
 
@@ -196,6 +199,9 @@ class MaildirMailbox:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
+            on_close, self.on_close = self.on_close, None
+            if on_close is not None:
+                on_close()
 
     @property
     def locked(self) -> bool:

@@ -28,7 +28,6 @@ Config (every key optional; 0 = no limit):
     enabled = true
     exempt = ["127.0.0.0/8", "::1/128"]   # not counted per address
     notify_user = false                   # also tell the user when held
-    store = "memory"                      # or "sqlite" (survives restarts)
     auth_delay = "2s"                     # failed logins per (address, login):
     auth_delay_max = "15s"                #   answer delay doubling up to the max,
     auth_failures = 10                    #   then 454 4.7.0 without a check;
@@ -221,7 +220,7 @@ class LimitsConfig:
     users: tuple[tuple[str, Quota], ...] = ()
     # Also tell the user (not only postmaster) when their mail is held.
     notify_user: bool = False
-    # Counters in this process's memory, or in data_dir/counters.sqlite3.
+    # Deprecated: the old name of `[store] state` (config.py maps it there).
     store: str = "memory"
     auth_delay: float = AUTH_DELAY
     auth_delay_max: float = AUTH_DELAY_MAX

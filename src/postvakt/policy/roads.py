@@ -152,10 +152,12 @@ def pop_before_smtp(client: Client, config: Config) -> Road:
             f"no POP3 login from {client.ip} {recent}",
         )
     left = duration_words(grant.expires - client.now)
+    # Several nodes: which one saw the login, so that `explain` on any node says where.
+    where = f" on node {grant.node}" if grant.node else ""
     return Road(
         rule,
         True,
-        f"{grant.login_kind} by {grant.login} from {client.ip}, valid for {left} more",
+        f"{grant.login_kind} by {grant.login} from {client.ip}{where}, valid for {left} more",
         f"{grant.login_kind} from {client.ip}",
         grant.login,
     )

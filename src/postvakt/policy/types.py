@@ -73,6 +73,8 @@ class Grant:
     login: str
     expires: float
     protocol: GrantProtocol = "pop3"
+    # The node whose POP3 (or IMAP) server saw the login; "" when unknown.
+    node: str = ""
 
     @property
     def login_kind(self) -> str:

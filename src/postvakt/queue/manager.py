@@ -42,6 +42,7 @@ from postvakt.delivery.remote import RemoteDelivery, RemoteResult
 from postvakt.delivery.resolver import SMTP_PORT, Resolver
 from postvakt.delivery.smtpclient import MailParams, Outcome, RcptParams, break_long_lines
 from postvakt.delivery.source import MessageSource
+from postvakt.directory import DirectoryUnavailable
 from postvakt.dnsclient import client_for
 from postvakt.mailauth.signing import DKIMException, Signer, sign
 from postvakt.queue import dsn, schedule
@@ -238,9 +239,13 @@ class QueueManager:
             await self.process(qid)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # A bug must turn into neither a bounce nor a loss: try again later.
-            log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
+        except Exception as error:
+            # A bug, or a user database that cannot be reached now, must turn
+            # into neither a bounce nor a loss: try again later.
+            if isinstance(error, DirectoryUnavailable):
+                log.warning("queue_id=%s deferred: %s", qid, error)
+            else:
+                log.exception("queue_id=%s delivery failed unexpectedly; deferred", qid)
             try:
                 nxt = await asyncio.to_thread(self._defer_after_error, qid)
             except Exception as e:

@@ -41,9 +41,9 @@ from postvakt import config as config_mod
 from postvakt import metrics
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
-from postvakt.directory import Directory
-from postvakt.grants import GrantStore, open_grant_store
-from postvakt.grants.logins import LoginThrottle, open_login_failure_store
+from postvakt.directory import Directory, DirectoryUnavailable, SchemaError
+from postvakt.grants import GrantStore
+from postvakt.grants.logins import LoginThrottle
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
 from postvakt.permissions import set_umask
@@ -70,6 +70,7 @@ from postvakt.server.metrics import Levels, MetricsServer, start_metrics
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges, server_identity
 from postvakt.server.tls import ServerContext, reload_context, server_context
+from postvakt.store import State, open_state
 from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")
@@ -89,6 +90,8 @@ class App:
     login_throttle: LoginThrottle
     queue: Queue
     ssl_context: Any
+    # The shared state the stores above come from ([store] state).
+    state: State | None = None
     manager: Any = None
     # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
     limiter: Any = None
@@ -190,7 +193,10 @@ def build_app(config: Config) -> App:
     dkim_problems = Signer.load(config).problems
     if dkim_problems:
         raise ConfigError(config.source, "[dkim] sign", "; ".join(dkim_problems))
-    directory = Directory.for_config(config)
+    try:
+        directory = Directory.for_config(config, live=True)
+    except (SchemaError, DirectoryUnavailable) as e:
+        raise ConfigError(config.source, "[store] directory", str(e)) from None
     needs_tls = bool(
         config.listen.smtp
         or config.listen.submission
@@ -198,22 +204,23 @@ def build_app(config: Config) -> App:
         or config.listen.pop3
         or config.listen.pop3s
     )
-    from postvakt.grants.counters import open_counter_store
     from postvakt.server.limits import Limiter
 
     queue = Queue(config.queue_root)
     ssl_context = server_context(config) if needs_tls else None
     if os.geteuid() == 0 and config.server.drop_privileges:
         server_identity(config)  # a missing server user is an error before any port is bound
+    state = open_state(config)
     return App(
         config=config,
         directory=directory,
         authenticator=Authenticator(directory),
-        grants=open_grant_store(config),
-        login_throttle=LoginThrottle.for_limits(open_login_failure_store(config), config.limits),
+        grants=state.grants,
+        login_throttle=LoginThrottle.for_limits(state.logins, config.limits),
         queue=queue,
         ssl_context=ssl_context,
-        limiter=Limiter(open_counter_store(config), queue),
+        state=state,
+        limiter=Limiter(state.counters, queue, notices=state.notices),
     )
 
 
@@ -267,6 +274,7 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                 ssl_context=app.ssl_context,
                 connections=app.connections,
                 opener=opener,
+                locks=app.state.locks if app.state is not None else None,
             )
         except OSError as e:
             raise ConfigError(cfg.source, "[listen] pop3", str(e)) from None
@@ -322,6 +330,8 @@ async def _start_metrics(app: App, bound: dict[str, list[str]]) -> MetricsServer
 
 
 async def run(config: Config, config_path: Path | None) -> int:
+    for note in config.notes:
+        log.warning("%s", note)
     if config.server.workers > 1:
         from postvakt.server.workers import supervise
 
@@ -386,6 +396,8 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
     await stop_front(app, servers)
     await app.manager.stop(SHUTDOWN_GRACE)
     app.directory.close()
+    if app.state is not None:
+        app.state.close()
     log.info("stopped")
     return 0
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from postvakt.directory import canonical
+from postvakt.directory import DirectoryUnavailable, canonical
 from postvakt.grants.report import (
     MAX_LINE,
     REPLY_OFF,
@@ -106,7 +106,12 @@ class GrantReports:
             log.warning("grant report refused peer_uid=%s: %s", uid, e)
             return reply_no(str(e))
         login = canonical(report.login)
-        if not self.user_exists(login):
+        try:
+            exists = self.user_exists(login)
+        except DirectoryUnavailable as e:
+            log.warning("grant report refused peer_uid=%s client=%s: %s", uid, report.ip, e)
+            return reply_no("user database unavailable, try again later")
+        if not exists:
             log.warning(
                 "grant report refused peer_uid=%s client=%s user=%s: no such user",
                 uid,

@@ -19,10 +19,7 @@ from typing import Any
 
 from postvakt import clock
 from postvakt.config import Config
-from postvakt.grants.counters import (
-    MemoryCounterStore,
-    SqliteCounterStore,
-)
+from postvakt.grants.counters import CounterStore
 from postvakt.policy import Client, Decision
 from postvakt.policy.limits import (
     HOUR,
@@ -36,11 +33,9 @@ from postvakt.policy.limits import (
 )
 from postvakt.policy.roads import GENERATED
 from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient
+from postvakt.store.local import MemoryNoticeStore, NoticeStore
 
 log = logging.getLogger("postvakt.limits")
-
-# Who was told in the current window is pruned of ended windows past this size.
-MAX_NOTIFIED = 10_000
 
 __all__ = ["Limiter", "notice_text"]
 
@@ -49,10 +44,10 @@ __all__ = ["Limiter", "notice_text"]
 class Limiter:
     """The limits' state in one server process: the counter store and who was told."""
 
-    store: MemoryCounterStore | SqliteCounterStore
+    store: CounterStore
     queue: Queue
-    # (subject, rule) -> end of the window in which a notice was already sent
-    notified: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Who was already told in the current window (shared like the counters).
+    notices: NoticeStore = field(default_factory=MemoryNoticeStore)
     _flush: Any = None
 
     def subject(self, config: Config, client: Client) -> Subject | None:
@@ -61,13 +56,20 @@ class Limiter:
     def usage(self, subject: Subject | None, now: float) -> Usage:
         return self.store.usage(subject.counter_key, now) if subject is not None else Usage()
 
-    def check_mail(self, config: Config, client: Client) -> Decision:
+    def check_mail(self, config: Config, client: Client, usage: Usage | None = None) -> Decision:
+        """`usage`: the subject's counts when the caller read them off the event loop."""
         subject = self.subject(config, client)
-        return check_mail_limits(client, subject, self.usage(subject, client.now))
+        if usage is None:
+            usage = self.usage(subject, client.now)
+        return check_mail_limits(client, subject, usage)
 
-    def check_rcpt(self, config: Config, client: Client, in_message: int) -> Decision:
+    def check_rcpt(
+        self, config: Config, client: Client, in_message: int, usage: Usage | None = None
+    ) -> Decision:
         subject = self.subject(config, client)
-        return check_rcpt_limits(client, subject, self.usage(subject, client.now), in_message)
+        if usage is None:
+            usage = self.usage(subject, client.now)
+        return check_rcpt_limits(client, subject, usage, in_message)
 
     async def accepted(
         self, config: Config, client: Client, queue_id: str, recipients: int, held: str | None
@@ -88,7 +90,7 @@ class Limiter:
         subject = self.subject(config, client)
         loop = asyncio.get_running_loop()
         if subject is not None:
-            if isinstance(self.store, SqliteCounterStore):
+            if getattr(self.store, "blocking", False):
                 await loop.run_in_executor(
                     None, self.store.add, subject.counter_key, 1, recipients, client.now
                 )
@@ -109,13 +111,15 @@ class Limiter:
             held,
             f"postvakt queue release {queue_id}",
         )
-        key = (subject.counter_key if subject is not None else client.ip, rule)
-        if self.notified.get(key, 0.0) > client.now:
-            return
+        key = f"{subject.counter_key if subject is not None else client.ip}|{rule}"
         window = WINDOW.get(rule.rpartition(".")[2]) or HOUR
-        if len(self.notified) >= MAX_NOTIFIED:
-            self.notified = {k: v for k, v in self.notified.items() if v > client.now}
-        self.notified[key] = window_end(window, client.now)
+        until = window_end(window, client.now)
+        if getattr(self.notices, "blocking", False):
+            first = await loop.run_in_executor(None, self.notices.claim, key, until, client.now)
+        else:
+            first = self.notices.claim(key, until, client.now)
+        if not first:
+            return
         notices = [
             (
                 config.postmaster_address,
@@ -138,7 +142,7 @@ class Limiter:
 
     def _flush_snapshot(self) -> None:
         self._flush = None
-        if isinstance(self.store, MemoryCounterStore):
+        if not getattr(self.store, "blocking", False):
             self.store.flush(clock.now())
 
     def _queue_notice(self, config: Config, rcpt: str, text: str, now: float) -> str:

@@ -135,7 +135,7 @@ async def run_queue_manager(config: Config, config_path: Path | None, wake_fd: i
     from postvakt.queue.manager import QueueManager, QueueManagerError
     from postvakt.server.app import SHUTDOWN_GRACE
 
-    directory = Directory.for_config(config)
+    directory = Directory.for_config(config, live=True)
     manager = QueueManager(config, directory, Queue(config.queue_root))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

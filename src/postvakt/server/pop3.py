@@ -26,6 +26,8 @@ import functools
 import ipaddress
 import logging
 import math
+import os
+import secrets
 import ssl
 import time
 import weakref
@@ -33,7 +35,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import metrics
-from postvakt.directory import canonical
+from postvakt.directory import DirectoryUnavailable, canonical
 from postvakt.grants.logins import Outcome, Reservation
 from postvakt.logtext import printable
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
@@ -53,6 +55,7 @@ from postvakt.server.accept import Connections, Refused, Slot
 from postvakt.server.handshake import Listening, listener_of, start_server_tls
 from postvakt.server.listeners import Opener
 from postvakt.server.proxy import Proxied
+from postvakt.store.local import LockStore, NoLocks
 
 if TYPE_CHECKING:
     from postvakt.auth import Authenticator
@@ -96,8 +99,11 @@ class POP3Context:
         ssl_context: ssl.SSLContext | None,
         login_delay: float = 0.0,
         clock: Callable[[], float] = time.time,
+        locks: LockStore | None = None,
     ) -> None:
         self.config = config
+        # The maildrop lock across nodes (RFC 1939 §8: exclusive access), over the flock.
+        self.locks: LockStore = locks if locks is not None else NoLocks()
         self.directory = directory
         self.authenticator = authenticator
         self.grants = grants
@@ -148,6 +154,19 @@ class POP3Context:
         if why is Refused.CLIENT:
             return f"-ERR [SYS/TEMP] Too many connections from {ip}\r\n".encode()
         return b"-ERR [SYS/TEMP] Too many connections, try again later\r\n"
+
+    def open_mailbox(self, login: str) -> MaildirMailbox:
+        """Lock the maildrop on every node, then here (flock), and take the snapshot."""
+        name, owner = f"pop3:{login}", f"{self.config.node}:{os.getpid()}:{secrets.token_hex(6)}"
+        if not self.locks.acquire(name, owner):
+            raise MailboxLocked(login)
+        try:
+            mailbox = MaildirMailbox.open(self.directory.maildir(login))
+        except BaseException:
+            self.locks.release(name, owner)
+            raise
+        mailbox.on_close = functools.partial(self.locks.release, name, owner)
+        return mailbox
 
     def failure_delay(self, reservation: Reservation) -> float:
         """Seconds between a failed attempt's start and its reply (grows per address and login)."""
@@ -363,7 +382,10 @@ class POP3Protocol(asyncio.Protocol):
                 await throttle.settle(reservation, Outcome.UNCHECKED, "", ctx.clock())
                 if not isinstance(e, Exception):
                     raise
-                log.exception("pop3 auth backend error client=%s", self.ip)
+                if isinstance(e, DirectoryUnavailable):
+                    log.warning("pop3 login client=%s user=%s: %s", self.ip, ev.login, e)
+                else:
+                    log.exception("pop3 auth backend error client=%s", self.ip)
                 conn.login_failed(R.SYS_TEMP, counts=False)
                 self._pump()
                 return
@@ -405,7 +427,7 @@ class POP3Protocol(asyncio.Protocol):
             conn.login_failed(R.LOGIN_DELAY, counts=False)
             self._pump()
             return
-        opening = loop.run_in_executor(None, MaildirMailbox.open, ctx.directory.maildir(login))
+        opening = loop.run_in_executor(None, ctx.open_mailbox, login)
         try:
             mailbox = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -553,6 +575,7 @@ async def start_pop3(
     reuse_port: bool = False,
     connections: Connections | None = None,
     opener: Opener | None = None,
+    locks: LockStore | None = None,
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
@@ -573,6 +596,7 @@ async def start_pop3(
         login_throttle=login_throttle,
         ssl_context=ssl_context,
         login_delay=config.pop3.login_delay if login_delay is None else login_delay,
+        locks=locks,
     )
     servers: list[Listening] = []
     opener = opener or Opener(lambda: config, reuse_port=reuse_port)

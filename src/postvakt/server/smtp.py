@@ -18,16 +18,26 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from postvakt import clock, metrics, smtp
 from postvakt.address import Address, AddressError, parse_header_addresses
+from postvakt.directory import DirectoryUnavailable
 from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
 from postvakt.logtext import printable
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
-from postvakt.policy import Client, Decision, Verdict, check_header_from, check_rcpt, check_sender
+from postvakt.policy import (
+    Client,
+    Decision,
+    Grant,
+    Verdict,
+    check_header_from,
+    check_rcpt,
+    check_sender,
+)
+from postvakt.policy.limits import Usage
 from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.policy.roads import Road, each_road, first_open
 from postvakt.queue import Envelope, QueueWriteError, Recipient
@@ -48,6 +58,9 @@ log = logging.getLogger("postvakt.smtp")
 WRITE_HIGH_WATER = 256 * 1024
 
 REPLY_AUTH_BLOCKED = Reply(454, "4.7.0", "Too many failed logins, try again later")
+# The user database cannot be reached: never "no such user" for one who may exist.
+REPLY_AUTH_UNAVAILABLE = Reply(454, "4.7.0", "Temporary authentication failure")
+REPLY_LOOKUP_UNAVAILABLE = Reply(451, "4.3.0", "Temporary lookup failure, try again later")
 # Warn mode: the finding travels with the message, where the recipient's filters can see it.
 WARNING_HEADER = "X-Postvakt-Sender-Warning"
 # The core's catalogue and the queue's own error reply, so every side says the same.
@@ -97,6 +110,9 @@ class SMTPSession(asyncio.Protocol):
         self.mail_event: smtp.MailFrom | None = None
         self.hold_reason: str | None = None
         self.warnings: list[str] = []
+        # Several nodes: the grant and counts read off the loop for this command.
+        self.shared_grant: Grant | None = None
+        self.shared_usage: Usage | None = None
         self.idle_handle: asyncio.TimerHandle | None = None
         self.deadline = 0.0
         self.tls_pending: list[bytes] | None = None
@@ -250,9 +266,12 @@ class SMTPSession(asyncio.Protocol):
     def _client(self) -> Client:
         assert self.conn is not None
         now = clock.now()
-        grant = (
-            self.app.grants.lookup(self.ip, now) if self.config.relay.pop_before_smtp > 0 else None
-        )
+        if self.app.state is not None and self.app.state.remote:
+            grant = self.shared_grant  # read off the loop by _read_shared
+        elif self.config.relay.pop_before_smtp > 0:
+            grant = self.app.grants.lookup(self.ip, now)
+        else:
+            grant = None
         return Client(
             ip=self.ip,
             port=self.kind,
@@ -356,10 +375,15 @@ class SMTPSession(asyncio.Protocol):
     def _handle(self, event: object) -> None:
         conn = self.conn
         assert conn is not None
-        if isinstance(event, smtp.MailFrom):
-            self._on_mail(event)
-        elif isinstance(event, smtp.RcptTo):
-            self._on_rcpt(event)
+        remote = self.app.state is not None and self.app.state.remote
+        if isinstance(event, smtp.MailFrom | smtp.RcptTo):
+            handler: Callable[[Any], None] = (
+                self._on_mail if isinstance(event, smtp.MailFrom) else self._on_rcpt
+            )
+            if remote:
+                self._run(self._read_shared(handler, event))
+            else:
+                self._decide(handler, event)
         elif isinstance(event, smtp.DataStart):
             self._run(self._on_data_start())
         elif isinstance(event, smtp.DataChunk):
@@ -384,6 +408,35 @@ class SMTPSession(asyncio.Protocol):
         self.hold_reason = None
         self.warnings = []
 
+    async def _read_shared(self, handler: Callable[[Any], None], event: object) -> None:
+        """A shared store over the network: read the grant and counts in a thread, then decide."""
+        assert self.conn is not None
+        conn, app = self.conn, self.app
+
+        def read(now: float) -> tuple[Grant | None, Usage | None]:
+            grant = (
+                app.grants.lookup(self.ip, now) if app.config.relay.pop_before_smtp > 0 else None
+            )
+            if app.limiter is None:
+                return grant, None
+            client = Client(
+                ip=self.ip, port=self.kind, tls=conn.tls, login=conn.login, grant=grant, now=now
+            )
+            return grant, app.limiter.usage(app.limiter.subject(app.config, client), now)
+
+        loop = asyncio.get_running_loop()
+        self.shared_grant, self.shared_usage = await loop.run_in_executor(None, read, time.time())
+        self._decide(handler, event)
+
+    def _decide(self, handler: Callable[[Any], None], event: object) -> None:
+        """MAIL or RCPT; a user database that cannot be reached gets 451, never a 550."""
+        try:
+            handler(event)
+        except DirectoryUnavailable as e:
+            assert self.conn is not None
+            log.warning("%s client=%s: %s", type(event).__name__, self.ip, e)
+            self.conn.respond(REPLY_LOOKUP_UNAVAILABLE)
+
     def _on_mail(self, ev: smtp.MailFrom) -> None:
         assert self.conn is not None
         self._reset_transaction()
@@ -396,7 +449,7 @@ class SMTPSession(asyncio.Protocol):
         decision = check_sender(client, ev.sender, self.config, self.app.directory)
         self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
         if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_mail(self.config, client)
+            limit = self.app.limiter.check_mail(self.config, client, self.shared_usage)
             if limit.verdict is not Verdict.PERMIT:
                 self._log_decision("LIMIT", limit, **{"from": str(ev.sender)})
                 decision = decision if limit.accepted else limit
@@ -413,7 +466,9 @@ class SMTPSession(asyncio.Protocol):
         decision = check_rcpt(client, ev.recipient, self.config, self.app.directory)
         self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
         if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_rcpt(self.config, client, len(self.rcpts))
+            limit = self.app.limiter.check_rcpt(
+                self.config, client, len(self.rcpts), self.shared_usage
+            )
             if limit.verdict is not Verdict.PERMIT:
                 self._log_decision("LIMIT", limit, **{"from": self.sender, "to": str(ev.recipient)})
                 decision = decision if limit.accepted else limit
@@ -642,6 +697,11 @@ class SMTPSession(asyncio.Protocol):
             return
         try:
             login = await self.app.authenticator.verify(ev.username, ev.password)
+        except DirectoryUnavailable as e:
+            await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
+            log.warning("AUTH client=%s port=%s user=<%s>: %s", self.ip, self.kind, ev.username, e)
+            conn.respond(REPLY_AUTH_UNAVAILABLE)
+            return
         except BaseException:
             await throttle.settle(reservation, Outcome.UNCHECKED, "", time.time())
             raise
