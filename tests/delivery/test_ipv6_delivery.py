@@ -18,10 +18,12 @@ from dnsserver import NsdServer, nsd_available
 from postvakt import config as C
 from postvakt.delivery.remote import RemoteDelivery
 from postvakt.delivery.smtpclient import MailParams, RcptParams
+from postvakt.delivery.source import MessageSource
 from postvakt.dnsclient import DNSClient
 from support import LOCAL_DOMAIN, Running, SmtpSink, base_config, to_toml
 
-MSG = b"Subject: over ipv6\r\n\r\nbody\r\n"
+MSG_BYTES = b"Subject: over ipv6\r\n\r\nbody\r\n"
+MSG = MessageSource.from_bytes(MSG_BYTES)
 ZONES = {
     "example": [],
     # far.example's one MX has only an AAAA record: ::1.
@@ -57,7 +59,7 @@ def deliver(nsd: NsdServer, domain: str, rcpt: str) -> tuple[Peer, list[str], li
         rd.start()
         try:
             res = await rd.deliver(
-                domain, MailParams("a@pv.test", len(MSG)), [RcptParams(rcpt)], MSG
+                domain, MailParams("a@pv.test", len(MSG_BYTES)), [RcptParams(rcpt)], MSG
             )
         finally:
             await rd.close()
