@@ -26,6 +26,7 @@ from postvakt.address import (
 )
 from postvakt.config import Config
 from postvakt.directory import Directory
+from postvakt.directory.rows import DirectoryUnavailable, SchemaError
 from postvakt.dnsclient import client_for
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
@@ -429,6 +430,13 @@ class _GrantList:
 
 def open_directory(config: Config) -> tuple[DirectoryView, Any, list[str]]:
     """The real directory when it exists; explain never creates one."""
+    if config.store.directory_kind == "postgresql":
+        try:
+            d = Directory.for_config(config)
+        except (DirectoryUnavailable, SchemaError) as e:
+            note = f"{e}: local recipients are unknown, senders own only themselves"
+            return _NoUsers(), None, [note]
+        return d, d, []
     path = config.data_dir / "directory.sqlite3"
     if not path.exists():
         note = (
