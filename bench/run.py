@@ -392,10 +392,24 @@ class Postvakt:
     # How to run the `postvakt` command: this interpreter, this checkout.
     command = [sys.executable, "-m", "postvakt"]
 
-    def __init__(self, root: Path, sink_port: int, workers: int = 1) -> None:
+    def __init__(
+        self,
+        root: Path,
+        sink_port: int,
+        workers: int = 1,
+        state: str = "sqlite",
+        name: str = "",
+        count_loopback: bool = False,
+    ) -> None:
         # The one-worker server keeps the name the table and the JSON always used.
-        self.name = "postvakt" if workers == 1 else f"postvakt-w{workers}"
+        self.name = name or ("postvakt" if workers == 1 else f"postvakt-w{workers}")
         self.workers = workers
+        # [store] state: "sqlite" or "redis://HOST:PORT/DB".
+        self.state = state
+        # Count every message of the loopback clients (by default exempt) against
+        # a [limits.networks] quota far above any run, so that each one reads and
+        # writes the state store.
+        self.count_loopback = count_loopback
         self.root = root
         self.data = root / "data"
         self.config = root / "postvakt.toml"
@@ -437,14 +451,10 @@ local = ["{LOCAL_DOMAIN}"]
 
 [relay]
 networks = ["127.0.0.0/8"]
-grant_store = "sqlite"
 
-[limits]
-store = "sqlite"
-
-[server]
-workers = {self.workers}
-
+[store]
+state = "{self.state}"
+{self._limits()}
 [smtp]
 max_connections_per_client = 0
 
@@ -454,6 +464,7 @@ concurrency_per_destination = 20
 tls = "none"
 
 [server]
+workers = {self.workers}
 drop_privileges = false   # run as started, in this temporary directory
 """
         )
@@ -480,6 +491,11 @@ drop_privileges = false   # run as started, in this temporary directory
         bound = json.loads(ready.read_text())
         self.port = int(bound["smtp"][0].rsplit(":", 1)[1])
         self.submissions_port = int(bound["submissions"][0].rsplit(":", 1)[1])
+
+    def _limits(self) -> str:
+        if not self.count_loopback:
+            return ""
+        return "\n[limits]\nexempt = []\n\n[limits.networks]\nmessages_per_hour = 100000000\n"
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
