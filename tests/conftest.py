@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -63,3 +64,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _unexpected and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _same_umask_for_every_test() -> Iterator[None]:
+    """Every postvakt command sets the process umask to 027 (files private from
+    birth). A test that runs a command in-process (click's CliRunner) would
+    leave that umask to every later test of the same process, whose files (a
+    config written for a server that runs as another user) would then be
+    unreadable to that user: put it back after each test."""
+    before = os.umask(0o022)
+    os.umask(before)
+    yield
+    os.umask(before)
