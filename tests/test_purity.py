@@ -18,6 +18,7 @@ PURE = [
     "pop3",
     "policy",
     "address.py",
+    "net.py",
     "proxyproto.py",
     "queue/schedule.py",
     "mailauth/results.py",

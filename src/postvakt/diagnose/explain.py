@@ -10,7 +10,6 @@ decides anything itself: the text is a rendering of the policy's trace.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from postvakt.dnsclient import client_for
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
 from postvakt.mailauth.signing import from_domains
+from postvakt.net import parse_ip
 from postvakt.policy import (
     PORTS,
     Client,
@@ -98,16 +98,10 @@ class Explanation:
 def client_ip_arg(text: str) -> str:
     """An address as typed: "192.0.2.7", "2001:db8::7", "[2001:db8::7]", "IPv6:2001:db8::7";
     IPv4-mapped IPv6 as the IPv4 address the server sees."""
-    bare = text.strip().removeprefix("[").removesuffix("]")
-    if bare[:5].lower() == "ipv6:":
-        bare = bare[5:]
-    try:
-        ip = ipaddress.ip_address(bare)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ip)
-    except ValueError:
-        raise ExplainError(f"--client: {text!r} is not an IP address") from None
+    ip = parse_ip(text)
+    if ip is None:
+        raise ExplainError(f"--client: {text!r} is not an IP address")
+    return str(ip)
 
 
 def _address(value: Address | str, what: str, *, allow_null: bool, smtputf8: bool) -> Address:

@@ -49,6 +49,7 @@ import ipaddress
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from postvakt.net import in_networks
 from postvakt.policy.types import (
     DEFER,
     NO_MATCH,
@@ -282,14 +283,6 @@ def window_end(window: float, now: float) -> float:
     return window_start(window, now) + window
 
 
-def _in_networks(ip: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return any(addr in n for n in networks)
-
-
 def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
     """The client as counted: IPv4 as is, IPv6 by its network of `ipv6_prefix` bits
     ("2001:db8:1:2::/64"), IPv4-mapped IPv6 as the IPv4 address."""
@@ -329,12 +322,12 @@ def subject_for(
         quota = limits.user_quota(login)
         name = f"users.{login}" if quota is not limits.user else USER
         return Subject(USER, login, name, quota)
-    if _in_networks(client.ip, limits.exempt):
+    if in_networks(client.ip, limits.exempt):
         return None
     key = client_key(client.ip, limits.ipv6_prefix)
-    if _in_networks(client.ip, networks):
+    if in_networks(client.ip, networks):
         return Subject(ADDRESS, key, NETWORKS, limits.networks)
-    if any_road or _in_networks(client.ip, clients) or client.grant is not None:
+    if any_road or in_networks(client.ip, clients) or client.grant is not None:
         return Subject(ADDRESS, key, ADDRESS, limits.address)
     return None
 

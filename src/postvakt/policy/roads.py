@@ -6,11 +6,11 @@ A road is tried the same way for relaying (RCPT) and for sender checks
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from postvakt.net import parse_ip
 from postvakt.policy.types import Client
 
 if TYPE_CHECKING:
@@ -57,17 +57,6 @@ def duration_words(seconds: float) -> str:
     return f"{s // 86400} days"
 
 
-def client_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The client address as an IP; IPv4-mapped IPv6 (`::ffff:a.b.c.d`) unwrapped."""
-    try:
-        ip = ipaddress.ip_address(text.strip().strip("[]"))
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
 def _networks_words(nets: Sequence[IPNetwork]) -> str:
     shown = ", ".join(str(n) for n in nets[:MAX_NETWORKS_SHOWN])
     more = len(nets) - MAX_NETWORKS_SHOWN
@@ -79,7 +68,7 @@ _LIST_WORDS = {"networks": "our networks", "clients": "our list of allowed clien
 
 
 def _network_road(rule: str, key: str, client: Client, nets: Sequence[IPNetwork]) -> Road:
-    ip = client_ip(client.ip)
+    ip = parse_ip(client.ip)
     if ip is None:
         return Road(
             rule,
@@ -126,7 +115,7 @@ def pop_before_smtp(client: Client, config: Config) -> Road:
             "POP-before-SMTP is off",
         )
     grant = client.grant
-    ip = client_ip(client.ip)
+    ip = parse_ip(client.ip)
     recent = f"in the last {duration_words(window)}"
     if grant is None:
         return Road(
@@ -135,7 +124,7 @@ def pop_before_smtp(client: Client, config: Config) -> Road:
             f"no POP3 login from {client.ip} {recent}",
             f"no POP3 login from {client.ip} {recent}",
         )
-    if ip is None or client_ip(grant.ip) != ip:
+    if ip is None or parse_ip(grant.ip) != ip:
         # The store is keyed by IP; a grant for another address is a caller bug, never trust.
         return Road(
             rule,

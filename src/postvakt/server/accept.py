@@ -43,10 +43,10 @@ from typing import Any, Literal
 
 from postvakt import metrics
 from postvakt.config import IPNetwork
+from postvakt.net import client_address
 from postvakt.server.handshake import (
     HANDSHAKE_TIMEOUT,
     Listener,
-    client_address,
     host_port,
     log_failure,
     peek,

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -46,6 +45,7 @@ from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
+from postvakt.net import in_networks
 from postvakt.permissions import set_umask
 from postvakt.queue import Queue
 from postvakt.queue.envelope import Envelope
@@ -146,11 +146,7 @@ class App:
         return self._free_bytes is not None and self._free_bytes < need
 
     def in_networks(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in n for n in self.config.relay.networks)
+        return in_networks(ip, self.config.relay.networks)
 
     def smtp_client_limit(self, ip: str) -> int:
         """`[smtp] max_connections_per_client` for this address (0: none; `networks` are exempt)."""

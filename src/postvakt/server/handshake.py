@@ -304,9 +304,3 @@ class Listening(Protocol):
 def host_port(name: Any) -> str:
     host = str(name[0])
     return f"[{host}]:{name[1]}" if ":" in host else f"{host}:{name[1]}"
-
-
-def client_address(addr: Any) -> str:
-    """The peer's address as policy sees it (an IPv4-mapped IPv6 address as IPv4)."""
-    host = str(addr[0]) if isinstance(addr, tuple) and addr else "?"
-    return host[7:] if host.startswith("::ffff:") else host

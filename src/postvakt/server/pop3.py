@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import math
 import os
@@ -39,6 +38,7 @@ from postvakt.directory import DirectoryUnavailable, canonical
 from postvakt.grants.logins import Outcome, Reservation
 from postvakt.logtext import printable
 from postvakt.mailbox.maildir import MailboxError, MailboxLocked, MaildirMailbox
+from postvakt.net import client_address, in_networks
 from postvakt.pop3 import (
     NEED_DATA,
     PAUSED,
@@ -69,20 +69,6 @@ log = logging.getLogger("postvakt.pop3")
 # LOGIN-DELAY bookkeeping is pruned past this many users (one entry per user
 # who logged in within the delay; a small provider has far fewer).
 MAX_LOGIN_DELAY_ENTRIES = 100_000
-
-
-def client_ip(peer: Any) -> str:
-    """The client address as grants and policy see it (IPv4-mapped IPv6 as plain IPv4)."""
-    if not peer:
-        return ""
-    text = str(peer[0]) if isinstance(peer, tuple | list) else str(peer)
-    try:
-        addr = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return text
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 class POP3Context:
@@ -137,11 +123,7 @@ class POP3Context:
         return False
 
     def in_networks(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.config.relay.networks)
+        return in_networks(ip, self.config.relay.networks)
 
     def client_limit(self, ip: str) -> int:
         """`[pop3] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
@@ -204,9 +186,9 @@ class POP3Protocol(asyncio.Protocol):
         # uvloop's transports are not asyncio.Transport subclasses, but speak its API.
         self.transport = cast(asyncio.Transport, transport)
         if self.proxied is not None:
-            self.ip = client_ip((self.proxied.client,))
+            self.ip = client_address(self.proxied.client, missing="")
         else:
-            self.ip = client_ip(transport.get_extra_info("peername"))
+            self.ip = client_address(transport.get_extra_info("peername"), missing="")
         # This session's settings from start to end, whatever a reload changes meanwhile.
         self.pop3_config = cfg = self.ctx.config
         self.conn = POP3Connection(

@@ -27,7 +27,6 @@ session intact.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -36,7 +35,8 @@ from typing import Any
 
 from postvakt import proxyproto
 from postvakt.config import IPNetwork
-from postvakt.server.handshake import client_address, host_port
+from postvakt.net import client_address, in_networks
+from postvakt.server.handshake import host_port
 
 log = logging.getLogger("postvakt.proxy")
 
@@ -63,13 +63,7 @@ class HeaderRefused(Exception):
 
 
 def trusted(peer: str, networks: Sequence[IPNetwork]) -> bool:
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in n for n in networks)
+    return in_networks(peer, networks)
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int) -> None:

@@ -28,6 +28,7 @@ from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
 from postvakt.logtext import printable
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
+from postvakt.net import client_address
 from postvakt.policy import (
     Client,
     Decision,
@@ -132,10 +133,7 @@ class SMTPSession(asyncio.Protocol):
         if self.proxied is not None:
             self.ip = self.proxied.client
         else:
-            peer = transport.get_extra_info("peername")
-            self.ip = str(peer[0]) if peer else "?"
-            if self.ip.startswith("::ffff:"):
-                self.ip = self.ip[7:]
+            self.ip = client_address(transport.get_extra_info("peername"))
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         cfg = self.config
         tls_active = transport.get_extra_info("ssl_object") is not None

@@ -35,6 +35,7 @@ from postvakt.config import Config, HostPort, IPNetwork
 from postvakt.diagnose import catalogue
 from postvakt.diagnose.errortext import MAX_TEXT, explain_error
 from postvakt.diagnose.result import Diagnosis
+from postvakt.net import parse_ip
 from postvakt.policy import Grant, roads
 from postvakt.policy.types import Client
 from postvakt.web import mailconfig, pages
@@ -127,7 +128,7 @@ class BadRequest(Exception):
 
 
 def _in(ip: str, nets: Sequence[IPNetwork]) -> bool:
-    client = roads.client_ip(ip)
+    client = parse_ip(ip)
     return client is not None and any(client.version == n.version and client in n for n in nets)
 
 
@@ -138,7 +139,7 @@ def client_address(request: web.BaseRequest, trusted: Sequence[IPNetwork]) -> st
         return ip
     hops = [h.strip() for v in request.headers.getall("X-Forwarded-For", []) for h in v.split(",")]
     for hop in reversed(hops):
-        if roads.client_ip(hop) is None:
+        if parse_ip(hop) is None:
             break
         ip = hop
         if not _in(hop, trusted):
