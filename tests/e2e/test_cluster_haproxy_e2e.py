@@ -13,11 +13,9 @@ SMTP frontend that spreads over both nodes by round robin.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import smtplib
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -27,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from engines import PrivateRedis
+from engines import PrivateRedis, shared_pg_database
 
+from haproxy import requires_haproxy, running_haproxy, tcp_head
 from support import (
     LOCAL_DOMAIN,
     RawClient,
@@ -43,7 +41,6 @@ from support import (
     to_toml,
 )
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_IP = "127.0.0.10"
 NODE_IPS = {"node-a": "127.0.0.11", "node-b": "127.0.0.12"}
 USER = f"alice@{LOCAL_DOMAIN}"
@@ -54,11 +51,8 @@ GRANTED = "127.0.0.3"
 OTHER = "127.0.0.4"
 LOAD_CLIENTS = ["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"]
 DENIED = f"550 5.7.1 <carol@{REMOTE}>: Relaying denied"
-SHARED_PG = "postgresql://postgres@127.0.0.1:5432"
 
-pytestmark = pytest.mark.skipif(
-    not Path(HAPROXY).exists(), reason=f"HAProxy is not installed ({HAPROXY}: apt install haproxy)"
-)
+pytestmark = requires_haproxy
 
 
 @dataclass
@@ -68,22 +62,6 @@ class Cluster:
     sink_ports: dict[str, int]  # each node's next hop for REMOTE
     root: Path
     sinks: list[SmtpSink] = field(default_factory=list)
-
-
-def _pg_database() -> Iterator[str]:
-    try:
-        with psycopg.connect(f"{SHARED_PG}/postgres", connect_timeout=5):
-            pass
-    except psycopg.Error as e:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {e}")
-    name = f"pvcluster_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"{SHARED_PG}/postgres", autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{SHARED_PG}/{name}"
-    finally:
-        with psycopg.connect(f"{SHARED_PG}/postgres", autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _node_config(root: Path, name: str, store: dict[str, str], sink_port: int) -> Running:
@@ -133,9 +111,7 @@ def _haproxy_config(nodes: dict[str, Running], ports: dict[str, int]) -> str:
         return "\n".join(lines) + "\n\n"
 
     return (
-        "global\n    maxconn 200\n\n"
-        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
-        "    timeout server 60s\n    retries 2\n    option redispatch\n\n"
+        tcp_head("retries 2", "option redispatch")
         + frontend("pop3_a", [("node-a", "pop3")])
         + frontend("smtp_a", [("node-a", "smtp")])
         + frontend("smtp_b", [("node-b", "smtp")])
@@ -146,13 +122,10 @@ def _haproxy_config(nodes: dict[str, Running], ports: dict[str, int]) -> str:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("cluster")
-    redis = PrivateRedis(root / "redis").start()
-    pg = _pg_database()
-    procs: list[Running] = []
-    haproxy: subprocess.Popen[bytes] | None = None
-    sinks: list[SmtpSink] = []
-    try:
-        url = next(pg)
+    with contextlib.ExitStack() as stack:
+        redis = PrivateRedis(root / "redis").start()
+        stack.callback(redis.stop)
+        url = stack.enter_context(shared_pg_database("pvcluster"))
         migrate = root / "migrate.toml"
         migrate.write_text(f'data_dir = "{root}/m"\n[store]\ndirectory = "{url}"\n')
         postvakt("store", "migrate", config=migrate)
@@ -162,50 +135,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         # One directory: the user added with node A's CLI is node B's user too.
         nodes["node-a"].add_user(USER, PASSWORD)
         for srv in nodes.values():
-            procs.append(srv.start())
+            stack.callback(srv.start().stop)
+        sinks: list[SmtpSink] = []
+        stack.callback(lambda: [sink.stop() for sink in sinks])
         ports = {k: free_port(PROXY_IP) for k in ("pop3_a", "smtp_a", "smtp_b", "smtp_rr")}
         cfg = root / "haproxy.cfg"
         cfg.write_text(_haproxy_config(nodes, ports))
-        haproxy = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        deadline = time.monotonic() + 20
-        for port in ports.values():
-            while True:
-                try:
-                    socket.create_connection((PROXY_IP, port), timeout=2).close()
-                    break
-                except OSError:
-                    if haproxy.poll() is not None or time.monotonic() > deadline:
-                        err = haproxy.stderr.read() if haproxy.stderr else b""
-                        raise RuntimeError(f"haproxy did not start: {err!r}") from None
-                    time.sleep(0.05)
-        c = Cluster(nodes, ports, sink_ports, root, sinks)
-        yield c
-    finally:
-        if haproxy is not None:
-            haproxy.terminate()
-            haproxy.wait(10)
-        for srv in procs:
-            srv.stop()
-        for sink in sinks:
-            sink.stop()
-        redis.stop()
-        pg.close()
+        stack.enter_context(running_haproxy(cfg, PROXY_IP, ports.values()))
+        yield Cluster(nodes, ports, sink_ports, root, sinks)
 
 
-class ViaProxy(RawClient):
+def via_proxy(port: int, source: str) -> RawClient:
     """A raw client of one HAProxy frontend, from a given source address."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.sock = socket.create_connection(
-            (PROXY_IP, port), timeout=30, source_address=(source, 0)
-        )
-        self.buf = b""
+    return RawClient(port, source_ip=source, timeout=30, host=PROXY_IP)
 
 
 def _rcpt_foreign(port: int, source: str) -> str:
-    c = ViaProxy(port, source)
+    c = via_proxy(port, source)
     try:
         assert c.reply().startswith("220 ")
         assert c.cmd("EHLO client.example").startswith("250")
@@ -218,7 +164,7 @@ def _rcpt_foreign(port: int, source: str) -> str:
 
 
 def _pop3_login(port: int, source: str) -> str:
-    c = ViaProxy(port, source)
+    c = via_proxy(port, source)
     try:
         assert c.line().startswith("+OK")
         assert c.cmd(f"USER {USER}").startswith("+OK")

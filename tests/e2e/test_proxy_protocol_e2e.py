@@ -9,13 +9,10 @@ whether a foreign recipient relays tells which address the server believed.
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import signal
 import smtplib
-import socket
 import ssl
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from haproxy import requires_haproxy, running_haproxy, tcp_head
 from support import (
     LOCAL_DOMAIN,
     RawClient,
@@ -36,7 +34,6 @@ from support import (
     wait_maildir,
 )
 
-HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 PROXY_IP = "127.0.0.10"
 NODE_IP = "127.0.0.11"
 OUTSIDE = "127.0.0.2"
@@ -45,9 +42,7 @@ V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 USER = f"alice@{LOCAL_DOMAIN}"
 PASSWORD = "proxy-secret-1"
 
-pytestmark = pytest.mark.skipif(
-    not Path(HAPROXY).exists(), reason=f"HAProxy is not installed ({HAPROXY}: apt install haproxy)"
-)
+pytestmark = requires_haproxy
 
 
 @dataclass
@@ -68,9 +63,7 @@ def _haproxy_config(srv: Running, ports: dict[str, int]) -> str:
         )
 
     return (
-        "global\n    maxconn 200\n\n"
-        "defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 60s\n"
-        "    timeout server 60s\n\n"
+        tcp_head()
         + pair("smtp_v2", ports["smtp_v2"], srv.port("smtp"), "send-proxy-v2")
         + pair("smtp_v1", ports["smtp_v1"], srv.port("smtp"), "send-proxy")
         + pair("pop3_v2", ports["pop3_v2"], srv.port("pop3"), "send-proxy-v2")
@@ -99,39 +92,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = {k: free_port(PROXY_IP) for k in ("smtp_v2", "smtp_v1", "pop3_v2", "subs_v2")}
     cfg = tmp / "haproxy.cfg"
     cfg.write_text(_haproxy_config(srv, ports))
-    proc = subprocess.Popen(
-        [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
     try:
-        deadline = time.monotonic() + 20
-        for port in ports.values():
-            while True:
-                try:
-                    socket.create_connection((PROXY_IP, port), timeout=2).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        err = proc.stderr.read() if proc.stderr else b""
-                        raise RuntimeError(f"haproxy did not start: {err!r}") from None
-                    time.sleep(0.05)
-        yield Stack(srv, ports["smtp_v2"], ports["smtp_v1"], ports["pop3_v2"], ports["subs_v2"])
+        with running_haproxy(cfg, PROXY_IP, ports.values()):
+            yield Stack(srv, ports["smtp_v2"], ports["smtp_v1"], ports["pop3_v2"], ports["subs_v2"])
     finally:
-        proc.terminate()
-        proc.wait(10)
         srv.stop()
 
 
-class ViaProxy(RawClient):
+def _client(port: int, source: str) -> RawClient:
     """A raw client of HAProxy's frontend, from a given source address."""
-
-    def __init__(self, port: int, source: str) -> None:
-        self.sock = socket.create_connection(
-            (PROXY_IP, port), timeout=10, source_address=(source, 0)
-        )
-        self.buf = b""
-
-
-_client = ViaProxy
+    return RawClient(port, source_ip=source, host=PROXY_IP)
 
 
 def _rcpt_foreign(port: int, source: str) -> str:

@@ -14,9 +14,16 @@ import shutil
 import socket
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+import pytest
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SHARED_PG = "postgresql://postgres@127.0.0.1:5432"
 START_TIMEOUT = 30.0
 
 
@@ -148,3 +155,29 @@ class PrivatePostgres:
             str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, name
         )
         return self.url(name)
+
+
+def _shared_pg_reachable() -> str:
+    try:
+        with psycopg.connect(f"{SHARED_PG}/postgres", connect_timeout=5):
+            return ""
+    except psycopg.Error as e:
+        return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@contextmanager
+def shared_pg_database(prefix: str = "pvtest") -> Iterator[str]:
+    """A database of the caller's own on the machine's PostgreSQL (127.0.0.1:5432, user
+    postgres), dropped afterwards; the caller's test is skipped, saying why, if that
+    PostgreSQL cannot be reached."""
+    why = _shared_pg_reachable()
+    if why:
+        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 (user postgres) is not reachable: {why}")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(f"{SHARED_PG}/postgres", autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{SHARED_PG}/{name}"
+    finally:
+        with psycopg.connect(f"{SHARED_PG}/postgres", autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
