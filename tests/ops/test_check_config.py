@@ -146,3 +146,19 @@ def test_invalid_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
         f"error: {cfg}: [relay] networks: '10.0.0.0/33' is not a valid IP address or CIDR"
         ' network (e.g. "192.0.2.0/24")'
     ]
+
+
+def test_full_config_output_loads_back_as_a_config_file(tmp_path: Path) -> None:
+    """postconf's output is a main.cf; ours is a postvakt.toml: printed, it loads, and it
+    prints the same again (every section, [limits] with its quotas included)."""
+    cfg = _write(
+        tmp_path,
+        limits={"user": {"messages_per_hour": 50, "outcomes": {"messages_per_day": "defer"}}},
+        dkim={"sign": {"pv.test": ["s1", "s2"]}},
+    )
+    first = postvakt("config", config=cfg).stdout
+    again = tmp_path / "again.toml"
+    again.write_text(first)
+    r = postvakt("config", config=again, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout == first

@@ -55,7 +55,8 @@ def config_cmd(config_path: str | None, non_default: bool, as_json: bool) -> Non
         # As written, before defaults are filled in: a default data_dir is not "set".
         base_dir = path.resolve().parent if path is not None else Path.cwd()
         data = _difference(_plain(cfg), _plain(config_mod.from_dict({}, base_dir=base_dir)))
-        data.pop("source", None)
+        for name in NOT_IN_FILE:
+            data.pop(name, None)
     else:
         data = effective(cfg)
     if as_json:
@@ -64,11 +65,15 @@ def config_cmd(config_path: str | None, non_default: bool, as_json: bool) -> Non
         click.echo(to_toml(data), nl=False)
 
 
+# Config fields that record where the file came from and what loading it said, not settings.
+NOT_IN_FILE = frozenset({"source", "notes"})
+
+
 def effective(cfg: Config) -> dict[str, Any]:
     """The config as plain TOML-like values: keys as the file spells them, defaults filled in."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cfg):
-        if f.name == "source":
+        if f.name in NOT_IN_FILE:
             continue
         value = getattr(cfg, f.name)
         if f.name == "mail_dir":
@@ -85,7 +90,7 @@ def effective(cfg: Config) -> dict[str, Any]:
 
 
 # Keys whose value is a table of names, even when empty.
-MAPPING_KEYS = frozenset({"routes", "sign", "users"})
+MAPPING_KEYS = frozenset({"routes", "sign", "users", "outcomes"})
 
 
 def _field(name: str, v: Any) -> Any:
@@ -94,11 +99,19 @@ def _field(name: str, v: Any) -> Any:
     return _plain(v)
 
 
+def _as_declared(f: dataclasses.Field[Any], v: Any) -> Any:
+    # A float default written as an int (30 * 60) prints as the file would load it: 1800.0.
+    return float(v) if f.type in ("float", float) and type(v) is int else v
+
+
 def _plain(v: Any) -> Any:
     if dataclasses.is_dataclass(v) and not isinstance(v, type):
         if isinstance(v, HostPort):
             return str(v)
-        return {f.name: _field(f.name, getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return {
+            f.name: _field(f.name, _as_declared(f, getattr(v, f.name)))
+            for f in dataclasses.fields(v)
+        }
     if isinstance(v, Path):
         return str(v)
     if isinstance(v, ipaddress.IPv4Network | ipaddress.IPv6Network):
