@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -17,4 +18,23 @@ def connect(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    if os.geteuid() == 0:
+        _same_owner_as_directory(path)
     return db
+
+
+def _same_owner_as_directory(path: Path) -> None:
+    """A command run as root (`user add`, `check`) must not leave the database or its WAL
+    and shared-memory files to root: the server, running as its own user, could no longer
+    open them. They take the owner of the directory they are in."""
+    try:
+        st = path.parent.stat()
+    except OSError:
+        return
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            own = p.lstat()
+            if (own.st_uid, own.st_gid) != (st.st_uid, st.st_gid):
+                os.lchown(p, st.st_uid, st.st_gid)
+        except OSError:
+            continue

@@ -11,6 +11,7 @@ import poplib
 import shutil
 import smtplib
 import socket
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -241,3 +242,31 @@ def test_unprivileged_start_on_high_ports_runs_as_is(root_dir: Path) -> None:
         proc.terminate()
         proc.wait(30)
     assert "running as" not in log.read_text()
+
+
+def test_root_run_command_leaves_the_database_to_the_server_user(root_dir: Path) -> None:
+    """`postvakt user add` run as root beside a data_dir the server user owns: the database
+    and its -wal and -shm files stay the server user's, or the server could not open them."""
+    uid, gid = ensure_server_user()
+    data = root_dir / "data"
+    data.mkdir(mode=0o750)
+    os.chown(data, uid, gid)
+    cfg = root_dir / "postvakt.toml"
+    cfg.write_text(to_toml(base_config(data)))
+    db_path = data / "directory.sqlite3"
+    # A reader holds the database open, as the running server does, so -wal and -shm stay.
+    add = [sys.executable, "-m", "postvakt", "user", "add", "--config", str(cfg)]
+    subprocess.run([*add, ALICE, "--password-stdin"], input="pw\n", text=True, check=True)
+    held = sqlite3.connect(db_path)
+    try:
+        held.execute("select count(*) from sqlite_master").fetchall()
+        subprocess.run(
+            [*add, "bob@pv.test", "--password-stdin"], input="pw\n", text=True, check=True
+        )
+        files = sorted(data.glob("directory.sqlite3*"))
+        assert {p.name for p in files} >= {"directory.sqlite3", "directory.sqlite3-wal"}
+        for p in files:
+            st = p.stat()
+            assert (st.st_uid, st.st_gid) == (uid, gid), f"{p.name} is {st.st_uid}:{st.st_gid}"
+    finally:
+        held.close()
