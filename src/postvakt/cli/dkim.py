@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import click
 
@@ -22,6 +23,7 @@ from postvakt.mailauth.signing import (
     write_key,
     zone_line,
 )
+from postvakt.server.privileges import server_identity
 
 
 def _domain(text: str) -> str:
@@ -31,16 +33,27 @@ def _domain(text: str) -> str:
         raise click.UsageError(e.reason) from None
 
 
-def _own_like_data_dir(config: Config, path: os.PathLike[str]) -> None:
-    """Run as root, the key goes to whoever owns the data directory: the server's user."""
+def _give_to_server_user(config: Config, path: Path) -> None:
+    """Run as root, the key (and its directory) go to the user the server runs as:
+    `[server] user` when the server drops to it, else whoever owns the data directory."""
     if os.geteuid() != 0:
         return
-    try:
-        st = os.stat(config.data_dir)
-    except OSError:
-        return
-    os.chown(path, st.st_uid, st.st_gid)
-    os.chown(os.path.dirname(path), st.st_uid, st.st_gid)
+    owner: tuple[int, int] | None = None
+    if config.server.drop_privileges:
+        try:
+            ident = server_identity(config)
+        except ConfigError:
+            pass  # no such user yet: `serve` refuses to start and names the fix
+        else:
+            owner = (ident.uid, ident.gid)
+    if owner is None:
+        try:
+            st = os.stat(config.data_dir)
+        except OSError:
+            return
+        owner = (st.st_uid, st.st_gid)
+    os.chown(path, *owner)
+    os.chown(path.parent, *owner)
 
 
 @click.group("dkim")
@@ -68,7 +81,8 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
     """Make a signing key for DOMAIN and print the TXT record to publish.
 
     The key is written to [dkim] key_dir (default data_dir/dkim) as
-    DOMAIN.SELECTOR.key, mode 0600; an existing key is never overwritten.
+    DOMAIN.SELECTOR.key, mode 0600 (run as root: owned by the user the
+    server runs as); an existing key is never overwritten.
     """
     config = load_config(config_path)
     domain = _domain(domain)
@@ -91,7 +105,7 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
     key = key_from_pem(pem, domain, selector, str(path))
     try:
         write_key(path, pem)
-        _own_like_data_dir(config, path)
+        _give_to_server_user(config, path)
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     click.echo(f"wrote {path} ({key.algorithm}); publish this record:", err=True)
