@@ -6,7 +6,9 @@ that signed it) against the published key; a wrong published key fails."""
 from __future__ import annotations
 
 import asyncio
+import poplib
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -137,6 +139,49 @@ def test_submitted_mail_is_signed_and_an_independent_verifier_accepts_it(world: 
     log = world.srv.log()
     assert f"dkim=signed d={LOCAL_DOMAIN} s=s2026(rsa),s2026e(ed25519)" in log
     assert f"relay=sink.example[127.0.0.1]:{world.sink.port}" in log
+
+
+class POP3SFrom(poplib.POP3_SSL):
+    """POP3 with implicit TLS from a chosen loopback address."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        super().__init__("127.0.0.1", port, context=ctx, timeout=60)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+
+def test_mail_that_came_by_the_other_roads_is_signed_too(world: World) -> None:
+    """Own network (127.0.0.1 is in [relay] networks) and POP-before-SMTP (127.0.0.2
+    after a POP3 login): no SMTP AUTH, our user's From:, signed all the same."""
+    to = f"friend@{REMOTE}"
+    with smtplib.SMTP("127.0.0.1", world.srv.port("smtp"), timeout=60) as s:
+        s.sendmail(ALICE, [to], message(ALICE, to, "signed-networks"))
+    with smtplib.SMTP(
+        "127.0.0.1", world.srv.port("smtp"), timeout=60, source_address=("127.0.0.2", 0)
+    ) as s:
+        s.ehlo()
+        code, text = s.mail(ALICE)
+        assert code == 553 and b"not logged in" in text  # 127.0.0.2 is on no road yet
+    pop = POP3SFrom(world.srv.port("pop3s"), "127.0.0.2")
+    pop.user(ALICE)
+    pop.pass_(PASSWORD)
+    pop.quit()
+    with smtplib.SMTP(
+        "127.0.0.1", world.srv.port("smtp"), timeout=60, source_address=("127.0.0.2", 0)
+    ) as s:
+        s.sendmail(ALICE, [to], message(ALICE, to, "signed-pop-before-smtp"))
+    for subject in ("signed-networks", "signed-pop-before-smtp"):
+        lines = perl_verify(arrived(world.sink, subject), world.nsd.port)
+        assert lines[0] == "pass", (subject, lines)
+        assert f"pass d={LOCAL_DOMAIN} s=s2026 a=rsa-sha256" in lines, (subject, lines)
 
 
 def test_bounces_we_generate_are_signed_for_our_domain(world: World) -> None:
