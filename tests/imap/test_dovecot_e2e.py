@@ -202,6 +202,43 @@ def test_files_dovecot_writes_belong_to_the_server_user(stack: Stack) -> None:
     assert (stack.data_dir / "directory.sqlite3-shm").exists()
 
 
+def dovecot_children(master: int) -> dict[str, set[int]]:
+    """Dovecot's processes under its master: process title -> the real uids they run as."""
+    out: dict[str, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid != master:
+            continue
+        uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+        out.setdefault(" ".join(title.split()), set()).add(uid)
+    return out
+
+
+def test_auth_worker_and_mail_processes_run_as_the_server_user(stack: Stack) -> None:
+    """The processes that open the user database and the Maildirs are postvakt's user's."""
+    assert stack.dovecot is not None
+    m = imap_login(stack.imaps_port, "grace@pv.test", PASSWORD)
+    try:
+        m.select("INBOX", readonly=True)
+        procs = dovecot_children(stack.dovecot.pid)
+    finally:
+        m.logout()
+    # Titles as Dovecot sets them: "dovecot/auth -w", "dovecot/imap imap-postlogin".
+    workers = {t: u for t, u in procs.items() if t.split()[:2] == ["dovecot/auth", "-w"]}
+    mail = {t: u for t, u in procs.items() if t.split()[0] == "dovecot/imap"}
+    assert workers and mail, sorted(procs.items())
+    for title, uids in {**workers, **mail}.items():
+        assert uids == {stack.uid}, (title, uids)
+
+
 # ---------------------------------------------------------------- IMAP-before-SMTP
 
 
