@@ -262,6 +262,9 @@ def test_imap_login_opens_pop_before_smtp_for_that_address_only(stack: Stack) ->
         m.logout()
     assert grants(stack)["127.0.0.2"] == ("imap", "dave@pv.test")
     assert grants(stack)["127.0.0.3"] == ("imap", "dave@pv.test")
+    # The table an admin reads: the protocol column says imap.
+    listed = stack.cli("grants", "list").stdout.splitlines()
+    assert any(line.split()[:3] == ["127.0.0.2", "imap", "dave@pv.test"] for line in listed), listed
     assert "imap login client=127.0.0.2 user=dave@pv.test" in stack.postvakt_log()
     explained = stack.cli(
         "explain", "--client", "127.0.0.2", "--from", "x@other.example", "--to", "y@other.example"
@@ -307,3 +310,24 @@ def test_forged_grant_reports_are_refused(stack: Stack) -> None:
     assert rcpt_reply(stack, "127.0.0.4").startswith(DENIED)
     log = stack.postvakt_log()
     assert "grant report refused" in log and "no such user" in log
+
+
+def test_the_generated_config_starts_as_written_without_local_settings() -> None:
+    """`dovecot -c DIR/dovecot.conf` with nothing beside the generated files (no
+    local.conf): it starts, offers STARTTLS on the IMAP port and TLS on the IMAPS port."""
+    s = Stack.create(users={"henry@pv.test": PASSWORD})
+    try:
+        s.write_dovecot_config()
+        assert s.conf_dir is not None
+        (s.conf_dir / "local.conf").unlink()
+        s.run_dovecot()
+        m = IMAPFrom(s.imap_port)
+        try:
+            assert "STARTTLS" in m.capabilities
+            m.starttls(ssl_context=tls_context())
+            m.login("henry@pv.test", PASSWORD)
+        finally:
+            m.logout()
+        imap_login(s.imaps_port, "henry@pv.test", PASSWORD).logout()
+    finally:
+        s.close()
