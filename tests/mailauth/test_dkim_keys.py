@@ -103,3 +103,15 @@ def test_several_selectors_rotate_and_each_signature_verifies(tmp_path: Path) ->
         assert "check: MISSING: old2025._domainkey.pv.test" in shown.stdout
     finally:
         nsd.cleanup()
+
+
+@pytest.mark.parametrize("selector", ["../../x", "a/b", "s 1", "-s", "s_1", ""])
+def test_a_selector_that_is_no_dns_label_is_refused(tmp_path: Path, selector: str) -> None:
+    """The selector names the key file and a DNS name: one line, and nothing written."""
+    cfg = write_config(tmp_path, dkim={"sign": {LOCAL_DOMAIN: "s1"}})
+    for args in (["keygen"], ["show"]):
+        r = postvakt("dkim", *args, LOCAL_DOMAIN, "--selector", selector, config=cfg, check=False)
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "is not a valid selector" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "data" / "dkim").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "postvakt.toml"]

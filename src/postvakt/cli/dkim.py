@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from postvakt.cli.common import config_option, load_config
-from postvakt.config import Config, ConfigError, normalize_domain
+from postvakt.config import Config, ConfigError, is_selector, normalize_domain
 from postvakt.dnsclient import DNSError, client_for
 from postvakt.mailauth.signing import (
     ALGORITHMS,
@@ -31,6 +31,15 @@ def _domain(text: str) -> str:
         return normalize_domain(text, "command line", "DOMAIN")
     except ConfigError as e:
         raise click.UsageError(e.reason) from None
+
+
+def _selector(text: str) -> str:
+    """--selector as a key file name and a DNS label may hold it (RFC 6376 §3.1)."""
+    if not is_selector(text):
+        raise click.UsageError(
+            f"{text!r} is not a valid selector (letters, digits, '-', and '.' between labels)"
+        )
+    return text.lower()
 
 
 def _give_to_server_user(config: Config, path: Path) -> None:
@@ -86,7 +95,9 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
     """
     config = load_config(config_path)
     domain = _domain(domain)
-    if selector is None:
+    if selector is not None:
+        selector = _selector(selector)
+    else:
         free = [
             s for s in config.dkim.selectors(domain) if not key_path(config, domain, s).exists()
         ]
@@ -97,7 +108,6 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
                 f"every selector [dkim] sign names for {domain} has a key: name a new --selector"
             )
         selector = free[0]
-    selector = selector.lower()
     path = key_path(config, domain, selector)
     if path.exists():
         raise click.ClickException(f"{path} exists; a key in use is never overwritten")
@@ -145,7 +155,7 @@ def show(config_path: str | None, domain: str, selector: str | None, check: bool
     """
     config = load_config(config_path)
     domain = _domain(domain)
-    selectors = (selector.lower(),) if selector else config.dkim.selectors(domain)
+    selectors = (_selector(selector),) if selector is not None else config.dkim.selectors(domain)
     if not selectors:
         raise click.UsageError(f"{domain} is not in [dkim] sign: name a --selector")
     ok = True
