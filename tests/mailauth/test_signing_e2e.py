@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from mailauth_support import perl_verify, require_nsd
 from zones import message
 
@@ -112,6 +115,12 @@ def unfolded_header(dump: bytes) -> str:
 def test_keygen_writes_a_private_key_0600_and_prints_one_zone_line(world: World) -> None:
     key = world.srv.data_dir / "dkim" / f"{LOCAL_DOMAIN}.s2026.key"
     assert key.stat().st_mode & 0o777 == 0o600
+    # RSA-2048 by default (RFC 8301 §3.2); the second key is the ed25519 one asked for.
+    rsa_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(rsa_key, RSAPrivateKey) and rsa_key.key_size == 2048
+    ed_file = world.srv.data_dir / "dkim" / f"{LOCAL_DOMAIN}.s2026e.key"
+    ed_key = serialization.load_pem_private_key(ed_file.read_bytes(), password=None)
+    assert isinstance(ed_key, Ed25519PrivateKey)
     rsa, ed = world.records
     assert rsa.startswith(f's2026._domainkey.{LOCAL_DOMAIN}. IN TXT "v=DKIM1; k=rsa; p=')
     # A 2048-bit key's record is longer than one TXT string may be: split.
