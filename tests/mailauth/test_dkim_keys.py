@@ -115,3 +115,14 @@ def test_a_selector_that_is_no_dns_label_is_refused(tmp_path: Path, selector: st
         assert "is not a valid selector" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "data" / "dkim").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "postvakt.toml"]
+
+
+def test_key_dir_moves_the_keys_for_keygen_show_and_the_signer(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    cfg = write_config(tmp_path, dkim={"sign": {LOCAL_DOMAIN: "s1"}, "key_dir": str(keys)})
+    record = postvakt("dkim", "keygen", LOCAL_DOMAIN, config=cfg).stdout.strip()
+    assert (keys / f"{LOCAL_DOMAIN}.s1.key").stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / "data" / "dkim").exists()
+    assert postvakt("dkim", "show", LOCAL_DOMAIN, config=cfg).stdout.strip() == record
+    signer = Signer.load(load(cfg))
+    assert signer.problems == () and [k.selector for k in signer.keys[LOCAL_DOMAIN]] == ["s1"]
