@@ -592,6 +592,11 @@ _SELECTOR = re.compile(
 )
 
 
+def is_selector(text: str) -> bool:
+    """A DKIM selector as `[dkim] sign` and `postvakt dkim --selector` accept it."""
+    return bool(_SELECTOR.match(text))
+
+
 def _parse_dns(table: dict[str, Any], source: str) -> DNSConfig:
     _check_keys(table, {"servers", "timeout"}, source, "dns")
     servers = tuple(
@@ -625,7 +630,7 @@ def _parse_dkim(
         if not selectors:
             raise ConfigError(source, key, "name at least one selector")
         for sel in selectors:
-            if not isinstance(sel, str) or not _SELECTOR.match(sel):
+            if not isinstance(sel, str) or not is_selector(sel):
                 raise ConfigError(
                     source, key, f"{sel!r} is not a valid selector (letters, digits, '-', '.')"
                 )

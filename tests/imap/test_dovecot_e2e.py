@@ -202,6 +202,43 @@ def test_files_dovecot_writes_belong_to_the_server_user(stack: Stack) -> None:
     assert (stack.data_dir / "directory.sqlite3-shm").exists()
 
 
+def dovecot_children(master: int) -> dict[str, set[int]]:
+    """Dovecot's processes under its master: process title -> the real uids they run as."""
+    out: dict[str, set[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone meanwhile
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid != master:
+            continue
+        uid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:"))
+        out.setdefault(" ".join(title.split()), set()).add(uid)
+    return out
+
+
+def test_auth_worker_and_mail_processes_run_as_the_server_user(stack: Stack) -> None:
+    """The processes that open the user database and the Maildirs are postvakt's user's."""
+    assert stack.dovecot is not None
+    m = imap_login(stack.imaps_port, "grace@pv.test", PASSWORD)
+    try:
+        m.select("INBOX", readonly=True)
+        procs = dovecot_children(stack.dovecot.pid)
+    finally:
+        m.logout()
+    # Titles as Dovecot sets them: "dovecot/auth -w", "dovecot/imap imap-postlogin".
+    workers = {t: u for t, u in procs.items() if t.split()[:2] == ["dovecot/auth", "-w"]}
+    mail = {t: u for t, u in procs.items() if t.split()[0] == "dovecot/imap"}
+    assert workers and mail, sorted(procs.items())
+    for title, uids in {**workers, **mail}.items():
+        assert uids == {stack.uid}, (title, uids)
+
+
 # ---------------------------------------------------------------- IMAP-before-SMTP
 
 
@@ -225,6 +262,9 @@ def test_imap_login_opens_pop_before_smtp_for_that_address_only(stack: Stack) ->
         m.logout()
     assert grants(stack)["127.0.0.2"] == ("imap", "dave@pv.test")
     assert grants(stack)["127.0.0.3"] == ("imap", "dave@pv.test")
+    # The table an admin reads: the protocol column says imap.
+    listed = stack.cli("grants", "list").stdout.splitlines()
+    assert any(line.split()[:3] == ["127.0.0.2", "imap", "dave@pv.test"] for line in listed), listed
     assert "imap login client=127.0.0.2 user=dave@pv.test" in stack.postvakt_log()
     explained = stack.cli(
         "explain", "--client", "127.0.0.2", "--from", "x@other.example", "--to", "y@other.example"
@@ -270,3 +310,24 @@ def test_forged_grant_reports_are_refused(stack: Stack) -> None:
     assert rcpt_reply(stack, "127.0.0.4").startswith(DENIED)
     log = stack.postvakt_log()
     assert "grant report refused" in log and "no such user" in log
+
+
+def test_the_generated_config_starts_as_written_without_local_settings() -> None:
+    """`dovecot -c DIR/dovecot.conf` with nothing beside the generated files (no
+    local.conf): it starts, offers STARTTLS on the IMAP port and TLS on the IMAPS port."""
+    s = Stack.create(users={"henry@pv.test": PASSWORD})
+    try:
+        s.write_dovecot_config()
+        assert s.conf_dir is not None
+        (s.conf_dir / "local.conf").unlink()
+        s.run_dovecot()
+        m = IMAPFrom(s.imap_port)
+        try:
+            assert "STARTTLS" in m.capabilities
+            m.starttls(ssl_context=tls_context())
+            m.login("henry@pv.test", PASSWORD)
+        finally:
+            m.logout()
+        imap_login(s.imaps_port, "henry@pv.test", PASSWORD).logout()
+    finally:
+        s.close()

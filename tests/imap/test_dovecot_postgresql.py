@@ -1,35 +1,29 @@
-"""The generator's PostgreSQL branch against Debian's dovecot-pgsql and the machine's PostgreSQL.
+"""IMAP on a PostgreSQL directory: `[store] directory = "postgresql://..."`, Debian's
+dovecot-pgsql and the machine's PostgreSQL.
 
-postvakt's directory cannot live in PostgreSQL yet (`[store] directory`
-comes with the several-node work), so this test builds the users table in
-the shape postvakt's SQLite directory has, in a database of its own, fills
-it with an Argon2id hash the way postvakt makes them, and lets the
-generator's pgsql branch point Dovecot at it: logins, a wrong password and
-a password change behave as with SQLite.
+The whole path an admin takes: `postvakt store migrate` makes the schema,
+`postvakt user add` and `alias add` write the users into PostgreSQL,
+`postvakt dovecot config` reads `[store] directory` and writes the pgsql
+driver, Dovecot starts with what was written; postvakt delivers, Dovecot
+shows it; a wrong password fails and `postvakt user passwd` counts at once.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 from imap_client import imap_login, login_fails, uid_of
 from stack import Stack
-
-from postvakt import config as config_mod
-from postvakt.config import HostPort
-from postvakt.dovecot import Listeners, PostgresDirectory, setup_for, write
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 PSQL = shutil.which("psql")
 USER = "alice@pv.test"
+ALIAS = "info@pv.test"
 
 
 def psql(sql: str, db: str = "postgres") -> str:
@@ -47,6 +41,7 @@ def psql(sql: str, db: str = "postgres") -> str:
 
 @pytest.fixture
 def database() -> Iterator[str]:
+    """An empty database of this test's own; postvakt makes the schema."""
     if PSQL is None:
         pytest.skip("psql (postgresql-client) is not installed")
     if not Path("/usr/lib/dovecot/modules/auth/libdriver_pgsql.so").exists():
@@ -58,59 +53,37 @@ def database() -> Iterator[str]:
     name = f"pv_dovecot_{uuid.uuid4().hex[:12]}"
     psql(f"CREATE DATABASE {name}")
     try:
-        # The shape of postvakt's directory (src/postvakt/directory: users).
-        psql(
-            "CREATE TABLE users (address TEXT PRIMARY KEY, password_hash TEXT NOT NULL, "
-            "created REAL NOT NULL DEFAULT 0)",
-            name,
-        )
         yield name
     finally:
         psql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def test_dovecot_authenticates_against_a_postgresql_directory(database: str) -> None:
-    hasher = PasswordHasher()
-    psql(
-        f"INSERT INTO users(address, password_hash) VALUES ('{USER}', '{hasher.hash('pg pw')}')",
-        database,
-    )
-    stack = Stack.create()
+    stack = Stack.create(store={"directory": f"{PG}/{database}"})
     try:
-        stack.write_dovecot_config()
+        stack.cli("store", "migrate")
+        stack.cli("user", "add", USER, "--password-stdin", input="pg pw\n")
+        stack.cli("alias", "add", ALIAS, USER)
+        # The users are in PostgreSQL, not in a SQLite file beside the config.
+        assert psql("SELECT address FROM users", database).split() == [USER]
+        assert not (stack.data_dir / "directory.sqlite3").exists()
+        stack.start_postvakt()
+        stack.start_dovecot()
         assert stack.conf_dir is not None
-        cfg = config_mod.load(stack.config_path)
-        setup = setup_for(
-            cfg,
-            stack.conf_dir,
-            cert=cfg.data_dir / "tls" / "cert.pem",
-            key=cfg.data_dir / "tls" / "key.pem",
-            listeners=Listeners(
-                imap=(HostPort("127.0.0.1", stack.imap_port),),
-                imaps=(HostPort("127.0.0.1", stack.imaps_port),),
-            ),
-            base_dir=stack.root / "run",
-        )
-        write(replace(setup, directory=PostgresDirectory(f"{PG}/{database}")))
         sql = (stack.conf_dir / "dovecot-sql.conf.ext").read_text()
         assert "driver = pgsql\n" in sql and f"dbname={database}" in sql
-        # A message in the Maildir, as postvakt's delivery leaves it.
-        new = stack.maildir(USER) / "new"
-        new.mkdir(parents=True)
-        msg = new / "1700000000.M1P1Q1.pgtest"
-        msg.write_bytes(b"Subject: from pg\nMessage-ID: <pg-1@other.example>\n\npg-1\n")
-        for p in (stack.mail_dir / "pv.test", stack.maildir(USER), new, msg):
-            os.chown(p, stack.uid, stack.gid)
-        stack.run_dovecot()
 
+        stack.deliver(USER, "pg-1")
+        stack.deliver(ALIAS, "pg-2", mailbox=USER)  # an alias: mail in its target's Maildir
         m = imap_login(stack.imaps_port, "ALICE@pv.test", "pg pw")
         try:
             m.select("INBOX", readonly=True)
-            assert uid_of(m, "pg-1") is not None
+            assert uid_of(m, "pg-1") is not None and uid_of(m, "pg-2") is not None
         finally:
             m.logout()
         assert login_fails(stack.imaps_port, USER, "wrong")
-        psql(f"UPDATE users SET password_hash = '{hasher.hash('new pg pw')}'", database)
+        assert login_fails(stack.imaps_port, ALIAS, "pg pw")  # an alias is no login
+        stack.cli("user", "passwd", USER, "--password-stdin", input="new pg pw\n")
         assert login_fails(stack.imaps_port, USER, "pg pw")
         imap_login(stack.imaps_port, USER, "new pg pw").logout()
     finally:

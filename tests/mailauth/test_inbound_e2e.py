@@ -231,18 +231,27 @@ def test_submission_is_never_checked(dmarc_reject: Running) -> None:
     assert auth_results(delivered(dmarc_reject, subject)) == []
 
 
-def test_dns_timeout_gives_451_when_the_mode_rejects(tmp_path: Path) -> None:
-    """A DNS server that never answers: the client is told to try later, never refused."""
+@pytest.mark.parametrize("mode", ["reject", "warn"])
+def test_dns_timeout_is_451_only_when_the_mode_rejects(tmp_path: Path, mode: str) -> None:
+    """A DNS server that never answers: in "reject" mode the client is told to try
+    later, never refused; in "warn" mode the message is taken with spf=temperror."""
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     srv = start_server(
         tmp_path,
         users={BOB: "b"},
         dns={"servers": [f"127.0.0.1:{silent.getsockname()[1]}"], "timeout": "1s"},
-        auth_checks={"spf_fail": "reject", "dmarc_reject": "reject"},
+        auth_checks={"spf_fail": mode, "dmarc_reject": mode},
     )
+    subject = f"timeout-{mode}"
     try:
-        code, text = send_outside(srv, "a@pass.example", message("a@pass.example", BOB, "timeout"))
+        code, text = send_outside(srv, "a@pass.example", message("a@pass.example", BOB, subject))
+        if mode == "warn":
+            assert code == 250, text
+            [ar] = auth_results(delivered(srv, subject))
+            assert "spf=temperror (" in ar and "timed out" in ar, ar
+            assert "dmarc=temperror" in ar, ar
+            return
     finally:
         srv.stop()
         silent.close()

@@ -6,7 +6,9 @@ that signed it) against the published key; a wrong published key fails."""
 from __future__ import annotations
 
 import asyncio
+import poplib
 import smtplib
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from mailauth_support import perl_verify, require_nsd
 from zones import message
 
@@ -110,6 +115,12 @@ def unfolded_header(dump: bytes) -> str:
 def test_keygen_writes_a_private_key_0600_and_prints_one_zone_line(world: World) -> None:
     key = world.srv.data_dir / "dkim" / f"{LOCAL_DOMAIN}.s2026.key"
     assert key.stat().st_mode & 0o777 == 0o600
+    # RSA-2048 by default (RFC 8301 §3.2); the second key is the ed25519 one asked for.
+    rsa_key = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    assert isinstance(rsa_key, RSAPrivateKey) and rsa_key.key_size == 2048
+    ed_file = world.srv.data_dir / "dkim" / f"{LOCAL_DOMAIN}.s2026e.key"
+    ed_key = serialization.load_pem_private_key(ed_file.read_bytes(), password=None)
+    assert isinstance(ed_key, Ed25519PrivateKey)
     rsa, ed = world.records
     assert rsa.startswith(f's2026._domainkey.{LOCAL_DOMAIN}. IN TXT "v=DKIM1; k=rsa; p=')
     # A 2048-bit key's record is longer than one TXT string may be: split.
@@ -137,6 +148,49 @@ def test_submitted_mail_is_signed_and_an_independent_verifier_accepts_it(world: 
     log = world.srv.log()
     assert f"dkim=signed d={LOCAL_DOMAIN} s=s2026(rsa),s2026e(ed25519)" in log
     assert f"relay=sink.example[127.0.0.1]:{world.sink.port}" in log
+
+
+class POP3SFrom(poplib.POP3_SSL):
+    """POP3 with implicit TLS from a chosen loopback address."""
+
+    def __init__(self, port: int, source: str) -> None:
+        self.source = source
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        super().__init__("127.0.0.1", port, context=ctx, timeout=60)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+
+def test_mail_that_came_by_the_other_roads_is_signed_too(world: World) -> None:
+    """Own network (127.0.0.1 is in [relay] networks) and POP-before-SMTP (127.0.0.2
+    after a POP3 login): no SMTP AUTH, our user's From:, signed all the same."""
+    to = f"friend@{REMOTE}"
+    with smtplib.SMTP("127.0.0.1", world.srv.port("smtp"), timeout=60) as s:
+        s.sendmail(ALICE, [to], message(ALICE, to, "signed-networks"))
+    with smtplib.SMTP(
+        "127.0.0.1", world.srv.port("smtp"), timeout=60, source_address=("127.0.0.2", 0)
+    ) as s:
+        s.ehlo()
+        code, text = s.mail(ALICE)
+        assert code == 553 and b"not logged in" in text  # 127.0.0.2 is on no road yet
+    pop = POP3SFrom(world.srv.port("pop3s"), "127.0.0.2")
+    pop.user(ALICE)
+    pop.pass_(PASSWORD)
+    pop.quit()
+    with smtplib.SMTP(
+        "127.0.0.1", world.srv.port("smtp"), timeout=60, source_address=("127.0.0.2", 0)
+    ) as s:
+        s.sendmail(ALICE, [to], message(ALICE, to, "signed-pop-before-smtp"))
+    for subject in ("signed-networks", "signed-pop-before-smtp"):
+        lines = perl_verify(arrived(world.sink, subject), world.nsd.port)
+        assert lines[0] == "pass", (subject, lines)
+        assert f"pass d={LOCAL_DOMAIN} s=s2026 a=rsa-sha256" in lines, (subject, lines)
 
 
 def test_bounces_we_generate_are_signed_for_our_domain(world: World) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import click
 
 from postvakt.cli.common import config_option, load_config
-from postvakt.config import Config, ConfigError, normalize_domain
+from postvakt.config import Config, ConfigError, is_selector, normalize_domain
 from postvakt.dnsclient import DNSError, client_for
 from postvakt.mailauth.signing import (
     ALGORITHMS,
@@ -22,6 +23,7 @@ from postvakt.mailauth.signing import (
     write_key,
     zone_line,
 )
+from postvakt.server.privileges import server_identity
 
 
 def _domain(text: str) -> str:
@@ -31,16 +33,36 @@ def _domain(text: str) -> str:
         raise click.UsageError(e.reason) from None
 
 
-def _own_like_data_dir(config: Config, path: os.PathLike[str]) -> None:
-    """Run as root, the key goes to whoever owns the data directory: the server's user."""
+def _selector(text: str) -> str:
+    """--selector as a key file name and a DNS label may hold it (RFC 6376 §3.1)."""
+    if not is_selector(text):
+        raise click.UsageError(
+            f"{text!r} is not a valid selector (letters, digits, '-', and '.' between labels)"
+        )
+    return text.lower()
+
+
+def _give_to_server_user(config: Config, path: Path) -> None:
+    """Run as root, the key (and its directory) go to the user the server runs as:
+    `[server] user` when the server drops to it, else whoever owns the data directory."""
     if os.geteuid() != 0:
         return
-    try:
-        st = os.stat(config.data_dir)
-    except OSError:
-        return
-    os.chown(path, st.st_uid, st.st_gid)
-    os.chown(os.path.dirname(path), st.st_uid, st.st_gid)
+    owner: tuple[int, int] | None = None
+    if config.server.drop_privileges:
+        try:
+            ident = server_identity(config)
+        except ConfigError:
+            pass  # no such user yet: `serve` refuses to start and names the fix
+        else:
+            owner = (ident.uid, ident.gid)
+    if owner is None:
+        try:
+            st = os.stat(config.data_dir)
+        except OSError:
+            return
+        owner = (st.st_uid, st.st_gid)
+    os.chown(path, *owner)
+    os.chown(path.parent, *owner)
 
 
 @click.group("dkim")
@@ -68,11 +90,14 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
     """Make a signing key for DOMAIN and print the TXT record to publish.
 
     The key is written to [dkim] key_dir (default data_dir/dkim) as
-    DOMAIN.SELECTOR.key, mode 0600; an existing key is never overwritten.
+    DOMAIN.SELECTOR.key, mode 0600 (run as root: owned by the user the
+    server runs as); an existing key is never overwritten.
     """
     config = load_config(config_path)
     domain = _domain(domain)
-    if selector is None:
+    if selector is not None:
+        selector = _selector(selector)
+    else:
         free = [
             s for s in config.dkim.selectors(domain) if not key_path(config, domain, s).exists()
         ]
@@ -83,7 +108,6 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
                 f"every selector [dkim] sign names for {domain} has a key: name a new --selector"
             )
         selector = free[0]
-    selector = selector.lower()
     path = key_path(config, domain, selector)
     if path.exists():
         raise click.ClickException(f"{path} exists; a key in use is never overwritten")
@@ -91,7 +115,7 @@ def keygen(config_path: str | None, domain: str, selector: str | None, algorithm
     key = key_from_pem(pem, domain, selector, str(path))
     try:
         write_key(path, pem)
-        _own_like_data_dir(config, path)
+        _give_to_server_user(config, path)
     except OSError as e:
         raise click.ClickException(f"cannot write {path}: {e.strerror or e}") from None
     click.echo(f"wrote {path} ({key.algorithm}); publish this record:", err=True)
@@ -131,7 +155,7 @@ def show(config_path: str | None, domain: str, selector: str | None, check: bool
     """
     config = load_config(config_path)
     domain = _domain(domain)
-    selectors = (selector.lower(),) if selector else config.dkim.selectors(domain)
+    selectors = (_selector(selector),) if selector is not None else config.dkim.selectors(domain)
     if not selectors:
         raise click.UsageError(f"{domain} is not in [dkim] sign: name a --selector")
     ok = True
