@@ -40,6 +40,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+try:
+    import uvloop
+except ImportError:  # the server runs on asyncio then too
+    uvloop = None  # type: ignore[assignment]
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 TARGET_MS = 50.0
@@ -137,14 +142,10 @@ async def _python_load(url: str, connections: int, seconds: float) -> dict[str, 
 
 def python_load(url: str, connections: int, seconds: float) -> dict[str, Any]:
     """wrk's figures from the Python client (run in this process: call it in a child)."""
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    raw = runner(_python_load(url, connections, seconds))
-    lat = sorted(raw["latencies"])
+    if uvloop is not None:
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    raw = asyncio.run(_python_load(url, connections, seconds))
+    lat: list[float] = sorted(raw["latencies"])
     if not lat:
         raise SystemExit(f"no request was answered: {raw['errors'][:3]}")
 
