@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pop3_core_driver import CoreDriver
 from smtp_harness import Driver, parse, split_at
@@ -51,12 +51,12 @@ from postvakt.smtp import replies as smtp_replies
 
 # ---------------------------------------------------------------- the grammar
 
-SMTP_LINE = re.compile(rb"^([2-5][0-5][0-9])(?:([ -])(.*))?$", re.S)
+SMTP_LINE = re.compile(rb"^([2-5][0-5][0-9])(?:([ -])(.*))?\Z", re.S)
 # textstring = 1*(%d09 / %d32-126); RFC 6531 adds UTF-8 for SMTPUTF8 sessions.
-TEXT = re.compile(r"^[\t\x20-\x7e\u0080-\U0010ffff]+$")
-BASE64 = re.compile(rb"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
-POP3_STATUS = re.compile(rb"^(\+OK|-ERR)(?: (.+))?$", re.S)
-RESP_CODE = re.compile(r"^\[[A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*\](?: .+)?$")
+TEXT = re.compile(r"^[\t\x20-\x7e\u0080-\U0010ffff]+\Z")
+BASE64 = re.compile(rb"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
+POP3_STATUS = re.compile(rb"^(\+OK|-ERR)(?: (.+))?\Z", re.S)
+RESP_CODE = re.compile(r"^\[[A-Za-z0-9-]+(?:/[A-Za-z0-9-]+)*\](?: .+)?\Z")
 
 
 def _lines(out: bytes) -> list[bytes]:
@@ -235,6 +235,7 @@ def test_every_defined_reply_is_grammatical(name: str, reply: Reply | POP3Reply)
     enhanced=st.sampled_from(["", "2.0.0", "5.7.1"]),
     text=st.text(max_size=60),
 )
+@example(code=334, enhanced="", text="\n")  # a newline is no base64 challenge
 def test_any_reply_text_encodes_to_grammatical_lines(code: int, enhanced: str, text: str) -> None:
     """Text from config files and echoed input: CR, NUL, blank lines, trailing
     spaces. The encoding never splits a reply or sends a line the grammar
@@ -425,3 +426,5 @@ def test_base64_pattern_agrees_with_the_decoder() -> None:
         assert BASE64.match(enc)
         binascii.a2b_base64(enc, strict_mode=True)
     assert not BASE64.match(b"abc")
+    # `$` would match before a final newline; the grammar has none.
+    assert not BASE64.match(b"\n") and not BASE64.match(b"YWJj\n")

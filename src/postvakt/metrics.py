@@ -44,6 +44,7 @@ def metrics_dir(data_dir: Path) -> Path:
 class _Metrics:
     smtpd_connects: Counter
     pop3_connects: Counter
+    tls_handshake_failures: Counter
     smtpd_decisions: Counter
     smtpd_rejects: Counter
     sasl_successes: Counter
@@ -83,6 +84,12 @@ def enable(directory: Path) -> None:
         ),
         pop3_connects=Counter(
             "pop3_connects", "POP3 connections accepted", ["listener"], namespace=ns
+        ),
+        tls_handshake_failures=Counter(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by listener and OpenSSL reason (or error class)",
+            ["listener", "error"],
+            namespace=ns,
         ),
         smtpd_decisions=Counter(
             "smtpd_decisions",
@@ -155,6 +162,12 @@ def enabled() -> bool:
 def smtpd_connect(listener: str) -> None:
     if _m is not None:
         _m.smtpd_connects.labels(listener).inc()
+
+
+def tls_handshake_failure(listener: str, error: str) -> None:
+    """One failed handshake on any listener (the `error=` of its log line)."""
+    if _m is not None:
+        _m.tls_handshake_failures.labels(listener, error).inc()
 
 
 def smtpd_decision(stage: str, verdict: str, rule: str, code: int) -> None:

@@ -158,6 +158,42 @@ def test_unknown_words_without_the_port_clues_are_not_called_relaying() -> None:
     assert d.confidence is Confidence.LOW
 
 
+def unknown_words(reply: str, port: int, ssl: str, number: str) -> str:
+    return (
+        f"Server: 'smtp.example.net', Protocol: SMTP, Server Response: '{reply}', Port: {port}, "
+        f"Secure(SSL): {ssl}, Server Error: {reply[:3]}, Error Number: {number}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "port", "ssl", "number", "case", "confidence"),
+    [
+        # The stage: 0x800CCC78 is the sender refused at MAIL, never a relay refusal.
+        ("550 Pesan ditolak", 25, "No", "0x800CCC78", "sender_rejected", Confidence.MEDIUM),
+        ("553 5.7.1 Pesan ditolak", 587, "Yes", "0x800CCC78", "sender_rejected", Confidence.MEDIUM),
+        # The enhanced code alone (5.7.x: policy) points at the login on 587 with SSL.
+        (
+            "550 5.7.1 Pesan ditolak",
+            587,
+            "Yes",
+            "0x800CCC79",
+            "relay_denied_no_auth",
+            Confidence.MEDIUM,
+        ),
+        # Nothing but the code and the stage: said, but hardly sure.
+        ("550 Pesan ditolak", 587, "Yes", "0x800CCC79", "rejected_other", Confidence.LOW),
+    ],
+)
+def test_unknown_words_weigh_stage_enhanced_code_port_and_ssl(
+    reply: str, port: int, ssl: str, number: str, case: str, confidence: Confidence
+) -> None:
+    d = explain_error(unknown_words(reply, port, ssl, number))
+    assert (d.case, d.confidence) == (case, confidence)
+    ids = [f.id for f in d.findings]
+    assert "wording_of" not in ids and "reply_code" in ids
+    assert ("stage_rcpt" in ids) == (number == "0x800CCC79")
+
+
 def test_number_alone_is_a_low_confidence_guess() -> None:
     d = explain_error("Outlook says 0x800ccc79 when I send")
     assert d.case == "relay_denied_no_auth" and d.confidence is Confidence.LOW

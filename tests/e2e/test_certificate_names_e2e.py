@@ -6,7 +6,10 @@ one is reported at start."""
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -62,6 +65,39 @@ def test_init_without_names_on_no_terminal_takes_the_host_name(tmp_path: Path) -
     postvakt("init", "--dir", str(tmp_path), "--domain", "proseware.example", input="")
     cfg = tomllib.loads((tmp_path / "postvakt.toml").read_text())
     assert cfg["tls"]["names"] == ["mail.proseware.example"]
+
+
+def test_init_on_a_terminal_asks_for_the_names(tmp_path: Path) -> None:
+    """Run by a person (stdin a terminal) without --names, init asks for them."""
+    leader, follower = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "postvakt",
+                "init",
+                "--dir",
+                str(tmp_path),
+                "--domain",
+                "pv.test",
+            ],
+            stdin=follower,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.write(leader, b"smtp.pv.test, pop.pv.test\n")
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0, err
+    assert "Host names your users' mail programs will connect to" in out
+    cfg = tomllib.loads((tmp_path / "postvakt.toml").read_text())
+    assert cfg["tls"]["names"] == ["mail.pv.test", "smtp.pv.test", "pop.pv.test"]
+    have = certificate_names((tmp_path / "data" / "tls" / "cert.pem").read_bytes())
+    assert all(covers(have, n) for n in cfg["tls"]["names"])
 
 
 def test_init_refuses_a_name_that_is_not_one(tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ import importlib.util
 import re
 import socket
 import ssl
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import Running, connect_from, eventually, start_server
 
@@ -36,7 +38,9 @@ def server(
 ) -> Iterator[Running]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("POSTVAKT_EVENT_LOOP", request.param)
-        srv = start_server(tmp_path_factory.mktemp(f"tls-{request.param}"))
+        srv = start_server(
+            tmp_path_factory.mktemp(f"tls-{request.param}"), metrics={"listen": "127.0.0.1:0"}
+        )
     try:
         assert f"event loop {request.param}" in srv.log()
         yield srv
@@ -170,3 +174,39 @@ def test_good_handshakes_log_no_failure(server: Running) -> None:
         assert sock.recv(4096).startswith((b"220", b"+OK"))  # the handshake is over
         sock.close()
     assert "handshake failed client=127.0.0.11 " not in server.log()
+
+
+def handshake_failures(srv: Running) -> dict[tuple[str, str], float]:
+    """postvakt_tls_handshake_failures_total by (listener, error), from a real scrape."""
+    port = srv.ports["metrics"][0]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=20) as r:
+        text = r.read().decode()
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "postvakt_tls_handshake_failures_total":
+                out[(s.labels["listener"], s.labels["error"])] = s.value
+    return out
+
+
+def test_failed_handshakes_are_counted_in_the_metrics(server: Running) -> None:
+    unknown_ca = "TLSV1_ALERT_UNKNOWN_CA"
+    before = handshake_failures(server)
+    handshake(server, "submissions", "127.0.0.12", strangers_ca())
+    handshake(server, "submission", "127.0.0.12", strangers_ca())
+    handshake(server, "submission", "127.0.0.12", strangers_ca())
+    for kind, n in (("submissions", 1), ("submission", 2)):
+        want = before.get((kind, unknown_ca), 0.0) + n
+
+        def counted(kind: str = kind, want: float = want) -> None:
+            assert handshake_failures(server).get((kind, unknown_ca), 0.0) == want
+
+        eventually(counted, timeout=15)
+    # A good handshake counts nothing.
+    now = handshake_failures(server)
+    sock = trusting_us(server).wrap_socket(
+        connect_from("127.0.0.12", server.port("submissions")), server_hostname="mx.pv.test"
+    )
+    assert sock.recv(4096).startswith(b"220")
+    sock.close()
+    assert handshake_failures(server) == now

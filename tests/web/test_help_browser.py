@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from web_support import WebServer, start_web_server
@@ -188,3 +189,25 @@ def test_labels_and_contrast(browser: Browser, live: WebServer) -> None:
     for selector, fg, bg in colours:
         assert _contrast(fg, bg) >= 4.5, (selector, fg, bg)
     context.close()
+
+
+def test_one_stylesheet_and_nothing_from_elsewhere(browser: Browser, live: WebServer) -> None:
+    """The page and its result load one stylesheet from this server and nothing
+    else: no script, no inline style, no image or font from another origin."""
+    page = no_js_page(browser, "en-US")
+    base = f"http://127.0.0.1:{live.port}"
+    loaded: list[tuple[str, str, int]] = []
+    page.on(
+        "response",
+        lambda r: loaded.append((r.request.resource_type, r.url, r.status)),
+    )
+    explain(page, base, ENGLISH_ARTICLE, "The error message", "Explain the error")
+    assert page.locator('link[rel="stylesheet"]').count() == 1
+    assert page.locator("script, style, [style], iframe, object, embed").count() == 0
+    assert {urlsplit(url).netloc for _, url, _ in loaded} == {f"127.0.0.1:{live.port}"}
+    sheets = [(url, status) for kind, url, status in loaded if kind == "stylesheet"]
+    assert sheets and {u for u, _ in sheets} == {f"{base}/help/style.css"}, loaded
+    assert all(status == 200 for _, status in sheets)
+    # The sheet is applied (the browser's default body margin is 8px).
+    assert page.evaluate("getComputedStyle(document.body).margin") != "8px"
+    page.context.close()

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import html
 import http.client
+import json
 import re
 import socket
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
+from click.testing import CliRunner
 from web_support import ALICE, PASSWORD, Reply, WebServer, start_web_server
 
+from postvakt.cli.diagnose import doctor
 from postvakt.web.app import CHECK_BURST, EXPLAIN_BURST
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -276,3 +279,27 @@ def test_each_first_visit_gets_its_own_token(live: WebServer) -> None:
     tokens = {session(live, f"198.51.100.{70 + i}")[1] for i in range(5)}
     assert len(tokens) == 5
     assert "{{csrf-token}}" not in live.get("/help").text
+
+
+@pytest.mark.parametrize("lang", ["en", "sv"])
+def test_the_page_says_what_the_doctor_says(live: WebServer, lang: str) -> None:
+    """One catalogue: the page's title, advice, explanation and findings are the
+    words `postvakt doctor --explain-error --json` prints for the same paste."""
+    r = CliRunner().invoke(doctor, ["--explain-error", ARTICLE_ERROR, "--json", "--lang", lang])
+    cli = json.loads(r.output)
+    visitor = f"198.51.100.{90 + len(lang)}"
+    cookie, token = session(live, visitor, lang)
+    page = html.unescape(
+        post(
+            live,
+            "/help",
+            {"csrf": token, "lang": lang, "error": ARTICLE_ERROR},
+            visitor,
+            Cookie=cookie,
+        ).text
+    )
+    assert cli["lang"] == lang and cli["case"] == "relay_denied_no_auth"
+    for text in [cli["title"], cli["explanation"], *cli["advice"]]:
+        assert text in page, text
+    for finding in cli["findings"]:
+        assert finding["text"] in page, finding

@@ -15,8 +15,9 @@ A failed handshake logs one line an admin can grep:
       reason="the client does not trust our certificate (TLS alert: unknown CA)"
       error=TLSV1_ALERT_UNKNOWN_CA sent="TLS ClientHello (up to TLS 1.3, SNI mail.example.org)"
 
-(on one line). `sent` is what the client had sent when the handshake began:
-its first bytes are read with MSG_PEEK on a duplicate of the socket before
+(on one line), and counts it in `postvakt_tls_handshake_failures_total`
+(listener, error) when metrics are on. `sent` is what the client had sent
+when the handshake began: its first bytes are read with MSG_PEEK on a duplicate of the socket before
 the TLS layer takes them, so they are seen without being consumed. That is
 how a mail program set to STARTTLS on port 465 shows up as `sent="plaintext
 'EHLO laptop'"`, and a program that asked for a name our certificate lacks
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from postvakt import metrics
 from postvakt.server.tls import ServerContext, covers
 
 log = logging.getLogger("postvakt.tls")
@@ -187,13 +189,15 @@ def log_failure(
 ) -> None:
     names = context.names if isinstance(context, ServerContext) else ()
     said = "".join(c if " " <= c < "\x7f" and c != '"' else "?" for c in describe_sent(sent, names))
+    code = error_code(error)
+    metrics.tls_handshake_failure(listener.kind, code)
     log.warning(
         'TLS handshake failed client=%s listener=%s local=%s reason="%s" error=%s sent="%s"',
         client,
         listener.kind,
         listener.local,
         describe_error(error, timeout),
-        error_code(error),
+        code,
         said,
     )
 
