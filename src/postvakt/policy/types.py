@@ -9,7 +9,8 @@ from typing import Literal, Protocol
 from postvakt.reply import Reply
 
 # The ports a client can reach us on; the SMTP layer passes one of these.
-PORTS = ("smtp", "submission", "submissions")
+Port = Literal["smtp", "submission", "submissions"]
+PORTS: tuple[Port, ...] = ("smtp", "submission", "submissions")
 
 
 class Verdict(enum.Enum):
