@@ -31,7 +31,7 @@ from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
 from postvakt.mailauth.signing import from_domains
 from postvakt.net import parse_ip
-from postvakt.policy import PORTS, Client, Decision, DirectoryView, Grant
+from postvakt.policy import Client, Decision, DirectoryView, Grant
 from postvakt.policy.authchecks import check_authentication, not_checked
 from postvakt.policy.limits import Usage, subject_for
 from postvakt.policy.roads import each_road, first_open
@@ -42,6 +42,7 @@ from postvakt.policy.session import (
     on_mail,
     on_rcpt,
 )
+from postvakt.policy.types import port_kind
 from postvakt.smtp import header_section_of
 from postvakt.store import StateUnavailable, list_counters, list_grants
 
@@ -138,6 +139,31 @@ def _end_of_data_command(answer: HeaderAnswer) -> str:
     return "end of DATA, " + (", ".join(parts) if parts else "header section")
 
 
+@dataclass(frozen=True)
+class Question:
+    """One imagined session: who the client is, what it sends, and when.
+
+    `usage` is what the client's subject already sent in the current windows
+    (from the counter store); the outbound limits judge MAIL and each RCPT.
+    `helo` and `message` feed the SPF/DKIM/DMARC checks of `[auth_checks]`,
+    which look up DNS (`[dns]`) as the live server does; the message's
+    From: and Sender: feed the end-of-data header check.
+    """
+
+    client_ip: str
+    now: float
+    login: str | None = None
+    port: str = "smtp"
+    mail_from: Address | str = ""
+    rcpts: Sequence[Address | str] = ()
+    header_from: str | Sequence[Address] | None = None
+    header_sender: str | None = None
+    smtputf8: bool = False
+    usage: Usage | None = None
+    helo: str | None = None
+    message: bytes | None = None
+
+
 def run_explain(
     config: Config,
     directory: DirectoryView,
@@ -156,71 +182,80 @@ def run_explain(
     helo: str | None = None,
     message: bytes | None = None,
 ) -> Explanation:
-    """Run the live server's policy for one imagined session.
-
-    `usage` is what the client's subject already sent in the current windows
-    (from the counter store); the outbound limits judge MAIL and each RCPT.
-    `helo` and `message` feed the SPF/DKIM/DMARC checks of `[auth_checks]`,
-    which look up DNS (`[dns]`) as the live server does.
-    """
-    if port not in PORTS:
-        raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
-    ip = client_ip_arg(client_ip)
-    sender = _address(mail_from, "--from", allow_null=True, smtputf8=smtputf8)
-    recipients = [_address(r, "--to", allow_null=False, smtputf8=smtputf8) for r in rcpts]
-    headers = _headers(header_from, header_sender, message)
-
-    grant = grants_store.lookup(ip, now) if grants_store is not None else None
-    client = Client(
-        ip=ip,
-        port=port,
-        # On 587 AUTH needs STARTTLS first; on 465 TLS is implicit; on 25 assume plain.
-        tls=port == "submissions" or (port == "submission" and login is not None),
-        login=login,
-        grant=grant,
+    """Run the live server's policy for one imagined session (see `Question`)."""
+    question = Question(
+        client_ip=client_ip,
         now=now,
+        login=login,
+        port=port,
+        mail_from=mail_from,
+        rcpts=rcpts,
+        header_from=header_from,
+        header_sender=header_sender,
+        smtputf8=smtputf8,
+        usage=usage,
+        helo=helo,
+        message=message,
+    )
+    return ask(config, directory, grants_store, question)
+
+
+def _imagined_client(q: Question, grants_store: GrantLookup | None) -> Client:
+    """The `Client` the live server would build for this question."""
+    try:
+        kind = port_kind(q.port)
+    except ValueError as e:
+        raise ExplainError(f"--port: {e}") from None
+    ip = client_ip_arg(q.client_ip)
+    return Client(
+        ip=ip,
+        port=kind,
+        # On 587 AUTH needs STARTTLS first; on 465 TLS is implicit; on 25 assume plain.
+        tls=kind == "submissions" or (kind == "submission" and q.login is not None),
+        login=q.login,
+        grant=grants_store.lookup(ip, q.now) if grants_store is not None else None,
+        now=q.now,
     )
 
+
+def ask(
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, q: Question
+) -> Explanation:
+    """Every stage of the transaction through `policy.session`, as the live server runs it."""
+    client = _imagined_client(q, grants_store)
+    sender = _address(q.mail_from, "--from", allow_null=True, smtputf8=q.smtputf8)
+    recipients = [_address(r, "--to", allow_null=False, smtputf8=q.smtputf8) for r in q.rcpts]
+    headers = _headers(q.header_from, q.header_sender, q.message)
     limited = subject_for(client, config.limits, config.relay.networks, config.relay.clients)
-    counted = Counted(limited, usage if usage is not None else Usage())
+    counted = Counted(limited, q.usage if q.usage is not None else Usage())
 
     def counts() -> Counted:
         return counted
 
-    checks: list[Checked] = []
     mail = on_mail(client, sender, config, directory, counts).decision
-    checks.append(Checked(f"MAIL FROM:<{sender}>", mail))
+    checks = [Checked(f"MAIL FROM:<{sender}>", mail)]
     in_message = 0
     for rcpt in recipients:
         decision = on_rcpt(client, rcpt, config, directory, counts, in_message).decision
         in_message += decision.accepted
         checks.append(Checked(f"RCPT TO:<{rcpt}>", decision, mail.accepted))
-    any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
+    # The server reads a message only after MAIL and at least one RCPT were taken.
+    data = mail.accepted and (in_message > 0 or not recipients)
     header: HeaderAnswer | None = None
     if headers is not None:
         header = on_end_of_data(client, headers[0], headers[1], config, directory)
-        checks.append(
-            Checked(_end_of_data_command(header), header.decision, mail.accepted and any_rcpt)
-        )
+        checks.append(Checked(_end_of_data_command(header), header.decision, data))
     notes: list[str] = []
-    if helo is not None or message is not None or config.auth_checks.enabled:
-        if header is None and message is not None:
-            domains = tuple(from_domains(message))
+    if q.helo is not None or q.message is not None or config.auth_checks.enabled:
+        if header is None and q.message is not None:
+            domains = tuple(from_domains(q.message))
         else:
-            domains = (
-                tuple(a.domain.lower() for a in header.header_from if a.domain) if header else ()
-            )
-        decision, note = _authentication(config, client, sender, helo or "", message, domains)
+            found = header.header_from if header else ()
+            domains = tuple(a.domain.lower() for a in found if a.domain)
+        decision, notes = _authentication(config, client, sender, q.helo or "", q.message, domains)
         # The live server checks only a message whose header section it took.
-        header_ok = header is None or header.decision.accepted
-        checks.append(
-            Checked(
-                "end of DATA, authentication (SPF, DKIM, DMARC)",
-                decision,
-                mail.accepted and any_rcpt and header_ok,
-            )
-        )
-        notes += note
+        data = data and (header is None or header.decision.accepted)
+        checks.append(Checked("end of DATA, authentication (SPF, DKIM, DMARC)", decision, data))
     return Explanation(client, tuple(checks), tuple(notes))
 
 
@@ -347,61 +382,20 @@ def render_json(exp: Explanation, notes: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def explain_text(
-    config: Config,
-    directory: DirectoryView,
-    grants_store: GrantLookup | None,
-    *,
-    client_ip: str,
-    login: str | None,
-    port: str,
-    mail_from: Address | str,
-    rcpts: Sequence[Address | str],
-    header_from: str | Sequence[Address] | None,
-    now: float,
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, **question: Any
 ) -> tuple[str, int]:
-    """Every rule tried, then the replies; exit code 0 if everything is accepted, else 1."""
-    exp = run_explain(
-        config,
-        directory,
-        grants_store,
-        client_ip=client_ip,
-        login=login,
-        port=port,
-        mail_from=mail_from,
-        rcpts=rcpts,
-        header_from=header_from,
-        now=now,
-    )
+    """Every rule tried, then the replies; exit code 0 if everything is accepted, else 1.
+
+    The keywords are the fields of `Question`."""
+    exp = ask(config, directory, grants_store, Question(**question))
     return render_text(exp, config), exp.exit_code
 
 
 def explain_json(
-    config: Config,
-    directory: DirectoryView,
-    grants_store: GrantLookup | None,
-    *,
-    client_ip: str,
-    login: str | None,
-    port: str,
-    mail_from: Address | str,
-    rcpts: Sequence[Address | str],
-    header_from: str | Sequence[Address] | None,
-    now: float,
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, **question: Any
 ) -> dict[str, Any]:
     """The same as `explain_text`, as data (for scripts and CI)."""
-    exp = run_explain(
-        config,
-        directory,
-        grants_store,
-        client_ip=client_ip,
-        login=login,
-        port=port,
-        mail_from=mail_from,
-        rcpts=rcpts,
-        header_from=header_from,
-        now=now,
-    )
-    return render_json(exp)
+    return render_json(ask(config, directory, grants_store, Question(**question)))
 
 
 # ---------------------------------------------------------------- what the command reads

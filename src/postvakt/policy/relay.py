@@ -24,6 +24,7 @@ from postvakt.policy.types import (
     Client,
     Decision,
     DirectoryView,
+    Result,
     Step,
     Verdict,
 )
@@ -81,7 +82,7 @@ def check_rcpt(client: Client, rcpt: Address, config: Config, directory: Directo
     trace.append(
         Step(
             REJECT_UNAUTH_DESTINATION,
-            verdict.value,
+            Result(verdict.value),
             f"{rcpt} is a foreign recipient and no road permits relaying for {client.ip}",
         )
     )

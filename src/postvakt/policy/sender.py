@@ -40,7 +40,7 @@ from postvakt.policy.types import (
 from postvakt.reply import Reply
 
 if TYPE_CHECKING:
-    from postvakt.config import Config
+    from postvakt.config import Config, SenderMode
 
 NULL_SENDER = "null_sender"
 SENDER_AUTHENTICATED = "sender_authenticated"
@@ -72,10 +72,10 @@ MAIL_OK = Reply(250, "2.1.0", "Ok")
 HEADER_OK = Reply(250, "2.0.0", "Ok")
 
 # Enforcement strength, weakest first; a combined check takes the weaker.
-_STRENGTH = {"off": 0, "warn": 1, "reject": 2}
+_STRENGTH: dict[SenderMode, int] = {"off": 0, "warn": 1, "reject": 2}
 
 
-def _weaker(a: str, b: str) -> str:
+def _weaker(a: SenderMode, b: SenderMode) -> SenderMode:
     return a if _STRENGTH[a] <= _STRENGTH[b] else b
 
 
@@ -87,7 +87,7 @@ class _Finding:
     ok: bool
     detail: str
     reason: str = ""
-    enforce: str = "reject"
+    enforce: SenderMode = "reject"
     login: str | None = None
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from postvakt import clock, metrics, smtp
 from postvakt.address import Address
@@ -30,7 +30,7 @@ from postvakt.grants.logins import Outcome
 from postvakt.logtext import printable
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.net import client_address
-from postvakt.policy import Client, Decision, Grant
+from postvakt.policy import Client, Decision, Grant, Port, port_kind
 from postvakt.policy.limits import Usage
 from postvakt.policy.roads import Road, each_road, first_open
 from postvakt.policy.session import (
@@ -49,9 +49,15 @@ from postvakt.server.proxy import Proxied
 from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
-    from postvakt.queue import IncomingMessage
+    from postvakt.auth import Authenticator
+    from postvakt.config import Config
+    from postvakt.directory import Directory
+    from postvakt.grants import GrantStore
+    from postvakt.grants.logins import LoginThrottle
+    from postvakt.policy.limits import Subject
+    from postvakt.queue import IncomingMessage, Queue
     from postvakt.server.accept import Slot
-    from postvakt.server.app import App
+    from postvakt.store import State
 
 log = logging.getLogger("postvakt.smtp")
 
@@ -82,6 +88,54 @@ def received_protocol(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str
     return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + ("A" if auth else "")
 
 
+class Limits(Protocol):
+    """The outbound limits' state (`server.limits.Limiter`): who is counted, their counts,
+    and the bookkeeping after a message was queued."""
+
+    def subject(self, config: Config, client: Client) -> Subject | None: ...
+
+    def usage(self, subject: Subject | None, now: float) -> Usage: ...
+
+    async def accepted(
+        self, config: Config, client: Client, queue_id: str, recipients: int, held: str | None
+    ) -> None: ...
+
+
+class SessionContext(Protocol):
+    """What an SMTP session may use of the server (`server.app.App`), and nothing more."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def grants(self) -> GrantStore: ...
+    @property
+    def login_throttle(self) -> LoginThrottle: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def ssl_context(self) -> Any: ...
+    @property
+    def state(self) -> State | None: ...
+    @property
+    def limiter(self) -> Limits | None: ...
+    @property
+    def sessions(self) -> set[Any]: ...
+    @property
+    def tasks(self) -> set[asyncio.Future[Any]]: ...
+
+    async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None: ...
+
+    def low_on_space(self, announced_size: int | None) -> bool: ...
+
+    def message_queued(self) -> None: ...
+
+    def crash_point(self, name: str) -> None: ...
+
+
 @dataclass
 class Transaction:
     """One mail transaction from MAIL to the end of data, as one value.
@@ -110,12 +164,12 @@ class SMTPSession(asyncio.Protocol):
     # Set before connection_made on a PROXY listener: the client the header names.
     proxied: Proxied | None = None
 
-    def __init__(self, app: App, kind: str, slot: Slot | None = None) -> None:
+    def __init__(self, app: SessionContext, kind: str, slot: Slot | None = None) -> None:
         self.app = app
         # This session's settings from its start to its end: a reload (SIGHUP) applies
         # to the sessions that start after it, as Postfix's and Dovecot's do.
         self.config = app.config
-        self.kind = kind  # "smtp" | "submission" | "submissions"
+        self.kind: Port = port_kind(kind)
         # This connection's place in the accept path's counts, given back when it ends.
         self.slot = slot
         self.transport: asyncio.Transport | None = None
