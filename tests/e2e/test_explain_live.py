@@ -342,4 +342,3 @@ def test_explain_agrees_with_live_server(server: Running, row: Row, tmp_path: Pa
         assert rules == [] and offline_rules == ["auth_required"]
     else:
         assert offline_rules == rules
-
