@@ -341,6 +341,11 @@ class SMTPSession(asyncio.Protocol):
             grant = self.app.grants.lookup(self.ip, now)
         else:
             grant = None
+        return self._client_as(grant, now)
+
+    def _client_as(self, grant: Grant | None, now: float) -> Client:
+        """The policy's view of this connection, with the grant read for it."""
+        assert self.conn is not None
         return Client(
             ip=self.ip,
             port=self.kind,
@@ -475,8 +480,7 @@ class SMTPSession(asyncio.Protocol):
 
     async def _read_shared(self, handler: Callable[[Any], None], event: object) -> None:
         """A shared store over the network: read the grant and counts in a thread, then decide."""
-        assert self.conn is not None
-        conn, app = self.conn, self.app
+        app = self.app
 
         def read(now: float) -> tuple[Grant | None, Usage | None]:
             grant = (
@@ -484,9 +488,7 @@ class SMTPSession(asyncio.Protocol):
             )
             if app.limiter is None:
                 return grant, None
-            client = Client(
-                ip=self.ip, port=self.kind, tls=conn.tls, login=conn.login, grant=grant, now=now
-            )
+            client = self._client_as(grant, now)
             return grant, app.limiter.usage(app.limiter.subject(app.config, client), now)
 
         loop = asyncio.get_running_loop()
