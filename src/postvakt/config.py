@@ -20,7 +20,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from postvakt.policy.limits import LimitsConfig, parse_limits
+from postvakt.policy.limits import (
+    LIMITS,
+    OUTCOMES,
+    QUOTAS,
+    USER,
+    LimitsConfig,
+    Quota,
+)
 from postvakt.smtp._data import DEFAULT_MAX_LINE_LENGTH
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,8 +103,12 @@ class RelayConfig:
     explain_in_reply: bool = False
 
 
-SENDER_MODES = ("off", "warn", "reject")
-TRUSTED_SENDER_MODES = ("any", "domain", "owner")
+# What a failed sender check does: nothing, a record only (log and header), a refusal.
+SenderMode = Literal["off", "warn", "reject"]
+SENDER_MODES: tuple[SenderMode, ...] = ("off", "warn", "reject")
+# Which sender a trusted road (networks, clients, POP-before-SMTP) may use.
+TrustedSenderMode = Literal["any", "domain", "owner"]
+TRUSTED_SENDER_MODES: tuple[TrustedSenderMode, ...] = ("any", "domain", "owner")
 
 
 @dataclass(frozen=True)
@@ -105,23 +116,23 @@ class SenderConfig:
     """Anti-spoofing: who may use which sender address."""
 
     # Authenticated users may use only addresses they own (their own, aliases, granted).
-    authenticated: str = "reject"
+    authenticated: SenderMode = "reject"
     # A client allowed by no road may not claim one of our domains.
-    unauthenticated_local: str = "reject"
+    unauthenticated_local: SenderMode = "reject"
     # Per road, what a trusted but not logged-in client may use as sender.
-    networks: str = "any"
-    clients: str = "any"
-    pop_before_smtp: str = "any"
+    networks: TrustedSenderMode = "any"
+    clients: TrustedSenderMode = "any"
+    pop_before_smtp: TrustedSenderMode = "any"
     # What happens when a trusted road's setting above is not met.
-    trusted: str = "reject"
+    trusted: SenderMode = "reject"
     # Check the header From:/Sender: at end of DATA as well.
-    header_from: str = "reject"
+    header_from: SenderMode = "reject"
     # The header check for a client on no road (not logged in, not in networks
     # or clients, no POP-before-SMTP grant): mailing lists and forwarders
     # deliver "From: our user" from outside, so by default that is only
     # recorded (a warning header and a log line), not refused. The envelope
     # (MAIL FROM) check for such clients stays `unauthenticated_local`.
-    header_from_outside: str = "warn"
+    header_from_outside: SenderMode = "warn"
 
 
 @dataclass(frozen=True)
@@ -669,6 +680,112 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(source, "", f"not valid TOML: {e}") from None
     return from_dict(raw, source=source, base_dir=base_dir or Path.cwd())
+
+
+# ---------------------------------------------------------------- [limits]
+
+
+def _quota_from(table: Any, base: Quota, source: str, section: str) -> Quota:
+    if not isinstance(table, dict):
+        raise ConfigError(source, f"[{section}]", "must be a table")
+    known = {f.name for f in fields(Quota)}
+    changes: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"[{section}] {k}"
+        if k not in known:
+            raise ConfigError(
+                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
+            )
+        if k == "outcome":
+            if v not in OUTCOMES:
+                raise ConfigError(source, key, f"{v!r} is not one of {', '.join(OUTCOMES)}")
+            changes[k] = v
+        elif k == "outcomes":
+            if not isinstance(v, dict):
+                raise ConfigError(
+                    source, key, 'must be a table { recipients_per_message = "defer" }'
+                )
+            pairs = []
+            for limit, outcome in v.items():
+                if limit not in LIMITS:
+                    raise ConfigError(
+                        source, f"{key}.{limit}", f"not a limit (limits: {', '.join(LIMITS)})"
+                    )
+                if outcome not in OUTCOMES:
+                    raise ConfigError(
+                        source, f"{key}.{limit}", f"{outcome!r} is not one of {', '.join(OUTCOMES)}"
+                    )
+                pairs.append((limit, outcome))
+            # Overrides given here replace the default's per-limit outcomes for the same limits only.
+            kept = tuple(p for p in base.outcomes if p[0] not in v)
+            changes[k] = kept + tuple(pairs)
+        else:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(source, key, f"expected a whole number (0 = no limit), got {v!r}")
+            changes[k] = v
+    # A quota-wide outcome given without per-limit outcomes applies to every limit.
+    if "outcome" in changes and "outcomes" not in changes:
+        changes["outcomes"] = ()
+    return replace(base, **changes)
+
+
+def parse_limits(table: Any, source: str) -> LimitsConfig:
+    """`[limits]` from TOML; errors are `ConfigError` naming file, key and reason."""
+    if not isinstance(table, dict):
+        raise ConfigError(source, "[limits]", "must be a table")
+    base = LimitsConfig()
+    known = {f.name for f in fields(LimitsConfig)}
+    changes: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"[limits] {k}"
+        if k not in known:
+            raise ConfigError(
+                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
+            )
+        if k in QUOTAS:
+            changes[k] = _quota_from(v, getattr(base, k), source, f"limits.{k}")
+        elif k == "users":
+            if not isinstance(v, dict):
+                raise ConfigError(source, key, 'must be a table: [limits.users."news@example.org"]')
+            changes[k] = v  # resolved below, over the final [limits.user]
+        elif k == "exempt":
+            items = [v] if isinstance(v, str) else v
+            if not isinstance(items, list):
+                raise ConfigError(source, key, "expected a list of addresses or networks")
+            changes[k] = tuple(parse_network(x, source, key) for x in items)
+        elif k == "store":
+            if v not in ("memory", "sqlite"):
+                raise ConfigError(source, key, f"{v!r} is not one of memory, sqlite")
+            changes[k] = v
+        elif k in ("enabled", "notify_user"):
+            if not isinstance(v, bool):
+                raise ConfigError(source, key, f"expected true or false, got {v!r}")
+            changes[k] = v
+        elif k == "ipv6_prefix":
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 128:
+                raise ConfigError(source, key, f"expected a prefix length from 1 to 128, got {v!r}")
+            changes[k] = v
+        elif k in ("auth_failures", "auth_failures_address"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(source, key, f"expected a whole number of at least 1, got {v!r}")
+            changes[k] = v
+        else:
+            changes[k] = parse_duration(v, source, key)
+    user_base: Quota = changes.get(USER, base.user)
+    users = changes.pop("users", {})
+    overrides = []
+    for login, sub in users.items():
+        name = str(login).strip().lower()
+        if "@" not in name:
+            raise ConfigError(
+                source, f"[limits.users.{login!r}]", "must be an address, e.g. news@example.org"
+            )
+        overrides.append((name, _quota_from(sub, user_base, source, f"limits.users.{login}")))
+    changes["users"] = tuple(overrides)
+    cfg = replace(base, **changes)
+    if cfg.auth_delay_max < cfg.auth_delay:
+        raise ConfigError(source, "[limits] auth_delay_max", "must not be smaller than auth_delay")
+    return cfg
 
 
 def from_dict(raw: dict[str, Any], source: str = "<dict>", base_dir: Path | None = None) -> Config:

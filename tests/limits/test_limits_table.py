@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from postvakt.config import ConfigError, loads
+from postvakt.config import ConfigError, loads, parse_limits
 from postvakt.diagnose.explain import render_text, run_explain
 from postvakt.policy import Client, Decision, Grant, Verdict
 from postvakt.policy.limits import (
@@ -24,7 +24,6 @@ from postvakt.policy.limits import (
     check_mail_limits,
     check_rcpt_limits,
     hold_reason,
-    parse_limits,
     subject_for,
     window_end,
     window_start,

@@ -31,35 +31,20 @@ from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
 from postvakt.mailauth.signing import from_domains
 from postvakt.net import parse_ip
-from postvakt.policy import (
-    PORTS,
-    Client,
-    Decision,
-    DirectoryView,
-    Grant,
-    Step,
-    Verdict,
-    check_header_from,
-    check_rcpt,
-    check_sender,
-)
+from postvakt.policy import Client, Decision, DirectoryView, Grant
 from postvakt.policy.authchecks import check_authentication, not_checked
-from postvakt.policy.limits import (
-    Usage,
-    check_mail_limits,
-    check_rcpt_limits,
-    subject_for,
-    with_limit,
-)
+from postvakt.policy.limits import Usage, subject_for
 from postvakt.policy.roads import each_road, first_open
-from postvakt.reply import Reply
+from postvakt.policy.session import (
+    Counted,
+    HeaderAnswer,
+    on_end_of_data,
+    on_mail,
+    on_rcpt,
+)
+from postvakt.policy.types import port_kind
+from postvakt.smtp import header_section_of
 from postvakt.store import StateUnavailable, list_counters, list_grants
-
-# DESIGN.md default reply: submission ports take no MAIL before AUTH.
-AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
-AUTH_REQUIRED_RULE = "auth_required"
-# Ports on which the server insists on SMTP AUTH before MAIL (DESIGN.md [listen]).
-AUTH_PORTS = ("submission", "submissions")
 
 
 class ExplainError(ValueError):
@@ -119,9 +104,64 @@ def _address(value: Address | str, what: str, *, allow_null: bool, smtputf8: boo
         ) from None
 
 
-def _auth_required_decision(port: str) -> Decision:
-    step = Step(AUTH_REQUIRED_RULE, "reject", f"port {port} requires SMTP AUTH before MAIL")
-    return Decision(Verdict.REJECT, AUTH_REQUIRED, AUTH_REQUIRED_RULE, (step,))
+def _headers(
+    header_from: str | Sequence[Address] | None,
+    header_sender: str | None,
+    message: bytes | None,
+) -> tuple[tuple[tuple[str, str], ...], bool] | None:
+    """The header fields the end of data would see, and whether they are all of them.
+
+    `--header-from`/`--header-sender` as given (a value that does not parse is
+    the admin's typo, a usage error); else the message's own header section,
+    read by the same reader the live server uses. None: no end of data to judge.
+    """
+    if header_from is None and header_sender is None:
+        return header_section_of(message) if message is not None else None
+    fields: list[tuple[str, str]] = []
+    for name, value in (("From", header_from), ("Sender", header_sender)):
+        if isinstance(value, str):
+            try:
+                parse_header_addresses(value)
+            except AddressError as e:
+                raise ExplainError(f"--header-{name.lower()}: {e.reply.text}") from None
+            fields.append((name, value))
+        elif value is not None:
+            fields.append((name, ", ".join(f"<{a}>" for a in value)))
+    return tuple(fields), True
+
+
+def _end_of_data_command(answer: HeaderAnswer) -> str:
+    parts = []
+    if answer.header_from:
+        parts.append("From: " + ", ".join(str(a) for a in answer.header_from))
+    if answer.header_sender:
+        parts.append("Sender: " + ", ".join(str(a) for a in answer.header_sender))
+    return "end of DATA, " + (", ".join(parts) if parts else "header section")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One imagined session: who the client is, what it sends, and when.
+
+    `usage` is what the client's subject already sent in the current windows
+    (from the counter store); the outbound limits judge MAIL and each RCPT.
+    `helo` and `message` feed the SPF/DKIM/DMARC checks of `[auth_checks]`,
+    which look up DNS (`[dns]`) as the live server does; the message's
+    From: and Sender: feed the end-of-data header check.
+    """
+
+    client_ip: str
+    now: float
+    login: str | None = None
+    port: str = "smtp"
+    mail_from: Address | str = ""
+    rcpts: Sequence[Address | str] = ()
+    header_from: str | Sequence[Address] | None = None
+    header_sender: str | None = None
+    smtputf8: bool = False
+    usage: Usage | None = None
+    helo: str | None = None
+    message: bytes | None = None
 
 
 def run_explain(
@@ -135,86 +175,87 @@ def run_explain(
     mail_from: Address | str = "",
     rcpts: Sequence[Address | str] = (),
     header_from: str | Sequence[Address] | None = None,
+    header_sender: str | None = None,
     now: float,
     smtputf8: bool = False,
     usage: Usage | None = None,
     helo: str | None = None,
     message: bytes | None = None,
 ) -> Explanation:
-    """Run the live server's policy for one imagined session.
-
-    `usage` is what the client's subject already sent in the current windows
-    (from the counter store); the outbound limits judge MAIL and each RCPT.
-    `helo` and `message` feed the SPF/DKIM/DMARC checks of `[auth_checks]`,
-    which look up DNS (`[dns]`) as the live server does.
-    """
-    if port not in PORTS:
-        raise ExplainError(f"--port: {port!r} is not one of {', '.join(PORTS)}")
-    ip = client_ip_arg(client_ip)
-    sender = _address(mail_from, "--from", allow_null=True, smtputf8=smtputf8)
-    recipients = [_address(r, "--to", allow_null=False, smtputf8=smtputf8) for r in rcpts]
-    header: list[Address] | None = None
-    if isinstance(header_from, str):
-        try:
-            header = parse_header_addresses(header_from, smtputf8=True)
-        except AddressError as e:
-            raise ExplainError(f"--header-from: {e.reply.text}") from None
-    elif header_from is not None:
-        header = list(header_from)
-
-    grant = grants_store.lookup(ip, now) if grants_store is not None else None
-    client = Client(
-        ip=ip,
-        port=port,
-        # On 587 AUTH needs STARTTLS first; on 465 TLS is implicit; on 25 assume plain.
-        tls=port == "submissions" or (port == "submission" and login is not None),
-        login=login,
-        grant=grant,
+    """Run the live server's policy for one imagined session (see `Question`)."""
+    question = Question(
+        client_ip=client_ip,
         now=now,
+        login=login,
+        port=port,
+        mail_from=mail_from,
+        rcpts=rcpts,
+        header_from=header_from,
+        header_sender=header_sender,
+        smtputf8=smtputf8,
+        usage=usage,
+        helo=helo,
+        message=message,
+    )
+    return ask(config, directory, grants_store, question)
+
+
+def _imagined_client(q: Question, grants_store: GrantLookup | None) -> Client:
+    """The `Client` the live server would build for this question."""
+    try:
+        kind = port_kind(q.port)
+    except ValueError as e:
+        raise ExplainError(f"--port: {e}") from None
+    ip = client_ip_arg(q.client_ip)
+    return Client(
+        ip=ip,
+        port=kind,
+        # On 587 AUTH needs STARTTLS first; on 465 TLS is implicit; on 25 assume plain.
+        tls=kind == "submissions" or (kind == "submission" and q.login is not None),
+        login=q.login,
+        grant=grants_store.lookup(ip, q.now) if grants_store is not None else None,
+        now=q.now,
     )
 
+
+def ask(
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, q: Question
+) -> Explanation:
+    """Every stage of the transaction through `policy.session`, as the live server runs it."""
+    client = _imagined_client(q, grants_store)
+    sender = _address(q.mail_from, "--from", allow_null=True, smtputf8=q.smtputf8)
+    recipients = [_address(r, "--to", allow_null=False, smtputf8=q.smtputf8) for r in q.rcpts]
+    headers = _headers(q.header_from, q.header_sender, q.message)
     limited = subject_for(client, config.limits, config.relay.networks, config.relay.clients)
-    counted = usage if usage is not None else Usage()
-    checks: list[Checked] = []
-    mail_cmd = f"MAIL FROM:<{sender}>"
-    if port in AUTH_PORTS and login is None:
-        mail = _auth_required_decision(port)
-    else:
-        mail = check_sender(client, sender, config, directory)
-        mail = with_limit(mail, check_mail_limits(client, limited, counted))
-    checks.append(Checked(mail_cmd, mail))
+    counted = Counted(limited, q.usage if q.usage is not None else Usage())
+
+    def counts() -> Counted:
+        return counted
+
+    mail = on_mail(client, sender, config, directory, counts).decision
+    checks = [Checked(f"MAIL FROM:<{sender}>", mail)]
     in_message = 0
     for rcpt in recipients:
-        decision = check_rcpt(client, rcpt, config, directory)
-        decision = with_limit(decision, check_rcpt_limits(client, limited, counted, in_message))
+        decision = on_rcpt(client, rcpt, config, directory, counts, in_message).decision
         in_message += decision.accepted
         checks.append(Checked(f"RCPT TO:<{rcpt}>", decision, mail.accepted))
-    if header is not None:
-        any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
-        decision = check_header_from(client, header, [], config, directory)
-        checks.append(
-            Checked(
-                "end of DATA, From: " + ", ".join(str(a) for a in header),
-                decision,
-                mail.accepted and any_rcpt,
-            )
-        )
+    # The server reads a message only after MAIL and at least one RCPT were taken.
+    data = mail.accepted and (in_message > 0 or not recipients)
+    header: HeaderAnswer | None = None
+    if headers is not None:
+        header = on_end_of_data(client, headers[0], headers[1], config, directory)
+        checks.append(Checked(_end_of_data_command(header), header.decision, data))
     notes: list[str] = []
-    if helo is not None or message is not None or config.auth_checks.enabled:
-        if header is None and message is not None:
-            domains = tuple(from_domains(message))
+    if q.helo is not None or q.message is not None or config.auth_checks.enabled:
+        if header is None and q.message is not None:
+            domains = tuple(from_domains(q.message))
         else:
-            domains = tuple(a.domain.lower() for a in header or () if a.domain)
-        decision, note = _authentication(config, client, sender, helo or "", message, domains)
-        any_rcpt = any(c.decision.accepted for c in checks[1:]) or not recipients
-        checks.append(
-            Checked(
-                "end of DATA, authentication (SPF, DKIM, DMARC)",
-                decision,
-                mail.accepted and any_rcpt,
-            )
-        )
-        notes += note
+            found = header.header_from if header else ()
+            domains = tuple(a.domain.lower() for a in found if a.domain)
+        decision, notes = _authentication(config, client, sender, q.helo or "", q.message, domains)
+        # The live server checks only a message whose header section it took.
+        data = data and (header is None or header.decision.accepted)
+        checks.append(Checked("end of DATA, authentication (SPF, DKIM, DMARC)", decision, data))
     return Explanation(client, tuple(checks), tuple(notes))
 
 
@@ -341,61 +382,20 @@ def render_json(exp: Explanation, notes: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def explain_text(
-    config: Config,
-    directory: DirectoryView,
-    grants_store: GrantLookup | None,
-    *,
-    client_ip: str,
-    login: str | None,
-    port: str,
-    mail_from: Address | str,
-    rcpts: Sequence[Address | str],
-    header_from: str | Sequence[Address] | None,
-    now: float,
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, **question: Any
 ) -> tuple[str, int]:
-    """Every rule tried, then the replies; exit code 0 if everything is accepted, else 1."""
-    exp = run_explain(
-        config,
-        directory,
-        grants_store,
-        client_ip=client_ip,
-        login=login,
-        port=port,
-        mail_from=mail_from,
-        rcpts=rcpts,
-        header_from=header_from,
-        now=now,
-    )
+    """Every rule tried, then the replies; exit code 0 if everything is accepted, else 1.
+
+    The keywords are the fields of `Question`."""
+    exp = ask(config, directory, grants_store, Question(**question))
     return render_text(exp, config), exp.exit_code
 
 
 def explain_json(
-    config: Config,
-    directory: DirectoryView,
-    grants_store: GrantLookup | None,
-    *,
-    client_ip: str,
-    login: str | None,
-    port: str,
-    mail_from: Address | str,
-    rcpts: Sequence[Address | str],
-    header_from: str | Sequence[Address] | None,
-    now: float,
+    config: Config, directory: DirectoryView, grants_store: GrantLookup | None, **question: Any
 ) -> dict[str, Any]:
     """The same as `explain_text`, as data (for scripts and CI)."""
-    exp = run_explain(
-        config,
-        directory,
-        grants_store,
-        client_ip=client_ip,
-        login=login,
-        port=port,
-        mail_from=mail_from,
-        rcpts=rcpts,
-        header_from=header_from,
-        now=now,
-    )
-    return render_json(exp)
+    return render_json(ask(config, directory, grants_store, Question(**question)))
 
 
 # ---------------------------------------------------------------- what the command reads

@@ -55,9 +55,12 @@ from postvakt.policy.types import (
     DirectoryView,
     Grant,
     GrantProtocol,
+    Port,
+    Result,
     Step,
     Verdict,
     grant_protocol,
+    port_kind,
 )
 
 __all__ = [
@@ -85,6 +88,8 @@ __all__ = [
     "DirectoryView",
     "Grant",
     "GrantProtocol",
+    "Port",
+    "Result",
     "LimitsConfig",
     "Quota",
     "Step",
@@ -93,6 +98,7 @@ __all__ = [
     "Verdict",
     "check_header_from",
     "grant_protocol",
+    "port_kind",
     "check_mail_limits",
     "check_rcpt",
     "check_rcpt_limits",

@@ -46,8 +46,7 @@ Config (every key optional; 0 = no limit):
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
 from postvakt.net import in_networks
 from postvakt.policy.types import (
@@ -58,6 +57,7 @@ from postvakt.policy.types import (
     REJECT,
     Client,
     Decision,
+    Result,
     Step,
     Verdict,
 )
@@ -71,7 +71,7 @@ OUTCOME_REJECT = "reject"
 OUTCOME_HOLD = "hold"
 OUTCOMES = (OUTCOME_DEFER, OUTCOME_REJECT, OUTCOME_HOLD)
 # The step result of a limit that holds the message.
-HOLD = "hold"
+HOLD = Result.HOLD
 
 # Quotas: who is counted.
 USER = "user"
@@ -376,7 +376,7 @@ def _verdict(outcome: str) -> Verdict:
     }[outcome]
 
 
-def _result(outcome: str) -> str:
+def _result(outcome: str) -> Result:
     return {OUTCOME_DEFER: DEFER, OUTCOME_REJECT: REJECT, OUTCOME_HOLD: HOLD}[outcome]
 
 
@@ -467,116 +467,6 @@ def hold_reason(decision: Decision) -> str | None:
     return decision.rule
 
 
-# ---------------------------------------------------------------- config
-
-
-def _quota_from(table: Any, base: Quota, source: str, section: str) -> Quota:
-    from postvakt.config import ConfigError
-
-    if not isinstance(table, dict):
-        raise ConfigError(source, f"[{section}]", "must be a table")
-    known = {f.name for f in fields(Quota)}
-    changes: dict[str, Any] = {}
-    for k, v in table.items():
-        key = f"[{section}] {k}"
-        if k not in known:
-            raise ConfigError(
-                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
-            )
-        if k == "outcome":
-            if v not in OUTCOMES:
-                raise ConfigError(source, key, f"{v!r} is not one of {', '.join(OUTCOMES)}")
-            changes[k] = v
-        elif k == "outcomes":
-            if not isinstance(v, dict):
-                raise ConfigError(
-                    source, key, 'must be a table { recipients_per_message = "defer" }'
-                )
-            pairs = []
-            for limit, outcome in v.items():
-                if limit not in LIMITS:
-                    raise ConfigError(
-                        source, f"{key}.{limit}", f"not a limit (limits: {', '.join(LIMITS)})"
-                    )
-                if outcome not in OUTCOMES:
-                    raise ConfigError(
-                        source, f"{key}.{limit}", f"{outcome!r} is not one of {', '.join(OUTCOMES)}"
-                    )
-                pairs.append((limit, outcome))
-            # Overrides given here replace the default's per-limit outcomes for the same limits only.
-            kept = tuple(p for p in base.outcomes if p[0] not in v)
-            changes[k] = kept + tuple(pairs)
-        else:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(source, key, f"expected a whole number (0 = no limit), got {v!r}")
-            changes[k] = v
-    # A quota-wide outcome given without per-limit outcomes applies to every limit.
-    if "outcome" in changes and "outcomes" not in changes:
-        changes["outcomes"] = ()
-    return replace(base, **changes)
-
-
-def parse_limits(table: Any, source: str) -> LimitsConfig:
-    """`[limits]` from TOML; errors are `ConfigError` naming file, key and reason."""
-    from postvakt.config import ConfigError, parse_duration, parse_network
-
-    if not isinstance(table, dict):
-        raise ConfigError(source, "[limits]", "must be a table")
-    base = LimitsConfig()
-    known = {f.name for f in fields(LimitsConfig)}
-    changes: dict[str, Any] = {}
-    for k, v in table.items():
-        key = f"[limits] {k}"
-        if k not in known:
-            raise ConfigError(
-                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
-            )
-        if k in QUOTAS:
-            changes[k] = _quota_from(v, getattr(base, k), source, f"limits.{k}")
-        elif k == "users":
-            if not isinstance(v, dict):
-                raise ConfigError(source, key, 'must be a table: [limits.users."news@example.org"]')
-            changes[k] = v  # resolved below, over the final [limits.user]
-        elif k == "exempt":
-            items = [v] if isinstance(v, str) else v
-            if not isinstance(items, list):
-                raise ConfigError(source, key, "expected a list of addresses or networks")
-            changes[k] = tuple(parse_network(x, source, key) for x in items)
-        elif k == "store":
-            if v not in ("memory", "sqlite"):
-                raise ConfigError(source, key, f"{v!r} is not one of memory, sqlite")
-            changes[k] = v
-        elif k in ("enabled", "notify_user"):
-            if not isinstance(v, bool):
-                raise ConfigError(source, key, f"expected true or false, got {v!r}")
-            changes[k] = v
-        elif k == "ipv6_prefix":
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 128:
-                raise ConfigError(source, key, f"expected a prefix length from 1 to 128, got {v!r}")
-            changes[k] = v
-        elif k in ("auth_failures", "auth_failures_address"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(source, key, f"expected a whole number of at least 1, got {v!r}")
-            changes[k] = v
-        else:
-            changes[k] = parse_duration(v, source, key)
-    user_base: Quota = changes.get(USER, base.user)
-    users = changes.pop("users", {})
-    overrides = []
-    for login, sub in users.items():
-        name = str(login).strip().lower()
-        if "@" not in name:
-            raise ConfigError(
-                source, f"[limits.users.{login!r}]", "must be an address, e.g. news@example.org"
-            )
-        overrides.append((name, _quota_from(sub, user_base, source, f"limits.users.{login}")))
-    changes["users"] = tuple(overrides)
-    cfg = replace(base, **changes)
-    if cfg.auth_delay_max < cfg.auth_delay:
-        raise ConfigError(source, "[limits] auth_delay_max", "must not be smaller than auth_delay")
-    return cfg
-
-
 __all__ = [
     "ADDRESS",
     "HOLD",
@@ -594,7 +484,6 @@ __all__ = [
     "check_rcpt_limits",
     "client_key",
     "hold_reason",
-    "parse_limits",
     "subject_for",
     "window_end",
     "with_limit",

@@ -24,6 +24,7 @@ from postvakt.policy.types import (
     Client,
     Decision,
     DirectoryView,
+    Result,
     Step,
     Verdict,
 )
@@ -61,8 +62,39 @@ def relay_denied_reply(rcpt: Address, config: Config, hints: tuple[str, ...] = (
 def check_rcpt(client: Client, rcpt: Address, config: Config, directory: DirectoryView) -> Decision:
     """May this client hand us mail for `rcpt`? Accept for our domains, relay only by a road."""
     trace: list[Step] = []
-    domain = rcpt.domain
+    decided = _our_recipient(rcpt, config, directory, trace)
+    if decided is not None:
+        return decided
+    hints: list[str] = []
+    for road in road_rules.each_road(client, config):
+        if road.ok:
+            trace.append(Step(road.rule, PERMIT, f"{road.detail}: may relay to {rcpt}"))
+            return Decision(Verdict.PERMIT, RCPT_OK, road.rule, tuple(trace))
+        trace.append(Step(road.rule, NO_MATCH, road.detail))
+        hints.append(road.hint)
 
+    if config.is_relay_domain(rcpt.domain):
+        where = f"{rcpt} asks for routing elsewhere"
+    else:
+        where = f"{rcpt.domain} is not our domain"
+    reply = relay_denied_reply(rcpt, config, (where, *hints))
+    verdict = Verdict.DEFER if reply.temporary else Verdict.REJECT
+    trace.append(
+        Step(
+            REJECT_UNAUTH_DESTINATION,
+            Result(verdict.value),
+            f"{rcpt} is a foreign recipient and no road permits relaying for {client.ip}",
+        )
+    )
+    return Decision(verdict, reply, REJECT_UNAUTH_DESTINATION, tuple(trace))
+
+
+def _our_recipient(
+    rcpt: Address, config: Config, directory: DirectoryView, trace: list[Step]
+) -> Decision | None:
+    """local_domain and relay_domain: the decision for one of our recipients; None
+    for a foreign one (its steps are in `trace`), which only a road may relay."""
+    domain = rcpt.domain
     if not domain and not rcpt.is_null:
         trace.append(
             Step(
@@ -100,41 +132,8 @@ def check_rcpt(client: Client, rcpt: Address, config: Config, directory: Directo
         )
         return Decision(Verdict.PERMIT, RCPT_OK, RELAY_DOMAIN, tuple(trace))
     if config.is_relay_domain(domain):
-        trace.append(
-            Step(
-                RELAY_DOMAIN,
-                NO_MATCH,
-                f"{domain} is a relay domain, but the local part {rcpt.local!r} asks for routing elsewhere",
-            )
-        )
+        detail = f"{domain} is a relay domain, but the local part {rcpt.local!r} asks for routing elsewhere"
     else:
-        trace.append(
-            Step(
-                RELAY_DOMAIN,
-                NO_MATCH,
-                f"{domain} is not a relay domain (relay: {_domains_words(config.domains.relay)})",
-            )
-        )
-
-    hints: list[str] = []
-    for road in road_rules.each_road(client, config):
-        if road.ok:
-            trace.append(Step(road.rule, PERMIT, f"{road.detail}: may relay to {rcpt}"))
-            return Decision(Verdict.PERMIT, RCPT_OK, road.rule, tuple(trace))
-        trace.append(Step(road.rule, NO_MATCH, road.detail))
-        hints.append(road.hint)
-
-    if config.is_relay_domain(domain):
-        where = f"{rcpt} asks for routing elsewhere"
-    else:
-        where = f"{domain} is not our domain"
-    reply = relay_denied_reply(rcpt, config, (where, *hints))
-    verdict = Verdict.DEFER if reply.temporary else Verdict.REJECT
-    trace.append(
-        Step(
-            REJECT_UNAUTH_DESTINATION,
-            verdict.value,
-            f"{rcpt} is a foreign recipient and no road permits relaying for {client.ip}",
-        )
-    )
-    return Decision(verdict, reply, REJECT_UNAUTH_DESTINATION, tuple(trace))
+        detail = f"{domain} is not a relay domain (relay: {_domains_words(config.domains.relay)})"
+    trace.append(Step(RELAY_DOMAIN, NO_MATCH, detail))
+    return None

@@ -40,7 +40,7 @@ from postvakt.policy.types import (
 from postvakt.reply import Reply
 
 if TYPE_CHECKING:
-    from postvakt.config import Config
+    from postvakt.config import Config, SenderMode
 
 NULL_SENDER = "null_sender"
 SENDER_AUTHENTICATED = "sender_authenticated"
@@ -72,10 +72,10 @@ MAIL_OK = Reply(250, "2.1.0", "Ok")
 HEADER_OK = Reply(250, "2.0.0", "Ok")
 
 # Enforcement strength, weakest first; a combined check takes the weaker.
-_STRENGTH = {"off": 0, "warn": 1, "reject": 2}
+_STRENGTH: dict[SenderMode, int] = {"off": 0, "warn": 1, "reject": 2}
 
 
-def _weaker(a: str, b: str) -> str:
+def _weaker(a: SenderMode, b: SenderMode) -> SenderMode:
     return a if _STRENGTH[a] <= _STRENGTH[b] else b
 
 
@@ -87,7 +87,7 @@ class _Finding:
     ok: bool
     detail: str
     reason: str = ""
-    enforce: str = "reject"
+    enforce: SenderMode = "reject"
     login: str | None = None
 
 
@@ -145,68 +145,83 @@ def _judge_address(
     config: Config,
     directory: DirectoryView,
 ) -> _Finding:
-    if road is not None and road.rule == road_rules.PERMIT_AUTHENTICATED:
-        login = road.login or ""
-        mode = config.sender.authenticated
-        if mode == "off":
-            return _Finding(
-                SENDER_AUTHENTICATED,
-                True,
-                "[sender] authenticated = off: logged-in users may use any sender",
-            )
-        if directory.may_send_as(login, str(address)):
-            return _Finding(
-                SENDER_AUTHENTICATED, True, f"{login} may send as {address}", login=login
-            )
+    """The rule of the road the client came by (none: mail from outside)."""
+    if road is None:
+        return _judge_outside(address, config)
+    if road.rule == road_rules.PERMIT_AUTHENTICATED:
+        return _judge_authenticated(address, road, config, directory)
+    return _judge_trusted(address, road, config, directory)
+
+
+def _judge_authenticated(
+    address: Address, road: road_rules.Road, config: Config, directory: DirectoryView
+) -> _Finding:
+    login = road.login or ""
+    mode = config.sender.authenticated
+    if mode == "off":
         return _Finding(
             SENDER_AUTHENTICATED,
-            False,
-            f"{login} may not send as {address}: not the user's own address, alias or send-as grant",
-            f"not owned by user {login}",
-            mode,
-            login,
+            True,
+            "[sender] authenticated = off: logged-in users may use any sender",
         )
+    if directory.may_send_as(login, str(address)):
+        return _Finding(SENDER_AUTHENTICATED, True, f"{login} may send as {address}", login=login)
+    return _Finding(
+        SENDER_AUTHENTICATED,
+        False,
+        f"{login} may not send as {address}: not the user's own address, alias or send-as grant",
+        f"not owned by user {login}",
+        mode,
+        login,
+    )
 
-    if road is not None:
-        key = _ROAD_KEY[road.rule]
-        rule = f"sender_{key}"
-        mode = getattr(config.sender, key)
-        if mode == "any":
-            return _Finding(rule, True, f"[sender] {key} = any: {address} allowed")
-        if mode == "domain":
-            if _is_ours(address, config):
-                return _Finding(
-                    rule, True, f"[sender] {key} = domain: {address.domain} is one of our domains"
-                )
+
+def _judge_trusted(
+    address: Address, road: road_rules.Road, config: Config, directory: DirectoryView
+) -> _Finding:
+    """Networks, allowed clients, POP-before-SMTP: `[sender]` any | domain | owner."""
+    key = _ROAD_KEY[road.rule]
+    rule = f"sender_{key}"
+    mode = getattr(config.sender, key)
+    if mode == "any":
+        return _Finding(rule, True, f"[sender] {key} = any: {address} allowed")
+    if mode == "domain":
+        if _is_ours(address, config):
             return _Finding(
-                rule,
-                False,
-                f"[sender] {key} = domain: {address.domain or address} is not one of our domains",
-                "not in our domains",
-            )
-        # "owner": the road's user must own the address.
-        if road.login is None:
-            return _Finding(
-                rule,
-                False,
-                f"[sender] {key} = owner, but this road has no user to own {address}",
-                "not logged in",
-            )
-        if directory.may_send_as(road.login, str(address)):
-            return _Finding(
-                rule,
-                True,
-                f"[sender] {key} = owner: {road.login} may send as {address}",
-                login=road.login,
+                rule, True, f"[sender] {key} = domain: {address.domain} is one of our domains"
             )
         return _Finding(
             rule,
             False,
-            f"[sender] {key} = owner: {road.login} may not send as {address}",
-            f"not owned by user {road.login}",
+            f"[sender] {key} = domain: {address.domain or address} is not one of our domains",
+            "not in our domains",
+        )
+    # "owner": the road's user must own the address.
+    if road.login is None:
+        return _Finding(
+            rule,
+            False,
+            f"[sender] {key} = owner, but this road has no user to own {address}",
+            "not logged in",
+        )
+    if directory.may_send_as(road.login, str(address)):
+        return _Finding(
+            rule,
+            True,
+            f"[sender] {key} = owner: {road.login} may send as {address}",
             login=road.login,
         )
+    return _Finding(
+        rule,
+        False,
+        f"[sender] {key} = owner: {road.login} may not send as {address}",
+        f"not owned by user {road.login}",
+        login=road.login,
+    )
 
+
+def _judge_outside(address: Address, config: Config) -> _Finding:
+    """A client on no road: any foreign sender, none of ours (unauthenticated_local)."""
     mode = config.sender.unauthenticated_local
     if not _claims_ours(address, config):
         return _Finding(

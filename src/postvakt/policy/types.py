@@ -9,7 +9,16 @@ from typing import Literal, Protocol
 from postvakt.reply import Reply
 
 # The ports a client can reach us on; the SMTP layer passes one of these.
-PORTS = ("smtp", "submission", "submissions")
+Port = Literal["smtp", "submission", "submissions"]
+PORTS: tuple[Port, ...] = ("smtp", "submission", "submissions")
+
+
+def port_kind(value: str) -> Port:
+    """A listener or option name as the type; ValueError for anything else."""
+    for p in PORTS:
+        if value == p:
+            return p
+    raise ValueError(f"{value!r} is not one of {', '.join(PORTS)}")
 
 
 class Verdict(enum.Enum):
@@ -29,14 +38,26 @@ class Verdict(enum.Enum):
         return self in (Verdict.PERMIT, Verdict.WARN, Verdict.HOLD)
 
 
-# Step results. A rule either decides ("permit", "reject", "defer", "warn")
-# or says why it did not apply ("no match"), or was switched off ("off").
-PERMIT = "permit"
-REJECT = "reject"
-DEFER = "defer"
-WARN = "warn"
-NO_MATCH = "no match"
-OFF = "off"
+class Result(enum.StrEnum):
+    """A step's outcome. A rule either decides ("permit", "reject", "defer",
+    "warn", "hold") or says why it did not apply ("no match"), or was switched
+    off ("off"). A str: the log, the trace text and JSON show the plain word."""
+
+    PERMIT = "permit"
+    REJECT = "reject"
+    DEFER = "defer"
+    WARN = "warn"
+    HOLD = "hold"
+    NO_MATCH = "no match"
+    OFF = "off"
+
+
+PERMIT = Result.PERMIT
+REJECT = Result.REJECT
+DEFER = Result.DEFER
+WARN = Result.WARN
+NO_MATCH = Result.NO_MATCH
+OFF = Result.OFF
 
 
 @dataclass(frozen=True)
@@ -44,7 +65,7 @@ class Step:
     """One rule tried: its name (as in config and log), outcome, and why in plain words."""
 
     rule: str
-    result: str
+    result: Result
     detail: str
 
     def __str__(self) -> str:
@@ -92,7 +113,7 @@ class Client:
     """
 
     ip: str
-    port: str = "smtp"
+    port: Port = "smtp"
     tls: bool = False
     login: str | None = None
     grant: Grant | None = None

@@ -19,28 +19,29 @@ import email.utils
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from postvakt import clock, metrics, smtp
-from postvakt.address import Address, AddressError, parse_header_addresses
+from postvakt.address import Address
 from postvakt.directory import DirectoryUnavailable
 from postvakt.dnsclient import client_for
 from postvakt.grants.logins import Outcome
 from postvakt.logtext import printable
 from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.net import client_address
-from postvakt.policy import (
-    Client,
-    Decision,
-    Grant,
-    Verdict,
-    check_header_from,
-    check_rcpt,
-    check_sender,
-)
+from postvakt.policy import Client, Decision, Grant, Port, port_kind
 from postvakt.policy.limits import Usage
-from postvakt.policy.limits import hold_reason as limits_hold_reason
 from postvakt.policy.roads import Road, each_road, first_open
+from postvakt.policy.session import (
+    Answer,
+    Counted,
+    on_end_of_data,
+    on_mail,
+    on_rcpt,
+    requires_auth,
+    requires_starttls,
+)
 from postvakt.queue import Envelope, QueueWriteError, Recipient
 from postvakt.reply import Reply
 from postvakt.server.handshake import listener_of, start_server_tls
@@ -48,9 +49,15 @@ from postvakt.server.proxy import Proxied
 from postvakt.smtp import replies as smtp_replies
 
 if TYPE_CHECKING:
-    from postvakt.queue import IncomingMessage
+    from postvakt.auth import Authenticator
+    from postvakt.config import Config
+    from postvakt.directory import Directory
+    from postvakt.grants import GrantStore
+    from postvakt.grants.logins import LoginThrottle
+    from postvakt.policy.limits import Subject
+    from postvakt.queue import IncomingMessage, Queue
     from postvakt.server.accept import Slot
-    from postvakt.server.app import App
+    from postvakt.store import State
 
 log = logging.getLogger("postvakt.smtp")
 
@@ -68,7 +75,6 @@ WARNING_HEADER = "X-Postvakt-Sender-Warning"
 REPLY_DATA_GO = smtp_replies.START_DATA
 REPLY_QUEUE_ERROR = QueueWriteError.reply
 REPLY_NO_SPACE = Reply(452, "4.3.1", "Insufficient system storage")
-REPLY_HEADER_TOO_LONG = Reply(552, "5.3.4", "Header section too long to check the sender")
 
 
 def received_protocol(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str:
@@ -82,20 +88,88 @@ def received_protocol(esmtp: bool, tls: bool, auth: bool, smtputf8: bool) -> str
     return ("UTF8SMTP" if smtputf8 else "ESMTP") + ("S" if tls else "") + ("A" if auth else "")
 
 
-def _header_values(headers: tuple[tuple[str, str], ...], name: str) -> list[str]:
-    return [v for k, v in headers if k.lower() == name]
+class Limits(Protocol):
+    """The outbound limits' state (`server.limits.Limiter`): who is counted, their counts,
+    and the bookkeeping after a message was queued."""
+
+    def subject(self, config: Config, client: Client) -> Subject | None: ...
+
+    def usage(self, subject: Subject | None, now: float) -> Usage: ...
+
+    async def accepted(
+        self, config: Config, client: Client, queue_id: str, recipients: int, held: str | None
+    ) -> None: ...
+
+
+class SessionContext(Protocol):
+    """What an SMTP session may use of the server (`server.app.App`), and nothing more."""
+
+    @property
+    def config(self) -> Config: ...
+    @property
+    def directory(self) -> Directory: ...
+    @property
+    def authenticator(self) -> Authenticator: ...
+    @property
+    def grants(self) -> GrantStore: ...
+    @property
+    def login_throttle(self) -> LoginThrottle: ...
+    @property
+    def queue(self) -> Queue: ...
+    @property
+    def ssl_context(self) -> Any: ...
+    @property
+    def state(self) -> State | None: ...
+    @property
+    def limiter(self) -> Limits | None: ...
+    @property
+    def sessions(self) -> set[Any]: ...
+    @property
+    def tasks(self) -> set[asyncio.Future[Any]]: ...
+
+    async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None: ...
+
+    def low_on_space(self, announced_size: int | None) -> bool: ...
+
+    def message_queued(self) -> None: ...
+
+    def crash_point(self, name: str) -> None: ...
+
+
+@dataclass
+class Transaction:
+    """One mail transaction from MAIL to the end of data, as one value.
+
+    HELO, RSET, MAIL, STARTTLS and a queued message start a new one.
+    """
+
+    # The accepted MAIL command (sender and parameters); None before MAIL.
+    mail: smtp.MailFrom | None = None
+    recipients: list[Recipient] = field(default_factory=list)
+    # Why a limit sends the message to the hold queue; None: delivered.
+    hold: str | None = None
+    # Findings of checks in "warn" mode, carried in the message.
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def sender(self) -> str:
+        return str(self.mail.sender) if self.mail is not None else ""
+
+    @property
+    def smtputf8(self) -> bool:
+        return bool(self.mail and self.mail.smtputf8)
 
 
 class SMTPSession(asyncio.Protocol):
     # Set before connection_made on a PROXY listener: the client the header names.
     proxied: Proxied | None = None
 
-    def __init__(self, app: App, kind: str, slot: Slot | None = None) -> None:
+    def __init__(self, app: SessionContext, kind: str, slot: Slot | None = None) -> None:
         self.app = app
         # This session's settings from its start to its end: a reload (SIGHUP) applies
         # to the sessions that start after it, as Postfix's and Dovecot's do.
         self.config = app.config
-        self.kind = kind  # "smtp" | "submission" | "submissions"
+        self.kind: Port = port_kind(kind)
         # This connection's place in the accept path's counts, given back when it ends.
         self.slot = slot
         self.transport: asyncio.Transport | None = None
@@ -106,11 +180,7 @@ class SMTPSession(asyncio.Protocol):
         self.closing = False
         self.msg: IncomingMessage | None = None
         self.msg_failed = False
-        self.sender = ""
-        self.rcpts: list[Recipient] = []
-        self.mail_event: smtp.MailFrom | None = None
-        self.hold_reason: str | None = None
-        self.warnings: list[str] = []
+        self.tx = Transaction()
         # Several nodes: the grant and counts read off the loop for this command.
         self.shared_grant: Grant | None = None
         self.shared_usage: Usage | None = None
@@ -122,7 +192,8 @@ class SMTPSession(asyncio.Protocol):
 
     @property
     def in_transaction(self) -> bool:
-        return bool(self.sender or self.rcpts or self.msg is not None)
+        tx = self.tx
+        return bool(tx.mail is not None or tx.recipients or self.msg is not None)
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -150,8 +221,8 @@ class SMTPSession(asyncio.Protocol):
                 max_line_length=cfg.smtp.max_line_length,
                 tls_available=self.app.ssl_context is not None,
                 tls_active=tls_active,
-                require_tls=self.kind == "submission",
-                require_auth=self.kind in ("submission", "submissions"),
+                require_tls=requires_starttls(self.kind),
+                require_auth=requires_auth(self.kind),
             )
         )
         self.app.sessions.add(self)
@@ -270,6 +341,11 @@ class SMTPSession(asyncio.Protocol):
             grant = self.app.grants.lookup(self.ip, now)
         else:
             grant = None
+        return self._client_as(grant, now)
+
+    def _client_as(self, grant: Grant | None, now: float) -> Client:
+        """The policy's view of this connection, with the grant read for it."""
+        assert self.conn is not None
         return Client(
             ip=self.ip,
             port=self.kind,
@@ -400,16 +476,11 @@ class SMTPSession(asyncio.Protocol):
 
     def _reset_transaction(self) -> None:
         self._abort_message()
-        self.sender = ""
-        self.rcpts = []
-        self.mail_event = None
-        self.hold_reason = None
-        self.warnings = []
+        self.tx = Transaction()
 
     async def _read_shared(self, handler: Callable[[Any], None], event: object) -> None:
         """A shared store over the network: read the grant and counts in a thread, then decide."""
-        assert self.conn is not None
-        conn, app = self.conn, self.app
+        app = self.app
 
         def read(now: float) -> tuple[Grant | None, Usage | None]:
             grant = (
@@ -417,9 +488,7 @@ class SMTPSession(asyncio.Protocol):
             )
             if app.limiter is None:
                 return grant, None
-            client = Client(
-                ip=self.ip, port=self.kind, tls=conn.tls, login=conn.login, grant=grant, now=now
-            )
+            client = self._client_as(grant, now)
             return grant, app.limiter.usage(app.limiter.subject(app.config, client), now)
 
         loop = asyncio.get_running_loop()
@@ -444,38 +513,53 @@ class SMTPSession(asyncio.Protocol):
             self.conn.respond(REPLY_NO_SPACE)
             return
         client = self._client()
-        decision = check_sender(client, ev.sender, self.config, self.app.directory)
-        self._log_decision("MAIL", decision, **{"from": str(ev.sender)})
-        if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_mail(self.config, client, self.shared_usage)
-            if limit.verdict is not Verdict.PERMIT:
-                self._log_decision("LIMIT", limit, **{"from": str(ev.sender)})
-                decision = decision if limit.accepted else limit
-                self.hold_reason = limits_hold_reason(limit)
-        if decision.reply.positive:
-            self.sender = str(ev.sender)
-            self.mail_event = ev
-            self.warnings.extend(s.detail for s in decision.trace if s.result == "warn")
-        self.conn.respond(decision.reply)
+        answer = on_mail(client, ev.sender, self.config, self.app.directory, self._counts(client))
+        self._log_answer("MAIL", answer, **{"from": str(ev.sender)})
+        self.tx.hold = answer.hold
+        if answer.decision.reply.positive:
+            self.tx.mail = ev
+            self.tx.warnings.extend(answer.warnings)
+        self.conn.respond(answer.decision.reply)
 
     def _on_rcpt(self, ev: smtp.RcptTo) -> None:
         assert self.conn is not None
-        client = self._client()
-        decision = check_rcpt(client, ev.recipient, self.config, self.app.directory)
-        self._log_decision("RCPT", decision, **{"from": self.sender, "to": str(ev.recipient)})
-        if decision.reply.positive and self.app.limiter is not None:
-            limit = self.app.limiter.check_rcpt(
-                self.config, client, len(self.rcpts), self.shared_usage
-            )
-            if limit.verdict is not Verdict.PERMIT:
-                self._log_decision("LIMIT", limit, **{"from": self.sender, "to": str(ev.recipient)})
-                decision = decision if limit.accepted else limit
-                self.hold_reason = self.hold_reason or limits_hold_reason(limit)
-        if decision.reply.positive:
-            self.rcpts.append(
+        client, tx = self._client(), self.tx
+        answer = on_rcpt(
+            client,
+            ev.recipient,
+            self.config,
+            self.app.directory,
+            self._counts(client),
+            len(tx.recipients),
+        )
+        self._log_answer("RCPT", answer, **{"from": tx.sender, "to": str(ev.recipient)})
+        tx.hold = tx.hold or answer.hold
+        if answer.decision.reply.positive:
+            tx.recipients.append(
                 Recipient(address=str(ev.recipient), orcpt=ev.orcpt, notify=ev.notify)
             )
-        self.conn.respond(decision.reply)
+        self.conn.respond(answer.decision.reply)
+
+    def _counts(self, client: Client) -> Callable[[], Counted] | None:
+        """The counters, read when the limits are consulted; None when none are kept."""
+        limiter = self.app.limiter
+        if limiter is None:
+            return None
+
+        def counts() -> Counted:
+            subject = limiter.subject(self.config, client)
+            usage = self.shared_usage
+            return Counted(
+                subject, usage if usage is not None else limiter.usage(subject, client.now)
+            )
+
+        return counts
+
+    def _log_answer(self, stage: str, answer: Answer, **fields: str) -> None:
+        """The policy's line; a limit that did more than permit has its own."""
+        self._log_decision(stage, answer.policy, **fields)
+        if answer.limit is not None and answer.limit_hit:
+            self._log_decision("LIMIT", answer.limit, **fields)
 
     async def _on_data_start(self) -> None:
         assert self.conn is not None
@@ -505,82 +589,29 @@ class SMTPSession(asyncio.Protocol):
             self.msg_failed = True
 
     async def _on_end_of_data(self, ev: smtp.EndOfData) -> None:
+        """Refuse, or commit and answer 250: the header policy, the checks, the commit."""
         conn = self.conn
         assert conn is not None
         msg, self.msg = self.msg, None
-        if msg is None:
-            conn.respond(REPLY_QUEUE_ERROR)
+        if msg is None or self.msg_failed or ev.problem is not None:
+            self._refuse_data(msg, ev.problem)
             return
-        if ev.problem is not None:
-            msg.abort()
-            log.info(
-                "DATA client=%s login=%s id=%s refused reply=%r",
-                self.ip,
-                conn.login or "-",
-                msg.queue_id,
-                str(ev.problem),
-            )
-            metrics.smtpd_reject("data", ev.problem.code)
-            conn.respond(ev.problem)
-            return
-        if self.msg_failed:
-            msg.abort()
-            conn.respond(REPLY_QUEUE_ERROR)
-            return
-        if not ev.headers_complete and self.config.sender.header_from != "off":
-            # A From: beyond the part of the header we read could not be checked:
-            # refuse rather than let a forged sender through unseen.
-            msg.abort()
-            log.info(
-                "DATA client=%s login=%s id=%s refused: header section too long to check reply=%r",
-                self.ip,
-                conn.login or "-",
-                msg.queue_id,
-                str(REPLY_HEADER_TOO_LONG),
-            )
-            metrics.smtpd_reject("data", REPLY_HEADER_TOO_LONG.code)
-            conn.respond(REPLY_HEADER_TOO_LONG)
-            return
-        try:
-            header_from = [
-                a for v in _header_values(ev.headers, "from") for a in parse_header_addresses(v)
-            ]
-            header_sender = [
-                a for v in _header_values(ev.headers, "sender") for a in parse_header_addresses(v)
-            ]
-        except AddressError as e:
-            # A From: that two parsers would read differently (CVE-2023-27043) is
-            # refused rather than skipped: skipping would let a forged sender through.
-            if self.config.sender.header_from != "off":
-                msg.abort()
-                log.info(
-                    "DATA client=%s login=%s id=%s refused: bad From:/Sender: reply=%r",
-                    self.ip,
-                    conn.login or "-",
-                    msg.queue_id,
-                    str(e.reply),
-                )
-                metrics.smtpd_reject("data", e.reply.code)
-                conn.respond(e.reply)
-                return
-            header_from, header_sender = [], []
-        decision = check_header_from(
-            self._client(), header_from, header_sender, self.config, self.app.directory
+        header = on_end_of_data(
+            self._client(), ev.headers, ev.headers_complete, self.config, self.app.directory
         )
-        self._log_decision(
-            "DATA", decision, **{"id": msg.queue_id, "header_from": ",".join(map(str, header_from))}
-        )
-        if not decision.reply.positive:
+        header_from = ",".join(map(str, header.header_from))
+        self._log_decision("DATA", header.decision, id=msg.queue_id, header_from=header_from)
+        if not header.decision.reply.positive:
             msg.abort()
-            conn.respond(decision.reply)
+            conn.respond(header.decision.reply)
             return
         road = first_open(each_road(self._client(), self.config))
-        auth = await self._check_authentication(msg, road, header_from)
+        auth = await self._check_authentication(msg, road, header.header_from)
         if auth is not None and not auth.decision.reply.positive:
             msg.abort()
             conn.respond(auth.decision.reply)
             return
-        warnings = self.warnings + [s.detail for s in decision.trace if s.result == "warn"]
+        warnings = [*self.tx.warnings, *header.warnings]
         for w in warnings:
             log.warning(
                 "sender warning id=%s client=%s login=%s: %s",
@@ -589,19 +620,43 @@ class SMTPSession(asyncio.Protocol):
                 conn.login or "-",
                 w,
             )
-        mail = self.mail_event
-        envelope = Envelope(
-            sender=self.sender,
-            recipients=tuple(self.rcpts),
+        await self._commit(msg, self._envelope(road, auth, warnings), ev.size)
+
+    def _refuse_data(self, msg: IncomingMessage | None, problem: Reply | None) -> None:
+        """A message that is not taken whatever the policy says: the core's refusal
+        (bare LF, too big, too many hops, ...) or a spool that failed us."""
+        assert self.conn is not None
+        if msg is not None:
+            msg.abort()
+        if msg is None or problem is None:
+            self.conn.respond(REPLY_QUEUE_ERROR)
+            return
+        log.info(
+            "DATA client=%s login=%s id=%s refused reply=%r",
+            self.ip,
+            self.conn.login or "-",
+            msg.queue_id,
+            str(problem),
+        )
+        metrics.smtpd_reject("data", problem.code)
+        self.conn.respond(problem)
+
+    def _envelope(self, road: Road | None, auth: Judgement | None, warnings: list[str]) -> Envelope:
+        conn, tx = self.conn, self.tx
+        assert conn is not None
+        mail = tx.mail
+        return Envelope(
+            sender=tx.sender,
+            recipients=tuple(tx.recipients),
             received_at=time.time(),
             client_ip=self.ip,
             helo=conn.helo or "",
             login=conn.login,
-            smtputf8=bool(mail and mail.smtputf8),
+            smtputf8=tx.smtputf8,
             body=mail.body if mail else None,
             ret=mail.ret if mail else None,
             envid=mail.envid if mail else None,
-            hold=self.hold_reason or (auth.hold if auth else None),
+            hold=tx.hold or (auth.hold if auth else None),
             # Authentication-Results: first (RFC 8601 §5: at the top of the message).
             headers=(
                 *([auth.header] if auth else []),
@@ -611,6 +666,11 @@ class SMTPSession(asyncio.Protocol):
             road=road.rule if road is not None and not warnings else None,
             authserv_id=self.config.hostname,
         )
+
+    async def _commit(self, msg: IncomingMessage, envelope: Envelope, size: int) -> None:
+        """THE COMMIT POINT, then the 250; the limits count the message after it."""
+        conn, tx = self.conn, self.tx
+        assert conn is not None
         try:
             await self.app.commit(msg, envelope)
         except (QueueWriteError, OSError) as e:
@@ -624,10 +684,10 @@ class SMTPSession(asyncio.Protocol):
             msg.queue_id,
             self.ip,
             conn.login or "-",
-            self.sender,
-            len(self.rcpts),
-            ev.size,
-            " hold=" + self.hold_reason if self.hold_reason else "",
+            tx.sender,
+            len(tx.recipients),
+            size,
+            " hold=" + tx.hold if tx.hold else "",
         )
         metrics.message_accepted(self.kind, envelope.hold)
         conn.respond(smtp_replies.queued(msg.queue_id))
@@ -636,18 +696,12 @@ class SMTPSession(asyncio.Protocol):
         self.app.message_queued()
         if self.app.limiter is not None:
             await self.app.limiter.accepted(
-                self.config, self._client(), msg.queue_id, len(self.rcpts), self.hold_reason
+                self.config, self._client(), msg.queue_id, len(tx.recipients), tx.hold
             )
-        self.sender, self.rcpts, self.mail_event, self.hold_reason, self.warnings = (
-            "",
-            [],
-            None,
-            None,
-            [],
-        )
+        self.tx = Transaction()
 
     async def _check_authentication(
-        self, msg: IncomingMessage, road: Road | None, header_from: list[Address]
+        self, msg: IncomingMessage, road: Road | None, header_from: tuple[Address, ...]
     ) -> Judgement | None:
         """SPF, DKIM and DMARC (`[auth_checks]`) for mail from outside: port 25,
         a client on no road. None when they do not apply or are off."""
@@ -664,12 +718,12 @@ class SMTPSession(asyncio.Protocol):
         inbound = Inbound(
             ip=self.ip,
             helo=self.conn.helo or "",
-            mail_from=self.sender,
+            mail_from=self.tx.sender,
             message=message,
             from_domains=tuple(a.domain.lower() for a in header_from if a.domain),
         )
         auth = await judge(client_for(cfg.dns), cfg, inbound)
-        self._log_decision("CHECKS", auth.decision, **{"id": msg.queue_id, "from": self.sender})
+        self._log_decision("CHECKS", auth.decision, **{"id": msg.queue_id, "from": self.tx.sender})
         return auth
 
     async def _on_auth(self, ev: smtp.AuthCredentials) -> None:
@@ -778,8 +832,7 @@ class SMTPSession(asyncio.Protocol):
         """RFC 5321 §4.4 trace header, stamped with the local time and its real offset."""
         conn = self.conn
         assert conn is not None
-        smtputf8 = bool(self.mail_event and self.mail_event.smtputf8)
-        proto = received_protocol(conn.esmtp, conn.tls, bool(conn.login), smtputf8)
+        proto = received_protocol(conn.esmtp, conn.tls, bool(conn.login), self.tx.smtputf8)
         helo = (conn.helo or "unknown").replace("\r", "").replace("\n", "")[:255]
         lines = [
             f"Received: from {helo} ([{self.ip}])",
@@ -787,8 +840,8 @@ class SMTPSession(asyncio.Protocol):
         ]
         if self.tls_info and conn.tls:
             lines.append(f"\t(using {self.tls_info})")
-        if len(self.rcpts) == 1:
-            lines.append(f"\tfor <{self.rcpts[0].address}>")
+        if len(self.tx.recipients) == 1:
+            lines.append(f"\tfor <{self.tx.recipients[0].address}>")
         lines[-1] += ";"
         # RFC 5322 §3.3: "-0000" means "local time unknown"; we know it.
         lines.append("\t" + email.utils.formatdate(localtime=True))

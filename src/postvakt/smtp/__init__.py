@@ -16,6 +16,7 @@ reading when `conn.buffered` grows: the core keeps pipelined input.
 """
 
 from postvakt.smtp._connection import SMTPServer
+from postvakt.smtp._data import header_section_of
 from postvakt.smtp._errors import (
     LocalProtocolError,
     ProtocolError,
@@ -58,6 +59,7 @@ __all__ = [
     "Quit",
     "RcptTo",
     "SMTPServer",
+    "header_section_of",
     "Settings",
     "Signal",
     "StartTLS",

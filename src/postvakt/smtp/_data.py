@@ -70,6 +70,23 @@ def parse_header_section(section: bytes) -> tuple[tuple[str, str], ...]:
     return tuple((name, value.strip(" \t")) for name, value in headers)
 
 
+def header_section_of(message: bytes) -> tuple[tuple[tuple[str, str], ...], bool]:
+    """The header fields the reader keeps of a whole message, and whether they are all.
+
+    For a message that did not come over SMTP (`postvakt explain --message`):
+    lines end in CRLF (a file's bare LFs are taken as line ends) and are not
+    dot-stuffed. The reader itself reads it, so the end-of-data checks see
+    exactly what they see in a live session.
+    """
+    text = message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    stuffed = (b"\r\n" + text).replace(b"\r\n.", b"\r\n..")[2:]
+    reader = DataReader(max_size=len(stuffed) + 1, max_hops=len(stuffed), max_line=0)
+    reader.consume(bytearray(stuffed + b".\r\n"))
+    return reader.headers, reader.headers_complete
+
+
 class DataReader:
     """One message, fed from the connection's buffer until <CRLF>.<CRLF>."""
 
