@@ -11,6 +11,7 @@ import re
 import smtplib
 import socket
 import ssl
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -392,9 +393,11 @@ def test_t10_many_bad_passwords_on_one_connection(tmp_path: Path) -> None:
             t = time.monotonic()
             replies.append(c.cmd(f"AUTH PLAIN {token}"))
             times.append(time.monotonic() - t)
-        # Slower after the soft error limit (10): every reply then waits error_sleep.
+        # Slower after the soft error limit (10): every reply then waits error_sleep, and
+        # before it none did. The wait is a floor; the first replies are told apart by the
+        # wait they lack, not by a bound a loaded machine's password checks could pass.
         assert min(times[10:19]) >= 1.95, times
-        assert max(times[:9]) < 1.95, times
+        assert statistics.median(times[10:19]) - statistics.median(times[:9]) >= 1.5, times
         assert all(r.startswith("535 5.7.8") for r in replies[:AUTH_FAILURES])
         assert all(r.startswith("454 4.7.0") for r in replies[AUTH_FAILURES:]), replies
         # The 20th error ends the session (Postfix smtpd_hard_error_limit).
