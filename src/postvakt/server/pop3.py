@@ -51,7 +51,7 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
-from postvakt.server.accept import Connections, Refused, Slot
+from postvakt.server.accept import Connections, Refused, Slot, client_limit
 from postvakt.server.handshake import Listening, listener_of, start_server_tls
 from postvakt.server.listeners import Opener
 from postvakt.server.proxy import Proxied
@@ -119,17 +119,13 @@ class POP3Context:
         if mode == "always":
             return True
         if mode == "networks":
-            return self.in_networks(ip)
+            return in_networks(ip, self.config.relay.networks)
         return False
-
-    def in_networks(self, ip: str) -> bool:
-        return in_networks(ip, self.config.relay.networks)
 
     def client_limit(self, ip: str) -> int:
         """`[pop3] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
-        if self.in_networks(ip):
-            return 0
-        return self.config.pop3.max_connections_per_client
+        cfg = self.config
+        return client_limit(ip, cfg.pop3.max_connections_per_client, cfg.relay.networks)
 
     @staticmethod
     def refusal(why: Refused, ip: str) -> bytes:
