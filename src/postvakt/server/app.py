@@ -1,4 +1,4 @@
-"""One front process: the services a session uses (`App`), its listeners, stop and reload.
+"""One front process: its services built (`build_app`), its listeners, stop and reload.
 
 The front writes accepted mail into the queue and wakes the manager; it never
 delivers. `server/main.py` runs a front (and the node around it: the queue
@@ -16,7 +16,8 @@ addresses, directories, stores, the server user) refuses the whole reload
 with one line naming those keys, and the running config stays.
 
 Layering inside server/: main -> workers -> node, manager_process -> app ->
-smtp, pop3, limits, accept, listeners, ...; nothing below imports what sits above it.
+smtp, pop3 -> services (`App`), limits, accept, listeners, ...; nothing below
+imports what sits above it (tests/test_purity.py checks that no cycle forms).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,118 +38,24 @@ from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory, DirectoryUnavailable, SchemaError
-from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.mailauth.signing import Signer
-from postvakt.net import in_networks
-from postvakt.queue import Queue, crash_point
-from postvakt.queue.envelope import Envelope
-from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
-from postvakt.reply import Reply
+from postvakt.queue import Queue
 from postvakt.server import notify
-from postvakt.server.accept import Connections, Refused
 from postvakt.server.handshake import Listening
 from postvakt.server.limits import Limiter
 from postvakt.server.listeners import Opener
 from postvakt.server.pop3 import reload_pop3, start_pop3, stop_pop3
 from postvakt.server.privileges import server_identity
+from postvakt.server.services import App
 from postvakt.server.smtp import SMTPSession
 from postvakt.server.tls import ServerContext, reload_context, server_context
-from postvakt.store import State, open_state
+from postvakt.store import open_state
 
 log = logging.getLogger("postvakt")
 
-# How often the queue's free space is looked at (one statvfs, not one per MAIL).
-FREE_SPACE_CHECK_INTERVAL = 1.0
 # How long SIGTERM waits for transactions in flight before closing them.
 SHUTDOWN_GRACE = 10.0
-
-
-@dataclass(eq=False)
-class App:
-    config: Config
-    directory: Directory
-    authenticator: Authenticator
-    grants: GrantStore
-    login_throttle: LoginThrottle
-    queue: Queue
-    ssl_context: Any
-    # The shared state the stores above come from ([store] state).
-    state: State | None = None
-    manager: Any = None
-    # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
-    limiter: Any = None
-    # How listeners are opened (sockets handed down by the parent of several workers).
-    opener: Opener | None = None
-    sessions: set[Any] = field(default_factory=set)
-    # Every connection of the process, from accept to close (postvakt.server.accept).
-    connections: Connections = field(default_factory=lambda: Connections(1 << 30))
-    _free_bytes: int | None = None
-    _free_checked: float = -1e9
-    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
-    # Group commit (queue.spool.Committer), started by `run`; None: each commit
-    # runs alone in the default executor (tests that build an App themselves).
-    committer: Committer | None = None
-
-    def start_committer(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def resolve(results: list[tuple[object, QueueWriteError | None]]) -> None:
-            for fut, error in results:
-                assert isinstance(fut, asyncio.Future)
-                if not fut.done():  # a session cancelled meanwhile
-                    fut.set_result(error)
-
-        self.committer = Committer(lambda results: loop.call_soon_threadsafe(resolve, results))
-
-    async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None:
-        """Make an accepted message durable; returns once a crash cannot lose it."""
-        loop = asyncio.get_running_loop()
-        if self.committer is None:
-            await loop.run_in_executor(None, msg.commit, envelope)
-            return
-        done: asyncio.Future[QueueWriteError | None] = loop.create_future()
-        self.committer.submit(msg, envelope, done)
-        error = await done
-        if error is not None:
-            raise error
-
-    def low_on_space(self, announced_size: int | None) -> bool:
-        """Too little room in the queue for a message: say 452 at MAIL, not 451 after DATA."""
-        cfg = self.config.smtp
-        need = cfg.queue_minfree or int(1.5 * cfg.max_message_size)
-        need = max(need, int(1.5 * (announced_size or 0)))
-        now = time.monotonic()
-        if now - self._free_checked > FREE_SPACE_CHECK_INTERVAL:
-            try:
-                st = os.statvfs(self.queue.root)
-                self._free_bytes = st.f_bavail * st.f_frsize
-            except OSError:
-                self._free_bytes = None
-            self._free_checked = now
-        return self._free_bytes is not None and self._free_bytes < need
-
-    def in_networks(self, ip: str) -> bool:
-        return in_networks(ip, self.config.relay.networks)
-
-    def smtp_client_limit(self, ip: str) -> int:
-        """`[smtp] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
-        if self.in_networks(ip):
-            return 0
-        return self.config.smtp.max_connections_per_client
-
-    def smtp_refusal(self, why: Refused, ip: str) -> bytes:
-        name = self.config.hostname
-        if why is Refused.CLIENT:
-            return Reply(421, "4.7.0", f"{name} Error: too many connections from {ip}").encode()
-        return Reply(421, "4.7.0", f"{name} Error: too many connections").encode()
-
-    def message_queued(self) -> None:
-        if self.manager is not None:
-            self.manager.wake()
-
-    def crash_point(self, name: str) -> None:
-        crash_point(name)
 
 
 def build_app(config: Config) -> App:

@@ -25,7 +25,6 @@ from postvakt import metrics
 from postvakt.config import Config, ConfigError
 from postvakt.grants.report import socket_path
 from postvakt.server import notify
-from postvakt.server.app import App
 from postvakt.server.grantreport import (
     GrantReports,
     allowed_uids,
@@ -33,6 +32,7 @@ from postvakt.server.grantreport import (
     stop_grant_reports,
 )
 from postvakt.server.metrics import Levels, MetricsServer, start_metrics
+from postvakt.server.services import App
 from postvakt.web.app import WebDeps, WebServer, start_web
 
 log = logging.getLogger("postvakt")

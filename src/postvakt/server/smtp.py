@@ -50,7 +50,7 @@ from postvakt.smtp import replies as smtp_replies
 if TYPE_CHECKING:
     from postvakt.queue import IncomingMessage
     from postvakt.server.accept import Slot
-    from postvakt.server.app import App
+    from postvakt.server.services import App
 
 log = logging.getLogger("postvakt.smtp")
 

@@ -52,7 +52,6 @@ from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
 from postvakt.server.app import (
     SHUTDOWN_GRACE,
-    App,
     bind_error,
     build_app,
     listen,
@@ -64,6 +63,7 @@ from postvakt.server.manager_process import ManagerProcess
 from postvakt.server.node import NodeServices, announce_ready, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
+from postvakt.server.services import App
 
 log = logging.getLogger("postvakt.workers")
 
