@@ -28,7 +28,6 @@ import functools
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -159,16 +158,6 @@ async def listen(app: App) -> list[tuple[str, Listening]]:
         for i, srv in enumerate(pop_servers):
             servers.append(("pop3" if i < n_plain else "pop3s", srv))
     return servers
-
-
-def bound_addresses(servers: list[tuple[str, Listening]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for kind, srv in servers:
-        for s in srv.sockets:
-            name = s.getsockname()
-            host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
-            out.setdefault(kind, []).append(f"{host}:{name[1]}")
-    return out
 
 
 async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:

@@ -35,7 +35,6 @@ from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
 from postvakt.server.app import (
     SHUTDOWN_GRACE,
-    bound_addresses,
     build_app,
     listen,
     reload_config,
@@ -43,7 +42,7 @@ from postvakt.server.app import (
     stop_front,
 )
 from postvakt.server.manager_process import ManagerProcess, run_queue_manager
-from postvakt.server.node import NodeServices, announce_ready, stop_signal
+from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
 from postvakt.server.workers import run_worker, supervise
@@ -102,7 +101,7 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
     servers = await listen(app)
     node = NodeServices()
     try:
-        bound = bound_addresses(servers)
+        bound = bound_addresses((kind, s) for kind, srv in servers for s in srv.sockets)
         await node.start_http(app, bound)
         # Every port is bound: from here on the server user (when started as root).
         drop_privileges(config)

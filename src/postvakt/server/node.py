@@ -7,7 +7,8 @@ the node starts and stops these the same way, here:
 - `start_http` before the privilege drop (the web and metrics ports may be
   below 1024), `start_reports` after it (the socket belongs to the server
   user), `stop` first when SIGTERM comes, before the front stops;
-- `announce_ready` writes the readiness marker last, after every start-up line;
+- `bound_addresses` says which addresses the listeners really bound;
+  `announce_ready` writes the readiness marker last, after every start-up line;
 - `stop_signal` is the event SIGTERM and SIGINT set (SIGHUP calls a reload).
 """
 
@@ -17,7 +18,8 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +110,16 @@ async def _start_metrics(app: App, bound: dict[str, list[str]]) -> MetricsServer
         ) from None
     bound["metrics"] = srv.addresses
     return srv
+
+
+def bound_addresses(sockets: Iterable[tuple[str, socket.socket]]) -> dict[str, list[str]]:
+    """kind -> the addresses its sockets really bound ("[::1]:2525"), for the log and the marker."""
+    out: dict[str, list[str]] = {}
+    for kind, s in sockets:
+        name = s.getsockname()
+        host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
+        out.setdefault(kind, []).append(f"{host}:{name[1]}")
+    return out
 
 
 def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:

@@ -60,7 +60,7 @@ from postvakt.server.app import (
 )
 from postvakt.server.listeners import BindError, Opener, bind_all
 from postvakt.server.manager_process import ManagerProcess
-from postvakt.server.node import NodeServices, announce_ready, stop_signal
+from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
 from postvakt.server.services import App
@@ -199,15 +199,6 @@ def _exit_words(code: int) -> str:
     return f"code {code}"
 
 
-def _bound(sockets: dict[tuple[str, str], socket.socket]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for (kind, _), s in sockets.items():
-        name = s.getsockname()
-        host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
-        out.setdefault(kind, []).append(f"{host}:{name[1]}")
-    return out
-
-
 async def _all_ready(sup: Supervisor, config: Config) -> None:
     """Every worker listening; a worker that exits while starting stops the start."""
     loop = asyncio.get_running_loop()
@@ -241,7 +232,7 @@ async def supervise(config: Config, config_path: Path | None) -> int:
         sets = bind_all(config, n)
     except BindError as e:
         raise bind_error(e.kind, e.address, e.error, config.source) from None
-    bound = _bound(sets[0])
+    bound = bound_addresses((kind, s) for (kind, _), s in sets[0].items())
     node = NodeServices()
     try:
         await node.start_http(app, bound)
