@@ -4,6 +4,9 @@ A `Reply` is what the server says to a client: a three-digit code, an RFC 3463
 enhanced status code and text. The protocol core, the policy, the queue and
 delivery all speak in replies, so an error can travel from where it happens to
 the wire (or to a bounce) without being re-worded on the way.
+
+The one reply parser is here too (`reply_line_error`, `parse_reply`): the
+delivery client and the doctor's probe read a peer's replies the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from dataclasses import dataclass
 SASL_CHALLENGE = 334
 # RFC 5321 §4.2 textstring is TAB and %d32-126 (UTF-8 under RFC 6531); nothing else.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 5321 §4.2: Reply-code = %x32-35 %x30-35 %x30-39, then SP or "-" or the end.
+_REPLY_LINE = re.compile(r"^([2-5][0-5][0-9])([ -]|$)")
+# RFC 3463 §2: class "." subject "." detail, at the start of a reply line's text (RFC 2034 §4).
+_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 
 
 @dataclass(frozen=True)
@@ -66,3 +73,33 @@ class Reply:
 
     def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)
+
+
+def reply_line_error(line: str, first: str | None) -> str | None:
+    """Why one reply line breaks RFC 5321 §4.2 (None: it does not). `first`
+    is the reply's first line when this one continues it: every line of one
+    reply must carry the same code, or the reply means nothing certain."""
+    m = _REPLY_LINE.match(line)
+    if m is None:
+        return "not a reply line"
+    if first is not None and line[:3] != first[:3]:
+        return f"code {line[:3]} in a reply that began with {first[:3]}"
+    return None
+
+
+def parse_reply(lines: list[str]) -> Reply:
+    """The lines of one reply, without CRLF, -> a Reply.
+
+    The code is the last line's (the one that ends the reply; a reader that
+    checked each line with `reply_line_error` has made them all the same). The
+    RFC 3463 code is taken when the first line's text starts with one of the
+    code's class, and taken off every line that starts with one.
+    """
+    code = int(lines[-1][:3])
+    texts = [ln[4:] for ln in lines]
+    m = _ENHANCED.match(texts[0])
+    enhanced = ""
+    if m and m.group(1)[0] == str(code)[0]:
+        enhanced = m.group(1)
+        texts = [_ENHANCED.sub("", t, count=1) for t in texts]
+    return Reply(code, enhanced, "\n".join(texts))

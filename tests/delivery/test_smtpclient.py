@@ -17,12 +17,11 @@ from postvakt.delivery.smtpclient import (
     RcptParams,
     SMTPClient,
     SMTPClientError,
-    parse_reply,
     to_wire,
     xtext,
 )
 from postvakt.delivery.source import MessageSource
-from postvakt.reply import Reply
+from postvakt.reply import Reply, parse_reply
 from support import free_port
 
 MSG = MessageSource.from_bytes(b"Received: from a\r\nSubject: test\r\n\r\n.leading dot\r\nline\r\n")

@@ -8,7 +8,7 @@ import socket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postvakt.diagnose.client import ProbeError, SMTPClient, Transcript, _LineConnection
+from postvakt.diagnose.client import ProbeError, SMTPProbe, Transcript, _LineConnection
 from postvakt.diagnose.errortext import explain_error
 from postvakt.reply import Reply
 
@@ -41,7 +41,7 @@ def test_client_reads_any_server_bytes_without_crashing(blob: bytes) -> None:
     try:
         a.sendall(blob)
         a.close()
-        c = SMTPClient("127.0.0.1", 0, timeout=1)
+        c = SMTPProbe("127.0.0.1", 0, timeout=1)
         c.conn = _LineConnection(b, Transcript(), 1)
         try:
             r = c.read_reply()

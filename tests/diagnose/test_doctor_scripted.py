@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from doctor_fakeserver import FakeServer, Script
 
 from postvakt.cli.diagnose import doctor
-from postvakt.diagnose.client import POP3_ALLOWED, SMTP_ALLOWED, SMTPClient, check_command
+from postvakt.diagnose.client import POP3_ALLOWED, SMTP_ALLOWED, SMTPProbe, check_command
 from postvakt.diagnose.doctor import DoctorOptions, diagnose
 from support import free_port
 
@@ -77,7 +77,7 @@ def options(port: int, **kw: object) -> DoctorOptions:
 
 def test_client_has_no_way_to_send_data() -> None:
     assert not {"DATA", "BDAT"} & SMTP_ALLOWED
-    c = SMTPClient("127.0.0.1", 1)
+    c = SMTPProbe("127.0.0.1", 1)
     for line in ("DATA", "data", "BDAT 10 LAST", "VRFY root"):
         with pytest.raises(ValueError, match="never sends"):
             c.command(line)

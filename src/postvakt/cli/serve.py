@@ -8,7 +8,7 @@ import click
 
 from postvakt.cli.common import DEFAULT_CONFIG_NAME, config_option, resolve_config
 from postvakt.config import Config
-from postvakt.server.app import serve as run_serve
+from postvakt.server.main import serve as run_serve
 
 
 @click.command()

@@ -26,7 +26,7 @@ import ssl
 from dataclasses import dataclass
 
 from postvakt.delivery.source import MessageSource
-from postvakt.reply import Reply
+from postvakt.reply import Reply, parse_reply, reply_line_error
 
 # RFC 5321 §4.5.3.2: minimum client timeouts.
 TIMEOUT_GREETING = 300.0  # §4.5.3.2.1 initial 220: 5 minutes
@@ -44,10 +44,6 @@ MAX_LINE = 4096
 # does: a peer that enforces the limit gets the mail instead of refusing it, and
 # the SPACE keeps a broken header field one folded field (RFC 5322 §2.2.3).
 LINE_LENGTH_LIMIT = 998
-# RFC 5321 §4.2: Reply-code = %x32-35 %x30-35 %x30-39, then SP or "-" or the end.
-_REPLY_LINE = re.compile(r"^([2-5][0-5][0-9])([ -]|$)")
-
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})(?: |$)")
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -195,30 +191,6 @@ def xtext(value: str) -> str:
     return "".join(out)
 
 
-def parse_reply(lines: list[str]) -> Reply:
-    """Reply lines already checked by `reply_line_error` -> a Reply."""
-    code = int(lines[0][:3])
-    texts = [ln[4:] for ln in lines]
-    m = _ENHANCED.match(texts[0])
-    enhanced = ""
-    if m and m.group(1)[0] == str(code)[0]:
-        enhanced = m.group(1)
-        texts = [_ENHANCED.sub("", t, count=1) for t in texts]
-    return Reply(code, enhanced, "\n".join(texts))
-
-
-def reply_line_error(line: str, first: str | None) -> str | None:
-    """Why one reply line breaks RFC 5321 §4.2 (None: it does not). `first`
-    is the reply's first line when this one continues it: every line of one
-    reply must carry the same code, or the reply means nothing certain."""
-    m = _REPLY_LINE.match(line)
-    if m is None:
-        return "not a reply line"
-    if first is not None and line[:3] != first[:3]:
-        return f"code {line[:3]} in a reply that began with {first[:3]}"
-    return None
-
-
 @dataclass(frozen=True)
 class Hop:
     """One address to try: `host` is the name for logs, `address` the IP."""
@@ -233,6 +205,8 @@ class Hop:
 
 @dataclass(frozen=True)
 class MailParams:
+    """The MAIL FROM this client sends (what a client sent us: `smtp._params.MailFromParams`)."""
+
     sender: str
     size: int
     smtputf8: bool = False
@@ -243,6 +217,8 @@ class MailParams:
 
 @dataclass(frozen=True)
 class RcptParams:
+    """One RCPT TO this client sends (what a client sent us: `smtp._params.RcptToParams`)."""
+
     address: str
     notify: tuple[str, ...] | None = None
     orcpt: str | None = None

@@ -27,7 +27,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from postvakt.reply import Reply
+from postvakt.reply import Reply, parse_reply
 
 # Commands the probe may send. DATA and BDAT are absent on purpose.
 SMTP_ALLOWED = frozenset(
@@ -226,23 +226,6 @@ class _LineConnection:
             pass
 
 
-def _parse_reply(lines: list[str]) -> Reply:
-    """Lines of one reply -> Reply; the RFC 3463 code is split off when every line has it."""
-    code = int(lines[-1][:3])
-    texts = [ln[4:] for ln in lines]
-    first = texts[0].split(" ", 1)[0]
-    parts = first.split(".")
-    if (
-        len(parts) == 3
-        and all(p.isascii() and p.isdigit() for p in parts)
-        and first[0] == str(code)[0]
-    ):
-        stripped = [t[len(first) :].lstrip(" ") for t in texts if t.startswith(first)]
-        if len(stripped) == len(texts):
-            return Reply(code, first, "\n".join(stripped))
-    return Reply(code, "", "\n".join(texts))
-
-
 class _ProbeClient:
     """What the SMTP and POP3 probes share: where to connect, from where, and how."""
 
@@ -279,8 +262,8 @@ class _ProbeClient:
         self.conn = _LineConnection(sock, self.transcript, self.timeout)
 
 
-class SMTPClient(_ProbeClient):
-    """One SMTP session. Only the verbs in SMTP_ALLOWED exist."""
+class SMTPProbe(_ProbeClient):
+    """The doctor's SMTP session (delivery has its own client). Only the verbs in SMTP_ALLOWED exist."""
 
     def __init__(
         self,
@@ -342,7 +325,7 @@ class SMTPClient(_ProbeClient):
             if len(lines) > MAX_REPLY_LINES:
                 raise ProbeError("protocol", "reply too long")
             if len(line) == 3 or line[3] != "-":
-                return _parse_reply(lines)
+                return parse_reply(lines)
 
     def command(self, line: str, shown: str | None = None) -> Reply:
         check_command(line, SMTP_ALLOWED, allow_bare_cr=self.allow_bare_cr)
@@ -428,7 +411,7 @@ class SMTPClient(_ProbeClient):
         self.conn = None
 
 
-class POP3Client(_ProbeClient):
+class POP3Probe(_ProbeClient):
     """Enough POP3 to log in (for POP-before-SMTP): CAPA, STLS, USER/PASS, QUIT."""
 
     def __init__(self, host: str, port: int, **options: Any) -> None:
@@ -572,7 +555,7 @@ def check_certificate(
         sock = open_connection(host, port, source=source, timeout=timeout)
         sock.settimeout(timeout)
         if starttls:
-            client = SMTPClient(host, port, timeout=timeout)
+            client = SMTPProbe(host, port, timeout=timeout)
             client.conn = _LineConnection(sock, client.transcript, timeout)
             try:
                 client.read_reply()
@@ -634,7 +617,7 @@ def probe_port(
     host: str, port: int, service: str, *, source: str | None, timeout: float, server_name: str
 ) -> PortResult:
     """Connect, read the greeting (through TLS on 465), QUIT."""
-    client = SMTPClient(
+    client = SMTPProbe(
         host,
         port,
         source=source,

@@ -25,9 +25,9 @@ from postvakt.diagnose import classify as k
 from postvakt.diagnose.client import (
     DEFAULT_TIMEOUT,
     CertInfo,
-    POP3Client,
+    POP3Probe,
     ProbeError,
-    SMTPClient,
+    SMTPProbe,
     Transcript,
     check_certificate,
 )
@@ -147,7 +147,7 @@ def run_attempt(
     With `envelope=False` it stops after EHLO (and STARTTLS/EHLO): a survey of the port.
     """
     a = Attempt(port=port, security=security, login=opts.login if login else None)
-    client = SMTPClient(
+    client = SMTPProbe(
         opts.host,
         port,
         source=opts.source,
@@ -249,7 +249,7 @@ def run_attempt(
         client.close()
 
 
-def _tls_version(client: SMTPClient) -> str:
+def _tls_version(client: SMTPProbe) -> str:
     sock = client.conn.sock if client.conn else None
     version = getattr(sock, "version", None)
     return str(version()) if callable(version) else ""
@@ -262,7 +262,7 @@ def pop3_login(opts: DoctorOptions) -> tuple[bool, Probe, str]:
     sec = opts.pop3_security
     if sec == "auto":
         sec = "ssl" if opts.pop3_port == POP3S_PORT else "auto"
-    client = POP3Client(
+    client = POP3Probe(
         opts.pop3_host,
         opts.pop3_port,
         source=opts.source,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from postvakt.diagnose import catalogue
-from postvakt.diagnose.client import DEFAULT_TIMEOUT, ProbeError, SMTPClient, Transcript
+from postvakt.diagnose.client import DEFAULT_TIMEOUT, ProbeError, SMTPProbe, Transcript
 
 FOREIGN = "foreign"
 LOCAL = "local"
@@ -233,7 +233,7 @@ def _one_line(code: int, enhanced: str, text: str) -> str:
 
 def run_trick(opts: RelayTestOptions, trick: Trick) -> TrickResult:
     t = Transcript()
-    c = SMTPClient(
+    c = SMTPProbe(
         opts.host,
         opts.port,
         source=opts.source,
@@ -299,7 +299,7 @@ def _server_identity(opts: RelayTestOptions) -> tuple[str, str]:
             ip = str(socket.getaddrinfo(opts.host, opts.port, proto=socket.IPPROTO_TCP)[0][4][0])
         except OSError as e:
             raise ProbeError("dns", str(e)) from None
-    c = SMTPClient(opts.host, opts.port, source=opts.source, timeout=opts.timeout)
+    c = SMTPProbe(opts.host, opts.port, source=opts.source, timeout=opts.timeout)
     try:
         c.connect()
         r = c.ehlo("relaytest.postvakt.invalid")

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from postvakt import metrics
 from postvakt.config import IPNetwork
-from postvakt.net import client_address
+from postvakt.net import client_address, in_networks
 from postvakt.server.handshake import (
     HANDSHAKE_TIMEOUT,
     Listener,
@@ -117,6 +117,11 @@ def raise_descriptor_limit() -> int:
         else:
             soft = target
     return soft
+
+
+def client_limit(ip: str, configured: int, networks: Sequence[IPNetwork]) -> int:
+    """A client address's connection cap on one family (0: none); `[relay] networks` are exempt."""
+    return 0 if in_networks(ip, networks) else configured
 
 
 def connection_limit(configured: int, descriptors: int) -> int:

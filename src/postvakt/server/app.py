@@ -1,11 +1,12 @@
-"""`postvakt serve`: build the parts, open the listeners, run until SIGTERM.
+"""One front process: its services built (`build_app`), its listeners, stop and reload.
 
-One process holds the listeners, the queue manager and the shared state. The
-front writes accepted mail into the queue and wakes the manager; it never
-delivers. SIGTERM stops accepting, lets transactions in flight finish (up to
-SHUTDOWN_GRACE), stops the manager (deliveries finish or are safely left for
-the next start), and exits. The manager runs in a process of its own
-(`manager_process`), so that delivery never competes with the front.
+The front writes accepted mail into the queue and wakes the manager; it never
+delivers. `server/main.py` runs a front (and the node around it: the queue
+manager, web, metrics and grant reports, `server/node.py`); with `[server]
+workers` each worker process is one front (`server/workers.py`).
+
+SIGTERM stops accepting, lets transactions in flight finish (up to
+SHUTDOWN_GRACE) and closes the rest (`stop_front`).
 
 SIGHUP re-reads the config file and applies all of it or none of it: every
 section, the TLS certificate and key included, takes effect for connections
@@ -14,160 +15,46 @@ started with. A change only a restart can apply (config.RESTART_KEYS: bound
 addresses, directories, stores, the server user) refuses the whole reload
 with one line naming those keys, and the running config stays.
 
-Started as root, the front binds its ports and then drops to `[server]
-user` (server/privileges.py) before it starts the queue manager or serves a
-connection. Under systemd (Type=notify) it reports readiness, reloads and
-stopping (server/notify.py).
+Layering inside server/: main -> workers -> node, manager_process -> app ->
+smtp, pop3 -> services (`App`), limits, accept, listeners, ...; nothing below
+imports what sits above it (tests/test_purity.py checks that no cycle forms).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import functools
 import json
 import logging
 import os
-import signal
-import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from postvakt import config as config_mod
-from postvakt import metrics
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory, DirectoryUnavailable, SchemaError
-from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
-from postvakt.grants.report import socket_path
 from postvakt.mailauth.signing import Signer
-from postvakt.net import in_networks
-from postvakt.permissions import set_umask
 from postvakt.queue import Queue
-from postvakt.queue.envelope import Envelope
-from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
-from postvakt.reply import Reply
 from postvakt.server import notify
-from postvakt.server.accept import (
-    Connections,
-    Refused,
-    connection_limit,
-    raise_descriptor_limit,
-)
-from postvakt.server.grantreport import (
-    GrantReports,
-    allowed_uids,
-    start_grant_reports,
-    stop_grant_reports,
-)
 from postvakt.server.handshake import Listening
+from postvakt.server.limits import Limiter
 from postvakt.server.listeners import Opener
-from postvakt.server.metrics import Levels, MetricsServer, start_metrics
-from postvakt.server.nodelock import lock_queue_dir
-from postvakt.server.privileges import drop_privileges, server_identity
+from postvakt.server.pop3 import reload_pop3, start_pop3, stop_pop3
+from postvakt.server.privileges import server_identity
+from postvakt.server.services import App
+from postvakt.server.smtp import SMTPSession
 from postvakt.server.tls import ServerContext, reload_context, server_context
-from postvakt.store import State, open_state
-from postvakt.web.app import WebDeps, WebServer, start_web
+from postvakt.store import open_state
 
 log = logging.getLogger("postvakt")
 
-# How often the queue's free space is looked at (one statvfs, not one per MAIL).
-FREE_SPACE_CHECK_INTERVAL = 1.0
 # How long SIGTERM waits for transactions in flight before closing them.
 SHUTDOWN_GRACE = 10.0
-
-
-@dataclass(eq=False)
-class App:
-    config: Config
-    directory: Directory
-    authenticator: Authenticator
-    grants: GrantStore
-    login_throttle: LoginThrottle
-    queue: Queue
-    ssl_context: Any
-    # The shared state the stores above come from ([store] state).
-    state: State | None = None
-    manager: Any = None
-    # Outbound limits (postvakt.server.limits.Limiter); None: nothing limited.
-    limiter: Any = None
-    # How listeners are opened (sockets handed down by the parent of several workers).
-    opener: Opener | None = None
-    sessions: set[Any] = field(default_factory=set)
-    # Every connection of the process, from accept to close (postvakt.server.accept).
-    connections: Connections = field(default_factory=lambda: Connections(1 << 30))
-    _free_bytes: int | None = None
-    _free_checked: float = -1e9
-    tasks: set[asyncio.Future[Any]] = field(default_factory=set)
-    # Group commit (queue.spool.Committer), started by `run`; None: each commit
-    # runs alone in the default executor (tests that build an App themselves).
-    committer: Committer | None = None
-
-    def start_committer(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def resolve(results: list[tuple[object, QueueWriteError | None]]) -> None:
-            for fut, error in results:
-                assert isinstance(fut, asyncio.Future)
-                if not fut.done():  # a session cancelled meanwhile
-                    fut.set_result(error)
-
-        self.committer = Committer(lambda results: loop.call_soon_threadsafe(resolve, results))
-
-    async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None:
-        """Make an accepted message durable; returns once a crash cannot lose it."""
-        loop = asyncio.get_running_loop()
-        if self.committer is None:
-            await loop.run_in_executor(None, msg.commit, envelope)
-            return
-        done: asyncio.Future[QueueWriteError | None] = loop.create_future()
-        self.committer.submit(msg, envelope, done)
-        error = await done
-        if error is not None:
-            raise error
-
-    def low_on_space(self, announced_size: int | None) -> bool:
-        """Too little room in the queue for a message: say 452 at MAIL, not 451 after DATA."""
-        cfg = self.config.smtp
-        need = cfg.queue_minfree or int(1.5 * cfg.max_message_size)
-        need = max(need, int(1.5 * (announced_size or 0)))
-        now = time.monotonic()
-        if now - self._free_checked > FREE_SPACE_CHECK_INTERVAL:
-            try:
-                st = os.statvfs(self.queue.root)
-                self._free_bytes = st.f_bavail * st.f_frsize
-            except OSError:
-                self._free_bytes = None
-            self._free_checked = now
-        return self._free_bytes is not None and self._free_bytes < need
-
-    def in_networks(self, ip: str) -> bool:
-        return in_networks(ip, self.config.relay.networks)
-
-    def smtp_client_limit(self, ip: str) -> int:
-        """`[smtp] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
-        if self.in_networks(ip):
-            return 0
-        return self.config.smtp.max_connections_per_client
-
-    def smtp_refusal(self, why: Refused, ip: str) -> bytes:
-        name = self.config.hostname
-        if why is Refused.CLIENT:
-            return Reply(421, "4.7.0", f"{name} Error: too many connections from {ip}").encode()
-        return Reply(421, "4.7.0", f"{name} Error: too many connections").encode()
-
-    def message_queued(self) -> None:
-        if self.manager is not None:
-            self.manager.wake()
-
-    def crash_point(self, name: str) -> None:
-        from postvakt.queue import crash_point
-
-        crash_point(name)
 
 
 def build_app(config: Config) -> App:
@@ -200,8 +87,6 @@ def build_app(config: Config) -> App:
         or config.listen.pop3
         or config.listen.pop3s
     )
-    from postvakt.server.limits import Limiter
-
     queue = Queue(config.queue_root)
     ssl_context = server_context(config) if needs_tls else None
     if os.geteuid() == 0 and config.server.drop_privileges:
@@ -220,9 +105,7 @@ def build_app(config: Config) -> App:
     )
 
 
-def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigError:
-    import errno
-
+def bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigError:
     if err.errno == errno.EADDRINUSE:
         reason = f"{hp} is already in use by another program"
     elif err.errno == errno.EACCES:
@@ -234,9 +117,7 @@ def _bind_error(kind: str, hp: HostPort, err: OSError, source: str) -> ConfigErr
     return ConfigError(source, f"[listen] {kind}", reason)
 
 
-async def _listen(app: App) -> list[tuple[str, Listening]]:
-    from postvakt.server.smtp import SMTPSession
-
+async def listen(app: App) -> list[tuple[str, Listening]]:
     servers: list[tuple[str, Listening]] = []
     cfg = app.config
     opener = app.opener or Opener(lambda: app.config)
@@ -255,11 +136,9 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
                     refusal=app.smtp_refusal,
                 )
             except OSError as e:
-                raise _bind_error(kind, hp, e, cfg.source) from None
+                raise bind_error(kind, hp, e, cfg.source) from None
             servers.append((kind, srv))
     if cfg.listen.pop3 or cfg.listen.pop3s:
-        from postvakt.server.pop3 import start_pop3
-
         try:
             pop_servers = await start_pop3(
                 cfg,
@@ -281,144 +160,11 @@ async def _listen(app: App) -> list[tuple[str, Listening]]:
     return servers
 
 
-def _bound(servers: list[tuple[str, Listening]]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for kind, srv in servers:
-        for s in srv.sockets:
-            name = s.getsockname()
-            host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
-            out.setdefault(kind, []).append(f"{host}:{name[1]}")
-    return out
-
-
-async def _start_web(app: App, bound: dict[str, list[str]]) -> WebServer | None:
-    """postvakt.web on this loop, told the ports the mail listeners really bound."""
-    cfg = app.config
-    if not cfg.web.listen:
-        return None
-    ports = {kind: int(addrs[0].rsplit(":", 1)[1]) for kind, addrs in bound.items()}
-    if "submission" not in ports and "submissions" not in ports:
-        log.warning("web: no [listen] submission or submissions: no mail settings are offered")
-    deps = WebDeps(config=lambda: app.config, ports=ports, grants=app.grants)
-    try:
-        web = await start_web(deps, cfg.web.listen, cfg.web.request_timeout)
-    except OSError as e:
-        where = ", ".join(map(str, cfg.web.listen))
-        raise ConfigError(cfg.source, "[web] listen", f"{where}: {e.strerror or e}") from None
-    bound["web"] = web.addresses
-    return web
-
-
-async def _start_metrics(app: App, bound: dict[str, list[str]]) -> MetricsServer | None:
-    """The Prometheus endpoint on this loop; it reports the node's totals."""
-    cfg = app.config
-    if cfg.metrics.listen is None:
-        return None
-    levels = Levels(queue_root=app.queue.root, grants=lambda: app.grants)
-    try:
-        srv = await start_metrics(cfg.metrics.listen, metrics.metrics_dir(cfg.data_dir), levels)
-    except OSError as e:
-        raise ConfigError(
-            cfg.source, "[metrics] listen", f"{cfg.metrics.listen}: {e.strerror or e}"
-        ) from None
-    bound["metrics"] = srv.addresses
-    return srv
-
-
-async def run(config: Config, config_path: Path | None) -> int:
-    for note in config.notes:
-        log.warning("%s", note)
-    if config.server.workers > 1:
-        from postvakt.server.workers import supervise
-
-        return await supervise(config, config_path)
-    return await _run_single(config, config_path)
-
-
-async def _run_single(config: Config, config_path: Path | None) -> int:
-    app = build_app(config)
-    # Held until the process exits, however it exits (the kernel drops it).
-    lock_queue_dir(config)
-    descriptors = raise_descriptor_limit()
-    app.connections.limit = connection_limit(config.server.max_connections, descriptors)
-    log.info(
-        "descriptor limit %d; at most %d connections at once", descriptors, app.connections.limit
-    )
-    from postvakt.server.manager_process import ManagerProcess
-
-    app.manager = ManagerProcess(config, config_path)
-    servers = await _listen(app)
-    try:
-        bound = _bound(servers)
-        web_server = await _start_web(app, bound)
-        metrics_server = await _start_metrics(app, bound)
-        # Every port is bound: from here on the server user (when started as root).
-        drop_privileges(config)
-    except BaseException:
-        for _, srv in servers:
-            srv.close()
-        raise
-    await app.manager.start()
-    app.start_committer()
-    # Dovecot's post-login script reports IMAP logins here (docs/imap.md).
-    report_path = socket_path(config)
-    reports = await start_grant_reports(
-        report_path,
-        GrantReports(
-            config=lambda: app.config,
-            grants=app.grants,
-            user_exists=app.directory.user_exists,
-            allowed=allowed_uids(config),
-        ),
-        config,
-    )
-    announce_ready(config, bound)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, config_path, servers))
-    await stop.wait()
-
-    notify.stopping()
-    log.info("stopping: no new connections, finishing transactions in flight")
-    if web_server is not None:
-        await web_server.stop()
-    if metrics_server is not None:
-        await metrics_server.stop()
-    stop_grant_reports(reports, report_path)
-    await stop_front(app, servers)
-    await app.manager.stop(SHUTDOWN_GRACE)
-    app.directory.close()
-    if app.state is not None:
-        app.state.close()
-    log.info("stopped")
-    return 0
-
-
-def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:
-    for kind, addrs in bound.items():
-        log.info("listening %s on %s", kind, ", ".join(addrs))
-    log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-    # The readiness marker comes last, whole (rename), after every start-up line.
-    ready = config.data_dir / "listening.json"
-    ready.with_suffix(".tmp").write_text(json.dumps(bound))
-    ready.with_suffix(".tmp").replace(ready)
-    print(
-        "postvakt: ready; " + "; ".join(f"{k} {', '.join(v)}" for k, v in bound.items()), flush=True
-    )
-    notify.ready("serving " + ", ".join(bound))
-
-
 async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
     """Stop accepting, let transactions in flight finish (up to SHUTDOWN_GRACE), close the rest."""
     loop = asyncio.get_running_loop()
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
-        from postvakt.server.pop3 import stop_pop3
-
         stop_pop3(pop_servers)  # POP3 sessions end without UPDATE: nothing is deleted
     for _, srv in servers:
         srv.close()
@@ -434,7 +180,7 @@ async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
         await asyncio.to_thread(app.committer.close)
 
 
-def _reload(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
+def reload_config(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:
     notify.reloading()
     try:
         _apply_reload(app, path, servers)
@@ -466,8 +212,6 @@ def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) ->
     app.login_throttle.configure(new.limits)
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
-        from postvakt.server.pop3 import reload_pop3
-
         reload_pop3(pop_servers, new)
     logging.getLogger().setLevel(getattr(logging, new.log_level.upper(), logging.INFO))
     app.config = new
@@ -516,64 +260,3 @@ def setup_logging(level: str, fmt: str = "text", *, with_pid: bool = False) -> N
             logging.Formatter(f"%(asctime)s %(name)s{pid} %(levelname)s %(message)s")
         )
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
-
-
-def serve(
-    config: Config,
-    config_path: Path | None,
-    *,
-    wake_fd: int | None = None,
-    worker_spec: str | None = None,
-) -> int:
-    """The front (listeners); with `wake_fd`, the queue manager process it started;
-    with `worker_spec`, one of several front processes (`postvakt.server.workers`)."""
-    set_umask()
-    setup_logging(config.log_level, config.log.format, with_pid=config.server.workers > 1)
-    if config.metrics.listen is not None:
-        # The front starts the node's counts afresh; the processes it starts add to them.
-        metrics.enable(metrics.metrics_dir(config.data_dir))
-    runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
-    if wake_fd is not None:
-        from postvakt.server.manager_process import run_queue_manager
-
-        main = run_queue_manager(config, config_path, wake_fd)
-    elif worker_spec is not None:
-        from postvakt.server.workers import run_worker
-
-        main = run_worker(config, config_path, worker_spec)
-    else:
-        main = run(config, config_path)
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(runner(main))
-    return 0
-
-
-# Which event loop runs the server: "uvloop" (the default when installed) or
-# "asyncio"; for telling a loop's bug from ours, and for tests of both.
-EVENT_LOOP_ENV = "POSTVAKT_EVENT_LOOP"
-
-
-def _event_loop_runner(choice: str) -> Any:
-    if choice not in ("", "uvloop", "asyncio"):
-        raise ConfigError(
-            EVENT_LOOP_ENV, EVENT_LOOP_ENV, f"{choice!r} is not one of uvloop, asyncio"
-        )
-    if choice != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.run
-        except ImportError:
-            if choice == "uvloop":
-                raise ConfigError(
-                    EVENT_LOOP_ENV, EVENT_LOOP_ENV, "uvloop is not installed"
-                ) from None
-    return asyncio.run
-
-
-def pid_file(config: Config) -> Path:
-    return config.data_dir / "postvakt.pid"
-
-
-def write_pid(config: Config) -> None:
-    pid_file(config).write_text(f"{os.getpid()}\n")

@@ -51,7 +51,7 @@ from postvakt.pop3 import (
     Update,
 )
 from postvakt.pop3 import replies as R
-from postvakt.server.accept import Connections, Refused, Slot
+from postvakt.server.accept import Connections, Refused, Slot, client_limit
 from postvakt.server.handshake import Listening, listener_of, start_server_tls
 from postvakt.server.listeners import Opener
 from postvakt.server.proxy import Proxied
@@ -119,17 +119,13 @@ class POP3Context:
         if mode == "always":
             return True
         if mode == "networks":
-            return self.in_networks(ip)
+            return in_networks(ip, self.config.relay.networks)
         return False
-
-    def in_networks(self, ip: str) -> bool:
-        return in_networks(ip, self.config.relay.networks)
 
     def client_limit(self, ip: str) -> int:
         """`[pop3] max_connections_per_client` for this address (0: none; `networks` are exempt)."""
-        if self.in_networks(ip):
-            return 0
-        return self.config.pop3.max_connections_per_client
+        cfg = self.config
+        return client_limit(ip, cfg.pop3.max_connections_per_client, cfg.relay.networks)
 
     @staticmethod
     def refusal(why: Refused, ip: str) -> bytes:
@@ -352,66 +348,100 @@ class POP3Protocol(asyncio.Protocol):
         assert conn is not None
         ctx = self.ctx
         started = ctx.clock()
-        loop = asyncio.get_running_loop()
-        throttle = ctx.login_throttle
-        reservation = await throttle.reserve(self.ip, ev.login, started)
-        login: str | None = None
-        outcome: Outcome | None = None
-        if reservation.granted:
-            try:
-                login = await ctx.authenticator.verify(ev.login, ev.password)
-            except BaseException as e:
-                await throttle.settle(reservation, Outcome.UNCHECKED, "", ctx.clock())
-                if not isinstance(e, Exception):
-                    raise
-                if isinstance(e, DirectoryUnavailable):
-                    log.warning("pop3 login client=%s user=%s: %s", self.ip, ev.login, e)
-                else:
-                    log.exception("pop3 auth backend error client=%s", self.ip)
-                conn.login_failed(R.SYS_TEMP, counts=False)
-                self._pump()
-                return
-            if login is not None and ev.authzid:
-                # Acting for another user is never allowed; refuse like a bad password.
-                if canonical(ev.authzid) != login:
-                    login = None
-            if login is None:
-                outcome = await throttle.settle(
-                    reservation, Outcome.FAILED, ev.password, ctx.clock()
-                )
+        reservation = await ctx.login_throttle.reserve(self.ip, ev.login, started)
+        checked = (
+            await self._check_password(ev, reservation) if reservation.granted else (None, None)
+        )
+        if checked is None:
+            return  # the password could not be checked: answered already
+        login, outcome = checked
         if login is None:
-            wait = started + ctx.failure_delay(reservation) - ctx.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if reservation.refused is not None:
-                reason = f" refused: too many failures ({reservation.refused.value})"
-            elif outcome is Outcome.REPEATED:
-                reason = " (same password as before)"
-            else:
-                reason = ""
-            log.info(
-                "pop3 login failed client=%s user=<%s> mechanism=%s%s",
-                self.ip,
-                printable(ev.login, 64),
-                ev.mechanism,
-                reason,
-            )
-            metrics.pop3_login(
-                self.listener, "refused" if reservation.refused is not None else "failed"
-            )
-            conn.login_failed(R.AUTH_FAILED)
-            self._pump()
+            await self._login_failed(ev, reservation, outcome, started)
             return
-        await throttle.settle(reservation, Outcome.SUCCEEDED, "", ctx.clock())
+        await ctx.login_throttle.settle(reservation, Outcome.SUCCEEDED, "", ctx.clock())
         if ctx.too_soon(login, ctx.clock()):
             log.info("pop3 login delay client=%s user=%s", self.ip, login)
             metrics.pop3_login(self.listener, "delayed")
             conn.login_failed(R.LOGIN_DELAY, counts=False)
             self._pump()
             return
-        opening = loop.run_in_executor(None, ctx.open_mailbox, login)
+        mailbox = await self._open_mailbox(login)
+        if mailbox is None:
+            return
+        if self._lost or conn.closed:
+            mailbox.close()
+            return
+        self._logged_in(ev, login, mailbox)
+
+    async def _check_password(
+        self, ev: Authenticate, reservation: Reservation
+    ) -> tuple[str | None, Outcome | None] | None:
+        """The login the password proves (None: none) and, on a failure, the
+        throttle's outcome; None when the check itself failed (answered here)."""
+        assert self.conn is not None
+        ctx = self.ctx
+        throttle = ctx.login_throttle
         try:
-            mailbox = await asyncio.shield(opening)
+            login = await ctx.authenticator.verify(ev.login, ev.password)
+        except BaseException as e:
+            await throttle.settle(reservation, Outcome.UNCHECKED, "", ctx.clock())
+            if not isinstance(e, Exception):
+                raise
+            if isinstance(e, DirectoryUnavailable):
+                log.warning("pop3 login client=%s user=%s: %s", self.ip, ev.login, e)
+            else:
+                log.exception("pop3 auth backend error client=%s", self.ip)
+            self.conn.login_failed(R.SYS_TEMP, counts=False)
+            self._pump()
+            return None
+        if login is not None and ev.authzid:
+            # Acting for another user is never allowed; refuse like a bad password.
+            if canonical(ev.authzid) != login:
+                login = None
+        if login is None:
+            return None, await throttle.settle(
+                reservation, Outcome.FAILED, ev.password, ctx.clock()
+            )
+        return login, None
+
+    async def _login_failed(
+        self,
+        ev: Authenticate,
+        reservation: Reservation,
+        outcome: Outcome | None,
+        started: float,
+    ) -> None:
+        """A wrong password, or a login the throttle refused: the same reply, after the same delay."""
+        assert self.conn is not None
+        ctx = self.ctx
+        wait = started + ctx.failure_delay(reservation) - ctx.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        if reservation.refused is not None:
+            reason = f" refused: too many failures ({reservation.refused.value})"
+        elif outcome is Outcome.REPEATED:
+            reason = " (same password as before)"
+        else:
+            reason = ""
+        log.info(
+            "pop3 login failed client=%s user=<%s> mechanism=%s%s",
+            self.ip,
+            printable(ev.login, 64),
+            ev.mechanism,
+            reason,
+        )
+        metrics.pop3_login(
+            self.listener, "refused" if reservation.refused is not None else "failed"
+        )
+        self.conn.login_failed(R.AUTH_FAILED)
+        self._pump()
+
+    async def _open_mailbox(self, login: str) -> MaildirMailbox | None:
+        """The locked maildrop; None when it cannot be had (answered here)."""
+        assert self.conn is not None
+        opening = asyncio.get_running_loop().run_in_executor(None, self.ctx.open_mailbox, login)
+        try:
+            return await asyncio.shield(opening)
         except asyncio.CancelledError:
             # The connection died while the Maildir was being opened: do not leak the lock.
             opening.add_done_callback(_close_if_opened)
@@ -419,20 +449,19 @@ class POP3Protocol(asyncio.Protocol):
         except MailboxLocked:
             log.info("pop3 mailbox in use client=%s user=%s", self.ip, login)
             metrics.pop3_login(self.listener, "in_use")
-            conn.login_failed(R.IN_USE, counts=False)
-            self._pump()
-            return
+            self.conn.login_failed(R.IN_USE, counts=False)
         except MailboxError as e:
             log.error("pop3 mailbox error client=%s user=%s: %s", self.ip, login, e)
-            conn.login_failed(R.SYS_PERM if e.permanent else R.SYS_TEMP, counts=False)
-            self._pump()
-            return
-        if self._lost or conn.closed:
-            mailbox.close()
-            return
+            self.conn.login_failed(R.SYS_PERM if e.permanent else R.SYS_TEMP, counts=False)
+        self._pump()
+        return None
+
+    def _logged_in(self, ev: Authenticate, login: str, mailbox: MaildirMailbox) -> None:
+        assert self.conn is not None
+        ctx = self.ctx
         self.mailbox = mailbox
         ctx.logged_in(login, ctx.clock())
-        conn.login_ok(login, mailbox.infos())
+        self.conn.login_ok(login, mailbox.infos())
         metrics.pop3_login(self.listener, "ok")
         ttl = ctx.config.relay.pop_before_smtp
         if ttl > 0:

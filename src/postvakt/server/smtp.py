@@ -102,7 +102,7 @@ class Limits(Protocol):
 
 
 class SessionContext(Protocol):
-    """What an SMTP session may use of the server (`server.app.App`), and nothing more."""
+    """What an SMTP session may use of the server (`server.services.App`), and nothing more."""
 
     @property
     def config(self) -> Config: ...

@@ -43,34 +43,27 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from postvakt.config import Config, ConfigError
-from postvakt.grants.report import socket_path
 from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
 from postvakt.server.app import (
     SHUTDOWN_GRACE,
-    _bind_error,
-    _listen,
-    _reload,
-    _start_metrics,
-    _start_web,
-    announce_ready,
+    bind_error,
     build_app,
+    listen,
+    reload_config,
     stop_front,
-)
-from postvakt.server.grantreport import (
-    GrantReports,
-    allowed_uids,
-    start_grant_reports,
-    stop_grant_reports,
 )
 from postvakt.server.listeners import BindError, Opener, bind_all
 from postvakt.server.manager_process import ManagerProcess
+from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
+from postvakt.server.services import App
 
 log = logging.getLogger("postvakt.workers")
 
@@ -206,15 +199,6 @@ def _exit_words(code: int) -> str:
     return f"code {code}"
 
 
-def _bound(sockets: dict[tuple[str, str], socket.socket]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for (kind, _), s in sockets.items():
-        name = s.getsockname()
-        host = f"[{name[0]}]" if s.family == socket.AF_INET6 else name[0]
-        out.setdefault(kind, []).append(f"{host}:{name[1]}")
-    return out
-
-
 async def _all_ready(sup: Supervisor, config: Config) -> None:
     """Every worker listening; a worker that exits while starting stops the start."""
     loop = asyncio.get_running_loop()
@@ -247,11 +231,11 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     try:
         sets = bind_all(config, n)
     except BindError as e:
-        raise _bind_error(e.kind, e.address, e.error, config.source) from None
-    bound = _bound(sets[0])
+        raise bind_error(e.kind, e.address, e.error, config.source) from None
+    bound = bound_addresses((kind, s) for (kind, _), s in sets[0].items())
+    node = NodeServices()
     try:
-        web_server = await _start_web(app, bound)
-        metrics_server = await _start_metrics(app, bound)
+        await node.start_http(app, bound)
         # Every port is bound: from here on the server user (when started as root),
         # and so are the queue manager and the workers started below.
         drop_privileges(config)
@@ -273,46 +257,17 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     except BaseException:
         await sup.stop()
         await manager.stop(5)
-        if web_server is not None:
-            await web_server.stop()
-        if metrics_server is not None:
-            await metrics_server.stop()
+        await node.stop()
         raise
-    report_path = socket_path(config)
-    reports = await start_grant_reports(
-        report_path,
-        GrantReports(
-            config=lambda: app.config,
-            grants=app.grants,
-            user_exists=app.directory.user_exists,
-            allowed=allowed_uids(config),
-        ),
-        config,
-    )
+    await node.start_reports(app)
     log.info("%d workers serving", n)
     announce_ready(config, bound)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        path = config_path
-
-        def on_hup() -> None:
-            _reload(app, path, [])  # the parent's view (web, reports) and the queue manager
-            sup.reload(path)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
-    await stop.wait()
+    await stop_signal(_on_hup(app, sup, config_path)).wait()
 
     notify.stopping()
     log.info("stopping: workers finish their transactions in flight")
-    if web_server is not None:
-        await web_server.stop()
-    if metrics_server is not None:
-        await metrics_server.stop()
-    stop_grant_reports(reports, report_path)
+    await node.stop()
     await sup.stop()
     watch.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -321,6 +276,19 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     app.directory.close()
     log.info("stopped")
     return 0
+
+
+def _on_hup(app: App, sup: Supervisor, config_path: Path | None) -> Callable[[], None] | None:
+    """SIGHUP in the parent: its own view (web, reports, the queue manager), then every worker."""
+    if config_path is None:
+        return None
+    path = config_path
+
+    def on_hup() -> None:
+        reload_config(app, path, [])
+        sup.reload(path)
+
+    return on_hup
 
 
 class Notifier:
@@ -353,9 +321,10 @@ async def run_worker(config: Config, config_path: Path | None, spec_text: str) -
     descriptors = raise_descriptor_limit()
     app.connections.limit = connection_limit(config.server.max_connections, descriptors)
     app.start_committer()
-    servers = await _listen(app)
+    servers = await listen(app)
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
+    path = config_path
+    stop = stop_signal(None if path is None else lambda: reload_config(app, path, servers))
     life = int(spec["life"])
     os.set_blocking(life, False)
 
@@ -372,11 +341,6 @@ async def run_worker(config: Config, config_path: Path | None, spec_text: str) -
             stop.set()
 
     loop.add_reader(life, parent_gone)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    if config_path is not None:
-        path = config_path
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(app, path, servers))
     log.info("worker %d serving (pid %d)", index, os.getpid())
     notifier.send(READY)
     await stop.wait()

@@ -27,7 +27,9 @@ _NOTIFY_TYPES = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 
 
 @dataclass(frozen=True)
-class MailParams:
+class MailFromParams:
+    """The parameters a client gave with MAIL FROM (what we send: `delivery.smtpclient.MailParams`)."""
+
     size: int | None = None
     body: str | None = None
     smtputf8: bool = False
@@ -36,7 +38,9 @@ class MailParams:
 
 
 @dataclass(frozen=True)
-class RcptParams:
+class RcptToParams:
+    """The parameters a client gave with RCPT TO (what we send: `delivery.smtpclient.RcptParams`)."""
+
     notify: tuple[str, ...] | None = None
     orcpt: str | None = None
 
@@ -45,7 +49,7 @@ def _is_xtext(value: str) -> bool:
     return all(33 <= ord(ch) <= 126 and ch != "=" for ch in value)
 
 
-def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailParams:
+def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailFromParams:
     """Raises RemoteProtocolError with the refusal."""
     seen: set[str] = set()
     size: int | None = None
@@ -86,10 +90,10 @@ def mail_params(params: list[tuple[str, str | None]], max_size: int) -> MailPara
                 raise RemoteProtocolError(replies.bad_param_value(name))
         else:
             raise RemoteProtocolError(replies.unsupported_param(name))
-    return MailParams(size, body, smtputf8, ret, envid)
+    return MailFromParams(size, body, smtputf8, ret, envid)
 
 
-def rcpt_params(params: list[tuple[str, str | None]]) -> RcptParams:
+def rcpt_params(params: list[tuple[str, str | None]]) -> RcptToParams:
     """Raises RemoteProtocolError with the refusal."""
     seen: set[str] = set()
     notify: tuple[str, ...] | None = None
@@ -117,4 +121,4 @@ def rcpt_params(params: list[tuple[str, str | None]]) -> RcptParams:
             orcpt = value
         else:
             raise RemoteProtocolError(replies.unsupported_param(name))
-    return RcptParams(notify, orcpt)
+    return RcptToParams(notify, orcpt)
