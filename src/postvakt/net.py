@@ -15,6 +15,10 @@ from typing import Any
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# An IPv6 subscriber gets a /64 (RFC 6177): counting single addresses inside
+# it would hand one client 2^64 fresh counters. 128 counts each address.
+IPV6_PREFIX = 64
+
 
 def parse_ip(text: str) -> IPAddress | None:
     """An address as written by a socket or a person: "192.0.2.7", "2001:db8::7",
@@ -49,3 +53,14 @@ def in_networks(ip: str | IPAddress | None, networks: Iterable[IPNetwork]) -> bo
     if addr is None:
         return False
     return any(addr in net for net in networks)
+
+
+def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
+    """The client as counted (limits, login failures, connections): IPv4 as is, IPv6 by
+    its network of `ipv6_prefix` bits ("2001:db8:1:2::/64"), IPv4-mapped IPv6 as IPv4."""
+    addr = parse_ip(ip)
+    if addr is None:
+        return ip
+    if isinstance(addr, ipaddress.IPv6Address) and ipv6_prefix < 128:
+        return str(ipaddress.IPv6Network(f"{addr}/{ipv6_prefix}", strict=False))
+    return str(addr)

@@ -33,6 +33,49 @@ def test_per_client_limit_counts_each_family_apart() -> None:
     assert c.total == 5
 
 
+def test_ipv6_clients_count_by_their_network() -> None:
+    """A /64 is one subscriber (RFC 6177): fresh addresses inside it are no fresh budget."""
+    c = Connections(100)
+    first = [c.admit("smtp", f"2001:db8:1:2::{i:x}", 2) for i in (1, 2)]
+    assert all(isinstance(s, Slot) for s in first)
+    assert c.admit("smtp", "2001:db8:1:2:ffff::9", 2) is Refused.CLIENT
+    assert isinstance(c.admit("smtp", "2001:db8:1:3::1", 2), Slot), "the next /64 is another"
+    assert c.count("smtp", "2001:db8:1:2::77") == 2
+    # An IPv4-mapped client is its IPv4 address, IPv4 addresses count one by one.
+    assert isinstance(c.admit("smtp", "::ffff:192.0.2.1", 1), Slot)
+    assert c.admit("smtp", "192.0.2.1", 1) is Refused.CLIENT
+    assert isinstance(c.admit("smtp", "192.0.2.2", 1), Slot)
+    first[0].release()  # type: ignore[union-attr]
+    assert isinstance(c.admit("smtp", "2001:db8:1:2::3", 2), Slot)
+
+
+def test_ipv6_prefix_128_counts_each_address_and_a_change_keeps_held_slots() -> None:
+    c = Connections(100, ipv6_prefix=128)
+    a = c.admit("smtp", "2001:db8::1", 1)
+    assert isinstance(a, Slot)
+    b = c.admit("smtp", "2001:db8::2", 1)
+    assert isinstance(b, Slot)
+    c.ipv6_prefix = 64  # a reload: slots held keep the key they were counted under
+    a.release()
+    b.release()
+    assert c.total == 0 and c.count("smtp", "2001:db8::1") == 0
+    assert isinstance(c.admit("smtp", "2001:db8::3", 1), Slot)
+    assert c.admit("smtp", "2001:db8::4", 1) is Refused.CLIENT
+
+
+def test_a_proxy_header_moves_the_count_to_the_client_it_names() -> None:
+    c = Connections(100)
+    s = c.admit("smtp", "127.0.0.10", 0)
+    assert isinstance(s, Slot)
+    assert c.rekey(s, "2001:db8:5:6::1", 1) is None
+    assert c.count("smtp", "127.0.0.10") == 0
+    other = c.admit("smtp", "127.0.0.10", 0)
+    assert isinstance(other, Slot)
+    assert c.rekey(other, "2001:db8:5:6::2", 1) is Refused.CLIENT, "same /64, limit 1"
+    s.release()
+    assert c.count("smtp", "2001:db8:5:6::1") == 0
+
+
 def test_release_is_once_however_often_it_is_called() -> None:
     c = Connections(100)
     s = c.admit("smtp", "192.0.2.1", 1)

@@ -113,7 +113,7 @@ dmarc_reject = "warn"             # off | warn | reject: p=reject -> 550 5.7.1, 
 # notify_user = true              # also tell a user whose mail was held
 # auth_failures = 10              # failed logins per (address, login) before 454 4.7.0
 # auth_failures_address = 100     # failed logins per address, all logins together
-# ipv6_prefix = 64                # an IPv6 client is its /64, for limits and failed logins
+# ipv6_prefix = 64                # an IPv6 client is its /64: limits, failed logins, connections
 # [limits.user]                   # per logged-in user (also [limits.address], [limits.networks])
 # messages_per_hour = 200
 # recipients_per_hour = 1000

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from postvakt import sqlitedb
 from postvakt.directory import canonical
-from postvakt.policy.limits import IPV6_PREFIX, client_key
+from postvakt.net import IPV6_PREFIX, client_key
 
 if TYPE_CHECKING:
     from postvakt.policy.limits import LimitsConfig

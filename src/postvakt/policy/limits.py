@@ -48,7 +48,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from postvakt.net import in_networks
+from postvakt.net import IPV6_PREFIX, client_key, in_networks
 from postvakt.policy.types import (
     DEFER,
     NO_MATCH,
@@ -200,9 +200,7 @@ AUTH_FAILURES = 10
 # a NAT full of honest users (a school, a hotel) stays clear of it while an
 # address that sprays guesses over many logins is stopped.
 AUTH_FAILURES_ADDRESS = 100
-# An IPv6 subscriber gets a /64 (RFC 6177): counting single addresses inside
-# it would hand one client 2^64 fresh counters. 128 counts each address.
-IPV6_PREFIX = 64
+
 
 # Failures older than this are forgotten (fail2ban's default findtime is 10 min).
 AUTH_WINDOW = 15 * 60.0
@@ -281,21 +279,6 @@ def window_start(window: float, now: float) -> float:
 
 def window_end(window: float, now: float) -> float:
     return window_start(window, now) + window
-
-
-def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX) -> str:
-    """The client as counted: IPv4 as is, IPv6 by its network of `ipv6_prefix` bits
-    ("2001:db8:1:2::/64"), IPv4-mapped IPv6 as the IPv4 address."""
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
-        if ipv6_prefix < 128:
-            return str(ipaddress.IPv6Network(f"{addr}/{ipv6_prefix}", strict=False))
-    return str(addr)
 
 
 def subject_for(

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from postvakt import metrics
 from postvakt.config import IPNetwork
-from postvakt.net import client_address, in_networks
+from postvakt.net import IPV6_PREFIX, client_address, client_key, in_networks
 from postvakt.server.handshake import (
     HANDSHAKE_TIMEOUT,
     Listener,
@@ -57,6 +57,7 @@ log = logging.getLogger("postvakt.accept")
 
 # Which per-client count a listener adds to: SMTP's ports share one, POP3's another.
 Family = Literal["smtp", "pop3"]
+ClientKey = tuple[Family, str]
 
 # Connections taken per readiness of a listening socket before others get a turn.
 ACCEPT_BATCH = 64
@@ -147,12 +148,14 @@ def connection_limit(configured: int, descriptors: int) -> int:
 class Slot:
     """One accepted connection's place in the counts, held until `release()`."""
 
-    __slots__ = ("_connections", "family", "ip", "_held")
+    __slots__ = ("_connections", "family", "ip", "key", "_held")
 
-    def __init__(self, connections: Connections, family: Family, ip: str) -> None:
+    def __init__(self, connections: Connections, family: Family, ip: str, key: ClientKey) -> None:
         self._connections = connections
         self.family = family
         self.ip = ip
+        # What the client counts under: its address, or its IPv6 network ([limits] ipv6_prefix).
+        self.key = key
         self._held = True
 
     def release(self) -> None:
@@ -165,11 +168,19 @@ class Connections:
     """Every connection of this process, counted from accept until closed,
     and the accept pause when descriptors run out (shared by every listener)."""
 
-    def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limit: int,
+        clock: Callable[[], float] = time.monotonic,
+        ipv6_prefix: int = IPV6_PREFIX,
+    ) -> None:
         self.limit = limit
         self._clock = clock
+        # IPv6 clients count by their network, as limits and login failures do: one
+        # subscriber's /64 holds 2^64 addresses, each one a fresh per-client count otherwise.
+        self.ipv6_prefix = ipv6_prefix
         self.total = 0
-        self._per_client: dict[tuple[Family, str], int] = {}
+        self._per_client: dict[ClientKey, int] = {}
         self._acceptors: set[Acceptor] = set()
         # Listeners stopped for lack of descriptors, and the retry that restarts them.
         self._paused = False
@@ -183,8 +194,11 @@ class Connections:
         # Implicit-TLS handshakes peeking at their first bytes now (MAX_PEEKS).
         self.peeking = 0
 
+    def _key(self, family: Family, ip: str) -> ClientKey:
+        return (family, client_key(ip, self.ipv6_prefix))
+
     def count(self, family: Family, ip: str) -> int:
-        return self._per_client.get((family, ip), 0)
+        return self._per_client.get(self._key(family, ip), 0)
 
     @property
     def paused(self) -> bool:
@@ -205,36 +219,33 @@ class Connections:
                 )
             self._capped += 1
             return Refused.PROCESS
-        key = (family, ip)
+        key = self._key(family, ip)
         if client_limit > 0 and self._per_client.get(key, 0) >= client_limit:
             return Refused.CLIENT
         self.total += 1
         self._per_client[key] = self._per_client.get(key, 0) + 1
-        return Slot(self, family, ip)
+        return Slot(self, family, ip, key)
 
     def rekey(self, slot: Slot, ip: str, client_limit: int) -> Refused | None:
         """Move a held slot to the client a PROXY header named; None, or why not."""
-        key = (slot.family, ip)
+        key = self._key(slot.family, ip)
         if client_limit > 0 and self._per_client.get(key, 0) >= client_limit:
             return Refused.CLIENT
-        old = (slot.family, slot.ip)
-        n = self._per_client.get(old, 0) - 1
-        if n > 0:
-            self._per_client[old] = n
-        else:
-            self._per_client.pop(old, None)
+        self._uncount(slot.key)
         self._per_client[key] = self._per_client.get(key, 0) + 1
-        slot.ip = ip
+        slot.ip, slot.key = ip, key
         return None
 
-    def _release(self, slot: Slot) -> None:
-        self.total -= 1
-        key = (slot.family, slot.ip)
+    def _uncount(self, key: ClientKey) -> None:
         n = self._per_client.get(key, 0) - 1
         if n > 0:
             self._per_client[key] = n
         else:
             self._per_client.pop(key, None)
+
+    def _release(self, slot: Slot) -> None:
+        self.total -= 1
+        self._uncount(slot.key)
         # The cap episode ends with some room (a tenth), not at the first close:
         # under a steady flood one line each way per close would be a flood too.
         if self._capped and self.total <= self.limit - max(1, self.limit // 10):

@@ -41,6 +41,7 @@ from postvakt.grants.logins import LoginThrottle
 from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
 from postvakt.server import notify
+from postvakt.server.accept import Connections
 from postvakt.server.handshake import Listening
 from postvakt.server.limits import Limiter
 from postvakt.server.listeners import Opener
@@ -102,6 +103,7 @@ def build_app(config: Config) -> App:
         ssl_context=ssl_context,
         state=state,
         limiter=Limiter(state.counters, queue, notices=state.notices),
+        connections=Connections(1 << 30, ipv6_prefix=config.limits.ipv6_prefix),
     )
 
 
@@ -210,6 +212,7 @@ def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) ->
         log.error("reload refused, keeping the running config: %s", e)
         return
     app.login_throttle.configure(new.limits)
+    app.connections.ipv6_prefix = new.limits.ipv6_prefix
     pop_servers = [srv for kind, srv in servers if kind in ("pop3", "pop3s")]
     if pop_servers:
         reload_pop3(pop_servers, new)

@@ -598,7 +598,9 @@ async def start_pop3(
     its own, capped by `[server] max_connections` alone).
     """
     if connections is None:
-        connections = Connections(config.server.max_connections or 1 << 30)
+        connections = Connections(
+            config.server.max_connections or 1 << 30, ipv6_prefix=config.limits.ipv6_prefix
+        )
     ctx = POP3Context(
         config,
         directory=directory,
