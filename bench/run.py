@@ -1475,7 +1475,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"({r['cpu_ms_per_session']:.2f} ms CPU/session)",
                     flush=True,
                 )
-        pop3 = {
+        pop3: dict[str, dict[str, Any]] = {
             name: {
                 "per_second": round(statistics.median(r["per_second"] for r in rs), 1),
                 "cpu_ms_per_session": round(
