@@ -39,6 +39,17 @@ def test_delivers_into_new_and_reads_back(tmp_path: Path) -> None:
     assert (md / "cur").is_dir()
 
 
+def test_new_and_cur_removed_from_an_existing_maildir_are_made_again(tmp_path: Path) -> None:
+    md = tmp_path / "bob"
+    deliver(md, MSG, return_path="a@pv.test", delivered_to="bob@pv.test")
+    shutil.rmtree(md / "new")
+    shutil.rmtree(md / "cur")
+    path = deliver(md, MSG, return_path="a@pv.test", delivered_to="bob@pv.test")
+    assert path.parent == md / "new" and path.is_file()
+    assert (md / "cur").is_dir()
+    assert os.listdir(md / "tmp") == []
+
+
 def test_null_sender_gets_empty_return_path(tmp_path: Path) -> None:
     path = deliver(tmp_path / "m", MSG, return_path="", delivered_to="bob@pv.test")
     assert path.read_bytes().startswith(b"Return-Path: <>\n")

@@ -106,6 +106,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _create(maildir: Path, tmp: Path) -> int:
+    """Open a new file in tmp/; the Maildir is made first when it is not there
+    (a new user's first message). Trying first saves three mkdir calls on
+    every delivery to a Maildir that exists."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(tmp, flags, 0o600)
+    except FileNotFoundError:
+        ensure_maildir(maildir)
+        return os.open(tmp, flags, 0o600)
+
+
+def _link(maildir: Path, tmp: Path, new: Path) -> None:
+    """tmp/ -> new/, making new/ and cur/ again when someone removed them."""
+    try:
+        os.link(tmp, new)
+    except FileNotFoundError:
+        if not tmp.exists():
+            raise
+        ensure_maildir(maildir)
+        os.link(tmp, new)
+
+
 def deliver(
     maildir: Path, message: MessageSource | bytes, *, return_path: str, delivered_to: str
 ) -> Path:
@@ -121,12 +144,11 @@ def deliver(
         )
     head = b"Return-Path: <%s>\nDelivered-To: %s\n" % (return_path.encode("utf-8"), target)
     try:
-        ensure_maildir(maildir)
         for _ in range(NAME_ATTEMPTS):
             name = _unique_name()
             tmp = maildir / "tmp" / name
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fd = _create(maildir, tmp)
             except FileExistsError:
                 continue
             lf = LFConverter()
@@ -143,7 +165,7 @@ def deliver(
             os.close(fd)
             new = maildir / "new" / f"{name},S={lf.size},W={lf.wire}"
             try:
-                os.link(tmp, new)
+                _link(maildir, tmp, new)
             except FileExistsError:
                 os.unlink(tmp)
                 continue

@@ -10,7 +10,11 @@ House rules:
   committed before the original is removed: after a crash, a duplicate,
   never a loss.
 - File I/O runs in the default executor; the event loop only waits on the
-  network.
+  network. A message for local mailboxes only is read, expanded, delivered
+  into every Maildir and removed in one executor job (`_prepare`): each hand-off
+  between the loop and a thread costs more than the small file work it
+  carries. The order inside the job is the order of the steps it replaces:
+  each Maildir copy is fsynced (file and new/) before the queue file goes.
 - A message body is never held whole: it is read from the queue file in
   chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
   Only a DKIM signature needs the whole message at once, once.
@@ -29,9 +33,10 @@ import contextlib
 import fcntl
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,6 +109,9 @@ class QueueManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
+        # The last scan left mail waiting for a free slot (MAX_ACTIVE).
+        self._full = False
+        self._loop_thread = 0
 
     @property
     def config(self) -> Config:
@@ -124,6 +132,7 @@ class QueueManager:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._wake = asyncio.Event()
         fd = os.open(self.queue.root / "manager.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -140,7 +149,11 @@ class QueueManager:
 
     def wake(self) -> None:
         """Look at incoming/ now. Safe from any thread."""
-        if self._loop is not None and self._wake is not None and not self._stopping:
+        if self._loop is None or self._wake is None or self._stopping:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()  # no self-pipe write from the loop's own thread
+        else:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -180,15 +193,23 @@ class QueueManager:
     # ------------------------------------------------------------ scheduling
 
     async def scan(self) -> None:
-        await self._sweep_active()
-        incoming = await asyncio.to_thread(self.queue.ids, INCOMING)
-        for qid in incoming:
-            if len(self._inflight) >= MAX_ACTIVE:
-                return
-            if qid not in self._inflight and self.queue.move(qid, INCOMING, ACTIVE):
-                self._next_try.pop(qid, None)
-                self._spawn(qid)
-        deferred = await asyncio.to_thread(self.queue.ids, DEFERRED)
+        """Take up what is due: incoming/ first, then messages stranded in
+        active/, then deferred/ whose time has come. The directory listings and
+        the renames into active/ are one executor job: a scan follows every
+        commit of the front, so its cost is paid per message."""
+        assert self._loop is not None
+        self._full = False
+        inflight = frozenset(self._inflight)
+        taken, active, deferred, full = await self._loop.run_in_executor(
+            None, self._list_and_take, inflight, MAX_ACTIVE - len(inflight)
+        )
+        for qid in taken:
+            self._next_try.pop(qid, None)
+            self._spawn(qid)
+        if full:
+            self._full = True
+            return
+        self._sweep_active(active)
         present = set(deferred)
         for qid in list(self._next_try):
             if qid not in present:
@@ -196,6 +217,7 @@ class QueueManager:
         now = time.time()
         for qid in deferred:
             if len(self._inflight) >= MAX_ACTIVE:
+                self._full = True
                 return
             if qid in self._inflight:
                 continue
@@ -207,12 +229,29 @@ class QueueManager:
                 del self._next_try[qid]
                 self._spawn(qid)
 
-    async def _sweep_active(self) -> None:
+    def _list_and_take(
+        self, inflight: frozenset[str], free: int
+    ) -> tuple[list[str], list[str], list[str], bool]:
+        """In the executor: what active/ held before this scan, the messages
+        moved from incoming/ into active/ (at most `free`), and deferred/;
+        `full` when incoming/ has more than there was room for."""
+        active = self.queue.ids(ACTIVE)
+        taken: list[str] = []
+        full = False
+        for qid in self.queue.ids(INCOMING):
+            if len(taken) >= free:
+                full = True
+                break
+            if qid not in inflight and self.queue.move(qid, INCOMING, ACTIVE):
+                taken.append(qid)
+        deferred = [] if full else self.queue.ids(DEFERRED)
+        return taken, active, deferred, full
+
+    def _sweep_active(self, active: list[str]) -> None:
         """Take up messages in active/ that no delivery holds: an error left them
         there (see the house rules). Only this manager puts messages there, and
         each delivery is in `_inflight` from the rename on, so nothing live is
         taken twice; one just finished is gone from active/ and found missing."""
-        active = await asyncio.to_thread(self.queue.ids, ACTIVE)
         present = set(active)
         for qid in list(self._stranded):
             if qid not in present:
@@ -220,6 +259,7 @@ class QueueManager:
         now = time.time()
         for qid in active:
             if len(self._inflight) >= MAX_ACTIVE:
+                self._full = True
                 return
             if qid in self._inflight:
                 continue
@@ -262,7 +302,8 @@ class QueueManager:
                     self._next_try[qid] = nxt
         finally:
             self._inflight.pop(qid, None)
-            self.wake()  # a slot is free: take the next waiting message now
+            if self._full:
+                self.wake()  # a slot is free and mail waits for one: take it now
 
     def _defer_after_error(self, qid: str) -> float | None:
         """active/ -> deferred/ after an error. The status is saved if it can be;
@@ -283,28 +324,85 @@ class QueueManager:
 
     async def process(self, qid: str) -> None:
         q = self.queue
-        # File work in as few thread hops as the error handling allows: each
-        # hop costs more than the small reads it carries.
+        assert self._loop is not None
+        job = self._loop.run_in_executor(None, self._prepare, qid)
         try:
-            msg, source = await asyncio.to_thread(self._read, qid)
+            prep = await asyncio.shield(job)
         except FileNotFoundError:
             return  # held or deleted by the admin meanwhile
         except CorruptEntry as e:
             await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
             return
+        except asyncio.CancelledError:
+            # Shutdown: the job cannot stop halfway; what it delivered without
+            # removing the queue file is delivered again after the restart.
+            job.add_done_callback(_release)
+            raise
         # Any other OSError (no descriptors, an I/O error) is not the file's
         # fault: it reaches _guarded and the message is deferred.
+        if prep.finished:
+            return
         try:
-            await self._process(qid, msg, source)
+            if prep.delivered:
+                await self._settle(qid, prep.msg, prep.source, prep.status, prep.status.last_try)
+            else:
+                await self._process(qid, prep.msg, prep.source, prep.status)
         finally:
+            if prep.source.fd is not None:
+                os.close(prep.source.fd)
+
+    def _prepare(self, qid: str) -> _Prepared:
+        """One executor job: read the message and its status, expand it on the
+        first try; when every recipient left is local, deliver to each Maildir
+        and, when nothing is left to do (nothing pending, no notice to queue),
+        remove the message. The rest (remote recipients, notices, a retry)
+        goes back to the event loop."""
+        msg, source = self._read(qid)
+        try:
+            status, expanded = self._status_and_units(qid, msg.envelope)
+            for u in expanded:
+                if u.state == FAILED:
+                    self._log(qid, u, 0.0, "bounced")
+            assert status.units is not None
+            units = list(status.units)
+            if any(u.state == PENDING and not u.local for u in units):
+                return _Prepared(msg, source, status)
+            env = msg.envelope
+            for i, u in enumerate(units):
+                if u.state == PENDING:
+                    units[i] = self._deliver_local(qid, env, source, u)
+            now = time.time()
+            status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
+            if status.pending or self._notices_due(msg.envelope, status, now):
+                return _Prepared(msg, source, status, delivered=True)
+            # All done. If the admin held it meanwhile, there is nothing left to hold.
+            if not self.queue.remove(qid, ACTIVE):
+                self.queue.delete(qid)
+        except BaseException:
             if source.fd is not None:
                 os.close(source.fd)
+            raise
+        if source.fd is not None:
+            os.close(source.fd)
+        return _Prepared(msg, source, status, finished=True)
 
-    async def _process(self, qid: str, msg: QueuedMessage, source: MessageSource) -> None:
-        status, expanded = await asyncio.to_thread(self._status_and_units, qid, msg.envelope)
-        for u in expanded:
-            if u.state == FAILED:
-                self._log(qid, u, 0.0, "bounced")
+    def _notices_due(self, env: Envelope, status: Status, now: float) -> bool:
+        """Whether `_settle` has a delivery status notice to queue: only then,
+        or with recipients pending, must a finished try go back to the loop."""
+        assert status.units is not None
+        notified = set(status.notified)
+        for i, u in enumerate(status.units):
+            if i in notified or u.state == PENDING:
+                continue
+            if u.state == FAILED and env.recipients[u.rcpt].wants("FAILURE"):
+                return True
+            if u.state == DONE and env.recipients[u.rcpt].wants("SUCCESS") and not u.passed_on:
+                return True
+        return False
+
+    async def _process(
+        self, qid: str, msg: QueuedMessage, source: MessageSource, status: Status
+    ) -> None:
         assert status.units is not None
         units = list(status.units)
         try:
@@ -391,16 +489,18 @@ class QueueManager:
     async def _local(
         self, qid: str, env: Envelope, source: MessageSource, units: list[Unit], i: int
     ) -> None:
-        u = units[i]
+        units[i] = await asyncio.to_thread(self._deliver_local, qid, env, source, units[i])
+
+    def _deliver_local(self, qid: str, env: Envelope, source: MessageSource, u: Unit) -> Unit:
+        """One Maildir copy, settled and logged. Blocking."""
         try:
-            path = await asyncio.to_thread(self._maildir_deliver, env, source, u.address)
+            path = self._maildir_deliver(env, source, u.address)
         except DeliveryError as e:
-            units[i] = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
+            u = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
         else:
-            units[i] = u.settle(
-                DONE, Reply(250, "2.0.0", f"delivered to maildir as {path.name}"), "local"
-            )
-        self._log(qid, units[i], time.time() - env.received_at, _word(units[i]))
+            u = u.settle(DONE, Reply(250, "2.0.0", f"delivered to maildir as {path.name}"), "local")
+        self._log(qid, u, time.time() - env.received_at, _word(u))
+        return u
 
     def _maildir_deliver(self, env: Envelope, source: MessageSource, mailbox: str) -> Path:
         path = self.directory.maildir(mailbox)
@@ -611,6 +711,28 @@ class QueueManager:
             len(reports),
         )
         self.wake()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What `QueueManager._prepare` did: `finished` (delivered and removed;
+    the descriptor is closed), `delivered` (every local copy tried, the
+    settling is left), or neither (remote recipients wait)."""
+
+    msg: QueuedMessage
+    source: MessageSource
+    status: Status
+    delivered: bool = False
+    finished: bool = False
+
+
+def _release(job: asyncio.Future[_Prepared]) -> None:
+    """Close the descriptor of a `_prepare` job nobody waits for any more."""
+    if job.cancelled() or job.exception() is not None:
+        return
+    prep = job.result()
+    if not prep.finished and prep.source.fd is not None:
+        os.close(prep.source.fd)
 
 
 # Only the client's SENT (a 2xx to the body) makes a recipient done.

@@ -486,15 +486,25 @@ class POP3Protocol(asyncio.Protocol):
         self._pump()
 
     def _fetch(self, ev: Fetch) -> None:
+        self._spawn(self._read_message(ev))
+
+    async def _read_message(self, ev: Fetch) -> None:
+        """RETR/TOP: the file is read in one executor job, so that a big message
+        never holds up the other sessions on the loop; the connection stays
+        PAUSED meanwhile, and pipelined commands wait their turn."""
         assert self.conn is not None and self.mailbox is not None
+        loop = asyncio.get_running_loop()
         try:
-            data = self.mailbox.read(ev.uid)
+            data = await loop.run_in_executor(None, self.mailbox.read, ev.uid)
         except MailboxError as e:
             log.error("pop3 read error client=%s: %s", self.ip, e)
             data = None
+        if self._lost:
+            return
         if data is None:
             log.info("pop3 message vanished client=%s uid=%s", self.ip, ev.uid)
         self.conn.message(data)
+        self._pump()
 
     def _update(self, ev: Update) -> None:
         assert self.conn is not None
