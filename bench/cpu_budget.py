@@ -1,0 +1,390 @@
+#!/usr/bin/env python3
+"""Where the CPU per accepted message goes, in the front and in the queue manager.
+
+    python3 bench/cpu_budget.py                       # 2000 messages, one per connection
+    python3 bench/cpu_budget.py --messages 2000 --reuse
+    python3 bench/cpu_budget.py --json --keep /tmp/stacks
+
+Starts `postvakt serve` configured as bench/run.py's server, sends a warm-up,
+then attaches the sampling profiler py-spy (`pip install py-spy`; it needs
+ptrace, so run as root) to the front process and to the queue manager, and
+sends `--messages` 1 KiB messages to the local user with smtp-source (50
+sessions; one message per connection, or connection reuse with `--reuse`)
+and waits until each is in the Maildir.
+
+py-spy runs with `--gil`: a sample counts only when one of the process's
+threads holds the interpreter lock, so waits on fsync, the disk or the
+network are not counted, while system calls made with the lock held (uvloop
+sends replies that way) are. Each sample is sorted into a category by its
+innermost frame that a rule of CATEGORY_RULES knows (frames of other code, such
+as `re`, `ipaddress` or `os`, count for the caller that a rule knows); a
+sample with no such frame is "other". A category's share of the samples
+times the process's CPU time per message (utime + stime from /proc/PID/stat,
+every thread, over the run, divided by the messages) is its cost in
+milliseconds per message. The shares repeat better than the absolute figures
+on a shared machine. Needs Debian's postfix package (smtp-source). About a
+minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Literal
+
+import run
+from manager_cpu import manager_pid, user_system
+from run import USER, WARMUP_MESSAGES, BenchError, Postvakt, Sink, free_port, smtp_source
+
+Process = Literal["front", "manager"]
+
+# py-spy samples per second and process; both run for about 10-20 s.
+SAMPLE_RATE = 1000
+# Time for py-spy to attach (ptrace, read the interpreter's memory) before the run.
+ATTACH_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A frame whose module and function match these globs counts for `category`.
+
+    `module` is the dotted module name (`postvakt.server.smtp`, `asyncio.events`,
+    `uvloop.loop`), `function` the qualified name py-spy shows
+    (`SMTPSession._flush`); `process` limits a rule to the front or the manager.
+    """
+
+    module: str
+    function: str
+    category: str
+    process: Process | None = None
+
+
+REPLIES = "replies written to the socket (uvloop's `transport.write` sends at once)"
+POLICY = "policy and addresses"
+SMTP_CORE = "SMTP parse and state (sans-IO core)"
+ADAPTER = "SMTP adapter (session plumbing)"
+HANDOFFS = "hand-offs (executor, futures, locks)"
+LOGGING = "logging"
+ASYNCIO = "asyncio / transports"
+COMMIT = "queue commit (spool)"
+HEADERS = "Received: and headers"
+MANAGER = "queue manager (load, schedule, status)"
+QUEUE_FILES = "queue file reads and removal (spool)"
+MAILDIR = "Maildir delivery"
+OTHER = "other"
+
+# First matching rule wins, frame by frame from the innermost outwards. The
+# order matters where globs overlap: a function of a module comes before the
+# module as a whole, asyncio's futures and locks before the rest of asyncio.
+CATEGORY_RULES: tuple[Rule, ...] = (
+    # The adapter's functions that hand a reply to the transport: uvloop's
+    # write is compiled code, so its send() shows as these frames.
+    Rule("postvakt.server.smtp", "SMTPSession._flush", REPLIES),
+    Rule("postvakt.server.smtp", "SMTPSession._send_pending", REPLIES),
+    Rule("postvakt.server.smtp", "SMTPSession._delayed_write", REPLIES),
+    # One log line per decision: building its fields counts as logging.
+    Rule("postvakt.server.smtp", "SMTPSession._log_*", LOGGING),
+    Rule("postvakt.logtext", "*", LOGGING),
+    Rule("postvakt.server.app", "JSONFormatter.*", LOGGING),
+    Rule("logging", "*", LOGGING),
+    Rule("logging.*", "*", LOGGING),
+    # The Received: line and the authentication headers put before the body.
+    Rule("postvakt.server.smtp", "SMTPSession._received_header", HEADERS),
+    Rule("postvakt.server.smtp", "received_protocol", HEADERS),
+    Rule("postvakt.mailauth.*", "*", HEADERS),
+    # The front hands each message to the commit thread and is woken with the
+    # results of a batch (the thread's own commit work is the spool's, below).
+    Rule("postvakt.server.services", "App.commit", HANDOFFS),
+    Rule("postvakt.server.services", "App.start_committer.*", HANDOFFS),
+    Rule("postvakt.queue.spool", "Committer.*", HANDOFFS),
+    # The manager looks recipients up to expand them and to find their Maildirs.
+    Rule("postvakt.directory", "*", MANAGER, "manager"),
+    Rule("postvakt.directory.*", "*", MANAGER, "manager"),
+    # Who may send what to whom: restrictions, limits, grants, address parsing.
+    Rule("postvakt.server.smtp", "SMTPSession._client*", POLICY),
+    Rule("postvakt.server.smtp", "SMTPSession._counts*", POLICY),
+    Rule("postvakt.policy.*", "*", POLICY),
+    Rule("postvakt.address", "*", POLICY),
+    Rule("postvakt.net", "*", POLICY),
+    Rule("postvakt.server.limits", "*", POLICY),
+    Rule("postvakt.grants", "*", POLICY),
+    Rule("postvakt.grants.*", "*", POLICY),
+    Rule("postvakt.store", "*", POLICY),
+    Rule("postvakt.store.*", "*", POLICY),
+    Rule("postvakt.directory", "*", POLICY),
+    Rule("postvakt.directory.*", "*", POLICY),
+    Rule("postvakt.auth", "*", POLICY),
+    Rule("postvakt.auth.*", "*", POLICY),
+    # The sans-IO protocol core and the reply values it produces.
+    Rule("postvakt.smtp", "*", SMTP_CORE),
+    Rule("postvakt.smtp.*", "*", SMTP_CORE),
+    Rule("postvakt.reply", "*", SMTP_CORE),
+    # The rest of the SMTP side of the server: the asyncio protocol, accepting
+    # connections, TLS and PROXY handshakes, slots.
+    Rule("postvakt.server.smtp", "*", ADAPTER),
+    Rule("postvakt.server.accept", "*", ADAPTER),
+    Rule("postvakt.server.listeners", "*", ADAPTER),
+    Rule("postvakt.server.handshake", "*", ADAPTER),
+    Rule("postvakt.server.proxy", "*", ADAPTER),
+    Rule("postvakt.proxyproto", "*", ADAPTER),
+    # The queue in the front: writing the queue file, its envelope, the commit.
+    Rule("postvakt.queue", "*", COMMIT, "front"),
+    Rule("postvakt.queue.*", "*", COMMIT, "front"),
+    # The queue in the manager: reading and removing queue files, Maildir
+    # copies, and the rest of its work (loading, scheduling, delivery status).
+    Rule("postvakt.queue.spool", "*", QUEUE_FILES, "manager"),
+    Rule("postvakt.queue.envelope", "*", QUEUE_FILES, "manager"),
+    Rule("postvakt.delivery.maildir", "*", MAILDIR),
+    Rule("postvakt.mailbox", "*", MAILDIR),
+    Rule("postvakt.mailbox.*", "*", MAILDIR),
+    Rule("postvakt.queue", "*", MANAGER),
+    Rule("postvakt.queue.*", "*", MANAGER),
+    Rule("postvakt.delivery", "*", MANAGER),
+    Rule("postvakt.delivery.*", "*", MANAGER),
+    Rule("postvakt.server.manager_process", "*", MANAGER),
+    Rule("postvakt.server.notify", "*", MANAGER),
+    # Passing work between the event loop and threads.
+    Rule("concurrent.futures.*", "*", HANDOFFS),
+    Rule("threading", "*", HANDOFFS),
+    Rule("queue", "*", HANDOFFS),
+    Rule("asyncio.futures", "*", HANDOFFS),
+    Rule("asyncio.locks", "*", HANDOFFS),
+    Rule("asyncio.base_events", "*.run_in_executor", HANDOFFS),
+    Rule("asyncio.base_events", "*.call_soon_threadsafe", HANDOFFS),
+    Rule("asyncio.threads", "*", HANDOFFS),
+    Rule("uvloop.*", "*.run_in_executor", HANDOFFS),
+    Rule("uvloop.*", "*.call_soon_threadsafe", HANDOFFS),
+    # The event loop itself: callbacks, task steps, transports.
+    Rule("asyncio", "*", ASYNCIO),
+    Rule("asyncio.*", "*", ASYNCIO),
+    Rule("uvloop", "*", ASYNCIO),
+    Rule("uvloop.*", "*", ASYNCIO),
+    Rule("selectors", "*", ASYNCIO),
+    Rule("ssl", "*", ASYNCIO),
+)
+
+# ---------------------------------------------------------------- stacks
+
+
+def source_roots() -> list[str]:
+    """Directories that module names are relative to, longest first."""
+    roots = {p for p in sys.path if p and os.path.isdir(p)}
+    roots |= {v for k, v in sysconfig.get_paths().items() if k in ("stdlib", "purelib", "platlib")}
+    spec = importlib.util.find_spec("postvakt")
+    if spec is not None and spec.origin is not None:
+        roots.add(str(Path(spec.origin).parent.parent))
+    roots.add(str(run.HERE.parent / "src"))
+    return sorted((r.rstrip("/") + "/" for r in roots), key=len, reverse=True)
+
+
+def module_name(filename: str, roots: list[str]) -> str:
+    """`/x/src/postvakt/server/smtp.py` -> `postvakt.server.smtp`."""
+    rel = filename
+    for root in roots:
+        if filename.startswith(root):
+            rel = filename[len(root) :]
+            break
+    rel = rel.lstrip("/")
+    for suffix in (".py", ".pyx", ".pxi"):
+        if rel.endswith(suffix):
+            rel = rel[: -len(suffix)]
+            break
+    parts = [p for p in rel.split("/") if p]
+    if parts and parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def parse_frame(frame: str, roots: list[str]) -> tuple[str, str]:
+    """py-spy's `function (file:line)` -> (module, function)."""
+    function, sep, where = frame.rpartition(" (")
+    if not sep:
+        return "", frame
+    filename = where.rstrip(")").rsplit(":", 1)[0]
+    return module_name(filename, roots), function
+
+
+def categorize(frames: list[tuple[str, str]], process: Process) -> str:
+    for module, function in reversed(frames):
+        for rule in CATEGORY_RULES:
+            if rule.process not in (None, process):
+                continue
+            if fnmatchcase(module, rule.module) and fnmatchcase(function, rule.function):
+                return rule.category
+    return OTHER
+
+
+def read_samples(path: Path, process: Process) -> collections.Counter[str]:
+    """Samples per category from py-spy's raw (collapsed stack) output."""
+    roots = source_roots()
+    counts: collections.Counter[str] = collections.Counter()
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = [parse_frame(f, roots) for f in stack.split(";")]
+        counts[categorize(frames, process)] += int(n)
+    return counts
+
+
+# ---------------------------------------------------------------- the run
+
+
+def py_spy() -> str | None:
+    found = shutil.which("py-spy")
+    if found is None:
+        beside = Path(sys.executable).parent / "py-spy"
+        if os.access(beside, os.X_OK):
+            found = str(beside)
+    return found
+
+
+def record(spy: str, pid: int, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [spy, "record", "--gil", "--nonblocking", "--full-filenames", "--format", "raw"]
+        + ["--rate", str(SAMPLE_RATE), "--pid", str(pid), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish(spy: subprocess.Popen[bytes], what: str) -> None:
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    try:
+        _, err = spy.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+        raise BenchError(f"py-spy on the {what} did not stop") from None
+    if spy.returncode not in (0, -signal.SIGINT):
+        raise BenchError(f"py-spy on the {what} failed: {err.decode(errors='replace').strip()}")
+
+
+def cpu(pid: int) -> float:
+    u, s = user_system(pid)
+    return u + s
+
+
+def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[str, object]]:
+    sink = Sink(free_port())
+    server = Postvakt(root / "postvakt", sink.port)
+    spies: dict[Process, subprocess.Popen[bytes]] = {}
+    raw: dict[Process, Path] = {p: root / f"{p}.raw" for p in ("front", "manager")}
+    try:
+        sink.start()
+        server.start()
+        assert server.proc is not None
+        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
+        server.delivered_base += WARMUP_MESSAGES
+        server.wait_drained(server.delivered_base)
+        pids: dict[Process, int] = {
+            "front": server.proc.pid,
+            "manager": manager_pid(server.proc.pid),
+        }
+        for p, pid in pids.items():
+            spies[p] = record(spy, pid, raw[p])
+        time.sleep(ATTACH_SECONDS)
+        for p, s in spies.items():
+            if s.poll() is not None:
+                finish(s, p)
+                raise BenchError(f"py-spy on the {p} exited at once")
+        before = {p: cpu(pid) for p, pid in pids.items()}
+        smtp_source(server.port, messages, USER, reuse=reuse)
+        server.delivered_base += messages
+        server.wait_drained(server.delivered_base)
+        after = {p: cpu(pid) for p, pid in pids.items()}
+        for p, s in spies.items():
+            finish(s, p)
+        spies.clear()
+    finally:
+        for p, s in spies.items():
+            try:
+                finish(s, p)
+            except BenchError as e:
+                print(f"bench: {e}", file=sys.stderr)
+        server.stop()
+        sink.stop()
+    out: dict[str, dict[str, object]] = {}
+    for p in pids:
+        counts = read_samples(raw[p], p)
+        total = sum(counts.values())
+        if total == 0:
+            raise BenchError(f"py-spy recorded no sample of the {p} holding the GIL")
+        ms = (after[p] - before[p]) / messages * 1000
+        out[p] = {
+            "cpu_ms_per_message": round(ms, 3),
+            "samples": total,
+            "categories": {
+                c: {"share": round(n / total, 4), "ms_per_message": round(ms * n / total, 3)}
+                for c, n in ordered(counts, p)
+            },
+        }
+    return out
+
+
+def ordered(counts: collections.Counter[str], process: Process) -> list[tuple[str, int]]:
+    """Largest first; "other" last."""
+    return sorted(counts.items(), key=lambda kv: (kv[0] == OTHER, -kv[1]))
+
+
+def table(result: dict[str, dict[str, object]]) -> str:
+    lines = ["| process | category | share | ms per message |", "|---|---|---:|---:|"]
+    for p, r in result.items():
+        cats = r["categories"]
+        assert isinstance(cats, dict)
+        for c, v in cats.items():
+            lines.append(f"| {p} | {c} | {v['share']:.0%} | {v['ms_per_message']:.2f} |")
+        lines.append(f"| {p} | **all** | | **{r['cpu_ms_per_message']:.2f}** |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--messages", type=int, default=2000)
+    ap.add_argument("--reuse", action="store_true", help="smtp-source -d: connection reuse")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this directory")
+    args = ap.parse_args(argv)
+    if args.messages < 1:
+        raise BenchError("--messages must be at least 1")
+    spy = py_spy()
+    if spy is None:
+        raise BenchError("py-spy not found: pip install py-spy")
+    if not os.access(run.SMTP_SOURCE, os.X_OK):
+        raise BenchError(f"{run.SMTP_SOURCE} not found: install Debian's postfix package")
+    tmp = Path(tempfile.mkdtemp(prefix="postvakt-cpubudget-"))
+    try:
+        result = measure(spy, args.messages, args.reuse, tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for p in ("front", "manager"):
+                shutil.copy(tmp / f"{p}.raw", args.keep / f"{p}.raw")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"messages": args.messages, "reuse": args.reuse, **result}))
+    else:
+        print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(2)
