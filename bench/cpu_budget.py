@@ -64,12 +64,15 @@ class Rule:
     `module` is the dotted module name (`postvakt.server.smtp`, `asyncio.events`,
     `uvloop.loop`), `function` the qualified name py-spy shows
     (`SMTPSession._flush`); `process` limits a rule to the front or the manager.
+    With `callees`, the frame also claims every frame it calls: a log call that
+    formats a reply or an address is logging, not the reply's or address's code.
     """
 
     module: str
     function: str
     category: str
     process: Process | None = None
+    callees: bool = False
 
 
 REPLIES = "replies written to the socket (uvloop's `transport.write` sends at once)"
@@ -86,23 +89,30 @@ QUEUE_FILES = "queue file reads and removal (spool)"
 MAILDIR = "Maildir delivery"
 OTHER = "other"
 
-# First matching rule wins, frame by frame from the innermost outwards. The
-# order matters where globs overlap: a function of a module comes before the
-# module as a whole, asyncio's futures and locks before the rest of asyncio.
+# How a sample is sorted (`categorize`): the innermost frame matched by a rule
+# with `callees` decides; if there is none, the innermost frame matched by any
+# rule does; if there is none either, the sample is "other". Frames that no
+# rule knows (`re`, `os`, `pathlib`, `ipaddress`, dataclass constructors ...)
+# count for the nearest caller that one knows. Within a frame the first
+# matching rule wins, so where globs overlap a function comes before its
+# module, asyncio's futures and locks before the rest of asyncio.
 CATEGORY_RULES: tuple[Rule, ...] = (
     # The adapter's functions that hand a reply to the transport: uvloop's
     # write is compiled code, so its send() shows as these frames.
     Rule("postvakt.server.smtp", "SMTPSession._flush", REPLIES),
     Rule("postvakt.server.smtp", "SMTPSession._send_pending", REPLIES),
     Rule("postvakt.server.smtp", "SMTPSession._delayed_write", REPLIES),
-    # One log line per decision: building its fields counts as logging.
-    Rule("postvakt.server.smtp", "SMTPSession._log_*", LOGGING),
-    Rule("postvakt.logtext", "*", LOGGING),
-    Rule("postvakt.server.app", "JSONFormatter.*", LOGGING),
-    Rule("logging", "*", LOGGING),
-    Rule("logging.*", "*", LOGGING),
+    # Log lines: building their fields, formatting their arguments, writing them.
+    Rule("postvakt.server.smtp", "SMTPSession._log_*", LOGGING, callees=True),
+    Rule("postvakt.policy.types", "Decision.log_*", LOGGING, callees=True),
+    Rule("postvakt.queue.manager", "QueueManager._log", LOGGING, callees=True),
+    Rule("postvakt.server.handshake", "log_failure", LOGGING, callees=True),
+    Rule("postvakt.logtext", "*", LOGGING, callees=True),
+    Rule("postvakt.server.app", "JSONFormatter.*", LOGGING, callees=True),
+    Rule("logging", "*", LOGGING, callees=True),
+    Rule("logging.*", "*", LOGGING, callees=True),
     # The Received: line and the authentication headers put before the body.
-    Rule("postvakt.server.smtp", "SMTPSession._received_header", HEADERS),
+    Rule("postvakt.server.smtp", "SMTPSession._received_header", HEADERS, callees=True),
     Rule("postvakt.server.smtp", "received_protocol", HEADERS),
     Rule("postvakt.mailauth.*", "*", HEADERS),
     # The front hands each message to the commit thread and is woken with the
@@ -110,6 +120,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("postvakt.server.services", "App.commit", HANDOFFS),
     Rule("postvakt.server.services", "App.start_committer.*", HANDOFFS),
     Rule("postvakt.queue.spool", "Committer.*", HANDOFFS),
+    # The front wakes the queue manager after each commit.
+    Rule("postvakt.server.manager_process", "*", HANDOFFS, "front"),
     # The manager looks recipients up to expand them and to find their Maildirs.
     Rule("postvakt.directory", "*", MANAGER, "manager"),
     Rule("postvakt.directory.*", "*", MANAGER, "manager"),
@@ -217,14 +229,26 @@ def parse_frame(frame: str, roots: list[str]) -> tuple[str, str]:
     return module_name(filename, roots), function
 
 
+def match(module: str, function: str, process: Process) -> Rule | None:
+    for rule in CATEGORY_RULES:
+        if rule.process not in (None, process):
+            continue
+        if fnmatchcase(module, rule.module) and fnmatchcase(function, rule.function):
+            return rule
+    return None
+
+
 def categorize(frames: list[tuple[str, str]], process: Process) -> str:
+    """The category of one sample; `frames` run from the outermost to the innermost."""
+    innermost: Rule | None = None
     for module, function in reversed(frames):
-        for rule in CATEGORY_RULES:
-            if rule.process not in (None, process):
-                continue
-            if fnmatchcase(module, rule.module) and fnmatchcase(function, rule.function):
-                return rule.category
-    return OTHER
+        rule = match(module, function, process)
+        if rule is None:
+            continue
+        if rule.callees:
+            return rule.category
+        innermost = innermost or rule
+    return innermost.category if innermost is not None else OTHER
 
 
 def read_samples(path: Path, process: Process) -> collections.Counter[str]:
@@ -330,13 +354,13 @@ def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[
             "samples": total,
             "categories": {
                 c: {"share": round(n / total, 4), "ms_per_message": round(ms * n / total, 3)}
-                for c, n in ordered(counts, p)
+                for c, n in ordered(counts)
             },
         }
     return out
 
 
-def ordered(counts: collections.Counter[str], process: Process) -> list[tuple[str, int]]:
+def ordered(counts: collections.Counter[str]) -> list[tuple[str, int]]:
     """Largest first; "other" last."""
     return sorted(counts.items(), key=lambda kv: (kv[0] == OTHER, -kv[1]))
 
@@ -367,16 +391,30 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(run.SMTP_SOURCE, os.X_OK):
         raise BenchError(f"{run.SMTP_SOURCE} not found: install Debian's postfix package")
     tmp = Path(tempfile.mkdtemp(prefix="postvakt-cpubudget-"))
+    load = [os.getloadavg()[0]]
     try:
         result = measure(spy, args.messages, args.reuse, tmp)
+        load.append(os.getloadavg()[0])
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for p in ("front", "manager"):
                 shutil.copy(tmp / f"{p}.raw", args.keep / f"{p}.raw")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    for p, r in result.items():
+        print(
+            f"  {p}: {r['cpu_ms_per_message']:.3f} ms CPU per message, {r['samples']} samples",
+            file=sys.stderr,
+        )
+    print(
+        f"  {args.messages} messages, {'connection reuse' if args.reuse else '1 per connection'}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"load average {load[0]:.1f} before, {load[1]:.1f} after",
+        file=sys.stderr,
+    )
     if args.json:
-        print(json.dumps({"messages": args.messages, "reuse": args.reuse, **result}))
+        out = {"messages": args.messages, "reuse": args.reuse, "load_average": load, **result}
+        print(json.dumps(out))
     else:
         print(table(result))
     return 0
