@@ -16,13 +16,14 @@ py-spy runs with `--gil`: a sample counts only when one of the process's
 threads holds the interpreter lock, so waits on fsync, the disk or the
 network are not counted, while system calls made with the lock held (uvloop
 sends replies that way) are. Each sample is sorted into a category by its
-innermost frame that a rule of CATEGORY_RULES knows (frames of other code, such
-as `re`, `ipaddress` or `os`, count for the caller that a rule knows); a
-sample with no such frame is "other". A category's share of the samples
+innermost frame that a rule of CATEGORY_RULES knows (frames of other code,
+such as `re`, `ipaddress` or `os`, count for the nearest caller that a rule
+knows; a log call claims what it formats); a sample with no such frame, or
+with no Python frame at all, is "other". A category's share of the samples
 times the process's CPU time per message (utime + stime from /proc/PID/stat,
 every thread, over the run, divided by the messages) is its cost in
 milliseconds per message. The shares repeat better than the absolute figures
-on a shared machine. Needs Debian's postfix package (smtp-source). About a
+on a shared machine. Needs Debian's postfix package (smtp-source). Under a
 minute.
 """
 
@@ -257,9 +258,10 @@ def read_samples(path: Path, process: Process) -> collections.Counter[str]:
     counts: collections.Counter[str] = collections.Counter()
     for line in path.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
+        if not n.isdigit():
             continue
-        frames = [parse_frame(f, roots) for f in stack.split(";")]
+        # An empty stack: the lock was held with no Python frame to show.
+        frames = [parse_frame(f, roots) for f in stack.split(";")] if stack else []
         counts[categorize(frames, process)] += int(n)
     return counts
 
@@ -322,9 +324,9 @@ def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[
         for p, pid in pids.items():
             spies[p] = record(spy, pid, raw[p])
         time.sleep(ATTACH_SECONDS)
-        for p, s in spies.items():
-            if s.poll() is not None:
-                finish(s, p)
+        for p in list(spies):
+            if spies[p].poll() is not None:
+                finish(spies.pop(p), p)
                 raise BenchError(f"py-spy on the {p} exited at once")
         before = {p: cpu(pid) for p, pid in pids.items()}
         smtp_source(server.port, messages, USER, reuse=reuse)
