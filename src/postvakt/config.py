@@ -688,18 +688,12 @@ def loads(text: str, source: str = "<string>", base_dir: Path | None = None) -> 
 def _quota_from(table: Any, base: Quota, source: str, section: str) -> Quota:
     if not isinstance(table, dict):
         raise ConfigError(source, f"[{section}]", "must be a table")
-    known = {f.name for f in fields(Quota)}
+    _check_keys(table, {f.name for f in fields(Quota)}, source, section)
     changes: dict[str, Any] = {}
     for k, v in table.items():
         key = f"[{section}] {k}"
-        if k not in known:
-            raise ConfigError(
-                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
-            )
         if k == "outcome":
-            if v not in OUTCOMES:
-                raise ConfigError(source, key, f"{v!r} is not one of {', '.join(OUTCOMES)}")
-            changes[k] = v
+            changes[k] = _choice(v, OUTCOMES, source, key)
         elif k == "outcomes":
             if not isinstance(v, dict):
                 raise ConfigError(
@@ -711,11 +705,7 @@ def _quota_from(table: Any, base: Quota, source: str, section: str) -> Quota:
                     raise ConfigError(
                         source, f"{key}.{limit}", f"not a limit (limits: {', '.join(LIMITS)})"
                     )
-                if outcome not in OUTCOMES:
-                    raise ConfigError(
-                        source, f"{key}.{limit}", f"{outcome!r} is not one of {', '.join(OUTCOMES)}"
-                    )
-                pairs.append((limit, outcome))
+                pairs.append((limit, _choice(outcome, OUTCOMES, source, f"{key}.{limit}")))
             # Overrides given here replace the default's per-limit outcomes for the same limits only.
             kept = tuple(p for p in base.outcomes if p[0] not in v)
             changes[k] = kept + tuple(pairs)
@@ -734,14 +724,10 @@ def parse_limits(table: Any, source: str) -> LimitsConfig:
     if not isinstance(table, dict):
         raise ConfigError(source, "[limits]", "must be a table")
     base = LimitsConfig()
-    known = {f.name for f in fields(LimitsConfig)}
+    _check_keys(table, {f.name for f in fields(LimitsConfig)}, source, "limits")
     changes: dict[str, Any] = {}
     for k, v in table.items():
         key = f"[limits] {k}"
-        if k not in known:
-            raise ConfigError(
-                source, key, f"unknown key (known keys here: {', '.join(sorted(known))})"
-            )
         if k in QUOTAS:
             changes[k] = _quota_from(v, getattr(base, k), source, f"limits.{k}")
         elif k == "users":
@@ -754,9 +740,7 @@ def parse_limits(table: Any, source: str) -> LimitsConfig:
                 raise ConfigError(source, key, "expected a list of addresses or networks")
             changes[k] = tuple(parse_network(x, source, key) for x in items)
         elif k == "store":
-            if v not in ("memory", "sqlite"):
-                raise ConfigError(source, key, f"{v!r} is not one of memory, sqlite")
-            changes[k] = v
+            changes[k] = _choice(v, ("memory", "sqlite"), source, key)
         elif k in ("enabled", "notify_user"):
             if not isinstance(v, bool):
                 raise ConfigError(source, key, f"expected true or false, got {v!r}")
