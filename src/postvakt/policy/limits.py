@@ -48,7 +48,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, replace
 
-from postvakt.net import IPNetwork, in_networks
+from postvakt.net import in_networks
 from postvakt.policy.types import (
     DEFER,
     NO_MATCH,
@@ -62,6 +62,8 @@ from postvakt.policy.types import (
     Verdict,
 )
 from postvakt.reply import Reply
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # What may happen over a limit.
 OUTCOME_DEFER = "defer"
