@@ -28,6 +28,14 @@ from postvakt.policy.limits import (
     LimitsConfig,
     Quota,
 )
+from postvakt.policy.settings import (
+    CHECK_MODES,
+    SENDER_MODES,
+    TRUSTED_SENDER_MODES,
+    CheckMode,
+    SenderMode,
+    TrustedSenderMode,
+)
 from postvakt.smtp._data import DEFAULT_MAX_LINE_LENGTH
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -101,14 +109,6 @@ class RelayConfig:
     reject_text: str = "<{rcpt}>: Relaying denied"
     # Append the plain-words reason (which roads were tried) to the reply.
     explain_in_reply: bool = False
-
-
-# What a failed sender check does: nothing, a record only (log and header), a refusal.
-SenderMode = Literal["off", "warn", "reject"]
-SENDER_MODES: tuple[SenderMode, ...] = ("off", "warn", "reject")
-# Which sender a trusted road (networks, clients, POP-before-SMTP) may use.
-TrustedSenderMode = Literal["any", "domain", "owner"]
-TRUSTED_SENDER_MODES: tuple[TrustedSenderMode, ...] = ("any", "domain", "owner")
 
 
 @dataclass(frozen=True)
@@ -293,11 +293,6 @@ class DKIMConfig:
             if d == domain:
                 return sels
         return ()
-
-
-# What a failed check does: nothing (not even looked up), a record only, or a refusal.
-CheckMode = Literal["off", "warn", "reject"]
-CHECK_MODES: tuple[CheckMode, ...] = ("off", "warn", "reject")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """Pure policy decisions: relaying, sender identity and limits, each with a trace.
 
 Rules of the house:
-- Pure functions of (client, address, config, directory view): no I/O, no
+- Pure functions of (client, address, settings, directory view): no I/O, no
   clock (the client carries `now`), no sockets. A test enforces the imports.
+- The settings are the small views of `policy/settings.py`, each naming what
+  a decision reads; a `Config` satisfies them, and policy never imports it.
 - A decision is a `Decision(verdict, reply, rule, trace)`. The log line,
   `postvakt explain` and the reply's explanation all come from that trace.
 - A rule's name is the same string in config, trace, log and test ids.

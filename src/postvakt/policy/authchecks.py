@@ -20,14 +20,13 @@ Rules of the house:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from postvakt.mailauth.results import (
     AuthResults,
     DMARCResult,
     SPFResult,
 )
 from postvakt.policy.limits import HOLD
+from postvakt.policy.settings import AuthCheckModes
 from postvakt.policy.types import (
     DEFER,
     NO_MATCH,
@@ -40,9 +39,6 @@ from postvakt.policy.types import (
     Verdict,
 )
 from postvakt.reply import Reply
-
-if TYPE_CHECKING:
-    from postvakt.config import AuthChecksConfig
 
 AUTH_CHECKS = "auth_checks"
 SPF_FAIL = "spf_fail"
@@ -69,7 +65,7 @@ def not_checked(why: str) -> Decision:
     return Decision(Verdict.PERMIT, CHECKS_OK, AUTH_CHECKS, (step,))
 
 
-def _spf_step(results: AuthResults, modes: AuthChecksConfig) -> tuple[Step, Reply | None]:
+def _spf_step(results: AuthResults, modes: AuthCheckModes) -> tuple[Step, Reply | None]:
     mode = modes.spf_fail
     spf = results.spf_mailfrom
     if mode == "off":
@@ -91,7 +87,7 @@ def _spf_step(results: AuthResults, modes: AuthChecksConfig) -> tuple[Step, Repl
     return Step(SPF_FAIL, WARN, f"{what} (recorded{mild})"), None
 
 
-def _dmarc_step(results: AuthResults, modes: AuthChecksConfig) -> tuple[Step, Reply | None, bool]:
+def _dmarc_step(results: AuthResults, modes: AuthCheckModes) -> tuple[Step, Reply | None, bool]:
     """The step, a refusal if any, and whether the message is held."""
     mode = modes.dmarc_reject
     m = results.dmarc
@@ -127,7 +123,7 @@ def _dmarc_step(results: AuthResults, modes: AuthChecksConfig) -> tuple[Step, Re
     return Step(DMARC_REJECT, WARN, f"{what} (recorded)"), None, False
 
 
-def check_authentication(results: AuthResults, modes: AuthChecksConfig) -> Decision:
+def check_authentication(results: AuthResults, modes: AuthCheckModes) -> Decision:
     """End of DATA, mail from outside: SPF first, then DMARC; a refusal wins over a hold."""
     spf_step, spf_reply = _spf_step(results, modes)
     trace = [spf_step]

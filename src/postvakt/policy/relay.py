@@ -13,10 +13,9 @@ Rules of the house:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from postvakt.address import Address
 from postvakt.policy import roads as road_rules
+from postvakt.policy.settings import DomainSettings, RelayReplyView, RelayView
 from postvakt.policy.types import (
     NO_MATCH,
     PERMIT,
@@ -29,9 +28,6 @@ from postvakt.policy.types import (
     Verdict,
 )
 from postvakt.reply import Reply
-
-if TYPE_CHECKING:
-    from postvakt.config import Config
 
 LOCAL_DOMAIN = "local_domain"
 RELAY_DOMAIN = "relay_domain"
@@ -50,7 +46,7 @@ def unknown_user_reply(rcpt: Address) -> Reply:
     return Reply(550, "5.1.1", f"<{rcpt}>: Recipient address rejected: User unknown")
 
 
-def relay_denied_reply(rcpt: Address, config: Config, hints: tuple[str, ...] = ()) -> Reply:
+def relay_denied_reply(rcpt: Address, config: RelayReplyView, hints: tuple[str, ...] = ()) -> Reply:
     """The configurable relay refusal; with explain_in_reply, one line per road tried."""
     relay = config.relay
     text = relay.reject_text.replace("{rcpt}", str(rcpt))
@@ -59,10 +55,12 @@ def relay_denied_reply(rcpt: Address, config: Config, hints: tuple[str, ...] = (
     return Reply(relay.reject_code, relay.reject_enhanced, text)
 
 
-def check_rcpt(client: Client, rcpt: Address, config: Config, directory: DirectoryView) -> Decision:
+def check_rcpt(
+    client: Client, rcpt: Address, config: RelayView, directory: DirectoryView
+) -> Decision:
     """May this client hand us mail for `rcpt`? Accept for our domains, relay only by a road."""
     trace: list[Step] = []
-    decided = _our_recipient(rcpt, config, directory, trace)
+    decided = _our_recipient(rcpt, config.domains, directory, trace)
     if decided is not None:
         return decided
     hints: list[str] = []
@@ -73,7 +71,7 @@ def check_rcpt(client: Client, rcpt: Address, config: Config, directory: Directo
         trace.append(Step(road.rule, NO_MATCH, road.detail))
         hints.append(road.hint)
 
-    if config.is_relay_domain(rcpt.domain):
+    if rcpt.domain in config.domains.relay:
         where = f"{rcpt} asks for routing elsewhere"
     else:
         where = f"{rcpt.domain} is not our domain"
@@ -90,7 +88,7 @@ def check_rcpt(client: Client, rcpt: Address, config: Config, directory: Directo
 
 
 def _our_recipient(
-    rcpt: Address, config: Config, directory: DirectoryView, trace: list[Step]
+    rcpt: Address, domains: DomainSettings, directory: DirectoryView, trace: list[Step]
 ) -> Decision | None:
     """local_domain and relay_domain: the decision for one of our recipients; None
     for a foreign one (its steps are in `trace`), which only a road may relay."""
@@ -105,7 +103,7 @@ def _our_recipient(
         )
         return Decision(Verdict.PERMIT, RCPT_OK, LOCAL_DOMAIN, tuple(trace))
 
-    if config.is_local_domain(domain):
+    if domain in domains.local:
         if directory.recipient_exists(str(rcpt)):
             trace.append(
                 Step(LOCAL_DOMAIN, PERMIT, f"{domain} is a local domain and {rcpt} exists")
@@ -120,20 +118,20 @@ def _our_recipient(
         Step(
             LOCAL_DOMAIN,
             NO_MATCH,
-            f"{domain} is not a local domain (local: {_domains_words(config.domains.local)})",
+            f"{domain} is not a local domain (local: {_domains_words(domains.local)})",
         )
     )
 
-    if config.is_relay_domain(domain) and not rcpt.routed:
+    if domain in domains.relay and not rcpt.routed:
         trace.append(
             Step(
                 RELAY_DOMAIN, PERMIT, f"{domain} is a relay domain: we accept and forward its mail"
             )
         )
         return Decision(Verdict.PERMIT, RCPT_OK, RELAY_DOMAIN, tuple(trace))
-    if config.is_relay_domain(domain):
+    if domain in domains.relay:
         detail = f"{domain} is a relay domain, but the local part {rcpt.local!r} asks for routing elsewhere"
     else:
-        detail = f"{domain} is not a relay domain (relay: {_domains_words(config.domains.relay)})"
+        detail = f"{domain} is not a relay domain (relay: {_domains_words(domains.relay)})"
     trace.append(Step(RELAY_DOMAIN, NO_MATCH, detail))
     return None

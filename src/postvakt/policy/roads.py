@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from postvakt.net import parse_ip
+from postvakt.net import IPNetwork, parse_ip
+from postvakt.policy.settings import RoadsView
 from postvakt.policy.types import Client
-
-if TYPE_CHECKING:
-    from postvakt.config import Config, IPNetwork
 
 # Rule names: the same strings in config, trace, log and test ids.
 PERMIT_AUTHENTICATED = "permit_authenticated"
@@ -104,7 +101,7 @@ def authenticated(client: Client) -> Road:
     )
 
 
-def pop_before_smtp(client: Client, config: Config) -> Road:
+def pop_before_smtp(client: Client, config: RoadsView) -> Road:
     rule = PERMIT_POP_BEFORE_SMTP
     window = config.relay.pop_before_smtp
     if window <= 0:
@@ -152,15 +149,15 @@ def pop_before_smtp(client: Client, config: Config) -> Road:
     )
 
 
-def networks(client: Client, config: Config) -> Road:
+def networks(client: Client, config: RoadsView) -> Road:
     return _network_road(PERMIT_NETWORKS, "networks", client, config.relay.networks)
 
 
-def clients(client: Client, config: Config) -> Road:
+def clients(client: Client, config: RoadsView) -> Road:
     return _network_road(PERMIT_CLIENTS, "clients", client, config.relay.clients)
 
 
-def each_road(client: Client, config: Config) -> tuple[Road, ...]:
+def each_road(client: Client, config: RoadsView) -> tuple[Road, ...]:
     """All four roads, in order, each with its reason."""
     return (
         authenticated(client),

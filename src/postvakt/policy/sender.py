@@ -21,10 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from postvakt.address import Address
 from postvakt.policy import roads as road_rules
+from postvakt.policy.settings import (
+    DomainSettings,
+    RoadsView,
+    SenderMode,
+    SenderModes,
+    SenderView,
+)
 from postvakt.policy.types import (
     NO_MATCH,
     OFF,
@@ -38,9 +44,6 @@ from postvakt.policy.types import (
     Verdict,
 )
 from postvakt.reply import Reply
-
-if TYPE_CHECKING:
-    from postvakt.config import Config, SenderMode
 
 NULL_SENDER = "null_sender"
 SENDER_AUTHENTICATED = "sender_authenticated"
@@ -91,22 +94,22 @@ class _Finding:
     login: str | None = None
 
 
-def _is_ours(address: Address, config: Config) -> bool:
-    return config.is_local_domain(address.domain) or config.is_relay_domain(address.domain)
+def _is_ours(address: Address, domains: DomainSettings) -> bool:
+    return address.domain in domains.local or address.domain in domains.relay
 
 
-def _claims_ours(address: Address, config: Config) -> bool:
+def _claims_ours(address: Address, config: SenderView) -> bool:
     """Could this sender be one of ours? Our hostname is; a literal might name this host."""
     return (
         not address.domain
         or address.is_literal
         or address.domain == config.hostname
-        or _is_ours(address, config)
+        or _is_ours(address, config.domains)
     )
 
 
 def _road_steps(
-    client: Client, config: Config
+    client: Client, config: RoadsView
 ) -> tuple[list[Step], road_rules.Road | None, list[str]]:
     """Roads tried in order up to the first open one: steps, that road, client hints."""
     steps: list[Step] = []
@@ -127,7 +130,7 @@ def _judge(
     client: Client,
     address: Address,
     road: road_rules.Road | None,
-    config: Config,
+    config: SenderView,
     directory: DirectoryView,
 ) -> _Finding:
     finding = _judge_address(client, address, road, config, directory)
@@ -142,22 +145,22 @@ def _judge_address(
     client: Client,
     address: Address,
     road: road_rules.Road | None,
-    config: Config,
+    config: SenderView,
     directory: DirectoryView,
 ) -> _Finding:
     """The rule of the road the client came by (none: mail from outside)."""
     if road is None:
         return _judge_outside(address, config)
     if road.rule == road_rules.PERMIT_AUTHENTICATED:
-        return _judge_authenticated(address, road, config, directory)
+        return _judge_authenticated(address, road, config.sender, directory)
     return _judge_trusted(address, road, config, directory)
 
 
 def _judge_authenticated(
-    address: Address, road: road_rules.Road, config: Config, directory: DirectoryView
+    address: Address, road: road_rules.Road, modes: SenderModes, directory: DirectoryView
 ) -> _Finding:
     login = road.login or ""
-    mode = config.sender.authenticated
+    mode = modes.authenticated
     if mode == "off":
         return _Finding(
             SENDER_AUTHENTICATED,
@@ -177,7 +180,7 @@ def _judge_authenticated(
 
 
 def _judge_trusted(
-    address: Address, road: road_rules.Road, config: Config, directory: DirectoryView
+    address: Address, road: road_rules.Road, config: SenderView, directory: DirectoryView
 ) -> _Finding:
     """Networks, allowed clients, POP-before-SMTP: `[sender]` any | domain | owner."""
     key = _ROAD_KEY[road.rule]
@@ -186,7 +189,7 @@ def _judge_trusted(
     if mode == "any":
         return _Finding(rule, True, f"[sender] {key} = any: {address} allowed")
     if mode == "domain":
-        if _is_ours(address, config):
+        if _is_ours(address, config.domains):
             return _Finding(
                 rule, True, f"[sender] {key} = domain: {address.domain} is one of our domains"
             )
@@ -220,7 +223,7 @@ def _judge_trusted(
     )
 
 
-def _judge_outside(address: Address, config: Config) -> _Finding:
+def _judge_outside(address: Address, config: SenderView) -> _Finding:
     """A client on no road: any foreign sender, none of ours (unauthenticated_local)."""
     mode = config.sender.unauthenticated_local
     if not _claims_ours(address, config):
@@ -245,15 +248,15 @@ def _judge_outside(address: Address, config: Config) -> _Finding:
     )
 
 
-def _envelope_reply(sender: Address, reason: str, config: Config, hints: Sequence[str]) -> Reply:
+def _envelope_reply(sender: Address, reason: str, explain: bool, hints: Sequence[str]) -> Reply:
     text = f"<{sender}>: Sender address rejected: {reason}"
-    if config.relay.explain_in_reply and reason == "not logged in" and hints:
+    if explain and reason == "not logged in" and hints:
         text = "\n".join((text, *hints))
     return Reply(553, "5.7.1", text)
 
 
 def check_sender(
-    client: Client, sender: Address, config: Config, directory: DirectoryView
+    client: Client, sender: Address, config: SenderView, directory: DirectoryView
 ) -> Decision:
     """MAIL FROM: may this client use this envelope sender?"""
     if sender.is_null:
@@ -271,7 +274,7 @@ def check_sender(
         steps.append(Step(finding.rule, WARN, f"{finding.detail} (warn only)"))
         return Decision(Verdict.WARN, MAIL_OK, finding.rule, tuple(steps))
     steps.append(Step(finding.rule, REJECT, finding.detail))
-    reply = _envelope_reply(sender, finding.reason, config, hints)
+    reply = _envelope_reply(sender, finding.reason, config.relay.explain_in_reply, hints)
     return Decision(Verdict.REJECT, reply, finding.rule, tuple(steps))
 
 
@@ -279,7 +282,7 @@ def check_header_from(
     client: Client,
     header_from: Sequence[Address],
     header_sender: Sequence[Address],
-    config: Config,
+    config: SenderView,
     directory: DirectoryView,
 ) -> Decision:
     """End of DATA: may this client put these addresses in From:/Sender:?

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from postvakt.address import Address, AddressError, parse_header_addresses
 from postvakt.policy.limits import (
@@ -32,6 +31,7 @@ from postvakt.policy.limits import (
 )
 from postvakt.policy.relay import check_rcpt
 from postvakt.policy.sender import HEADER_FROM, check_header_from, check_sender
+from postvakt.policy.settings import RelayView, SenderView
 from postvakt.policy.types import (
     REJECT,
     WARN,
@@ -44,9 +44,6 @@ from postvakt.policy.types import (
 )
 from postvakt.reply import Reply
 from postvakt.smtp.replies import AUTH_REQUIRED
-
-if TYPE_CHECKING:
-    from postvakt.config import Config
 
 # DESIGN.md [listen]: submission (587, STARTTLS) and submissions (465, implicit
 # TLS) take no MAIL before AUTH; 587 takes no AUTH before STARTTLS.
@@ -116,7 +113,7 @@ def auth_required(client: Client) -> Decision | None:
 def on_mail(
     client: Client,
     sender: Address,
-    config: Config,
+    config: SenderView,
     directory: DirectoryView,
     counts: Callable[[], Counted] | None,
 ) -> Answer:
@@ -138,7 +135,7 @@ def on_mail(
 def on_rcpt(
     client: Client,
     rcpt: Address,
-    config: Config,
+    config: RelayView,
     directory: DirectoryView,
     counts: Callable[[], Counted] | None,
     in_message: int,
@@ -178,7 +175,7 @@ def on_end_of_data(
     client: Client,
     headers: Sequence[tuple[str, str]],
     headers_complete: bool,
-    config: Config,
+    config: SenderView,
     directory: DirectoryView,
 ) -> HeaderAnswer:
     """End of data: may this client put these addresses in From: and Sender:?
