@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from postvakt.policy.limits import Subject
     from postvakt.queue import IncomingMessage, Queue
     from postvakt.server.accept import Slot
+    from postvakt.server.idle import Deadlines
     from postvakt.store import State
 
 log = logging.getLogger("postvakt.smtp")
@@ -123,6 +124,8 @@ class SessionContext(Protocol):
     def limiter(self) -> Limits | None: ...
     @property
     def sessions(self) -> set[Any]: ...
+    @property
+    def deadlines(self) -> Deadlines: ...
     @property
     def tasks(self) -> set[asyncio.Future[Any]]: ...
 
@@ -211,7 +214,8 @@ class SMTPSession(asyncio.Protocol):
         # Several nodes: the grant and counts read off the loop for this command.
         self.shared_grant: Grant | None = None
         self.shared_usage: Usage | None = None
-        self.idle_handle: asyncio.TimerHandle | None = None
+        # Armed in app.deadlines (server/idle.py): its key there, None when not armed.
+        self.idle_key: int | None = None
         self.deadline = 0.0
         self.tls_pending: list[bytes] | None = None
         self.write_paused = False
@@ -289,9 +293,9 @@ class SMTPSession(asyncio.Protocol):
             )
         self.closing = True
         self._abort_message()
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
-            self.idle_handle = None
+        if self.idle_key is not None:
+            self.app.deadlines.cancel(self, self.idle_key)
+            self.idle_key = None
         self.app.sessions.discard(self)
         if self.slot is not None:
             self.slot.release()
@@ -312,21 +316,21 @@ class SMTPSession(asyncio.Protocol):
         """A per-request deadline: reset when we answer a command, not by every byte."""
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.config.smtp.idle_timeout
-        if self.idle_handle is None:
-            self.idle_handle = loop.call_at(self.deadline, self._on_idle)
+        if self.idle_key is None:
+            self.idle_key = self.app.deadlines.arm(self, self.deadline)
 
     def _extend_deadline(self, nbytes: int) -> None:
         rate = self.config.smtp.min_data_rate
         if rate > 0:
             self.deadline += nbytes / rate
 
-    def _on_idle(self) -> None:
-        self.idle_handle = None
+    def on_deadline(self) -> None:
+        self.idle_key = None
         if self.conn is None or self.closing:
             return
         loop = asyncio.get_running_loop()
         if loop.time() < self.deadline or self.busy:
-            self.idle_handle = loop.call_at(max(self.deadline, loop.time() + 0.5), self._on_idle)
+            self.idle_key = self.app.deadlines.arm(self, max(self.deadline, loop.time() + 0.5))
             return
         log.info("timeout client=%s port=%s", self.ip, self.kind)
         self._abort_message()
