@@ -6,7 +6,7 @@ import json
 import logging
 
 from postvakt.logtext import printable
-from postvakt.server.app import JSONFormatter
+from postvakt.server.process import JSONFormatter
 
 
 def test_line_breaks_brackets_and_backslashes_are_escaped() -> None:

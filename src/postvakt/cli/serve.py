@@ -1,4 +1,4 @@
-"""`postvakt serve`: the front and (started by it) the queue manager."""
+"""`postvakt serve`: the front; it starts the queue manager (`python -m postvakt.server`)."""
 
 from __future__ import annotations
 
@@ -13,28 +13,9 @@ from postvakt.server.main import serve as run_serve
 
 @click.command()
 @config_option
-@click.option(
-    "--role",
-    type=click.Choice(["front", "queue-manager", "worker"]),
-    default="front",
-    hidden=True,
-)
-@click.option("--wake-fd", type=int, default=None, hidden=True)
-@click.option("--worker-spec", default=None, hidden=True)
-def serve(config_path: str | None, role: str, wake_fd: int | None, worker_spec: str | None) -> None:
+def serve(config_path: str | None) -> None:
     """Run every configured listener until SIGTERM (SIGHUP reloads the config)."""
-    # The queue manager's parent has warned about loose modes already.
-    cfg, path = resolve_config(config_path, warn=role != "queue-manager")
-    if role == "queue-manager":
-        # Started by the front itself (server/manager_process.py), never by hand.
-        if wake_fd is None:
-            raise click.UsageError("--role queue-manager needs --wake-fd")
-        sys.exit(run_serve(cfg, path, wake_fd=wake_fd))
-    if role == "worker":
-        # Started by the front itself (server/workers.py) with sockets handed down.
-        if worker_spec is None:
-            raise click.UsageError("--role worker needs --worker-spec")
-        sys.exit(run_serve(cfg, path, worker_spec=worker_spec))
+    cfg, path = resolve_config(config_path)
     if path is None:
         _print_default_banner(cfg)
     sys.exit(run_serve(cfg, path))

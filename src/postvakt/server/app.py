@@ -25,20 +25,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import functools
-import json
 import logging
 import os
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from postvakt import config as config_mod
 from postvakt.auth import Authenticator
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory, DirectoryUnavailable, SchemaError
 from postvakt.grants.logins import LoginThrottle
-from postvakt.mailauth.signing import Signer
 from postvakt.queue import Queue
 from postvakt.server import notify
 from postvakt.server.accept import Connections
@@ -47,6 +42,7 @@ from postvakt.server.limits import Limiter
 from postvakt.server.listeners import Opener
 from postvakt.server.pop3 import reload_pop3, start_pop3, stop_pop3
 from postvakt.server.privileges import server_identity
+from postvakt.server.process import SHUTDOWN_GRACE
 from postvakt.server.services import App
 from postvakt.server.smtp import SMTPSession
 from postvakt.server.tls import ServerContext, reload_context, server_context
@@ -54,8 +50,17 @@ from postvakt.store import open_state
 
 log = logging.getLogger("postvakt")
 
-# How long SIGTERM waits for transactions in flight before closing them.
-SHUTDOWN_GRACE = 10.0
+
+def dkim_key_problems(config: Config) -> tuple[str, ...]:
+    """A line per `[dkim] sign` key that cannot be used: `serve` and a reload refuse those."""
+    if not config.dkim.sign:
+        return ()
+    # Here, only with [dkim] sign: the keys are read with dkimpy's and
+    # cryptography's modules, 3.2 MB PSS in the front (measured) that a server
+    # without signing keys never needs (the queue manager signs, not the front).
+    from postvakt.mailauth.signing import Signer
+
+    return Signer.load(config).problems
 
 
 def build_app(config: Config) -> App:
@@ -74,7 +79,7 @@ def build_app(config: Config) -> App:
             "data_dir",
             f"{config.data_dir} is not a usable directory: {e.strerror or e}",
         ) from None
-    dkim_problems = Signer.load(config).problems
+    dkim_problems = dkim_key_problems(config)
     if dkim_problems:
         raise ConfigError(config.source, "[dkim] sign", "; ".join(dkim_problems))
     try:
@@ -203,7 +208,7 @@ def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) ->
                 + ("this" if len(restart) == 1 else "these")
                 + " (postvakt check, then systemctl restart postvakt)",
             )
-        dkim_problems = Signer.load(new).problems
+        dkim_problems = dkim_key_problems(new)
         if dkim_problems:
             raise ConfigError(new.source, "[dkim] sign", "; ".join(dkim_problems))
         if isinstance(app.ssl_context, ServerContext):
@@ -221,45 +226,3 @@ def _apply_reload(app: App, path: Path, servers: list[tuple[str, Listening]]) ->
     if app.manager is not None and hasattr(app.manager, "config"):
         app.manager.config = new
     log.info("reloaded %s", path)
-
-
-class JSONFormatter(logging.Formatter):
-    """`[log] format = "json"`: one JSON object per line, for log shippers.
-
-    `msg` is the same text the text format prints, so a grep (or a fail2ban
-    filter) written for one finds the same events in the other.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def setup_logging(level: str, fmt: str = "text", *, with_pid: bool = False) -> None:
-    """`fmt` is `[log] format`; with several processes (`[server] workers`) each
-    text line names its process (JSON lines always carry `pid`)."""
-    # Only what the format names is collected for each record (the logging
-    # HOWTO's "Optimization"): a log line costs half (52 -> 25 us measured for
-    # the "queued" line) without the thread and caller lookups.
-    logging.logThreads = False
-    logging.logProcesses = with_pid or fmt == "json"
-    logging.logMultiprocessing = False
-    logging._srcfile = None
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JSONFormatter())
-    else:
-        pid = "[%(process)d]" if with_pid else ""
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(name)s{pid} %(levelname)s %(message)s")
-        )
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])

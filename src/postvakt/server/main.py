@@ -14,70 +14,34 @@ user` (server/privileges.py) before it starts the queue manager or serves a
 connection. Under systemd (Type=notify) it reports readiness, reloads and
 stopping (server/notify.py).
 
-This module sits on top of server/: it picks the role a process plays (front,
-worker, queue manager) and nothing else in server/ imports it.
+This module sits on top of server/ with `server/__main__.py`, which starts
+the processes the front starts (queue manager, workers); nothing else in
+server/ imports either.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
-from postvakt import metrics
-from postvakt.config import Config, ConfigError
-from postvakt.permissions import set_umask
+from postvakt.config import Config
 from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
-from postvakt.server.app import (
-    SHUTDOWN_GRACE,
-    build_app,
-    listen,
-    reload_config,
-    setup_logging,
-    stop_front,
-)
-from postvakt.server.manager_process import ManagerProcess, run_queue_manager
+from postvakt.server.app import build_app, listen, reload_config, stop_front
+from postvakt.server.manager_process import ManagerProcess
 from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
-from postvakt.server.workers import run_worker, supervise
+from postvakt.server.process import SHUTDOWN_GRACE, run_process
+from postvakt.server.workers import supervise
 
 log = logging.getLogger("postvakt")
 
-# Which event loop runs the server: "uvloop" (the default when installed) or
-# "asyncio"; for telling a loop's bug from ours, and for tests of both.
-EVENT_LOOP_ENV = "POSTVAKT_EVENT_LOOP"
 
-
-def serve(
-    config: Config,
-    config_path: Path | None,
-    *,
-    wake_fd: int | None = None,
-    worker_spec: str | None = None,
-) -> int:
-    """The front (listeners); with `wake_fd`, the queue manager process it started;
-    with `worker_spec`, one of several front processes (`postvakt.server.workers`)."""
-    set_umask()
-    setup_logging(config.log_level, config.log.format, with_pid=config.server.workers > 1)
-    if config.metrics.listen is not None:
-        # The front starts the node's counts afresh; the processes it starts add to them.
-        metrics.enable(metrics.metrics_dir(config.data_dir))
-    runner = _event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
-    if wake_fd is not None:
-        main = run_queue_manager(config, config_path, wake_fd)
-    elif worker_spec is not None:
-        main = run_worker(config, config_path, worker_spec)
-    else:
-        main = run(config, config_path)
-    with contextlib.suppress(KeyboardInterrupt):
-        return int(runner(main))
-    return 0
+def serve(config: Config, config_path: Path | None) -> int:
+    """The front: the listeners, and the processes it starts (the queue manager,
+    with `[server] workers` the front workers: `python -m postvakt.server`)."""
+    return run_process(config, lambda: run(config, config_path))
 
 
 async def run(config: Config, config_path: Path | None) -> int:
@@ -128,23 +92,3 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
         app.state.close()
     log.info("stopped")
     return 0
-
-
-def _event_loop_runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
-    if choice not in ("", "uvloop", "asyncio"):
-        raise ConfigError(
-            EVENT_LOOP_ENV, EVENT_LOOP_ENV, f"{choice!r} is not one of uvloop, asyncio"
-        )
-    if choice != "asyncio":
-        try:
-            # Here, not at the top: uvloop is optional (not on every platform),
-            # and which loop runs is the environment's choice, made at start.
-            import uvloop
-
-            return uvloop.run
-        except ImportError:
-            if choice == "uvloop":
-                raise ConfigError(
-                    EVENT_LOOP_ENV, EVENT_LOOP_ENV, "uvloop is not installed"
-                ) from None
-    return asyncio.run

@@ -31,7 +31,7 @@ from postvakt import config as config_mod
 from postvakt.config import Config, ConfigError
 from postvakt.directory import Directory
 from postvakt.queue import Queue
-from postvakt.server.app import SHUTDOWN_GRACE
+from postvakt.server.process import SHUTDOWN_GRACE
 
 log = logging.getLogger("postvakt.manager")
 
@@ -67,16 +67,9 @@ class ManagerProcess:
     def _spawn(self) -> None:
         r, w = os.pipe()
         os.set_blocking(w, False)
-        args = [
-            sys.executable,
-            "-m",
-            "postvakt",
-            "serve",
-            "--role",
-            "queue-manager",
-            "--wake-fd",
-            str(r),
-        ]
+        # Not through the `postvakt` command: only what the manager runs (server/__main__.py).
+        args = [sys.executable, "-m", "postvakt.server", "--role", "queue-manager"]
+        args += ["--wake-fd", str(r)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
         self.proc = subprocess.Popen(args, pass_fds=(r,), stdin=subprocess.DEVNULL)

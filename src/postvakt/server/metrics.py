@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from postvakt.config import HostPort
 from postvakt.grants import GrantStore
-from postvakt.metrics import NAMESPACE
+from postvakt.metrics_counters import NAMESPACE
 
 log = logging.getLogger("postvakt.metrics")
 

@@ -23,6 +23,7 @@ from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.reply import Reply
 from postvakt.server.accept import Connections, Refused, client_limit
+from postvakt.server.idle import Deadlines
 from postvakt.server.listeners import Opener
 from postvakt.store import State
 
@@ -55,6 +56,8 @@ class App:
     # Group commit (queue.spool.Committer), started by `run`; None: each commit
     # runs alone in the default executor (tests that build an App themselves).
     committer: Committer | None = None
+    # The SMTP sessions' idle deadlines, on a few shared timers.
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
     def start_committer(self) -> None:
         loop = asyncio.get_running_loop()

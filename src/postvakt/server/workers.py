@@ -51,7 +51,6 @@ from postvakt.config import Config, ConfigError
 from postvakt.server import notify
 from postvakt.server.accept import connection_limit, raise_descriptor_limit
 from postvakt.server.app import (
-    SHUTDOWN_GRACE,
     bind_error,
     build_app,
     listen,
@@ -63,6 +62,7 @@ from postvakt.server.manager_process import ManagerProcess
 from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
+from postvakt.server.process import SHUTDOWN_GRACE
 from postvakt.server.services import App
 
 log = logging.getLogger("postvakt.workers")
@@ -107,7 +107,7 @@ class Supervisor:
             "life": self._life_r,
             "listen": [[kind, hp, s.fileno()] for (kind, hp), s in w.sockets.items()],
         }
-        args = [sys.executable, "-m", "postvakt", "serve", "--role", "worker"]
+        args = [sys.executable, "-m", "postvakt.server", "--role", "worker"]
         args += ["--worker-spec", json.dumps(spec)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
