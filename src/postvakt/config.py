@@ -278,6 +278,11 @@ class DNSConfig:
     timeout: float = 10.0
 
 
+# The key types a DKIM key file may hold (RFC 6376 rsa, RFC 8463 ed25519).
+Algorithm = Literal["rsa", "ed25519"]
+ALGORITHMS: tuple[Algorithm, ...] = ("rsa", "ed25519")
+
+
 @dataclass(frozen=True)
 class DKIMConfig:
     """Which of our domains sign outgoing mail, with which selectors (RFC 6376)."""

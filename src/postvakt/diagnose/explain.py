@@ -14,7 +14,7 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from postvakt.address import (
     NULL_PATH,
@@ -26,10 +26,7 @@ from postvakt.address import (
 from postvakt.config import Config
 from postvakt.directory import Directory
 from postvakt.directory.rows import DirectoryUnavailable, SchemaError
-from postvakt.dnsclient import client_for
-from postvakt.mailauth.inbound import Inbound, Judgement, judge
 from postvakt.mailauth.results import AuthResults
-from postvakt.mailauth.signing import from_domains
 from postvakt.net import parse_ip
 from postvakt.policy import Client, Decision, DirectoryView, Grant
 from postvakt.policy.authchecks import check_authentication, not_checked
@@ -45,6 +42,9 @@ from postvakt.policy.session import (
 from postvakt.policy.types import port_kind
 from postvakt.smtp import header_section_of
 from postvakt.store import StateUnavailable, list_counters, list_grants
+
+if TYPE_CHECKING:
+    from postvakt.mailauth.inbound import Judgement
 
 
 class ExplainError(ValueError):
@@ -248,6 +248,8 @@ def ask(
     notes: list[str] = []
     if q.helo is not None or q.message is not None or config.auth_checks.enabled:
         if header is None and q.message is not None:
+            from postvakt.mailauth.signing import from_domains  # dkimpy: see _authentication
+
             domains = tuple(from_domains(q.message))
         else:
             found = header.header_from if header else ()
@@ -275,6 +277,11 @@ def _authentication(
         return not_checked(f"the client came by {road.rule}: our own mail is not checked"), []
     if not config.auth_checks.enabled:
         return check_authentication(AuthResults(), config.auth_checks), []
+    # The checks' stack (dkimpy, PyNaCl, dnspython: ~100 modules, ~3 MB) is imported only
+    # when they run, as the live server does: `postvakt serve` registers this command too.
+    from postvakt.dnsclient import client_for
+    from postvakt.mailauth.inbound import Inbound, judge
+
     inbound = Inbound(
         ip=client.ip,
         helo=helo,

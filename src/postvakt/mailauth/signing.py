@@ -27,22 +27,19 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from postvakt.address import AddressError, parse_header_addresses
-from postvakt.config import Config, DKIMConfig
+from postvakt.config import Algorithm, Config, DKIMConfig
 from postvakt.mailauth.headers import header_fields
 from postvakt.policy.roads import GENERATED
 
 # What signing raises on a message or key it cannot use.
 DKIMException = dkim.DKIMException
 
-Algorithm = Literal["rsa", "ed25519"]
-ALGORITHMS: tuple[Algorithm, ...] = ("rsa", "ed25519")
 # RFC 8301 §3.2: signers SHOULD use at least 2048 bits (maddy's default too).
 RSA_BITS = 2048
 # RFC 8017 / common practice: the public exponent 65537.
