@@ -27,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import run
 from run import (
     USER,
     WARMUP_MESSAGES,
@@ -138,8 +139,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(2)
+    run.entry(main)

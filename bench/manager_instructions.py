@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import run
 from run import SENDER, USER, BenchError, Postvakt, message_body
 
 HERE = Path(__file__).resolve().parent
@@ -165,8 +166,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(2)
+    run.entry(main)

@@ -485,7 +485,27 @@ class Postfix:
 # ---------------------------------------------------------------- postvakt
 
 
-class Postvakt:
+class Daemon:
+    """A server the bench starts in the foreground: stopped by SIGTERM (killed after 30 s),
+    measured over its process tree."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.proc.pid) if self.proc is not None else []
+
+
+class Postvakt(Daemon):
     """`postvakt serve` from this checkout, configured like the Postfix instance."""
 
     # How to run the `postvakt` command: this interpreter, this checkout.
@@ -614,19 +634,6 @@ drop_privileges = false   # run as started, in this temporary directory
         return (
             "\n[limits]\nexempt = []\n\n[limits.networks]\nmessages_per_hour = 100000000\n" + user
         )
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def pids(self) -> list[int]:
-        return tree_pids(self.proc.pid) if self.proc is not None else []
 
     def delivered(self) -> int:
         local, _, domain = USER.partition("@")
@@ -1008,7 +1015,7 @@ service pop3-login {{
 """
 
 
-class Dovecot:
+class Dovecot(Daemon):
     """A private Dovecot (Debian's dovecot-pop3d): own config, loopback port,
     the postvakt server's certificate, passwd-file users with `doveadm pw`'s
     default scheme (SHA512-CRYPT), and Dovecot's auth cache on."""
@@ -1054,19 +1061,6 @@ class Dovecot:
             START_TIMEOUT,
             alive=lambda: self.proc is not None and self.proc.poll() is None,
         )
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def pids(self) -> list[int]:
-        return tree_pids(self.proc.pid) if self.proc is not None else []
 
     def log_tail(self, n: int = 20) -> str:
         out = []
@@ -1749,9 +1743,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry(main: Callable[[], int]) -> None:
+    """Run a bench script's main: a BenchError is one line on stderr and exit code 2."""
     try:
         sys.exit(main())
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    entry(main)

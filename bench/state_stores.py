@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import run
 from run import (
     USER,
     WARMUP_MESSAGES,
@@ -175,8 +176,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        sys.exit(2)
+    run.entry(main)
