@@ -265,10 +265,12 @@ def _matches(module: str, forbidden: tuple[str, ...]) -> bool:
     return any(module == f or module.startswith(f + ".") for f in forbidden)
 
 
-def rule_files(rule: Rule, root: Path) -> list[Path]:
-    def under(rel: str, prefixes: tuple[str, ...]) -> bool:
-        return any(rel == p or (p.endswith("/") or p == "") and rel.startswith(p) for p in prefixes)
+def under(rel: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether a path under src/postvakt is one of `prefixes` (files, or folders ending in /)."""
+    return any(rel == p or (p.endswith("/") or p == "") and rel.startswith(p) for p in prefixes)
 
+
+def rule_files(rule: Rule, root: Path) -> list[Path]:
     return [
         p
         for p in sorted(root.rglob("*.py"))
@@ -344,3 +346,39 @@ def test_layering_rule_catches_a_planted_breach(rule: Rule, tmp_path: Path) -> N
     (root / "cli").mkdir()
     (root / "cli" / "extra.py").write_text(text)
     assert breach_report(rule, root) == f"rule '{rule.name}': {named}"
+
+
+# ------------------------------------------------------- short functions
+
+# The adapters and the policy stay readable a screen at a time: a function
+# longer than this mixes steps that want names of their own.
+MAX_FUNCTION_LINES = 60
+SHORT_FUNCTIONS = ("server/", "policy/")
+
+
+def long_functions(root: Path, where: tuple[str, ...], limit: int) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        if not under(path.relative_to(root).as_posix(), where):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > limit:
+                    out.append(f"{path.relative_to(root)}:{node.lineno} {node.name}: {n} lines")
+    return out
+
+
+def test_no_long_function_in_server_and_policy() -> None:
+    found = long_functions(SRC, SHORT_FUNCTIONS, MAX_FUNCTION_LINES)
+    assert not found, f"over {MAX_FUNCTION_LINES} lines (split into named steps): {found}"
+
+
+def test_long_function_check_catches_one(tmp_path: Path) -> None:
+    (tmp_path / "server").mkdir()
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "server" / "big.py").write_text(f"def big():\n{body}")
+    assert long_functions(tmp_path, SHORT_FUNCTIONS, MAX_FUNCTION_LINES) == [
+        f"server/big.py:1 big: {MAX_FUNCTION_LINES + 1} lines"
+    ]

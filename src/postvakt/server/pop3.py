@@ -600,12 +600,11 @@ async def start_pop3(
 ) -> list[Listening]:
     """One server per address in [listen] pop3 (STLS) and pop3s (implicit TLS).
 
-    The pop3 servers come first in the list, then the pop3s ones, each in
-    config order. `login_delay` (seconds, RFC 2449 LOGIN-DELAY) defaults to
-    `[pop3] login_delay`. `reuse_port` lets
-    several worker processes share the ports (SO_REUSEPORT). `connections`
-    is the process's count shared with the other listeners (default: one of
-    its own, capped by `[server] max_connections` alone).
+    The pop3 servers come first, then the pop3s ones, each in config order.
+    `login_delay` (seconds, RFC 2449 LOGIN-DELAY) defaults to `[pop3] login_delay`;
+    `reuse_port` lets several worker processes share the ports (SO_REUSEPORT);
+    `connections` is the process's count shared with the other listeners (default:
+    one of its own, capped by `[server] max_connections` alone).
     """
     if connections is None:
         connections = Connections(
@@ -625,13 +624,12 @@ async def start_pop3(
     opener = opener or Opener(lambda: config, reuse_port=reuse_port)
     try:
         for kind, addresses in (("pop3", config.listen.pop3), ("pop3s", config.listen.pop3s)):
-            implicit = kind == "pop3s"
             for hp in addresses:
                 servers.append(
                     await opener.open(
                         kind,
                         hp,
-                        functools.partial(_pop3_protocol, ctx, implicit),
+                        functools.partial(_pop3_protocol, ctx, kind == "pop3s"),
                         ssl_context,
                         family="pop3",
                         connections=connections,
