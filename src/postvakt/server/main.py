@@ -87,8 +87,6 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
     await node.stop()
     await stop_front(app, servers)
     await manager.stop(SHUTDOWN_GRACE)
-    app.directory.close()
-    if app.state is not None:
-        app.state.close()
+    app.close_stores()
     log.info("stopped")
     return 0

@@ -114,3 +114,9 @@ class App:
 
     def crash_point(self, name: str) -> None:
         crash_point(name)
+
+    def close_stores(self) -> None:
+        """The user directory and the state store, at the end of a process that opened them."""
+        self.directory.close()
+        if self.state is not None:
+            self.state.close()

@@ -273,7 +273,7 @@ async def supervise(config: Config, config_path: Path | None) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await watch
     await manager.stop(SHUTDOWN_GRACE)
-    app.directory.close()
+    app.close_stores()
     log.info("stopped")
     return 0
 
@@ -345,6 +345,6 @@ async def run_worker(config: Config, config_path: Path | None, spec_text: str) -
     notifier.send(READY)
     await stop.wait()
     await stop_front(app, servers)
-    app.directory.close()
+    app.close_stores()
     log.info("worker %d stopped", index)
     return 0
