@@ -109,7 +109,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("postvakt.queue.manager", "QueueManager._log", LOGGING, callees=True),
     Rule("postvakt.server.handshake", "log_failure", LOGGING, callees=True),
     Rule("postvakt.logtext", "*", LOGGING, callees=True),
-    Rule("postvakt.server.app", "JSONFormatter.*", LOGGING, callees=True),
+    Rule("postvakt.server.process", "JSONFormatter.*", LOGGING, callees=True),
     Rule("logging", "*", LOGGING, callees=True),
     Rule("logging.*", "*", LOGGING, callees=True),
     # The Received: line and the authentication headers put before the body.
