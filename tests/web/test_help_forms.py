@@ -8,12 +8,16 @@ import html
 import http.client
 import json
 import re
+import signal
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlencode
 
 import pytest
 from click.testing import CliRunner
+from engines import PrivateRedis
 from web_support import ALICE, PASSWORD, Reply, WebServer, start_web_server
 
 from postvakt.cli.diagnose import doctor
@@ -303,3 +307,46 @@ def test_the_page_says_what_the_doctor_says(live: WebServer, lang: str) -> None:
         assert text in page, text
     for finding in cli["findings"]:
         assert finding["text"] in page, finding
+
+
+def test_a_stalled_state_store_holds_the_check_not_the_other_pages(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The own-address check reads grants from the state store; with Redis stalled it
+    waits up to [store] timeout, in a thread: the page keeps being served meanwhile."""
+    root = tmp_path_factory.mktemp("web-stalled")
+    redis = PrivateRedis(root / "redis").start()
+    srv = start_web_server(
+        root,
+        web={"proxy_trusted": ["127.0.0.1/32"]},
+        store={"state": redis.url, "timeout": "6s"},
+        relay={"pop_before_smtp": "30m"},
+    )
+    try:
+        cookie, token = session(srv, "198.51.100.70")
+        assert redis.proc is not None
+        redis.proc.send_signal(signal.SIGSTOP)
+        answers: list[Reply] = []
+        check = threading.Thread(
+            target=lambda: answers.append(
+                post(
+                    srv,
+                    "/help/check",
+                    {"csrf": token, "lang": "en"},
+                    "198.51.100.70",
+                    Cookie=cookie,
+                )
+            )
+        )
+        check.start()
+        time.sleep(1.0)  # let the check reach the stalled store
+        assert srv.get("/help?lang=en").status == 200
+        assert check.is_alive(), "the check should still be waiting on the stalled store"
+        redis.proc.send_signal(signal.SIGCONT)
+        check.join(30)
+        assert answers and answers[0].status == 200, answers
+    finally:
+        if redis.proc is not None:
+            redis.proc.send_signal(signal.SIGCONT)
+        srv.stop()
+        redis.stop()

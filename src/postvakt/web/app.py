@@ -415,15 +415,20 @@ class WebApp:
         if isinstance(got, web.Response):
             return got
         lang, _ = got
-        return self._page(request, lang, check=self.own_address_check(request))
+        ip = client_address(request, self.config.web.proxy_trusted)
+        now = time.time()
+        grant = None
+        if self.config.relay.pop_before_smtp > 0:
+            # A shared state store (Redis) may take up to [store] timeout to answer, and
+            # SQLite may wait on a writer: never on the loop that serves every other page.
+            loop = asyncio.get_running_loop()
+            grant = await loop.run_in_executor(None, self.deps.grants.lookup, ip, now)
+        return self._page(request, lang, check=self.own_address_check(ip, grant, now))
 
-    def own_address_check(self, request: web.BaseRequest) -> pages.CheckResult:
+    def own_address_check(self, ip: str, grant: Grant | None, now: float) -> pages.CheckResult:
         """The roads this server would open for the visitor's own address; no login names."""
         cfg = self.config
-        ip = client_address(request, cfg.web.proxy_trusted)
-        now = time.time()
         window = cfg.relay.pop_before_smtp
-        grant = self.deps.grants.lookup(ip, now) if window > 0 else None
         client = Client(ip=ip, port="submission", grant=grant, now=now)
         pop = roads.pop_before_smtp(client, cfg)
         left = math.ceil((grant.expires - now) / 60) if pop.ok and grant is not None else 0
