@@ -23,6 +23,7 @@ from postvakt.pop3 import (
     Settings,
     StartTLS,
     Update,
+    encode_message,
 )
 
 MESSAGE_1 = b"From: a@pv.test\nSubject: one\n\nline1\n.dot line\nlast\n"
@@ -40,6 +41,9 @@ class CoreDriver:
         default_factory=lambda: [("uid-1", MESSAGE_1, SIZE_1), ("uid-2", MESSAGE_2, SIZE_2)]
     )
     vanished: set[str] = field(default_factory=set)
+    # Answer a Fetch as the server does: the message already encoded for the wire
+    # (`encode_message` run by the caller, off its event loop).
+    pre_encoded: bool = False
 
     def __post_init__(self) -> None:
         self.conn = POP3Connection(self.settings)
@@ -71,7 +75,12 @@ class CoreDriver:
                 conn.tls_started()
             elif isinstance(ev, Fetch):
                 data = {u: d for u, d, _ in self.messages}.get(ev.uid)
-                conn.message(None if ev.uid in self.vanished else data)
+                if ev.uid in self.vanished:
+                    data = None
+                if self.pre_encoded and data is not None:
+                    conn.message(data, encode_message(data, ev.lines))
+                else:
+                    conn.message(data)
             elif isinstance(ev, Update):
                 self.deleted = ev.deleted
                 conn.update_done(True)

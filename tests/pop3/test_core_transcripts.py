@@ -15,7 +15,7 @@ from pop3_core_driver import (
     split_at,
 )
 
-from postvakt.pop3 import NEED_DATA, Settings, Update
+from postvakt.pop3 import NEED_DATA, Fetch, Settings, Update
 from postvakt.pop3.connection import MAX_BAD_COMMANDS
 
 PLAIN_OK = base64.b64encode(b"\x00alice@pv.test\x00secret").decode()
@@ -306,6 +306,13 @@ def test_transcript_random_splits(name: str, cuts: list[int]) -> None:
     run_transcript(text, split_at(cuts), CoreDriver(settings=s))
 
 
+@pytest.mark.parametrize("name", sorted(TRANSCRIPTS))
+def test_transcript_with_messages_encoded_by_the_caller(name: str) -> None:
+    """The server encodes RETR/TOP bodies off its loop and hands them in: same bytes."""
+    text, s = TRANSCRIPTS[name]
+    run_transcript(text, one_chunk, CoreDriver(settings=s, pre_encoded=True))
+
+
 def test_session_commits_only_the_marked_deletion() -> None:
     d = run_transcript(SESSION, one_chunk)
     assert d.deleted == ("uid-2",)
@@ -415,3 +422,15 @@ def test_pipelining_after_pass_within_the_limit_is_answered_in_order() -> None:
     assert bytes(d.out).endswith(
         b"+OK Logged in, 0 messages (0 octets)\r\n+OK 0 0\r\n+OK\r\n+OK Logging out, 0 messages left\r\n"
     )
+
+
+def test_a_body_encoded_by_the_caller_is_sent_as_given() -> None:
+    """The core does not encode twice: what the caller hands in is what goes out."""
+    d = CoreDriver()
+    d.feed(b"USER alice@pv.test\r\nPASS secret\r\n")
+    d.out.clear()
+    d.conn.receive_data(b"RETR 2\r\n")
+    ev = d.conn.next_event()
+    assert isinstance(ev, Fetch) and ev.uid == "uid-2"
+    d.conn.message(b"ignored\r\n", b"made by the caller\r\n.\r\n")
+    assert bytes(d.conn.data_to_send()) == b"+OK 22 octets\r\nmade by the caller\r\n.\r\n"

@@ -133,7 +133,9 @@ class StartTLS:
 
 @dataclass(frozen=True)
 class Fetch:
-    """Read this message; answer with `message(data)` (None when it has vanished)."""
+    """Read this message; answer with `message(data)` (None when it has vanished), or with
+    `message(data, encoded)` when the caller has already run `encode_message(data, lines)`
+    (off its event loop: a big message's CRLF and dot-stuffing take a while)."""
 
     number: int
     uid: str
@@ -300,7 +302,7 @@ class POP3Connection:
         self._buf.clear()
         self._user = None
 
-    def message(self, data: bytes | None) -> None:
+    def message(self, data: bytes | None, encoded: bytes | None = None) -> None:
         if not self._expect(_Wait.MESSAGE):
             return
         self._wait = _Wait.NONE
@@ -310,7 +312,7 @@ class POP3Connection:
         if data is None:
             self._emit(R.MESSAGE_VANISHED)
             return
-        body = encode_message(data, fetch.lines)
+        body = encoded if encoded is not None else encode_message(data, fetch.lines)
         if fetch.lines is None:
             self._emit(R.ok(f"{self._messages[fetch.number - 1].size} octets"))
         else:

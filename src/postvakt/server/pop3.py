@@ -49,6 +49,7 @@ from postvakt.pop3 import (
     Settings,
     StartTLS,
     Update,
+    encode_message,
 )
 from postvakt.pop3 import replies as R
 from postvakt.server.accept import Connections, Refused, Slot, client_limit
@@ -489,21 +490,28 @@ class POP3Protocol(asyncio.Protocol):
         self._spawn(self._read_message(ev))
 
     async def _read_message(self, ev: Fetch) -> None:
-        """RETR/TOP: the file is read in one executor job, so that a big message
-        never holds up the other sessions on the loop; the connection stays
-        PAUSED meanwhile, and pipelined commands wait their turn."""
+        """RETR/TOP: the file is read and encoded for the wire (CRLF, dot-stuffing, the
+        TOP cut) in one executor job, so that a big message never holds up the other
+        sessions on the loop; the connection stays PAUSED meanwhile, and pipelined
+        commands wait their turn."""
         assert self.conn is not None and self.mailbox is not None
+        mailbox = self.mailbox
+
+        def read() -> tuple[bytes | None, bytes | None]:
+            data = mailbox.read(ev.uid)
+            return data, (encode_message(data, ev.lines) if data is not None else None)
+
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(None, self.mailbox.read, ev.uid)
+            data, encoded = await loop.run_in_executor(None, read)
         except MailboxError as e:
             log.error("pop3 read error client=%s: %s", self.ip, e)
-            data = None
+            data = encoded = None
         if self._lost:
             return
         if data is None:
             log.info("pop3 message vanished client=%s uid=%s", self.ip, ev.uid)
-        self.conn.message(data)
+        self.conn.message(data, encoded)
         self._pump()
 
     def _update(self, ev: Update) -> None:
