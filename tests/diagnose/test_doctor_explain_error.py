@@ -34,7 +34,7 @@ THUNDERBIRD = (
 
 def run(*args: str) -> tuple[int, str]:
     r = CliRunner().invoke(doctor, list(args))
-    return r.exit_code, r.output
+    return r.exit_code, r.stdout
 
 
 def test_outlook_article_text() -> None:

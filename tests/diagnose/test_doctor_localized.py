@@ -92,7 +92,7 @@ UNKNOWN_WORDS = (
 
 def run(*args: str) -> tuple[int, str]:
     r = CliRunner().invoke(doctor, list(args))
-    return r.exit_code, r.output
+    return r.exit_code, r.stdout
 
 
 @pytest.mark.parametrize("lang", sorted(OUTLOOK_DIALOGS))

@@ -46,7 +46,7 @@ def test_relaytest_passes_the_careful_postfix(postfix_careful: PostfixInstance) 
             "--json",
         ],
     )
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert r.exit_code == 0, r.output
     assert doc["open_relay"] is False and doc["relayed"] == [] and doc["inconclusive"] == ""
     assert doc["control"]["outcome"] == "local_ok"
@@ -126,7 +126,7 @@ def test_doctor_relay_denied_by_careful_postfix(postfix_careful: PostfixInstance
         ),
     )
     assert r.exit_code == 1, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["case"] == "relay_denied_no_auth"
     assert "554 5.7.1" in doc["explanation"] and "Relay access denied" in doc["explanation"]
     assert "auth_not_offered" in [f["id"] for f in doc["findings"]]
@@ -148,7 +148,7 @@ def test_doctor_ok_from_the_providers_own_network(postfix_careful: PostfixInstan
         ),
     )
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["case"] == "ok"
+    assert json.loads(r.stdout)["case"] == "ok"
     assert postfix_careful.queued() == []
 
 
@@ -166,7 +166,7 @@ def test_doctor_accepted_by_open_postfix_and_nothing_queued(postfix_open: Postfi
         ),
     )
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["case"] == "ok"
     sent = [line for p in doc["probes"] for line in p["transcript"] if line.startswith("C: ")]
     assert sent and not any(line.split()[1].upper() in ("DATA", "BDAT") for line in sent)

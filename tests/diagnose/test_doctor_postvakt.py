@@ -94,7 +94,7 @@ def run_doctor(
         argv.append("--password-stdin")
     r = CliRunner().invoke(doctor, argv, input=(password + "\n") if password is not None else None)
     assert r.exception is None or isinstance(r.exception, SystemExit), r.output
-    return r.exit_code, json.loads(r.output)
+    return r.exit_code, json.loads(r.stdout)
 
 
 def finding_ids(doc: dict) -> set[str]:
@@ -289,7 +289,7 @@ def test_relaytest_finds_postvakt_closed(server: Running) -> None:
             "--json",
         ],
     )
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert r.exit_code == 0, r.output
     assert doc["relayed"] == [] and doc["control"]["outcome"] == "local_ok"
 
@@ -415,7 +415,7 @@ def test_self_signed_certificate_is_reported(tmp_path: Path) -> None:
             ],
             input=PASSWORD + "\n",
         )
-        doc = json.loads(r.output)
+        doc = json.loads(r.stdout)
         assert (r.exit_code, doc["case"]) == (0, "ok")
         assert "cert_self_signed" in finding_ids(doc)
     finally:

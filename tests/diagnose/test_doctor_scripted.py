@@ -343,7 +343,7 @@ def test_cli_json_and_swedish(servers: list[FakeServer]) -> None:
     ]
     r = CliRunner().invoke(doctor, [*args, "--json"])
     assert r.exit_code == 1, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["case"] == "relay_denied_no_auth" and doc["accepted"] is False
     assert any(p["name"] == "as_configured" for p in doc["probes"])
     assert all(f["id"] and f["text"] for f in doc["findings"])

@@ -172,7 +172,7 @@ def test_server_that_refuses_the_stranger_at_the_banner_is_inconclusive(
         relaytest, [f"127.0.0.1:{fake.port}", "--domain", "pv.test", "--timeout", "3", "--json"]
     )
     assert r.exit_code == EXIT_INCONCLUSIVE
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["open_relay"] is False and doc["inconclusive"]
 
 
@@ -195,7 +195,7 @@ def test_postvakt_with_the_docker_gateway_mistake_is_flagged(tmp_path: Path) -> 
                 "--json",
             ],
         )
-        doc = json.loads(r.output)
+        doc = json.loads(r.stdout)
         assert r.exit_code == EXIT_OPEN, r.output
         assert "R1" in doc["relayed"]
         # And even so nothing was queued: the battery stops before DATA.

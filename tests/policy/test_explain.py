@@ -52,7 +52,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(explain, list(args))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 def test_outside_client_is_refused_with_every_road(setup: tuple[Path, Config]) -> None:

@@ -50,7 +50,7 @@ def test_list_show_and_corrupt_entries(tmp_path: Path) -> None:
     assert f"{a}    2h  incoming  <alice@pv.test> -> bob@x.example" in out.output
     assert "held: outbound limit for alice@pv.test" in out.output
     assert f"{bad}  incoming  unreadable" in out.output
-    rows = json.loads(run.invoke(queue, ["list", "--json", "--held", "--config", str(cfg)]).output)
+    rows = json.loads(run.invoke(queue, ["list", "--json", "--held", "--config", str(cfg)]).stdout)
     assert [r["id"] for r in rows] == [b] and rows[0]["hold_reason"].startswith("outbound")
     shown = run.invoke(queue, ["show", a.lower(), "--config", str(cfg)])
     assert (

@@ -290,7 +290,7 @@ def test_the_page_says_what_the_doctor_says(live: WebServer, lang: str) -> None:
     """One catalogue: the page's title, advice, explanation and findings are the
     words `postvakt doctor --explain-error --json` prints for the same paste."""
     r = CliRunner().invoke(doctor, ["--explain-error", ARTICLE_ERROR, "--json", "--lang", lang])
-    cli = json.loads(r.output)
+    cli = json.loads(r.stdout)
     visitor = f"198.51.100.{90 + len(lang)}"
     cookie, token = session(live, visitor, lang)
     page = html.unescape(
