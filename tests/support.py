@@ -373,3 +373,29 @@ def eventually(check: Callable[[], None], timeout: float = 5.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
+
+
+def rcpt_on(c: RawClient, sender: str, rcpt: str, helo: str = "client.example") -> str:
+    """Greeting, EHLO and MAIL on an open raw SMTP client, then the reply to RCPT (QUIT
+    sent, the client closed): whether this connection's client may send to `rcpt`."""
+    try:
+        assert c.reply().startswith("220 ")
+        assert c.cmd(f"EHLO {helo}").startswith("250")
+        assert c.cmd(f"MAIL FROM:<{sender}>").startswith("250")
+        reply = c.cmd(f"RCPT TO:<{rcpt}>")
+        c.cmd("QUIT")
+        return reply
+    finally:
+        c.close()
+
+
+def pop3_pass_on(c: RawClient, user: str, password: str) -> str:
+    """USER and PASS on an open raw POP3 client: the reply to PASS (QUIT sent, closed)."""
+    try:
+        assert c.line().startswith("+OK")
+        assert c.cmd(f"USER {user}").startswith("+OK")
+        reply = c.cmd(f"PASS {password}")
+        c.cmd("QUIT")
+        return reply
+    finally:
+        c.close()

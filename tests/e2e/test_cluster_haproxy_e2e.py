@@ -37,7 +37,9 @@ from support import (
     base_config,
     eventually,
     free_port,
+    pop3_pass_on,
     postvakt,
+    rcpt_on,
     to_toml,
 )
 
@@ -151,28 +153,11 @@ def via_proxy(port: int, source: str) -> RawClient:
 
 
 def _rcpt_foreign(port: int, source: str) -> str:
-    c = via_proxy(port, source)
-    try:
-        assert c.reply().startswith("220 ")
-        assert c.cmd("EHLO client.example").startswith("250")
-        assert c.cmd(f"MAIL FROM:<bob@{REMOTE}>").startswith("250")
-        reply = c.cmd(f"RCPT TO:<carol@{REMOTE}>")
-        c.cmd("QUIT")
-        return reply
-    finally:
-        c.close()
+    return rcpt_on(via_proxy(port, source), f"bob@{REMOTE}", f"carol@{REMOTE}")
 
 
 def _pop3_login(port: int, source: str) -> str:
-    c = via_proxy(port, source)
-    try:
-        assert c.line().startswith("+OK")
-        assert c.cmd(f"USER {USER}").startswith("+OK")
-        reply = c.cmd(f"PASS {PASSWORD}")
-        c.cmd("QUIT")
-        return reply
-    finally:
-        c.close()
+    return pop3_pass_on(via_proxy(port, source), USER, PASSWORD)
 
 
 def test_pop3_login_on_node_a_through_haproxy_opens_relay_on_node_b(cluster: Cluster) -> None:

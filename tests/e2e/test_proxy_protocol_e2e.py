@@ -29,6 +29,7 @@ from support import (
     connect_from,
     eventually,
     free_port,
+    rcpt_on,
     start_server,
     to_toml,
     wait_maildir,
@@ -105,14 +106,7 @@ def _client(port: int, source: str) -> RawClient:
 
 
 def _rcpt_foreign(port: int, source: str) -> str:
-    c = _client(port, source)
-    try:
-        assert c.reply().startswith("220 ")
-        assert c.cmd("EHLO client.example").startswith("250")
-        assert c.cmd("MAIL FROM:<someone@elsewhere.example>").startswith("250")
-        return c.cmd("RCPT TO:<friend@foreign.example>")
-    finally:
-        c.close()
+    return rcpt_on(_client(port, source), "someone@elsewhere.example", "friend@foreign.example")
 
 
 def test_outside_client_through_haproxy_is_refused_relay(stack: Stack) -> None:

@@ -23,6 +23,8 @@ from support import (
     Running,
     base_config,
     eventually,
+    pop3_pass_on,
+    rcpt_on,
     start_server,
     to_toml,
 )
@@ -90,28 +92,11 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 
 
 def pop3_login(srv: Running, source: str, password: str) -> str:
-    c = RawClient(srv.port("pop3"), source)
-    try:
-        assert c.line().startswith("+OK")
-        assert c.cmd(f"USER {USER}").startswith("+OK")
-        reply = c.cmd(f"PASS {password}")
-        c.cmd("QUIT")
-        return reply
-    finally:
-        c.close()
+    return pop3_pass_on(RawClient(srv.port("pop3"), source), USER, password)
 
 
 def rcpt_foreign(srv: Running, source: str, sender: str) -> str:
-    c = RawClient(srv.port("smtp"), source)
-    try:
-        assert c.reply().startswith("220")
-        assert c.cmd("EHLO client.example").startswith("250")
-        assert c.cmd(f"MAIL FROM:<{sender}>").startswith("250")
-        reply = c.cmd("RCPT TO:<friend@foreign.example>")
-        c.cmd("QUIT")
-        return reply
-    finally:
-        c.close()
+    return rcpt_on(RawClient(srv.port("smtp"), source), sender, "friend@foreign.example")
 
 
 def rcpt_pid(srv: Running, sender: str) -> int:

@@ -9,7 +9,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from support import RawClient, Running, base_config, connect_from, to_toml
+from support import RawClient, Running, base_config, connect_from, rcpt_on, to_toml
 
 PASSWORD = "secret"
 REMOTE = "other.example"
@@ -44,15 +44,7 @@ def tls_ctx() -> ssl.SSLContext:
 
 def rcpt_reply(srv: Running, source_ip: str, rcpt: str = f"carol@{REMOTE}") -> str:
     c = RawClient(srv.port("smtp"), source_ip)
-    try:
-        assert c.reply().startswith("220")
-        assert c.cmd("EHLO client.other.example").startswith("250")
-        assert c.cmd(f"MAIL FROM:<bob@{REMOTE}>").startswith("250")
-        reply = c.cmd(f"RCPT TO:<{rcpt}>")
-        c.cmd("QUIT")
-        return reply
-    finally:
-        c.close()
+    return rcpt_on(c, f"bob@{REMOTE}", rcpt, helo="client.other.example")
 
 
 class Pop3:
