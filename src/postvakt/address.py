@@ -58,6 +58,7 @@ MAX_ECHO_CHARS = 80
 _ATEXT = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
 )
+_DOT_ATEXT = _ATEXT | {"."}
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 # Characters in a local part that request sender-specified routing elsewhere
 # (percent hack, UUCP bang path, quoted "@").
@@ -89,7 +90,9 @@ def _echo(text: str) -> str:
 def _is_dot_atom(text: str, utf8: bool) -> bool:
     if not text or text.startswith(".") or text.endswith(".") or ".." in text:
         return False
-    return all(ch in _ATEXT or ch == "." or (utf8 and ord(ch) > 127) for ch in text)
+    if _DOT_ATEXT.issuperset(text):  # the usual case, without a loop in Python
+        return True
+    return utf8 and all(ch in _DOT_ATEXT or ord(ch) > 127 for ch in text)
 
 
 def _quote_local(local: str) -> str:
@@ -107,6 +110,14 @@ class Address:
     domain: str
 
     def __str__(self) -> str:
+        # Made once and kept in the instance (policy, logs and the envelope each
+        # ask for it); not a functools.cached_property, whose lock costs more here.
+        text: str | None = self.__dict__.get("_text")
+        if text is None:
+            text = self.__dict__["_text"] = self._text()
+        return text
+
+    def _text(self) -> str:
         if self.is_null:
             return ""
         if not self.domain:
@@ -135,6 +146,8 @@ NULL_PATH = Address("", "")
 
 
 def _check_characters(text: str, shown: str, smtputf8: bool) -> None:
+    if text.isascii() and text.isprintable():  # the usual case, without a loop in Python
+        return
     for ch in text:
         if ord(ch) < 32 or ord(ch) == 127:
             raise _syntax(shown, "control character in address")
@@ -167,8 +180,9 @@ def _parse_domain(text: str, shown: str) -> str:
     name = text[:-1] if text.endswith(".") else text
     if not name:
         raise _syntax(shown, "empty domain")
-    name = unicodedata.normalize("NFC", name)
-    if any(ord(ch) > 127 for ch in name):
+    if not name.isascii():
+        name = unicodedata.normalize("NFC", name)
+    if not name.isascii():
         try:
             name = name.encode("idna").decode("ascii")
         except UnicodeError:
@@ -181,7 +195,7 @@ def _parse_domain(text: str, shown: str) -> str:
             raise _syntax(shown, f"empty label in domain {text}")
         if len(label) > MAX_LABEL_OCTETS:
             raise _syntax(shown, "domain label longer than 63 octets")
-        if not all(ch in _LDH for ch in label):
+        if not _LDH.issuperset(label):
             raise _syntax(shown, f"bad character in domain {text}")
         if label.startswith("-") or label.endswith("-"):
             raise _syntax(shown, f"domain label starts or ends with '-' in {text}")

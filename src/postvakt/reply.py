@@ -52,6 +52,17 @@ class Reply:
         Control characters in the text (a CR from a config file, say) become
         `?`: one reply never turns into two lines on the wire.
         """
+        return list(self._lines())
+
+    def _lines(self) -> tuple[str, ...]:
+        # Made once per reply and kept in the instance: most replies are constants
+        # sent to every client (not a functools.cached_property, whose lock costs more).
+        made: tuple[str, ...] | None = self.__dict__.get("_made")
+        if made is None:
+            made = self.__dict__["_made"] = self._make_lines()
+        return made
+
+    def _make_lines(self) -> tuple[str, ...]:
         texts = self.text.split("\n") if self.text else [""]
         out = []
         for i, t in enumerate(texts):
@@ -63,13 +74,17 @@ class Reply:
                 out.append(f"{self.code} ")
             else:
                 out.append(f"{self.code}" if last else f"{self.code}-")
-        return out
+        return tuple(out)
 
     def encode(self) -> bytes:
-        return "".join(line + "\r\n" for line in self.lines()).encode("utf-8", "replace")
+        wire: bytes | None = self.__dict__.get("_wire")
+        if wire is None:
+            text = "".join(line + "\r\n" for line in self._lines())
+            wire = self.__dict__["_wire"] = text.encode("utf-8", "replace")
+        return wire
 
     def __str__(self) -> str:
-        return "\n".join(self.lines())
+        return "\n".join(self._lines())
 
     def with_text(self, text: str) -> Reply:
         return Reply(self.code, self.enhanced, text)

@@ -112,6 +112,28 @@ def test_pop_before_smtp_grants_relay_to_that_address_until_it_expires(live: Run
     assert rcpt_reply(live, OUTSIDE_IP).startswith(denied)
 
 
+def test_a_login_during_an_smtp_session_counts_at_once(live: Running) -> None:
+    """The grant is read once per transaction, but a POP3 login made while the SMTP
+    session is open lifts the next refusal in the same transaction and counts for
+    the next transaction on the same connection."""
+    denied = "550 5.7.1 <carol@other.example>: Relaying denied"
+    c = RawClient(live.port("smtp"), OUTSIDE_IP)
+    try:
+        assert c.reply().startswith("220")
+        assert c.cmd("EHLO client.other.example").startswith("250")
+        assert c.cmd("MAIL FROM:<bob@other.example>").startswith("250")
+        assert c.cmd("RCPT TO:<carol@other.example>").startswith(denied)
+        assert pop3_login(live, OUTSIDE_IP).startswith("+OK Logged in")
+        assert c.cmd("RCPT TO:<carol@other.example>").startswith("250")
+        assert c.cmd("RCPT TO:<dave@other.example>").startswith("250")
+        assert c.cmd("RSET").startswith("250")
+        assert c.cmd("MAIL FROM:<bob@other.example>").startswith("250")
+        assert c.cmd("RCPT TO:<carol@other.example>").startswith("250")
+        c.cmd("QUIT")
+    finally:
+        c.close()
+
+
 @pytest.mark.parametrize("store, survives", [("memory", False), ("sqlite", True)])
 def test_q10_grants_across_a_restart(tmp_path: Path, store: str, survives: bool) -> None:
     """Memory grants end with the process; SQLite grants outlive a restart until they expire."""

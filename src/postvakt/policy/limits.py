@@ -434,7 +434,7 @@ def with_limit(decision: Decision, limit: Decision) -> Decision:
         return decision
     trace = decision.trace + limit.trace
     if limit.verdict is Verdict.PERMIT:
-        return replace(decision, trace=trace)
+        return Decision(decision.verdict, decision.reply, decision.rule, trace)
     if limit.verdict is Verdict.HOLD:
         return Decision(Verdict.HOLD, decision.reply, limit.rule, trace)
     return Decision(limit.verdict, limit.reply, limit.rule, trace)
