@@ -47,7 +47,8 @@ def test_commit_is_a_single_rename_into_incoming(tmp_path: Path) -> None:
     m = q.new_message()
     for chunk in (BODY[:5], BODY[5:]):
         m.write(chunk)
-    assert files(q)["tmp"] == [m.queue_id] and files(q)["incoming"] == []
+    # A small message is kept in memory: its file is made by the commit.
+    assert files(q)["tmp"] == [] and files(q)["incoming"] == []
     e = env(smtputf8=True, body="8BITMIME", ret="HDRS", envid="x1")
     m.commit(e)
     assert files(q)["tmp"] == [] and files(q)["incoming"] == [m.queue_id]
@@ -86,6 +87,48 @@ def test_queue_ids_unique_and_time_sortable(tmp_path: Path) -> None:
         m.abort()
     assert len(set(ids)) == 200
     assert ids == sorted(ids)
+
+
+def test_a_message_past_the_spill_size_is_written_to_its_locked_tmp_file(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    head = b"Subject: big\r\n\r\n"
+    m.write(head)
+    assert files(q)["tmp"] == [] and m.read_back() == head
+    body = b"z" * spool.SPILL
+    m.write(body)
+    tmp = q.root / "tmp" / m.queue_id
+    assert files(q)["tmp"] == [m.queue_id]
+    assert m.read_back() == head + body
+    # The writer's flock tells recovery this file is alive.
+    assert q.recover().removed_tmp == 0 and tmp.exists()
+    m.commit(env())
+    assert files(q)["tmp"] == [] and files(q)["incoming"] == [m.queue_id]
+    assert q.read_body(q.load(m.queue_id, INCOMING)) == head + body
+
+
+def test_an_aborted_small_message_never_touches_the_disk(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    (q.root / "tmp").rename(q.root / "tmp-gone")  # no file could be made there
+    m = q.new_message()
+    m.write(BODY)
+    assert m.read_back() == BODY
+    m.abort()
+    with pytest.raises(QueueWriteError):
+        m.write(BODY)
+    (q.root / "tmp-gone").rename(q.root / "tmp")
+    assert all(v == [] for v in files(q).values())
+
+
+def test_a_tmp_file_that_cannot_be_made_fails_the_commit(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    m = q.new_message()
+    m.write(BODY)
+    (q.root / "tmp").rename(q.root / "tmp-gone")
+    with pytest.raises(QueueWriteError, match="cannot create"):
+        m.commit(env())
+    (q.root / "tmp-gone").rename(q.root / "tmp")
+    assert all(v == [] for v in files(q).values())
 
 
 WRITER = textwrap.dedent(

@@ -497,7 +497,7 @@ class SMTPSession(asyncio.Protocol):
             else:
                 self._decide(handler, event)
         elif isinstance(event, smtp.DataStart):
-            self._run(self._on_data_start())
+            self._on_data_start()
         elif isinstance(event, smtp.DataChunk):
             self._on_chunk(event.data)
         elif isinstance(event, smtp.EndOfData):
@@ -600,13 +600,12 @@ class SMTPSession(asyncio.Protocol):
         if answer.limit is not None and answer.limit_hit:
             self._log_decision("LIMIT", answer.limit, **fields)
 
-    async def _on_data_start(self) -> None:
+    def _on_data_start(self) -> None:
         assert self.conn is not None
         try:
-            # Creating the spool file waits on the file system (the journal is
-            # busy with other sessions' fsyncs): off the event loop.
-            loop = asyncio.get_running_loop()
-            self.msg = await loop.run_in_executor(None, self.app.queue.new_message)
+            # No file system work here: the message stays in memory until it
+            # outgrows spool.SPILL or the committer writes it (queue/spool.py).
+            self.msg = self.app.queue.new_message()
             self.msg.write(
                 self._received_header(self.msg.queue_id).encode("utf-8", "surrogateescape")
             )
