@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from postvakt import config as config_mod
@@ -42,6 +43,32 @@ LOCK_WAIT = 60.0
 RESPAWN_DELAY = 1.0
 
 
+class Coalesced:
+    """A wake-up asked for any number of times in one turn of the event loop is
+    sent once, at the end of that turn: a batch of commits that ends fifty
+    sessions' DATA at once costs one write to the queue manager, not fifty.
+    Outside an event loop it is sent at once."""
+
+    def __init__(self, send: Callable[[], None]) -> None:
+        self._send = send
+        self._due = False
+
+    def __call__(self) -> None:
+        if self._due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._send()
+            return
+        self._due = True
+        loop.call_soon(self._fire)
+
+    def _fire(self) -> None:
+        self._due = False
+        self._send()
+
+
 class ManagerProcess:
     """The parent's handle: start, wake, reload, stop; restarts a dead child."""
 
@@ -52,6 +79,7 @@ class ManagerProcess:
         self._wake_w: int | None = None
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
+        self.wake = Coalesced(self._send_wake)
 
     @property
     def config(self) -> Config:
@@ -97,7 +125,7 @@ class ManagerProcess:
                 if not self._stopping:
                     self._spawn()
 
-    def wake(self) -> None:
+    def _send_wake(self) -> None:
         if self._wake_w is None:
             return
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):

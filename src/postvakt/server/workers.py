@@ -58,7 +58,7 @@ from postvakt.server.app import (
     stop_front,
 )
 from postvakt.server.listeners import BindError, Opener, bind_all
-from postvakt.server.manager_process import ManagerProcess
+from postvakt.server.manager_process import Coalesced, ManagerProcess
 from postvakt.server.node import NodeServices, announce_ready, bound_addresses, stop_signal
 from postvakt.server.nodelock import lock_queue_dir
 from postvakt.server.privileges import drop_privileges
@@ -292,18 +292,17 @@ def _on_hup(app: App, sup: Supervisor, config_path: Path | None) -> Callable[[],
 
 
 class Notifier:
-    """A worker's line to the parent: ready, and one wake-up per committed message."""
+    """A worker's line to the parent: ready, and a wake-up after committed mail
+    (one per turn of the worker's event loop, however many messages it ended)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         os.set_blocking(fd, False)
+        self.wake = Coalesced(lambda: self.send(WAKE))
 
     def send(self, data: bytes) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, OSError):
             os.write(self.fd, data)  # a full pipe means a wake-up is pending anyway
-
-    def wake(self) -> None:
-        self.send(WAKE)
 
 
 async def run_worker(config: Config, config_path: Path | None, spec_text: str) -> int:
