@@ -162,6 +162,38 @@ def test_without_a_loop_each_line_is_written_at_once(
     assert stream.writes == ["one\n", "two\n"]
 
 
+class Broken(io.StringIO):
+    def write(self, s: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_stderr_gone_does_not_stop_the_loop(loop_name: str) -> None:
+    handler = LineHandler(Broken())
+    log = logging.getLogger("postvakt.test-lines.broken")
+    log.propagate = False
+    log.addHandler(handler)
+    errors: list[dict[str, object]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        handler.attach(loop)
+        try:
+            for turn in range(3):
+                log.warning("turn %d", turn)
+                await asyncio.sleep(0)
+            log.warning("waits for the end")
+        finally:
+            handler.detach()
+
+    try:
+        run_on(loop_name, main)
+    finally:
+        log.removeHandler(handler)
+    assert errors == []
+
+
 SCRIPT = """
 import asyncio, logging, sys
 from postvakt import config

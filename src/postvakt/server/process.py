@@ -72,8 +72,9 @@ _JSON = json.JSONEncoder(ensure_ascii=False)
 class _SecondText:
     """A log line's date and time to the second, formatted once per second.
 
-    A `time.localtime` (or `gmtime`) and a `strftime` for every line were a
-    sixth of what formatting a line cost; the lines of one second share them.
+    A `time.localtime` (or `gmtime`) and a `strftime` for every line were
+    more than half of what formatting a line cost (1.7 of 2.9 us measured);
+    the lines of one second share them.
     """
 
     def __init__(self, fmt: str, converter: Callable[[float], time.struct_time]) -> None:
@@ -189,12 +190,19 @@ class LineHandler(logging.StreamHandler[TextIO]):
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
-            if self._waiting:
-                text = "".join(self._waiting)
-                self._waiting.clear()
-                self.stream.write(text)
-            if self.stream and hasattr(self.stream, "flush"):
+            try:
+                if self._waiting:
+                    text = "".join(self._waiting)
+                    self._waiting.clear()
+                    self.stream.write(text)
                 self.stream.flush()
+            except RecursionError:
+                raise
+            except Exception:  # stderr gone (EPIPE, closed)
+                # As with a line written at once (`Handler.handleError`): the
+                # log's failure never stops the server, nor loops through the
+                # event loop's exception handler (which logs).
+                pass
 
 
 class JSONFormatter(logging.Formatter):
