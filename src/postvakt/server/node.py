@@ -34,7 +34,6 @@ from postvakt.server.grantreport import (
     start_grant_reports,
     stop_grant_reports,
 )
-from postvakt.server.process import flush_log
 from postvakt.server.services import App
 
 if TYPE_CHECKING:
@@ -139,9 +138,7 @@ def announce_ready(config: Config, bound: dict[str, list[str]]) -> None:
     for kind, addrs in bound.items():
         log.info("listening %s on %s", kind, ", ".join(addrs))
     log.info("event loop %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
-    # The readiness marker comes last, whole (rename), after every start-up line
-    # (written out: the loop's lines wait for the end of its turn otherwise).
-    flush_log()
+    # The readiness marker comes last, whole (rename), after every start-up line.
     ready = config.data_dir / "listening.json"
     ready.with_suffix(".tmp").write_text(json.dumps(bound))
     ready.with_suffix(".tmp").replace(ready)

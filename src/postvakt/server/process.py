@@ -13,10 +13,9 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TextIO
+from typing import Any
 
 from postvakt import metrics
 from postvakt.config import Config, ConfigError
@@ -37,31 +36,9 @@ def run_process(config: Config, main: Callable[[], Coroutine[Any, Any, int]]) ->
         # The front starts the node's counts afresh; the processes it starts add to them.
         metrics.enable(metrics.metrics_dir(config.data_dir))
     runner = event_loop_runner(os.environ.get(EVENT_LOOP_ENV, ""))
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            return int(runner(_on_loop(main)))
-        return 0
-    finally:
-        flush_log()
-
-
-async def _on_loop(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """`main()`, with the lines the loop's thread logs meanwhile written once per loop turn."""
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, LineHandler)]
-    loop = asyncio.get_running_loop()
-    for h in handlers:
-        h.attach(loop)
-    try:
-        return await main()
-    finally:
-        for h in handlers:
-            h.detach()
-
-
-def flush_log() -> None:
-    """Write out every line logged so far (the readiness marker comes after them)."""
-    for h in logging.getLogger().handlers:
-        h.flush()
+    with contextlib.suppress(KeyboardInterrupt):
+        return int(runner(main()))
+    return 0
 
 
 # `json.dumps(..., ensure_ascii=False)` makes a new encoder for every call;
@@ -134,77 +111,6 @@ class TextFormatter(logging.Formatter):
         return s
 
 
-class LineHandler(logging.StreamHandler[TextIO]):
-    """Lines to stderr, those of the event loop's thread written once per loop turn.
-
-    A line logged on the loop's thread (while `attach`ed to it) waits in a
-    list; the first one of a turn schedules `flush` with `call_soon`, so the
-    turn's lines go out in one write when the loop comes back to its ready
-    callbacks, never later. A line from any other thread (the committer, an
-    executor job), or with no loop attached, writes what waits first and
-    itself after it, under the handler's lock: the order of the lines is the
-    order they were logged in. What waits is written by `detach` (the end of
-    the process's main coroutine, however it ends: SIGTERM's shutdown, an
-    exception), by `flush` (`flush_log`, `run_process`'s end, and
-    `logging.shutdown` at exit). A process killed outright (SIGKILL, a
-    crash point's `os._exit`) loses at most the lines of the turn it was in.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        super().__init__(stream)
-        self._waiting: list[str] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Lines of this thread (the one running `loop`) wait for the end of the loop's turn."""
-        with self.lock:  # type: ignore[union-attr]
-            self._loop = loop
-            self._loop_thread = threading.get_ident()
-
-    def detach(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            self._loop = None
-            self.flush()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # `Handler.handle` holds the lock.
-        try:
-            line = self.format(record) + self.terminator
-            loop = self._loop
-            if loop is not None and threading.get_ident() == self._loop_thread:
-                if not self._waiting:
-                    loop.call_soon(self.flush)
-                self._waiting.append(line)
-                return
-            if self._waiting:
-                self._waiting.append(line)
-                line = "".join(self._waiting)
-                self._waiting.clear()
-            self.stream.write(line)
-            self.stream.flush()
-        except RecursionError:
-            raise
-        except Exception:
-            self.handleError(record)
-
-    def flush(self) -> None:
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                if self._waiting:
-                    text = "".join(self._waiting)
-                    self._waiting.clear()
-                    self.stream.write(text)
-                self.stream.flush()
-            except RecursionError:
-                raise
-            except Exception:  # stderr gone (EPIPE, closed)
-                # As with a line written at once (`Handler.handleError`): the
-                # log's failure never stops the server, nor loops through the
-                # event loop's exception handler (which logs).
-                pass
-
-
 class JSONFormatter(logging.Formatter):
     """`[log] format = "json"`: one JSON object per line, for log shippers.
 
@@ -239,7 +145,12 @@ def setup_logging(level: str, fmt: str = "text", *, with_pid: bool = False) -> N
     logging.logProcesses = with_pid or fmt == "json"
     logging.logMultiprocessing = False
     logging._srcfile = None
-    handler = LineHandler(sys.stderr)
+    # Each line is written as it is logged. Holding the event loop's lines
+    # for one write per loop turn was tried and dropped (bench/README.md,
+    # "Where the CPU per message goes"): under 0.3% of the front's CPU, and
+    # a client then had its reply before the decision's line was in the log
+    # (27% of RCPT replies, measured).
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter(with_pid=with_pid))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
 
