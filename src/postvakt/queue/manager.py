@@ -15,9 +15,10 @@ House rules:
   between the loop and a thread costs more than the small file work it
   carries. The order inside the job is the order of the steps it replaces:
   each Maildir copy is fsynced (file and new/) before the queue file goes.
-- A message body is never held whole: it is read from the queue file in
-  chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
-  Only a DKIM signature needs the whole message at once, once.
+- A large message body is never held whole: it is read from the queue file
+  in chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
+  Only a DKIM signature needs the whole message at once, once. A small queue
+  file (`spool.WHOLE_READ`) is read whole, envelope and body, in one read.
 - Every failure path ends in a state that is tried again: a bounce that
   cannot be queued (a full disk) keeps the message, deferred, until it can;
   when even the deferral cannot be written, the message stays in active/ and
@@ -60,6 +61,7 @@ from postvakt.queue.spool import (
     QueuedMessage,
     QueueWriteError,
     read_head,
+    split_head,
 )
 from postvakt.reply import Reply
 
@@ -424,9 +426,15 @@ class QueueManager:
 
     def _read(self, qid: str) -> tuple[QueuedMessage, MessageSource]:
         """The envelope, and the message as delivered: the header (with the
-        front's late fields) in memory, the rest left in the file."""
-        msg = self.queue.load(qid, ACTIVE)
-        fd = self.queue.open_body(msg)
+        front's late fields) in memory, the rest left in the file; a small
+        file was read whole in one read, and its body stays in memory."""
+        opened = self.queue.open_message(qid, ACTIVE)
+        msg, fd = opened.msg, opened.fd
+        if opened.body is not None:
+            head = split_head(opened.body, msg.size)
+            prefix = msg.envelope.with_headers(head)
+            return msg, MessageSource(prefix, None, len(head), msg.size, body=opened.body)
+        assert fd is not None
         try:
             head = read_head(fd, msg.size)
             prefix = msg.envelope.with_headers(head)
