@@ -6,6 +6,7 @@ import asyncio
 import email
 import logging
 import mailbox
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from postvakt import config as C
 from postvakt.directory import Directory
 from postvakt.queue import Envelope, Queue, Recipient
+from postvakt.queue.envelope import Status
 from postvakt.queue.manager import QueueManager, QueueManagerError
 from support import free_port
 
@@ -327,6 +329,23 @@ def test_corrupt_message_in_delivery_is_quarantined(tmp_path: Path) -> None:
     run(w, body)
     [m] = w.maildir("bob@pv.test")
     assert m["Subject"] == "fine"
+
+
+def test_status_of_an_earlier_try_goes_with_the_delivered_message(tmp_path: Path) -> None:
+    """A local message delivered in one job removes its status file only when
+    it read one: a message tried before (here its status says one attempt, as
+    after a restart) leaves none behind; a first try had none to remove."""
+    w = World(tmp_path, {})
+    again = w.submit("alice@pv.test", ["bob@pv.test"], "again")
+    w.queue.write_status(again, Status(attempts=1))
+    first = w.submit("alice@pv.test", ["bob@pv.test"], "first")
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: w.empty() and len(w.maildir("bob@pv.test")) == 2)
+
+    run(w, body)
+    assert w.queue.find(again) is None and w.queue.find(first) is None
+    assert os.listdir(w.queue.root / "status") == []
 
 
 def test_held_mail_waits_for_release(tmp_path: Path) -> None:

@@ -367,7 +367,7 @@ class QueueManager:
         goes back to the event loop."""
         msg, source = self._read(qid)
         try:
-            status, expanded = self._status_and_units(qid, msg.envelope)
+            status, expanded, saved = self._status_and_units(qid, msg.envelope)
             for u in expanded:
                 if u.state == FAILED:
                     self._log(qid, u, 0.0, "bounced")
@@ -384,7 +384,8 @@ class QueueManager:
             if status.pending or self._notices_due(msg.envelope, status, now):
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
-            if not self.queue.remove(qid, ACTIVE):
+            # No status file was read: none to remove (this job is the only writer).
+            if not self.queue.remove(qid, ACTIVE, status=saved):
                 self.queue.delete(qid)
         except BaseException:
             if source.fd is not None:
@@ -443,14 +444,16 @@ class QueueManager:
             raise
         return msg, MessageSource(prefix, fd, len(head), msg.size)
 
-    def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...]]:
-        """The delivery status; on the first try, with the recipients expanded
-        (the units just made, so that failures found there are logged)."""
-        status = self.queue.read_status(qid)
+    def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...], bool]:
+        """The delivery status and whether a status file holds it; on the first
+        try, with the recipients expanded (the units just made, so that
+        failures found there are logged)."""
+        saved = self.queue.saved_status(qid)
+        status = Status() if saved is None else saved
         if status.units is not None:
-            return status, ()
+            return status, (), saved is not None
         expanded = self.expand(env)
-        return replace(status, units=expanded), expanded
+        return replace(status, units=expanded), expanded, saved is not None
 
     def _save_only(self, qid: str, status: Status) -> None:
         """Keep what was done when shutdown cuts a delivery short."""

@@ -451,10 +451,15 @@ class Queue:
     def read_status(self, queue_id: str) -> Status:
         """The delivery status; a missing or unreadable one means "nothing done yet"
         (at worst a recipient gets the message twice, never not at all)."""
+        status = self.saved_status(queue_id)
+        return Status() if status is None else status
+
+    def saved_status(self, queue_id: str) -> Status | None:
+        """`read_status`, but None when there is no status file at all."""
         try:
             data = (self.root / "status" / queue_id).read_bytes()
         except FileNotFoundError:
-            return Status()
+            return None
         try:
             return Status.from_json(data)
         except (ValueError, KeyError, TypeError):
@@ -481,12 +486,17 @@ class Queue:
             return False
         return True
 
-    def remove(self, queue_id: str, state: str) -> bool:
-        """Delete a finished (or admin-deleted) message: file first, then status."""
+    def remove(self, queue_id: str, state: str, *, status: bool = True) -> bool:
+        """Delete a finished (or admin-deleted) message: file first, then status.
+        `status=False`: the caller read no status file and none can have been
+        written since (only the manager writes one, for a message it holds),
+        so there is none to remove."""
         try:
             os.unlink(self.path(state, queue_id))
         except FileNotFoundError:
             return False
+        if not status:
+            return True
         try:
             os.unlink(self.root / "status" / queue_id)
         except FileNotFoundError:
