@@ -348,6 +348,37 @@ def test_status_of_an_earlier_try_goes_with_the_delivered_message(tmp_path: Path
     assert os.listdir(w.queue.root / "status") == []
 
 
+def test_due_retry_is_taken_up_while_wake_ups_keep_coming(tmp_path: Path) -> None:
+    """A wake-up looks at incoming/ only; deferred/ is looked at every
+    SCAN_INTERVAL all the same. Here wake-ups come far more often than that,
+    each with new mail, while a message in deferred/ falls due: it is
+    delivered, and so is the mail that came with the wake-ups."""
+    w = World(tmp_path, {})
+
+    async def body(qm: QueueManager) -> None:
+        await settled(w, qm)  # the first scan (a full one) is over
+        qid = w.submit("alice@pv.test", ["bob@pv.test"], "retried")
+        w.queue.write_status(qid, Status(attempts=1, next_try=time.time() + 0.3))
+        assert w.queue.move(qid, "incoming", "deferred")
+        sent = 0
+
+        async def retried() -> bool:
+            nonlocal sent
+            w.submit("alice@pv.test", ["bob@pv.test"], f"busy {sent}")
+            sent += 1
+            qm.wake()
+            await asyncio.sleep(0.05)
+            return w.queue.find(qid) is None
+
+        await until(retried)
+        await until(w.empty)
+        subjects = [m["Subject"] for m in w.maildir("bob@pv.test")]
+        assert "retried" in subjects
+        assert all(f"busy {n}" in subjects for n in range(sent))
+
+    run(w, body)
+
+
 def test_held_mail_waits_for_release(tmp_path: Path) -> None:
     w = World(tmp_path, {})
     qid = w.submit("alice@pv.test", ["bob@pv.test"], "held", hold="outbound limit")

@@ -22,7 +22,8 @@ House rules:
 - Every failure path ends in a state that is tried again: a bounce that
   cannot be queued (a full disk) keeps the message, deferred, until it can;
   when even the deferral cannot be written, the message stays in active/ and
-  the sweep of active/ (every scan) takes it up again after `retry_initial`,
+  the sweep of active/ (every full scan, at least every SCAN_INTERVAL) takes
+  it up again after `retry_initial`,
   without a restart. Anything in active/ that no delivery of this manager
   holds is such a message.
 """
@@ -72,8 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("postvakt.queue")
 dlog = logging.getLogger("postvakt.delivery")
 
-# How often the manager looks at incoming/ and deferred/ without a wake():
-# picks up commits from other worker processes and admin changes within 1 s.
+# How often the manager looks at incoming/ without a wake(), and at active/
+# and deferred/ at all (a wake-up looks at incoming/ only): picks up commits
+# from other worker processes, admin changes and due retries within 1 s.
 SCAN_INTERVAL = 1.0
 # Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
 # a small server with Python threads for file I/O needs far fewer).
@@ -113,6 +115,8 @@ class QueueManager:
         self._lock_fd: int | None = None
         # The last scan left mail waiting for a free slot (MAX_ACTIVE).
         self._full = False
+        # ... and it was cut short before active/ and deferred/: look there next time.
+        self._resume_full = False
         self._loop_thread = 0
 
     @property
@@ -188,36 +192,55 @@ class QueueManager:
             self._lock_fd = None
 
     async def _run(self) -> None:
+        """A wake-up (a commit of the front, a bounce queued, a slot freed) looks
+        at incoming/ only; active/ and deferred/ are looked at every
+        SCAN_INTERVAL, however often wake-ups come, and at once when the last
+        look was cut short by MAX_ACTIVE. A wake-up per commit so costs one
+        listing of incoming/, not of every deferred message as well."""
         assert self._wake is not None
+        last_full = -SCAN_INTERVAL
         while not self._stopping:
+            now = time.monotonic()
+            full = self._resume_full or now - last_full >= SCAN_INTERVAL
+            if full:
+                last_full = now  # after a failed scan too: tried again in SCAN_INTERVAL
             try:
-                await self.scan()
+                await self.scan(full=full)
             except Exception:
                 log.exception("queue scan failed; retrying in %.0f s", SCAN_INTERVAL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SCAN_INTERVAL)
+            wait = last_full + SCAN_INTERVAL - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
     # ------------------------------------------------------------ scheduling
 
-    async def scan(self) -> None:
-        """Take up what is due: incoming/ first, then messages stranded in
-        active/, then deferred/ whose time has come. The directory listings and
-        the renames into active/ are one executor job: a scan follows every
-        commit of the front, so its cost is paid per message."""
+    async def scan(self, full: bool = True) -> None:
+        """Take up what is due: incoming/ first, then (`full`) messages stranded
+        in active/, then deferred/ whose time has come. The directory listings
+        and the renames into active/ are one executor job: a scan follows
+        every commit of the front, so its cost is paid per message."""
         assert self._loop is not None
         self._full = False
+        self._resume_full = False
         inflight = frozenset(self._inflight)
-        taken, active, deferred, full = await self._loop.run_in_executor(
-            None, self._list_and_take, inflight, MAX_ACTIVE - len(inflight)
+        taken, active, deferred, limited = await self._loop.run_in_executor(
+            None, self._list_and_take, inflight, MAX_ACTIVE - len(inflight), full
         )
         for qid in taken:
             self._next_try.pop(qid, None)
             self._spawn(qid)
-        if full:
+        if limited:
             self._full = True
+            self._resume_full = full
+            return
+        if not full:
             return
         self._sweep_active(active)
+        if self._full:
+            self._resume_full = True
+            return
         present = set(deferred)
         for qid in list(self._next_try):
             if qid not in present:
@@ -226,6 +249,7 @@ class QueueManager:
         for qid in deferred:
             if len(self._inflight) >= MAX_ACTIVE:
                 self._full = True
+                self._resume_full = True
                 return
             if qid in self._inflight:
                 continue
@@ -238,22 +262,23 @@ class QueueManager:
                 self._spawn(qid)
 
     def _list_and_take(
-        self, inflight: frozenset[str], free: int
+        self, inflight: frozenset[str], free: int, full: bool
     ) -> tuple[list[str], list[str], list[str], bool]:
-        """In the executor: what active/ held before this scan, the messages
-        moved from incoming/ into active/ (at most `free`), and deferred/;
-        `full` when incoming/ has more than there was room for."""
-        active = self.queue.ids(ACTIVE)
+        """In the executor: what active/ held before this scan (`full` only),
+        the messages moved from incoming/ into active/ (at most `free`), and
+        deferred/ (`full` only); `limited` when incoming/ has more than there
+        was room for."""
+        active = self.queue.ids(ACTIVE) if full else []
         taken: list[str] = []
-        full = False
+        limited = False
         for qid in self.queue.ids(INCOMING):
             if len(taken) >= free:
-                full = True
+                limited = True
                 break
             if qid not in inflight and self.queue.move(qid, INCOMING, ACTIVE):
                 taken.append(qid)
-        deferred = [] if full else self.queue.ids(DEFERRED)
-        return taken, active, deferred, full
+        deferred = self.queue.ids(DEFERRED) if full and not limited else []
+        return taken, active, deferred, limited
 
     def _sweep_active(self, active: list[str]) -> None:
         """Take up messages in active/ that no delivery holds: an error left them
