@@ -66,6 +66,10 @@ HEAD_LIMIT = 1024 * 1024
 # the body's checksum and one for the header. Bounded like READ_CHUNK, so the
 # manager's memory stays flat for large messages.
 WHOLE_READ = READ_CHUNK
+# The first read of a queue file at delivery: a file shorter than this is
+# then known to be read whole, without asking for its size (fstat) first.
+# Below glibc's mmap threshold (128 KiB), so the buffer comes from the heap.
+FIRST_READ = 64 * 1024
 
 
 def crash_point(name: str) -> None:
@@ -115,7 +119,6 @@ class QueuedMessage:
     envelope: Envelope
     size: int
     crc: int
-    mtime: float
 
 
 @dataclass(frozen=True)
@@ -396,7 +399,7 @@ class Queue:
             env = os.pread(fd, env_len, size)
         finally:
             os.close(fd)
-        return _queued(queue_id, state, env, env_crc, size, crc, st.st_mtime)
+        return _queued(queue_id, state, env, env_crc, size, crc)
 
     def read_body(self, msg: QueuedMessage) -> bytes:
         """The message bytes as received; raises FileNotFoundError or CorruptEntry."""
@@ -407,24 +410,27 @@ class Queue:
         return data
 
     def open_message(self, queue_id: str, state: str) -> OpenMessage:
-        """The envelope and the body, checked, from one open: a file up to
-        WHOLE_READ octets is read in one read and closed (the body is then in
-        memory); a larger one is read in chunks to check its body and its
+        """The envelope and the body, checked, from one open: a file under
+        FIRST_READ octets is read in one read, one up to WHOLE_READ in two, and
+        closed (the body is then in memory); a larger one is read in chunks
+        to check its body and its
         descriptor is returned (the caller closes it), never read whole.
         Either way the bytes stay readable when the admin deletes the
         message meanwhile. Raises FileNotFoundError, CorruptEntry or OSError."""
         fd = os.open(self.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            st = os.fstat(fd)
-            total = st.st_size
+            data = os.pread(fd, FIRST_READ, 0)
+            if len(data) < FIRST_READ:
+                total = len(data)  # all of it: no need to ask for the size
+            else:
+                total = os.fstat(fd).st_size
+                if total <= WHOLE_READ:
+                    data += os.pread(fd, total - len(data), len(data))
             if total <= WHOLE_READ:
-                data = os.pread(fd, total, 0)
                 if len(data) != total:
                     raise CorruptEntry("file shorter than its size")
                 size, crc, env_len, env_crc = _parse_trailer(data[-FOOTER_LEN:], total)
-                msg = _queued(
-                    queue_id, state, data[size : size + env_len], env_crc, size, crc, st.st_mtime
-                )
+                msg = _queued(queue_id, state, data[size : size + env_len], env_crc, size, crc)
                 body = data[:size]
                 if zlib.crc32(body) != crc:
                     raise CorruptEntry("message checksum mismatch")
@@ -432,7 +438,7 @@ class Queue:
                 return OpenMessage(msg, None, body)
             size, crc, env_len, env_crc = _trailer(fd, total)
             env = os.pread(fd, env_len, size)
-            msg = _queued(queue_id, state, env, env_crc, size, crc, st.st_mtime)
+            msg = _queued(queue_id, state, env, env_crc, size, crc)
             body_crc = 0
             pos = 0
             while pos < size:
@@ -616,7 +622,7 @@ def _parse_trailer(footer: bytes, total: int) -> tuple[int, int, int, int]:
 
 
 def _queued(
-    queue_id: str, state: str, env: bytes, env_crc: int, size: int, crc: int, mtime: float
+    queue_id: str, state: str, env: bytes, env_crc: int, size: int, crc: int
 ) -> QueuedMessage:
     """The message whose envelope (checked against `env_crc`) is `env`."""
     if zlib.crc32(env) != env_crc:
@@ -625,7 +631,7 @@ def _queued(
         envelope = Envelope.from_json(env)
     except (ValueError, KeyError, TypeError) as e:
         raise CorruptEntry(f"envelope unreadable: {e}") from e
-    return QueuedMessage(queue_id, state, envelope, size, crc, mtime)
+    return QueuedMessage(queue_id, state, envelope, size, crc)
 
 
 def _writer_gone(path: Path) -> bool:
