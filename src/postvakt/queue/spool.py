@@ -411,12 +411,12 @@ class Queue:
 
     def open_message(self, queue_id: str, state: str) -> OpenMessage:
         """The envelope and the body, checked, from one open: a file under
-        FIRST_READ octets is read in one read, one up to WHOLE_READ in two, and
-        closed (the body is then in memory); a larger one is read in chunks
-        to check its body and its
-        descriptor is returned (the caller closes it), never read whole.
-        Either way the bytes stay readable when the admin deletes the
-        message meanwhile. Raises FileNotFoundError, CorruptEntry or OSError."""
+        FIRST_READ octets is read in one read, one up to WHOLE_READ in two,
+        and closed (the body is then in memory); a larger one is read in
+        chunks to check its body, never whole, and its descriptor is returned
+        (the caller closes it). Either way the bytes stay readable when the
+        admin deletes the message meanwhile. Raises FileNotFoundError,
+        CorruptEntry or OSError."""
         fd = os.open(self.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.pread(fd, FIRST_READ, 0)
