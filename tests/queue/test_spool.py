@@ -365,20 +365,18 @@ def test_committer_thread_hands_back_every_result_once(tmp_path: Path) -> None:
     assert files(q)["incoming"] == sorted(m.queue_id for m in msgs)
 
 
-@pytest.mark.parametrize(
-    "fill", [0, spool.FIRST_READ - 600, spool.FIRST_READ, spool.WHOLE_READ - 600, spool.WHOLE_READ]
-)
+@pytest.mark.parametrize("fill", [0, spool.WHOLE_READ - 600, spool.WHOLE_READ])
 def test_open_message_reads_what_was_committed_and_checks_it(tmp_path: Path, fill: int) -> None:
-    """A file up to WHOLE_READ is read whole, in one read when it is shorter
-    than FIRST_READ (the body comes back in memory, no descriptor stays open);
-    a larger one keeps a descriptor. All check the trailer, the envelope and
-    the body as `load` and `read_body` do."""
+    """A file shorter than WHOLE_READ is read whole in one read (the body
+    comes back in memory, no descriptor stays open); a larger one keeps a
+    descriptor. Both check the trailer, the envelope and the body as `load`
+    and `read_body` do."""
     q = Queue(tmp_path / "queue")
     body = BODY + b"x" * fill
     m = q.new_message()
     m.write(body)
     m.commit(env())
-    whole = q.path(INCOMING, m.queue_id).stat().st_size <= spool.WHOLE_READ
+    whole = q.path(INCOMING, m.queue_id).stat().st_size < spool.WHOLE_READ
     opened = q.open_message(m.queue_id, INCOMING)
     assert opened.msg == q.load(m.queue_id, INCOMING)
     if whole:

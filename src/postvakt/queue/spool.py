@@ -60,16 +60,14 @@ READ_CHUNK = 128 * 1024
 # header section longer than this is cut at a line end (the front refuses far
 # smaller headers long before: this only bounds what a damaged file costs).
 HEAD_LIMIT = 1024 * 1024
-# A queue file up to this size is read whole, in one read, when it is
+# A queue file shorter than this is read whole, in one read, when it is
 # delivered (the 1 KiB message of the benchmarks is 2 KiB with its envelope):
-# one read instead of a read for the trailer, one for the envelope, one for
-# the body's checksum and one for the header. Bounded like READ_CHUNK, so the
-# manager's memory stays flat for large messages.
-WHOLE_READ = READ_CHUNK
-# The first read of a queue file at delivery: a file shorter than this is
-# then known to be read whole, without asking for its size (fstat) first.
-# Below glibc's mmap threshold (128 KiB), so the buffer comes from the heap.
-FIRST_READ = 64 * 1024
+# one read, and no fstat for its size, instead of a read for the trailer, one
+# for the envelope, one for the body's checksum and one for the header. Its
+# body stays in memory while it is delivered: 200 deliveries at once
+# (`manager.MAX_ACTIVE`) hold under 13 MB. Below glibc's mmap threshold
+# (128 KiB), so the read's buffer comes from the heap.
+WHOLE_READ = 64 * 1024
 
 
 def crash_point(name: str) -> None:
@@ -410,25 +408,17 @@ class Queue:
         return data
 
     def open_message(self, queue_id: str, state: str) -> OpenMessage:
-        """The envelope and the body, checked, from one open: a file under
-        FIRST_READ octets is read in one read, one up to WHOLE_READ in two,
-        and closed (the body is then in memory); a larger one is read in
-        chunks to check its body, never whole, and its descriptor is returned
-        (the caller closes it). Either way the bytes stay readable when the
-        admin deletes the message meanwhile. Raises FileNotFoundError,
-        CorruptEntry or OSError."""
+        """The envelope and the body, checked, from one open: a file shorter
+        than WHOLE_READ is read in one read and closed (the body is then in
+        memory); a larger one is read in chunks to check its body, never
+        whole, and its descriptor is returned (the caller closes it). Either
+        way the bytes stay readable when the admin deletes the message
+        meanwhile. Raises FileNotFoundError, CorruptEntry or OSError."""
         fd = os.open(self.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = os.pread(fd, FIRST_READ, 0)
-            if len(data) < FIRST_READ:
-                total = len(data)  # all of it: no need to ask for the size
-            else:
-                total = os.fstat(fd).st_size
-                if total <= WHOLE_READ:
-                    data += os.pread(fd, total - len(data), len(data))
-            if total <= WHOLE_READ:
-                if len(data) != total:
-                    raise CorruptEntry("file shorter than its size")
+            data = os.pread(fd, WHOLE_READ, 0)
+            if len(data) < WHOLE_READ:  # all of it: no need to ask for the size
+                total = len(data)
                 size, crc, env_len, env_crc = _parse_trailer(data[-FOOTER_LEN:], total)
                 msg = _queued(queue_id, state, data[size : size + env_len], env_crc, size, crc)
                 body = data[:size]
@@ -436,6 +426,7 @@ class Queue:
                     raise CorruptEntry("message checksum mismatch")
                 os.close(fd)
                 return OpenMessage(msg, None, body)
+            total = os.fstat(fd).st_size
             size, crc, env_len, env_crc = _trailer(fd, total)
             env = os.pread(fd, env_len, size)
             msg = _queued(queue_id, state, env, env_crc, size, crc)
