@@ -171,6 +171,22 @@ def test_source_from_a_file_gives_its_bytes_back(data: bytes) -> None:
 
 
 @given(messy)
+@settings(max_examples=100, deadline=None)
+def test_source_from_memory_gives_the_same_bytes_as_from_a_file(data: bytes) -> None:
+    """A small queue file is read whole (`spool.WHOLE_READ`): its body is a
+    range of bytes in memory, which must read as the same range of the file."""
+    whole = b"p" + data + b"q"
+    src = MessageSource(b"head", None, 1, 1 + len(data), body=whole)
+    assert src.size == 4 + len(data)
+    assert b"".join(src.chunks()) == b"head" + data
+
+    async def collect() -> bytes:
+        return b"".join([p async for p in src.achunks()])
+
+    assert asyncio.run(collect()) == b"head" + data
+
+
+@given(messy)
 @settings(max_examples=200, deadline=None)
 def test_broken_before_signing_is_what_the_wire_carries(data: bytes) -> None:
     """Signed mail is broken before the signature: sending it breaks nothing more."""

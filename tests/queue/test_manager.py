@@ -6,6 +6,7 @@ import asyncio
 import email
 import logging
 import mailbox
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from postvakt import config as C
 from postvakt.directory import Directory
 from postvakt.queue import Envelope, Queue, Recipient
+from postvakt.queue.envelope import Status
 from postvakt.queue.manager import QueueManager, QueueManagerError
 from support import free_port
 
@@ -327,6 +329,54 @@ def test_corrupt_message_in_delivery_is_quarantined(tmp_path: Path) -> None:
     run(w, body)
     [m] = w.maildir("bob@pv.test")
     assert m["Subject"] == "fine"
+
+
+def test_status_of_an_earlier_try_goes_with_the_delivered_message(tmp_path: Path) -> None:
+    """A local message delivered in one job removes its status file only when
+    it read one: a message tried before (here its status says one attempt, as
+    after a restart) leaves none behind; a first try had none to remove."""
+    w = World(tmp_path, {})
+    again = w.submit("alice@pv.test", ["bob@pv.test"], "again")
+    w.queue.write_status(again, Status(attempts=1))
+    first = w.submit("alice@pv.test", ["bob@pv.test"], "first")
+
+    async def body(qm: QueueManager) -> None:
+        await until(lambda: w.empty() and len(w.maildir("bob@pv.test")) == 2)
+
+    run(w, body)
+    assert w.queue.find(again) is None and w.queue.find(first) is None
+    assert os.listdir(w.queue.root / "status") == []
+
+
+def test_due_retry_is_taken_up_while_wake_ups_keep_coming(tmp_path: Path) -> None:
+    """A wake-up looks at incoming/ only; deferred/ is looked at every
+    SCAN_INTERVAL all the same. Here wake-ups come far more often than that,
+    each with new mail, while a message in deferred/ falls due: it is
+    delivered, and so is the mail that came with the wake-ups."""
+    w = World(tmp_path, {})
+
+    async def body(qm: QueueManager) -> None:
+        await settled(w, qm)  # the first scan (a full one) is over
+        qid = w.submit("alice@pv.test", ["bob@pv.test"], "retried")
+        w.queue.write_status(qid, Status(attempts=1, next_try=time.time() + 0.3))
+        assert w.queue.move(qid, "incoming", "deferred")
+        sent = 0
+
+        async def retried() -> bool:
+            nonlocal sent
+            w.submit("alice@pv.test", ["bob@pv.test"], f"busy {sent}")
+            sent += 1
+            qm.wake()
+            await asyncio.sleep(0.05)
+            return w.queue.find(qid) is None
+
+        await until(retried)
+        await until(w.empty)
+        subjects = [m["Subject"] for m in w.maildir("bob@pv.test")]
+        assert "retried" in subjects
+        assert all(f"busy {n}" in subjects for n in range(sent))
+
+    run(w, body)
 
 
 def test_held_mail_waits_for_release(tmp_path: Path) -> None:

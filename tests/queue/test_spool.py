@@ -406,3 +406,49 @@ def test_committer_thread_hands_back_every_result_once(tmp_path: Path) -> None:
     assert sorted(t for t, _ in results) == list(range(40))  # type: ignore[type-var]
     assert all(e is None for _, e in results)
     assert files(q)["incoming"] == sorted(m.queue_id for m in msgs)
+
+
+@pytest.mark.parametrize("fill", [0, spool.WHOLE_READ - 600, spool.WHOLE_READ])
+def test_open_message_reads_what_was_committed_and_checks_it(tmp_path: Path, fill: int) -> None:
+    """A file shorter than WHOLE_READ is read whole in one read (the body
+    comes back in memory, no descriptor stays open); a larger one keeps a
+    descriptor. Both check the trailer, the envelope and the body as `load`
+    and `read_body` do."""
+    q = Queue(tmp_path / "queue")
+    body = BODY + b"x" * fill
+    m = q.new_message()
+    m.write(body)
+    m.commit(env())
+    whole = q.path(INCOMING, m.queue_id).stat().st_size < spool.WHOLE_READ
+    opened = q.open_message(m.queue_id, INCOMING)
+    assert opened.msg == q.load(m.queue_id, INCOMING)
+    if whole:
+        assert opened.fd is None and opened.body == body
+    else:
+        assert opened.body is None and opened.fd is not None
+        try:
+            assert os.pread(opened.fd, len(body) + 1, 0) == body + env().to_json()[:1]
+        finally:
+            os.close(opened.fd)
+    p = q.path(INCOMING, m.queue_id)
+    good = p.read_bytes()
+    # A flipped bit in the body, in the envelope, in the trailer; a cut file.
+    trailer = len(good) - spool.FOOTER_LEN
+    for damaged in (
+        _flip(good, 3),
+        _flip(good, len(body) + 2),
+        _flip(good, trailer + 9),
+        good[:-1],
+    ):
+        p.write_bytes(damaged)
+        with pytest.raises(CorruptEntry):
+            q.open_message(m.queue_id, INCOMING)
+    p.unlink()
+    with pytest.raises(FileNotFoundError):
+        q.open_message(m.queue_id, INCOMING)
+
+
+def _flip(data: bytes, i: int) -> bytes:
+    b = bytearray(data)
+    b[i] ^= 0x01
+    return bytes(b)

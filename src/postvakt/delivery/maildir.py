@@ -28,6 +28,20 @@ from postvakt.reply import Reply
 
 _seq = itertools.count()
 _seq_lock = threading.Lock()
+# The process id in file names, read once (getpid is a system call each time
+# with glibc): a forked child reads its own.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+# Small pieces (the Return-Path: and Delivered-To: lines, the header, a small
+# body) are gathered and written with one write up to this many octets.
+WRITE_GATHER = 64 * 1024
 # How many fresh names to try when one exists already (maildir(5): it "shouldn't happen").
 NAME_ATTEMPTS = 5
 
@@ -45,7 +59,7 @@ def _unique_name() -> str:
     with _seq_lock:
         seq = next(_seq)
     now = time.time_ns()
-    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{os.getpid()}Q{seq}.{_HOST}"
+    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{_pid}Q{seq}.{_HOST}"
 
 
 def header_lines(message: bytes, name: bytes) -> list[bytes]:
@@ -106,6 +120,23 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _write_message(fd: int, head: bytes, message: MessageSource, lf: LFConverter) -> None:
+    """The delivery lines, then the message in LF form, in as few writes as
+    the pieces allow: a 1 KiB message is one write, not three."""
+    gathered: list[bytes] = []
+    size = 0
+    for piece in itertools.chain((head,), message.chunks()):
+        out = lf.feed(piece)
+        gathered.append(out)
+        size += len(out)
+        if size >= WRITE_GATHER:
+            _write_all(fd, b"".join(gathered))
+            gathered.clear()
+            size = 0
+    gathered.append(lf.end())
+    _write_all(fd, b"".join(gathered))
+
+
 def _create(maildir: Path, tmp: Path) -> int:
     """Open a new file in tmp/; the Maildir is made first when it is not there
     (a new user's first message). Trying first saves three mkdir calls on
@@ -153,10 +184,7 @@ def deliver(
                 continue
             lf = LFConverter()
             try:
-                _write_all(fd, lf.feed(head))
-                for piece in message.chunks():
-                    _write_all(fd, lf.feed(piece))
-                _write_all(fd, lf.end())
+                _write_message(fd, head, message, lf)
                 os.fsync(fd)
             except OSError:
                 os.close(fd)

@@ -1,10 +1,12 @@
 """A message as delivery reads it: a few bytes in memory, the rest from a file.
 
-Delivery never holds a whole message: the queue file is read in `CHUNK`
-pieces with `os.pread` (no shared file position, so local and remote
+Delivery never holds a whole large message: the queue file is read in
+`CHUNK` pieces with `os.pread` (no shared file position, so local and remote
 deliveries of one message read it side by side), and only the parts that
 delivery rewrites (late header fields, a DKIM signature, the header with
-forged Authentication-Results: removed) live in `prefix`.
+forged Authentication-Results: removed) live in `prefix`. A small message
+(`spool.WHOLE_READ`) was read whole with its envelope, in one read: its body
+stays in `body` and no descriptor is kept.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ CHUNK = 128 * 1024
 
 @dataclass(frozen=True)
 class MessageSource:
-    """`prefix`, then octets [start, end) of the open file `fd` (none: prefix only)."""
+    """`prefix`, then octets [start, end) of `body` when given, else of the
+    open file `fd` (neither: prefix only)."""
 
     prefix: bytes
     fd: int | None = None
     start: int = 0
     end: int = 0
+    body: bytes | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes) -> MessageSource:
@@ -34,12 +38,17 @@ class MessageSource:
 
     @property
     def size(self) -> int:
-        return len(self.prefix) + (self.end - self.start if self.fd is not None else 0)
+        rest = self.fd is not None or self.body is not None
+        return len(self.prefix) + (self.end - self.start if rest else 0)
 
     def chunks(self) -> Iterator[bytes]:
         """The message in pieces; blocking (file reads)."""
         if self.prefix:
             yield self.prefix
+        if self.body is not None:
+            if self.end > self.start:
+                yield self.body[self.start : self.end]
+            return
         if self.fd is None:
             return
         pos = self.start
@@ -54,6 +63,10 @@ class MessageSource:
         """The same pieces for the event loop; every file read runs in a thread."""
         if self.prefix:
             yield self.prefix
+        if self.body is not None:
+            if self.end > self.start:
+                yield self.body[self.start : self.end]
+            return
         if self.fd is None:
             return
         pos = self.start

@@ -15,13 +15,15 @@ House rules:
   between the loop and a thread costs more than the small file work it
   carries. The order inside the job is the order of the steps it replaces:
   each Maildir copy is fsynced (file and new/) before the queue file goes.
-- A message body is never held whole: it is read from the queue file in
-  chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
-  Only a DKIM signature needs the whole message at once, once.
+- A large message body is never held whole: it is read from the queue file
+  in chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
+  Only a DKIM signature needs the whole message at once, once. A small queue
+  file (`spool.WHOLE_READ`) is read whole, envelope and body, in one read.
 - Every failure path ends in a state that is tried again: a bounce that
   cannot be queued (a full disk) keeps the message, deferred, until it can;
   when even the deferral cannot be written, the message stays in active/ and
-  the sweep of active/ (every scan) takes it up again after `retry_initial`,
+  the sweep of active/ (every full scan, at least every SCAN_INTERVAL) takes
+  it up again after `retry_initial`,
   without a restart. Anything in active/ that no delivery of this manager
   holds is such a message.
 """
@@ -60,6 +62,7 @@ from postvakt.queue.spool import (
     QueuedMessage,
     QueueWriteError,
     read_head,
+    split_head,
 )
 from postvakt.reply import Reply
 
@@ -70,8 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("postvakt.queue")
 dlog = logging.getLogger("postvakt.delivery")
 
-# How often the manager looks at incoming/ and deferred/ without a wake():
-# picks up commits from other worker processes and admin changes within 1 s.
+# How often the manager looks at incoming/ without a wake(), and at active/
+# and deferred/ at all (a wake-up looks at incoming/ only): picks up commits
+# from other worker processes, admin changes and due retries within 1 s.
 SCAN_INTERVAL = 1.0
 # Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
 # a small server with Python threads for file I/O needs far fewer).
@@ -111,6 +115,8 @@ class QueueManager:
         self._lock_fd: int | None = None
         # The last scan left mail waiting for a free slot (MAX_ACTIVE).
         self._full = False
+        # ... and it was cut short before active/ and deferred/: look there next time.
+        self._resume_full = False
         self._loop_thread = 0
 
     @property
@@ -186,36 +192,55 @@ class QueueManager:
             self._lock_fd = None
 
     async def _run(self) -> None:
+        """A wake-up (a commit of the front, a bounce queued, a slot freed) looks
+        at incoming/ only; active/ and deferred/ are looked at every
+        SCAN_INTERVAL, however often wake-ups come, and at once when the last
+        look was cut short by MAX_ACTIVE. A wake-up per commit so costs one
+        listing of incoming/, not of every deferred message as well."""
         assert self._wake is not None
+        last_full = -SCAN_INTERVAL
         while not self._stopping:
+            now = time.monotonic()
+            full = self._resume_full or now - last_full >= SCAN_INTERVAL
+            if full:
+                last_full = now  # after a failed scan too: tried again in SCAN_INTERVAL
             try:
-                await self.scan()
+                await self.scan(full=full)
             except Exception:
                 log.exception("queue scan failed; retrying in %.0f s", SCAN_INTERVAL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SCAN_INTERVAL)
+            wait = last_full + SCAN_INTERVAL - time.monotonic()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
             self._wake.clear()
 
     # ------------------------------------------------------------ scheduling
 
-    async def scan(self) -> None:
-        """Take up what is due: incoming/ first, then messages stranded in
-        active/, then deferred/ whose time has come. The directory listings and
-        the renames into active/ are one executor job: a scan follows every
-        commit of the front, so its cost is paid per message."""
+    async def scan(self, full: bool = True) -> None:
+        """Take up what is due: incoming/ first, then (`full`) messages stranded
+        in active/, then deferred/ whose time has come. The directory listings
+        and the renames into active/ are one executor job: a scan follows
+        every commit of the front, so its cost is paid per message."""
         assert self._loop is not None
         self._full = False
+        self._resume_full = False
         inflight = frozenset(self._inflight)
-        taken, active, deferred, full = await self._loop.run_in_executor(
-            None, self._list_and_take, inflight, MAX_ACTIVE - len(inflight)
+        taken, active, deferred, limited = await self._loop.run_in_executor(
+            None, self._list_and_take, inflight, MAX_ACTIVE - len(inflight), full
         )
         for qid in taken:
             self._next_try.pop(qid, None)
             self._spawn(qid)
-        if full:
+        if limited:
             self._full = True
+            self._resume_full = full
+            return
+        if not full:
             return
         self._sweep_active(active)
+        if self._full:
+            self._resume_full = True
+            return
         present = set(deferred)
         for qid in list(self._next_try):
             if qid not in present:
@@ -224,6 +249,7 @@ class QueueManager:
         for qid in deferred:
             if len(self._inflight) >= MAX_ACTIVE:
                 self._full = True
+                self._resume_full = True
                 return
             if qid in self._inflight:
                 continue
@@ -236,22 +262,23 @@ class QueueManager:
                 self._spawn(qid)
 
     def _list_and_take(
-        self, inflight: frozenset[str], free: int
+        self, inflight: frozenset[str], free: int, full: bool
     ) -> tuple[list[str], list[str], list[str], bool]:
-        """In the executor: what active/ held before this scan, the messages
-        moved from incoming/ into active/ (at most `free`), and deferred/;
-        `full` when incoming/ has more than there was room for."""
-        active = self.queue.ids(ACTIVE)
+        """In the executor: what active/ held before this scan (`full` only),
+        the messages moved from incoming/ into active/ (at most `free`), and
+        deferred/ (`full` only); `limited` when incoming/ has more than there
+        was room for."""
+        active = self.queue.ids(ACTIVE) if full else []
         taken: list[str] = []
-        full = False
+        limited = False
         for qid in self.queue.ids(INCOMING):
             if len(taken) >= free:
-                full = True
+                limited = True
                 break
             if qid not in inflight and self.queue.move(qid, INCOMING, ACTIVE):
                 taken.append(qid)
-        deferred = [] if full else self.queue.ids(DEFERRED)
-        return taken, active, deferred, full
+        deferred = self.queue.ids(DEFERRED) if full and not limited else []
+        return taken, active, deferred, limited
 
     def _sweep_active(self, active: list[str]) -> None:
         """Take up messages in active/ that no delivery holds: an error left them
@@ -365,7 +392,7 @@ class QueueManager:
         goes back to the event loop."""
         msg, source = self._read(qid)
         try:
-            status, expanded = self._status_and_units(qid, msg.envelope)
+            status, expanded, saved = self._status_and_units(qid, msg.envelope)
             for u in expanded:
                 if u.state == FAILED:
                     self._log(qid, u, 0.0, "bounced")
@@ -382,7 +409,8 @@ class QueueManager:
             if status.pending or self._notices_due(msg.envelope, status, now):
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
-            if not self.queue.remove(qid, ACTIVE):
+            # No status file was read: none to remove (this job is the only writer).
+            if not self.queue.remove(qid, ACTIVE, status=saved):
                 self.queue.delete(qid)
         except BaseException:
             if source.fd is not None:
@@ -424,9 +452,15 @@ class QueueManager:
 
     def _read(self, qid: str) -> tuple[QueuedMessage, MessageSource]:
         """The envelope, and the message as delivered: the header (with the
-        front's late fields) in memory, the rest left in the file."""
-        msg = self.queue.load(qid, ACTIVE)
-        fd = self.queue.open_body(msg)
+        front's late fields) in memory, the rest left in the file; a small
+        file was read whole in one read, and its body stays in memory."""
+        opened = self.queue.open_message(qid, ACTIVE)
+        msg, fd = opened.msg, opened.fd
+        if opened.body is not None:
+            head = split_head(opened.body, msg.size)
+            prefix = msg.envelope.with_headers(head)
+            return msg, MessageSource(prefix, None, len(head), msg.size, body=opened.body)
+        assert fd is not None
         try:
             head = read_head(fd, msg.size)
             prefix = msg.envelope.with_headers(head)
@@ -435,14 +469,16 @@ class QueueManager:
             raise
         return msg, MessageSource(prefix, fd, len(head), msg.size)
 
-    def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...]]:
-        """The delivery status; on the first try, with the recipients expanded
-        (the units just made, so that failures found there are logged)."""
-        status = self.queue.read_status(qid)
+    def _status_and_units(self, qid: str, env: Envelope) -> tuple[Status, tuple[Unit, ...], bool]:
+        """The delivery status and whether a status file holds it; on the first
+        try, with the recipients expanded (the units just made, so that
+        failures found there are logged)."""
+        saved = self.queue.saved_status(qid)
+        status = Status() if saved is None else saved
         if status.units is not None:
-            return status, ()
+            return status, (), saved is not None
         expanded = self.expand(env)
-        return replace(status, units=expanded), expanded
+        return replace(status, units=expanded), expanded, saved is not None
 
     def _save_only(self, qid: str, status: Status) -> None:
         """Keep what was done when shutdown cuts a delivery short."""
