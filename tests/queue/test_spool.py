@@ -452,3 +452,59 @@ def _flip(data: bytes, i: int) -> bytes:
     b = bytearray(data)
     b[i] ^= 0x01
     return bytes(b)
+
+
+def committed(q: Queue, body: bytes = BODY) -> str:
+    m = q.new_message()
+    m.write(body)
+    m.commit(env())
+    return m.queue_id
+
+
+def test_a_finished_queue_file_is_emptied_and_becomes_the_next_messages_file(
+    tmp_path: Path,
+) -> None:
+    """No inode made or freed per message: the delivered file is kept in spare/."""
+    q = Queue(tmp_path / "queue")
+    first = committed(q)
+    inode = (q.root / INCOMING / first).stat().st_ino
+    assert q.remove(first, INCOMING)
+    assert files(q)["incoming"] == [] and os.listdir(q.root / spool.SPARE) == [first]
+    assert (q.root / spool.SPARE / first).stat().st_size == 0
+    # Another process (a front) takes it for its next message.
+    q2 = Queue(q.root)
+    second = committed(q2, b"Subject: two\r\n\r\nsecond\r\n")
+    assert os.listdir(q.root / spool.SPARE) == [] and files(q2)["tmp"] == []
+    assert (q.root / INCOMING / second).stat().st_ino == inode
+    assert q2.read_body(q2.load(second, INCOMING)) == b"Subject: two\r\n\r\nsecond\r\n"
+    # spare/ holds no mail: recovery and the queue's states do not see it.
+    assert q2.recover() == spool.Recovery()
+    assert q2.ids(INCOMING) == [second]
+
+
+def test_a_spare_file_left_full_by_a_crash_is_emptied_before_it_is_used(tmp_path: Path) -> None:
+    q = Queue(tmp_path / "queue")
+    old = b"x" * 5000
+    (q.root / spool.SPARE / "00LEFTOVER").write_bytes(old)  # renamed, then the power went
+    qid = committed(q)
+    assert os.listdir(q.root / spool.SPARE) == []
+    loaded = q.load(qid, INCOMING)
+    assert q.read_body(loaded) == BODY and b"x" * 100 not in (q.root / INCOMING / qid).read_bytes()
+
+
+def test_spare_files_are_bounded_and_taken_names_are_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool, "SPARE_MAX", 2)
+    q = Queue(tmp_path / "queue")
+    ids = [committed(q) for _ in range(3)]
+    assert [q.remove(i, INCOMING) for i in ids] == [True, True, True]
+    assert len(os.listdir(q.root / spool.SPARE)) == 2  # the third was unlinked
+    # A writer whose list of names went stale (another process took them) makes a file.
+    writer = Queue(q.root)
+    assert writer.take_spare(q.root / "tmp" / "A1")
+    for name in os.listdir(q.root / spool.SPARE):
+        os.unlink(q.root / spool.SPARE / name)
+    qid = committed(writer)
+    assert writer.read_body(writer.load(qid, INCOMING)) == BODY
+    os.unlink(q.root / "tmp" / "A1")

@@ -10,6 +10,8 @@ Design (the state of a message is which file exists where; qmail's rule)
       hold/<id>       held by the admin or by outbound limits; never delivered
       corrupt/<id>    quarantined: unreadable, kept for the admin, never delivered
       status/<id>     per-recipient results, written only by the manager
+      spare/<id>      emptied files of finished messages, renamed into tmp/
+                      for new ones instead of making a file (no mail)
 
 A queue file is the message bytes as received (the front's `Received:` line
 first), then the envelope as JSON, then a fixed-width trailer with sizes and
@@ -17,7 +19,9 @@ CRC-32 checksums of both. A file without a valid trailer was never committed.
 
 The write path and its one commit point (`IncomingMessage.commit`):
 
-    1. write chunks to tmp/<id>, then the envelope and the trailer
+    1. write chunks to tmp/<id> (a small message is kept in memory and
+       written here by the committer; the file is a spare/ one when there is
+       one, else a new one), then the envelope and the trailer
                                       -- crash point "after_write"
     2. fsync(tmp/<id>)                -- crash point "after_fsync"
     3. rename tmp/<id> -> incoming/<id> (hold/<id> when the envelope says hold)
@@ -45,7 +49,8 @@ Manager's cycle (`manager.QueueManager`): incoming/ -> active/ (rename) ->
 deliver each pending recipient -> status/<id> rewritten (write, fsync,
 rename) -> either everything is final (bounce for failures, committed as a new
 queue message *before* the original is removed, so a crash duplicates a
-bounce rather than losing it) and the file is removed, or active/ -> deferred/
+bounce rather than losing it) and the file is removed (renamed into spare/ and emptied, or unlinked when
+spare/ is full), or active/ -> deferred/
 until the next try (`schedule`). Errors are temporary unless the peer says 5xx.
 
 Admin changes are single renames as well (hold: any -> hold/, release:
