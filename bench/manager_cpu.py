@@ -53,6 +53,18 @@ def manager_pid(root_pid: int) -> int:
     raise BenchError("no queue manager process found")
 
 
+def start_warm(sink: Sink, server: Postvakt) -> int:
+    """Start the sink and the server, deliver the warm-up messages and wait
+    until they are in the Maildir; the queue manager's process id."""
+    sink.start()
+    server.start()
+    assert server.proc is not None
+    smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=True)
+    server.delivered_base += WARMUP_MESSAGES
+    server.wait_drained(server.delivered_base)
+    return manager_pid(server.proc.pid)
+
+
 def user_system(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of one process (its threads included)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -78,13 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, float]] = []
     spy: subprocess.Popen[bytes] | None = None
     try:
-        sink.start()
-        server.start()
+        mgr = start_warm(sink, server)
         assert server.proc is not None
-        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=True)
-        server.delivered_base += WARMUP_MESSAGES
-        server.wait_drained(server.delivered_base)
-        mgr = manager_pid(server.proc.pid)
         front = server.proc.pid
         if args.profile:
             spy = subprocess.Popen(

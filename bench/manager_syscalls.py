@@ -37,10 +37,9 @@ from pathlib import Path
 
 import manager_instructions
 import run
-from manager_cpu import manager_pid
+from manager_cpu import start_warm
 from run import (
     USER,
-    WARMUP_MESSAGES,
     BenchError,
     Postvakt,
     Sink,
@@ -133,13 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Postvakt(root / "postvakt", sink.port)
     summary = root / "strace.txt"
     try:
-        sink.start()
-        server.start()
-        assert server.proc is not None
-        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=True)
-        server.delivered_base += WARMUP_MESSAGES
-        server.wait_drained(server.delivered_base)
-        mgr = manager_pid(server.proc.pid)
+        mgr = start_warm(sink, server)
         tracer = subprocess.Popen(
             ["strace", "-f", "-c", "-o", str(summary), "-p", str(mgr)],
             stdout=subprocess.DEVNULL,

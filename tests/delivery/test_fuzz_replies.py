@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from postvakt import config as C
@@ -102,8 +102,9 @@ class ScriptedPeer:
                 unit = await self._answer(writer, script, cmd)
                 if unit is None:
                     return
-                # The client takes the first reply line: a lone 354 to DATA starts the body.
-                if cmd == b"DATA" and re.match(rb"354( [^\r\n]*)?\r?\n", unit):
+                # A 354 to DATA, on one line or several (`354-...` then `354 ...`),
+                # starts the body, as it does for the client.
+                if cmd == b"DATA" and re.match(rb"(354-[^\r\n]*\r?\n)*354( [^\r\n]*)?\r?\n", unit):
                     body = True
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             return
@@ -165,6 +166,20 @@ async def attempt(peer: ScriptedPeer, n: int) -> list[RemoteResult]:
 
 
 @given(script())
+# Found by hypothesis: a 354 on two lines is a 354 for the client and the peer alike.
+@example(
+    units_and_n=(
+        [
+            b"220 peer\r\n",
+            b"250-peer\r\n250 DSN\r\n",
+            b"250 ok\r\n",
+            b"250 2.1.5 ok\r\n",
+            b"354-\r\n354 \r\n",
+            b"250 2.0.0 queued\r\n",
+        ],
+        1,
+    )
+)
 @settings(
     max_examples=400,
     deadline=None,

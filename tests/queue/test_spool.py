@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -461,35 +463,51 @@ def committed(q: Queue, body: bytes = BODY) -> str:
     return m.queue_id
 
 
-def test_a_finished_queue_file_is_emptied_and_becomes_the_next_messages_file(
-    tmp_path: Path,
-) -> None:
+def test_a_delivered_small_messages_file_becomes_the_next_messages_file(tmp_path: Path) -> None:
     """No inode made or freed per message: the delivered file is kept in spare/."""
     q = Queue(tmp_path / "queue")
-    first = committed(q)
+    first = committed(q, b"Subject: one\r\n\r\n" + b"o" * 3000 + b"\r\n")
     inode = (q.root / INCOMING / first).stat().st_ino
-    assert q.remove(first, INCOMING)
+    assert q.remove(first, INCOMING, spare=True)
     assert files(q)["incoming"] == [] and os.listdir(q.root / spool.SPARE) == [first]
-    assert (q.root / spool.SPARE / first).stat().st_size == 0
-    # Another process (a front) takes it for its next message.
+    # Another process (a front) takes it for its next message, a shorter one:
+    # none of the old bytes stay behind.
     q2 = Queue(q.root)
     second = committed(q2, b"Subject: two\r\n\r\nsecond\r\n")
     assert os.listdir(q.root / spool.SPARE) == [] and files(q2)["tmp"] == []
     assert (q.root / INCOMING / second).stat().st_ino == inode
     assert q2.read_body(q2.load(second, INCOMING)) == b"Subject: two\r\n\r\nsecond\r\n"
+    assert b"o" * 10 not in (q.root / INCOMING / second).read_bytes()
     # spare/ holds no mail: recovery and the queue's states do not see it.
     assert q2.recover() == spool.Recovery()
     assert q2.ids(INCOMING) == [second]
+    # An admin's delete (and any removal not marked spare) unlinks.
+    assert q2.remove(second, INCOMING) and os.listdir(q.root / spool.SPARE) == []
 
 
-def test_a_spare_file_left_full_by_a_crash_is_emptied_before_it_is_used(tmp_path: Path) -> None:
+def test_a_spare_file_is_locked_before_it_is_in_tmp(tmp_path: Path) -> None:
+    """Recovery removes a tmp/ file whose writer holds no lock: a spare file
+    must never be there unlocked, and one another writer holds is left alone."""
     q = Queue(tmp_path / "queue")
-    old = b"x" * 5000
-    (q.root / spool.SPARE / "00LEFTOVER").write_bytes(old)  # renamed, then the power went
-    qid = committed(q)
-    assert os.listdir(q.root / spool.SPARE) == []
-    loaded = q.load(qid, INCOMING)
-    assert q.read_body(loaded) == BODY and b"x" * 100 not in (q.root / INCOMING / qid).read_bytes()
+    for name in ("0A", "0B"):
+        (q.root / spool.SPARE / name).write_bytes(b"old")
+    held = os.open(q.root / spool.SPARE / "0B", os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer = Queue(q.root)
+        writer._spares = ["0A", "0B"]  # "0B" is looked at first
+        fd = writer.take_spare(q.root / "tmp" / "0C")
+        assert fd is not None
+        assert sorted(os.listdir(q.root / spool.SPARE)) == ["0B"]
+        assert os.fstat(fd).st_size == 0
+        probe = os.open(q.root / "tmp" / "0C", os.O_RDONLY)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(probe)
+        assert q.recover().removed_tmp == 0 and files(q)["tmp"] == ["0C"]
+        os.close(fd)
+    finally:
+        os.close(held)
 
 
 def test_spare_files_are_bounded_and_taken_names_are_skipped(
@@ -498,13 +516,36 @@ def test_spare_files_are_bounded_and_taken_names_are_skipped(
     monkeypatch.setattr(spool, "SPARE_MAX", 2)
     q = Queue(tmp_path / "queue")
     ids = [committed(q) for _ in range(3)]
-    assert [q.remove(i, INCOMING) for i in ids] == [True, True, True]
+    assert [q.remove(i, INCOMING, spare=True) for i in ids] == [True, True, True]
     assert len(os.listdir(q.root / spool.SPARE)) == 2  # the third was unlinked
     # A writer whose list of names went stale (another process took them) makes a file.
     writer = Queue(q.root)
-    assert writer.take_spare(q.root / "tmp" / "A1")
+    fd = writer.take_spare(q.root / "tmp" / "A1")
+    assert fd is not None
+    os.close(fd)
     for name in os.listdir(q.root / spool.SPARE):
         os.unlink(q.root / spool.SPARE / name)
     qid = committed(writer)
     assert writer.read_body(writer.load(qid, INCOMING)) == BODY
     os.unlink(q.root / "tmp" / "A1")
+
+
+def test_recovery_leaves_a_tmp_file_made_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery runs while the fronts accept mail: a file that came into tmp/
+    after recovery began belongs to a live writer, locked yet or not."""
+    q = Queue(tmp_path / "queue")
+    old = q.root / "tmp" / "0OLD"
+    old.write_bytes(b"a writer that died")
+    new = q.root / "tmp" / "0NEW"
+    while True:  # a later change time than the first (the kernel's clock is coarse)
+        new.write_bytes(b"a writer between its file and its flock")
+        if new.stat().st_ctime > old.stat().st_ctime:
+            break
+        time.sleep(0.01)
+    made = new.stat().st_ctime
+    monkeypatch.setattr(spool.time, "time", lambda: made)  # recovery began as it was made
+    assert q.recover().removed_tmp == 1 and files(q)["tmp"] == ["0NEW"]
+    monkeypatch.undo()
+    assert q.recover().removed_tmp == 1 and files(q)["tmp"] == []

@@ -410,7 +410,7 @@ class QueueManager:
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
             # No status file was read: none to remove (this job is the only writer).
-            if not self.queue.remove(qid, ACTIVE, status=saved):
+            if not self.queue.remove(qid, ACTIVE, status=saved, spare=source.body is not None):
                 self.queue.delete(qid)
         except BaseException:
             if source.fd is not None:
@@ -684,7 +684,8 @@ class QueueManager:
             )
         if not pending and queued_all:
             # All done. If the admin held it meanwhile, there is nothing left to hold.
-            if not await asyncio.to_thread(q.remove, qid, ACTIVE):
+            small = source.body is not None  # read whole: a file worth keeping in spare/
+            if not await asyncio.to_thread(q.remove, qid, ACTIVE, spare=small):
                 await asyncio.to_thread(q.delete, qid)
             return
         if pending:

@@ -6,7 +6,6 @@ I/O; asyncio callers run it in an executor.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import itertools
 import logging
@@ -44,11 +43,12 @@ DEFERRED = "deferred"
 HOLD = "hold"
 CORRUPT = "corrupt"
 STATES = (INCOMING, ACTIVE, DEFERRED, HOLD)
-# Emptied queue files of delivered messages, kept for the next messages'
-# files (see `Queue.take_spare`); nothing in it is mail.
+# Files of delivered messages, kept to be the next messages' files (see
+# `Queue.take_spare`): nothing in it is mail, nothing reads it.
 SPARE = "spare"
 ALL_DIRS = ("tmp", *STATES, CORRUPT, "status", SPARE)
-# How many emptied queue files `spare/` keeps; past that they are unlinked.
+# How many queue files `spare/` keeps (each a delivered message under
+# WHOLE_READ, so at most 32 MiB); past that they are unlinked.
 SPARE_MAX = 512
 # When spare/ was found empty, how long before a writer looks again.
 SPARE_LOOK_AGAIN = 1.0
@@ -173,16 +173,15 @@ class IncomingMessage:
         self._file: BinaryIO | None = None
 
     def _open(self) -> BinaryIO:
-        """Create the tmp file and write what was kept in memory."""
+        """Make the tmp file and write what was kept in memory."""
         try:
-            if self.queue.take_spare(self._tmp):
-                fd = os.open(self._tmp, os.O_WRONLY | os.O_TRUNC)
-            else:
+            fd = self.queue.take_spare(self._tmp)  # locked before it is in tmp/
+            if fd is None:
                 fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             raise QueueWriteError(f"cannot create {self._tmp}: {e}") from e
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             f = os.fdopen(fd, "wb", buffering=WRITE_BUFFER)
         except OSError as e:
             os.close(fd)
@@ -412,16 +411,15 @@ class Queue:
     # A new file costs the file system an inode, a deleted one frees it. On
     # ext4 without a journal each new inode skips every inode of its group
     # freed in the last minutes (`recently_deleted`), and with a queue file
-    # made and deleted per message that scan took 30% of the front's CPU and
-    # as much of the queue manager's (perf, 1 KiB messages). So a delivered
-    # message's file is emptied and kept in spare/, and the next message's
-    # file is one of them, renamed into tmp/: no inode made or freed. Only
-    # queue files go there and only queue files come from there.
+    # made and deleted per message that scan took 30% of the front's CPU
+    # (perf, 1 KiB messages). So the file of a delivered small message is
+    # kept in spare/, and the next message's file is one of them: no inode
+    # made or freed. Only queue files go there and only queue files come from
+    # there; the writer empties one once it is its own (locked, in tmp/).
 
     def recycle(self, path: Path, name: str) -> bool:
-        """Move a finished queue file into spare/ and empty it; False when
-        spare/ is full (the caller unlinks it). Raises FileNotFoundError."""
-        spare = self.root / SPARE / name
+        """Move a finished queue file into spare/; False when spare/ is full
+        (the caller unlinks it). Raises FileNotFoundError."""
         with self._spare_lock:
             if self._spares_given >= SPARE_MAX:
                 try:
@@ -431,37 +429,57 @@ class Queue:
                 if self._spares_given >= SPARE_MAX:
                     return False
             self._spares_given += 1
-        os.rename(path, spare)
-        # After the rename: a power loss before it leaves the message whole
-        # where it was (delivered twice at worst, never an empty queue file).
-        with contextlib.suppress(FileNotFoundError):  # a writer took it already
-            os.truncate(spare, 0)
+        os.rename(path, self.root / SPARE / name)
         return True
 
-    def take_spare(self, dest: Path) -> bool:
-        """Rename a spare file to `dest` (a new tmp file); False when none is left."""
+    def take_spare(self, dest: Path) -> int | None:
+        """A spare file renamed to `dest` (a new tmp file), emptied, open for
+        writing with its flock held, which it took before the rename: recovery,
+        which removes a tmp/ file nobody holds, never sees it unlocked. None
+        when there is no spare file to take."""
         for _ in range(4):  # another process may take a name first
-            with self._spare_lock:
-                if not self._spares:
-                    now = time.monotonic()
-                    if now < self._spare_look:
-                        return False
-                    try:
-                        self._spares = os.listdir(self.root / SPARE)
-                    except OSError:
-                        self._spares = []
-                    if not self._spares:
-                        self._spare_look = now + SPARE_LOOK_AGAIN
-                        return False
-                name = self._spares.pop()
+            name = self._spare_name()
+            if name is None:
+                return None
+            spare = self.root / SPARE / name
             try:
-                os.rename(self.root / SPARE / name, dest)
-                return True
+                fd = os.open(spare, os.O_WRONLY)
             except FileNotFoundError:
                 continue
             except OSError:
-                return False
-        return False
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(spare, dest)  # names are queue ids: never in spare/ twice
+            except (BlockingIOError, FileNotFoundError):  # another writer has it
+                os.close(fd)
+                continue
+            except OSError:
+                os.close(fd)
+                return None
+            try:
+                os.ftruncate(fd, 0)
+            except OSError:
+                os.close(fd)
+                _unlink(dest)
+                raise
+            return fd
+        return None
+
+    def _spare_name(self) -> str | None:
+        with self._spare_lock:
+            if not self._spares:
+                now = time.monotonic()
+                if now < self._spare_look:
+                    return None
+                try:
+                    self._spares = os.listdir(self.root / SPARE)
+                except OSError:
+                    self._spares = []
+                if not self._spares:
+                    self._spare_look = now + SPARE_LOOK_AGAIN
+                    return None
+            return self._spares.pop()
 
     # ------------------------------------------------------------ writing
 
@@ -583,14 +601,17 @@ class Queue:
             return False
         return True
 
-    def remove(self, queue_id: str, state: str, *, status: bool = True) -> bool:
+    def remove(
+        self, queue_id: str, state: str, *, status: bool = True, spare: bool = False
+    ) -> bool:
         """Delete a finished (or admin-deleted) message: file first, then status.
         `status=False`: the caller read no status file and none can have been
         written since (only the manager writes one, for a message it holds),
-        so there is none to remove."""
+        so there is none to remove. `spare=True`: a delivered message's small
+        file, kept in spare/ for a new message's while there is room."""
         path = self.path(state, queue_id)
         try:
-            if not self.recycle(path, queue_id):
+            if not (spare and self.recycle(path, queue_id)):
                 os.unlink(path)
         except FileNotFoundError:
             return False
@@ -626,8 +647,9 @@ class Queue:
         """Bring the spool to a clean state after a crash. Never raises for a
         bad entry: it is quarantined and logged, so a restart cannot loop."""
         removed_tmp = 0
+        since = time.time()
         for name in self.ids("tmp"):
-            if _writer_gone(self.root / "tmp" / name):
+            if _writer_gone(self.root / "tmp" / name, since):
                 removed_tmp += 1
         requeued = 0
         for qid in self.ids(ACTIVE):
@@ -727,13 +749,20 @@ def _queued(
     return QueuedMessage(queue_id, state, envelope, size, crc)
 
 
-def _writer_gone(path: Path) -> bool:
-    """Remove a tmp file whose writer died (its flock is free). True if removed."""
+def _writer_gone(path: Path, since: float) -> bool:
+    """Remove a tmp file whose writer died (its flock is free). True if removed.
+
+    A file that came into tmp/ at or after `since` (the start of recovery) is
+    a live front's, even if its writer has not taken the lock yet: recovery
+    runs while the fronts accept mail, and a file made in the moment between
+    its creation and its flock must not be taken from its writer."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return False
     try:
+        if os.fstat(fd).st_ctime >= since:
+            return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
