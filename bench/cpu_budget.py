@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Literal
 
 import run
-from manager_cpu import manager_pid, user_system
-from run import USER, WARMUP_MESSAGES, BenchError, Postvakt, Sink, free_port, smtp_source
+from manager_cpu import start_warm, user_system
+from run import USER, BenchError, Postvakt, Sink, free_port, smtp_source
 
 Process = Literal["front", "manager"]
 
@@ -109,7 +109,8 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("postvakt.queue.manager", "QueueManager._log", LOGGING, callees=True),
     Rule("postvakt.server.handshake", "log_failure", LOGGING, callees=True),
     Rule("postvakt.logtext", "*", LOGGING, callees=True),
-    Rule("postvakt.server.process", "JSONFormatter.*", LOGGING, callees=True),
+    Rule("postvakt.server.process", "*Formatter.*", LOGGING, callees=True),
+    Rule("postvakt.server.process", "_SecondText.*", LOGGING, callees=True),
     Rule("logging", "*", LOGGING, callees=True),
     Rule("logging.*", "*", LOGGING, callees=True),
     # The Received: line and the authentication headers put before the body.
@@ -311,15 +312,11 @@ def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[
     spies: dict[Process, subprocess.Popen[bytes]] = {}
     raw: dict[Process, Path] = {p: root / f"{p}.raw" for p in ("front", "manager")}
     try:
-        sink.start()
-        server.start()
+        manager = start_warm(sink, server, reuse=reuse)
         assert server.proc is not None
-        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
-        server.delivered_base += WARMUP_MESSAGES
-        server.wait_drained(server.delivered_base)
         pids: dict[Process, int] = {
             "front": server.proc.pid,
-            "manager": manager_pid(server.proc.pid),
+            "manager": manager,
         }
         for p, pid in pids.items():
             spies[p] = record(spy, pid, raw[p])

@@ -20,7 +20,6 @@ Debian's postfix package (smtp-source). A few minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import sys
@@ -73,13 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         totals = {n: count(tmp / f"pv-{n}", n, args.reuse) for n in (0, args.messages)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    per = (totals[args.messages] - totals[0]) / args.messages
-    for n, t in totals.items():
-        print(f"  {n} messages: {t:,} instructions", file=sys.stderr)
-    if args.json:
-        print(json.dumps({"messages": args.messages, "instructions_per_message": round(per)}))
-    else:
-        print(f"front: {per / 1e6:.2f} million instructions per accepted message")
+    run.report_instructions(totals, args.messages, args.json, "front", "accepted message")
     return 0
 
 

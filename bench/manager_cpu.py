@@ -53,13 +53,14 @@ def manager_pid(root_pid: int) -> int:
     raise BenchError("no queue manager process found")
 
 
-def start_warm(sink: Sink, server: Postvakt) -> int:
-    """Start the sink and the server, deliver the warm-up messages and wait
-    until they are in the Maildir; the queue manager's process id."""
+def start_warm(sink: Sink, server: Postvakt, *, reuse: bool = True) -> int:
+    """Start the sink and the server, deliver the warm-up messages (connection
+    reuse, or one per connection) and wait until they are in the Maildir; the
+    queue manager's process id."""
     sink.start()
     server.start()
     assert server.proc is not None
-    smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=True)
+    smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
     server.delivered_base += WARMUP_MESSAGES
     server.wait_drained(server.delivered_base)
     return manager_pid(server.proc.pid)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import shutil
@@ -153,14 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 queue_messages(server.config, count)
             out = root / f"callgrind-{count}.out"
             totals[count] = callgrind(server.config, count, out, args.rate if count else 0.0)
-            print(f"  {count} messages: {totals[count]:,} instructions", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    per = (totals[args.messages] - totals[0]) / args.messages
-    if args.json:
-        print(json.dumps({"messages": args.messages, "instructions_per_message": round(per)}))
-    else:
-        print(f"queue manager: {per / 1e6:.2f} million instructions per local message")
+    run.report_instructions(totals, args.messages, args.json, "queue manager", "local message")
     return 0
 
 

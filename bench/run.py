@@ -1779,6 +1779,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def report_instructions(
+    totals: dict[int, int], messages: int, as_json: bool, who: str, per_what: str
+) -> None:
+    """callgrind totals of a run with no message and of one with `messages`,
+    each on stderr, then the difference per message: "front: 3.00 million
+    instructions per accepted message", or the same as JSON."""
+    for n, t in totals.items():
+        print(f"  {n} messages: {t:,} instructions", file=sys.stderr)
+    per = (totals[messages] - totals[0]) / messages
+    if as_json:
+        print(json.dumps({"messages": messages, "instructions_per_message": round(per)}))
+    else:
+        print(f"{who}: {per / 1e6:.2f} million instructions per {per_what}")
+
+
 def entry(main: Callable[[], int]) -> None:
     """Run a bench script's main: a BenchError is one line on stderr and exit code 2."""
     try:

@@ -87,28 +87,15 @@ class TextFormatter(logging.Formatter):
         # `default_msec_format`, "%s,%03d".
         return f"{self._second.text(record.created)},{int(record.msecs):03d}"
 
-    def format(self, record: logging.LogRecord) -> str:
-        # The steps of `logging.Formatter.format`, in its order.
-        record.message = record.getMessage()
-        record.asctime = self.formatTime(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802
+        # `logging.Formatter.format` calls this after setting `message` and
+        # `asctime`, and adds an exception or stack itself.
         if self._with_pid:
-            s = (
+            return (
                 f"{record.asctime} {record.name}[{record.process:d}] "
                 f"{record.levelname} {record.message}"
             )
-        else:
-            s = f"{record.asctime} {record.name} {record.levelname} {record.message}"
-        if record.exc_info and not record.exc_text:
-            record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            if s[-1:] != "\n":
-                s = s + "\n"
-            s = s + record.exc_text
-        if record.stack_info:
-            if s[-1:] != "\n":
-                s = s + "\n"
-            s = s + self.formatStack(record.stack_info)
-        return s
+        return f"{record.asctime} {record.name} {record.levelname} {record.message}"
 
 
 class JSONFormatter(logging.Formatter):
