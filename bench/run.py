@@ -7,8 +7,9 @@
 What is measured (see bench/README.md for the meaning of every number):
 
 1. durable accept: Postfix's smtp-source, 1 KiB messages, 50 sessions, against
-   a private Postfix instance (real queue, mail discarded after queueing) and
-   against postvakt (real queue, local Maildir delivery); wall time until the
+   a private Postfix instance and against postvakt, each with its real queue
+   and delivering into a local Maildir (Postfix's virtual agent; with
+   --postfix-local discard, Postfix discards instead); wall time until the
    last 250. Three variants: one message per connection, connection reuse
    (smtp-source -d), and connection reuse with PIPELINING (our own client,
    because smtp-source does not pipeline).
@@ -406,6 +407,7 @@ error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
 discard   unix  -       -       n       -       -       discard
 local     unix  -       n       n       -       -       local
+virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
@@ -413,9 +415,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 # Debian's defaults except where a private, loopback-only instance needs
 # otherwise. The queue is Postfix's real one: cleanup fsyncs every queue file
-# before smtpd says 250. Mail for bench.test is then discarded (the accept
-# benchmark measures the queue, not a mailbox); everything else goes to the
-# sink through relayhost.
+# before smtpd says 250. Mail for bench.test then goes where postvakt puts it
+# (LOCAL_MAILDIR, or POSTFIX_DISCARD with --postfix-local discard);
+# everything else goes to the sink through relayhost.
 MAIN_CF = """\
 compatibility_level = 3.6
 queue_directory = {root}/queue
@@ -430,12 +432,11 @@ myorigin = $myhostname
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
-mydestination = {local}
 local_recipient_maps =
 alias_maps =
 alias_database =
 smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
-local_transport = discard:
+{local_delivery}
 default_transport = smtp
 relayhost = [127.0.0.1]:{sink_port}
 smtp_host_lookup = native
@@ -444,17 +445,38 @@ biff = no
 """
 
 
+# The job postvakt does with local mail: into the user's Maildir, by virtual(8)
+# (one Maildir for every recipient of the domain, as the bench has one user;
+# it runs as `nobody`, above virtual_minimum_uid). virtual(8) fsyncs the
+# file before it counts the message as delivered; it does not fsync new/.
+LOCAL_MAILDIR = """\
+mydestination =
+virtual_mailbox_domains = {local}
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = static:{local}/user/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}"""
+# The setup of earlier runs: local mail is discarded once queued.
+POSTFIX_DISCARD = """\
+mydestination = {local}
+local_transport = discard:"""
+
+
 class Postfix:
     """A private Postfix instance: own config directory, queue and port."""
 
     name = "postfix"
 
-    def __init__(self, root: Path, sink_port: int) -> None:
+    def __init__(self, root: Path, sink_port: int, local: str = "maildir") -> None:
         self.root = root
         self.conf = root / "conf"
         self.port = free_port()
         self.sink_port = sink_port
         self.version = ""
+        # "maildir" (delivered as postvakt delivers) or "discard".
+        self.local = local
+        # Messages the Maildir holds from earlier runs (see Postvakt.delivered_base).
+        self.delivered_base = 0
 
     def start(self) -> None:
         try:
@@ -465,8 +487,17 @@ class Postfix:
         (self.root / "queue").mkdir()
         (self.root / "data").mkdir()
         shutil.chown(self.root / "data", "postfix")
+        nobody = pwd.getpwnam("nobody")
+        (self.root / "mail").mkdir()
+        os.chown(self.root / "mail", nobody.pw_uid, nobody.pw_gid)
+        local = LOCAL_MAILDIR if self.local == "maildir" else POSTFIX_DISCARD
+        local = local.format(
+            root=self.root, local=LOCAL_DOMAIN, uid=nobody.pw_uid, gid=nobody.pw_gid
+        )
         (self.conf / "main.cf").write_text(
-            MAIN_CF.format(root=self.root, local=LOCAL_DOMAIN, sink_port=self.sink_port)
+            MAIN_CF.format(
+                root=self.root, local=LOCAL_DOMAIN, sink_port=self.sink_port, local_delivery=local
+            )
         )
         (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
         self.version = subprocess.run(
@@ -495,9 +526,17 @@ class Postfix:
         q = self.root / "queue"
         return count_files(*(q / d for d in ("maildrop", "incoming", "active", "deferred", "hold")))
 
+    def delivered(self) -> int:
+        box = self.root / "mail" / LOCAL_DOMAIN / USER.partition("@")[0]
+        return count_files(box / "new", box / "cur")
+
     def wait_drained(self, expected: int | None = None) -> float:
-        del expected  # discarded or relayed: an empty queue is the whole story
-        return wait_until(lambda: self.queued() == 0, DRAIN_TIMEOUT, "the Postfix queue to empty")
+        def done() -> bool:
+            if self.local == "maildir" and expected is not None and self.delivered() < expected:
+                return False
+            return self.queued() == 0  # discarded or relayed: an empty queue is the whole story
+
+        return wait_until(done, DRAIN_TIMEOUT, "the Postfix queue to empty")
 
     def log_tail(self, n: int = 20) -> str:
         try:
@@ -1288,9 +1327,8 @@ def measure(srv: Postfix | Postvakt, count: int, run: Any, delivered: int) -> di
     cpu0 = cpu_seconds(pids)
     load = os.getloadavg()[0]
     seconds = run(srv, count)
-    if isinstance(srv, Postvakt):
-        srv.delivered_base += delivered
-    drain = srv.wait_drained(srv.delivered_base if isinstance(srv, Postvakt) else None)
+    srv.delivered_base += delivered
+    drain = srv.wait_drained(srv.delivered_base)
     # Processes that exited meanwhile were reaped by the root process: their CPU
     # time is in its children's counters, which cpu_seconds includes.
     cpu = cpu_seconds(pids + [p for p in srv.pids() if p not in pids]) - cpu0
@@ -1479,6 +1517,13 @@ def main(argv: list[str] | None = None) -> int:
         help="leave the servers' directories in shared ext4 block groups (no chattr +T)",
     )
     ap.add_argument(
+        "--postfix-local",
+        choices=["maildir", "discard"],
+        default="maildir",
+        help="what Postfix does with local mail: into a Maildir as postvakt does (default), "
+        "or discard it (the setup of runs before 2026-12-07 evening)",
+    )
+    ap.add_argument(
         "--only",
         choices=["idle"],
         help="idle: only the idle-connection row, on a fresh one-worker postvakt (no Postfix)",
@@ -1505,7 +1550,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(root, 0o755)  # Postfix's unprivileged daemons walk into their queue
     own_groups = not args.shared_block_groups and separate_block_groups(root)
     pf_sink, pv_sink, w2_sink = Sink(free_port()), Sink(free_port()), Sink(free_port())
-    postfix = Postfix(root / "postfix", pf_sink.port)
+    postfix = Postfix(root / "postfix", pf_sink.port, args.postfix_local)
     postvakt = Postvakt(root / "postvakt", pv_sink.port)
     # The same server with [server] workers = 2: two front processes on the ports.
     postvakt_w2 = Postvakt(root / "postvakt-w2", w2_sink.port, workers=WORKERS)
@@ -1515,7 +1560,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "profile": "quick" if args.quick else "default",
         "machine": machine(),
-        "settings": {"sessions": SESSIONS, "message_size": MESSAGE_SIZE, **asdict(profile)},
+        "settings": {
+            "sessions": SESSIONS,
+            "message_size": MESSAGE_SIZE,
+            "postfix_local": args.postfix_local,
+            **asdict(profile),
+        },
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
         "filesystem": filesystem(root),
     }
@@ -1543,9 +1593,8 @@ def main(argv: list[str] | None = None) -> int:
 
         for srv in servers:  # warm-up, not timed
             smtp_source(srv.port, WARMUP_MESSAGES, local_rcpt, reuse=False)
-            if isinstance(srv, Postvakt):
-                srv.delivered_base += WARMUP_MESSAGES
-            srv.wait_drained(srv.delivered_base if isinstance(srv, Postvakt) else None)
+            srv.delivered_base += WARMUP_MESSAGES
+            srv.wait_drained(srv.delivered_base)
 
         n = profile.accept_messages
         # Each scenario runs against anything with a .port: a server, or smtp-sink.
@@ -1770,8 +1819,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(results, indent=2) + "\n")
     fs = results["filesystem"]
     print(
-        f"\n{results['machine']['cores']} cores, Postfix {results['machine'].get('postfix')}, "
-        f"queues on {fs['type']} ({fs['device']}"
+        f"\n{results['machine']['cores']} cores, Postfix {results['machine'].get('postfix')} "
+        f"(local mail: {results['settings']['postfix_local']}), queues on {fs['type']} ({fs['device']}"
         + (f", journal {fs['journal']}" if "journal" in fs else "")
         + f", separate block groups {fs['separate_block_groups']}), "
         f"{results['machine']['event_loop']}; {results['seconds_total']} s; results in {out}"
