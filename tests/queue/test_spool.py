@@ -364,8 +364,8 @@ def test_group_commit_a_failed_directory_fsync_undoes_only_that_directory(
     msgs = _filled(q, 3)
     real = spool.fsync_dir
 
-    def failing(path: Path) -> None:
-        if path.name == INCOMING:
+    def failing(path: Path | str) -> None:
+        if Path(path).name == INCOMING:
             raise OSError(5, "Input/output error")
         real(path)
 
