@@ -64,13 +64,37 @@ def _networks_words(nets: Sequence[IPNetwork]) -> str:
 _LIST_WORDS = {"networks": "our networks", "clients": "our list of allowed clients"}
 
 
+# A road over a list of addresses depends on the client's address and the list
+# alone, and a Road never changes: the answer is kept for the next message from
+# the same client (each is asked at MAIL and at the end of DATA), instead of
+# parsing the address and writing the texts again (3% of the front's CPU).
+# Keyed by the list's identity, which the entry keeps alive (so no other list
+# can take its id); a config reload brings new lists, and so new entries.
+_SEEN: dict[tuple[str, str, int], tuple[tuple[IPNetwork, ...], Road]] = {}
+_SEEN_MAX = 1024
+
+
 def _network_road(rule: str, key: str, client: Client, nets: Sequence[IPNetwork]) -> Road:
-    ip = parse_ip(client.ip)
+    if type(nets) is not tuple:  # a list could change under the entry
+        return _judge_network(rule, key, client.ip, nets)
+    seen = (rule, client.ip, id(nets))
+    hit = _SEEN.get(seen)
+    if hit is not None and hit[0] is nets:
+        return hit[1]
+    road = _judge_network(rule, key, client.ip, nets)
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN[seen] = (nets, road)
+    return road
+
+
+def _judge_network(rule: str, key: str, client_ip: str, nets: Sequence[IPNetwork]) -> Road:
+    ip = parse_ip(client_ip)
     if ip is None:
         return Road(
             rule,
             False,
-            f"client address {client.ip!r} is not an IP address",
+            f"client address {client_ip!r} is not an IP address",
             "unknown client address",
         )
     if not nets:

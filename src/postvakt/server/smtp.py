@@ -892,7 +892,7 @@ class SMTPSession(asyncio.Protocol):
             lines.append(f"\tfor <{self.tx.recipients[0].address}>")
         lines[-1] += ";"
         # RFC 5322 §3.3: "-0000" means "local time unknown"; we know it.
-        lines.append("\t" + email.utils.formatdate(localtime=True))
+        lines.append("\t" + _date_now())
         return "\r\n".join(lines) + "\r\n"
 
     def shutdown(self) -> None:
@@ -900,3 +900,18 @@ class SMTPSession(asyncio.Protocol):
         if self.conn is not None and not self.closing:
             self.conn.shutdown()
             self._pump()
+
+
+# The Received: date changes once a second; formatting it for every message
+# cost the front 2.5% of its CPU. The time zone's offset is read again at
+# each new second, as formatdate reads it.
+_date_second = -1
+_date_text = ""
+
+
+def _date_now() -> str:
+    global _date_second, _date_text
+    now = time.time()
+    if int(now) != _date_second:
+        _date_second, _date_text = int(now), email.utils.formatdate(now, localtime=True)
+    return _date_text
