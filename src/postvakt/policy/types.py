@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -128,8 +129,11 @@ class DirectoryView(Protocol):
     def may_send_as(self, login: str, address: str) -> bool: ...
 
 
+_NEEDS_QUOTES = re.compile(r'[ "\\=]')
+
+
 def _quote_field(value: str) -> str:
-    if value and not any(ch in value for ch in ' "\\='):
+    if value and _NEEDS_QUOTES.search(value) is None:
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -165,5 +169,11 @@ class Decision:
         }
 
     def log_line(self) -> str:
-        """`verdict=reject rule=reject_unauth_destination reply="550 ..." trace="..."`."""
-        return " ".join(f"{k}={_quote_field(v)}" for k, v in self.log_fields().items())
+        """`verdict=reject rule=reject_unauth_destination reply="550 ..." trace="..."`:
+        the fields of `log_fields`, in its order, written out directly (one per
+        decision, several per message)."""
+        trace = "; ".join([f"{s.rule}={s.result}: {s.detail}" for s in self.trace])
+        return (
+            f"verdict={_quote_field(self.verdict.value)} rule={_quote_field(self.rule)} "
+            f"reply={_quote_field(' / '.join(self.reply.lines()))} trace={_quote_field(trace)}"
+        )
