@@ -137,7 +137,7 @@ def _write_message(fd: int, head: bytes, message: MessageSource, lf: LFConverter
     _write_all(fd, b"".join(gathered))
 
 
-def _create(maildir: Path, tmp: Path) -> int:
+def _create(maildir: Path, tmp: str) -> int:
     """Open a new file in tmp/; the Maildir is made first when it is not there
     (a new user's first message). Trying first saves three mkdir calls on
     every delivery to a Maildir that exists."""
@@ -149,12 +149,12 @@ def _create(maildir: Path, tmp: Path) -> int:
         return os.open(tmp, flags, 0o600)
 
 
-def _link(maildir: Path, tmp: Path, new: Path) -> None:
+def _link(maildir: Path, tmp: str, new: str) -> None:
     """tmp/ -> new/, making new/ and cur/ again when someone removed them."""
     try:
         os.link(tmp, new)
     except FileNotFoundError:
-        if not tmp.exists():
+        if not os.path.exists(tmp):
             raise
         ensure_maildir(maildir)
         os.link(tmp, new)
@@ -174,10 +174,12 @@ def deliver(
             Reply(554, "5.4.6", f"Mail forwarding loop for <{delivered_to}>"), temporary=False
         )
     head = b"Return-Path: <%s>\nDelivered-To: %s\n" % (return_path.encode("utf-8"), target)
+    # Paths as text: pathlib's joins cost more than the rest of the bookkeeping.
+    base = os.fspath(maildir)
     try:
         for _ in range(NAME_ATTEMPTS):
             name = _unique_name()
-            tmp = maildir / "tmp" / name
+            tmp = f"{base}/tmp/{name}"
             try:
                 fd = _create(maildir, tmp)
             except FileExistsError:
@@ -191,19 +193,19 @@ def deliver(
                 os.unlink(tmp)
                 raise
             os.close(fd)
-            new = maildir / "new" / f"{name},S={lf.size},W={lf.wire}"
+            new = f"{base}/new/{name},S={lf.size},W={lf.wire}"
             try:
                 _link(maildir, tmp, new)
             except FileExistsError:
                 os.unlink(tmp)
                 continue
             os.unlink(tmp)
-            dfd = os.open(maildir / "new", os.O_RDONLY | os.O_DIRECTORY)
+            dfd = os.open(f"{base}/new", os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
-            return new
+            return Path(new)
     except OSError as e:
         raise DeliveryError(Reply(451, "4.3.0", f"Mailbox write error: {e.strerror or e}")) from e
     raise DeliveryError(Reply(451, "4.3.0", "Mailbox write error: no unique file name"))

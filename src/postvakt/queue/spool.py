@@ -410,8 +410,10 @@ class Queue:
         self._spares: list[str] = []  # names in spare/ this process may take
         self._spare_look = 0.0  # when a writer may list spare/ again
         self._spares_given = SPARE_MAX  # spare/ entries this process assumes (recount at the cap)
-        # "tmp" and each state directory as text ending in "/", for the writers' paths.
-        self.paths = {d: f"{self.root / d}/" for d in ("tmp", SPARE, *STATES)}
+        # Every directory as text ending in "/": the per-message paths are made
+        # by adding the queue id (pathlib's joins were a tenth of the manager's
+        # CPU per message, and 3% of the front's).
+        self.paths = {d: f"{self.root / d}/" for d in ALL_DIRS}
 
     # ------------------------------------------------------------ spare files
 
@@ -424,19 +426,19 @@ class Queue:
     # made or freed. Only queue files go there and only queue files come from
     # there; the writer empties one once it is its own (locked, in tmp/).
 
-    def recycle(self, path: Path, name: str) -> bool:
+    def recycle(self, path: Path | str, name: str) -> bool:
         """Move a finished queue file into spare/; False when spare/ is full
         (the caller unlinks it). Raises FileNotFoundError."""
         with self._spare_lock:
             if self._spares_given >= SPARE_MAX:
                 try:
-                    self._spares_given = len(os.listdir(self.root / SPARE))
+                    self._spares_given = len(os.listdir(self.paths[SPARE]))
                 except OSError:
                     return False
                 if self._spares_given >= SPARE_MAX:
                     return False
             self._spares_given += 1
-        os.rename(path, self.root / SPARE / name)
+        os.rename(path, self.paths[SPARE] + name)
         return True
 
     def take_spare(self, dest: str) -> int | None:
@@ -500,7 +502,7 @@ class Queue:
 
     def ids(self, state: str) -> list[str]:
         try:
-            return sorted(n for n in os.listdir(self.root / state) if not n.startswith("."))
+            return sorted(n for n in os.listdir(self.paths[state]) if not n.startswith("."))
         except FileNotFoundError:
             return []
 
@@ -509,13 +511,13 @@ class Queue:
         if not valid_id(queue_id):
             return None
         for state in (*STATES, CORRUPT):
-            if (self.root / state / queue_id).exists():
+            if os.path.exists(self.paths[state] + queue_id):
                 return state
         return None
 
     def load(self, queue_id: str, state: str) -> QueuedMessage:
         """Read the envelope; raises FileNotFoundError or CorruptEntry."""
-        fd = os.open(self.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self.paths[state] + queue_id, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
             size, crc, env_len, env_crc = _trailer(fd, st.st_size)
@@ -526,7 +528,7 @@ class Queue:
 
     def read_body(self, msg: QueuedMessage) -> bytes:
         """The message bytes as received; raises FileNotFoundError or CorruptEntry."""
-        with open(self.path(msg.state, msg.queue_id), "rb") as f:
+        with open(self.paths[msg.state] + msg.queue_id, "rb") as f:
             data = f.read(msg.size)
         if len(data) != msg.size or zlib.crc32(data) != msg.crc:
             raise CorruptEntry("message checksum mismatch")
@@ -539,7 +541,7 @@ class Queue:
         whole, and its descriptor is returned (the caller closes it). Either
         way the bytes stay readable when the admin deletes the message
         meanwhile. Raises FileNotFoundError, CorruptEntry or OSError."""
-        fd = os.open(self.path(state, queue_id), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(self.paths[state] + queue_id, os.O_RDONLY | os.O_CLOEXEC)
         try:
             data = os.pread(fd, WHOLE_READ, 0)
             if len(data) < WHOLE_READ:  # all of it: no need to ask for the size
@@ -579,7 +581,8 @@ class Queue:
     def saved_status(self, queue_id: str) -> Status | None:
         """`read_status`, but None when there is no status file at all."""
         try:
-            data = (self.root / "status" / queue_id).read_bytes()
+            with open(self.paths["status"] + queue_id, "rb") as f:
+                data = f.read()
         except FileNotFoundError:
             return None
         try:
@@ -603,7 +606,7 @@ class Queue:
         """Rename between states; False if the message was not in `src` (someone
         else moved or deleted it first: the rename is the lock)."""
         try:
-            os.rename(self.path(src, queue_id), self.path(dst, queue_id))
+            os.rename(self.paths[src] + queue_id, self.paths[dst] + queue_id)
         except FileNotFoundError:
             return False
         return True
@@ -616,7 +619,7 @@ class Queue:
         written since (only the manager writes one, for a message it holds),
         so there is none to remove. `spare=True`: a delivered message's small
         file, kept in spare/ for a new message's while there is room."""
-        path = self.path(state, queue_id)
+        path = self.paths[state] + queue_id
         try:
             if not (spare and self.recycle(path, queue_id)):
                 os.unlink(path)
@@ -625,7 +628,7 @@ class Queue:
         if not status:
             return True
         try:
-            os.unlink(self.root / "status" / queue_id)
+            os.unlink(self.paths["status"] + queue_id)
         except FileNotFoundError:
             pass
         return True
