@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -17,6 +18,7 @@ import pytest
 from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient, spool
 from postvakt.queue.envelope import DONE, Status, Unit
 from postvakt.queue.spool import INCOMING, CorruptEntry, commit_batch
+from postvakt.reply import Reply
 
 BODY = b"Received: from client\r\nSubject: s\r\n\r\nhello\r\n"
 
@@ -549,3 +551,22 @@ def test_recovery_leaves_a_tmp_file_made_while_it_runs(
     assert q.recover().removed_tmp == 1 and files(q)["tmp"] == ["0NEW"]
     monkeypatch.undo()
     assert q.recover().removed_tmp == 1 and files(q)["tmp"] == []
+
+
+def test_settling_a_unit_keeps_every_field_it_does_not_settle() -> None:
+    """Unit.settle builds a new Unit field by field: a field added to Unit and
+    left out there would silently fall back to its default on every try."""
+    unit = Unit(3, "bob@pv.test", False, "pending", (451, "4.3.0", "later"), "mx", 2, True)
+    settled = unit.settle(DONE, Reply(250, "2.0.0", "ok"), "local")
+    assert (settled.state, settled.reply, settled.relay, settled.attempts) == (
+        DONE,
+        (250, "2.0.0", "ok"),
+        "local",
+        3,
+    )
+    for f in dataclasses.fields(Unit):
+        if f.name not in ("state", "reply", "relay", "attempts"):
+            assert getattr(settled, f.name) == getattr(unit, f.name), f.name
+            assert getattr(unit, f.name) != f.default, (
+                f"give {f.name} a value that is not its default"
+            )

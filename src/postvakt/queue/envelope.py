@@ -8,7 +8,7 @@ thing the queue manager rewrites (see the package docstring).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from postvakt.mailauth.headers import strip_auth_results
@@ -135,12 +135,16 @@ class Unit:
         return Reply(*self.reply) if self.reply else None
 
     def settle(self, state: str, reply: Reply, relay: str) -> Unit:
-        return replace(
-            self,
+        # A new Unit, not dataclasses.replace: that looks at every field each time.
+        return Unit(
+            rcpt=self.rcpt,
+            address=self.address,
+            local=self.local,
             state=state,
             reply=(reply.code, reply.enhanced, reply.text),
             relay=relay,
             attempts=self.attempts + 1,
+            passed_on=self.passed_on,
         )
 
 
