@@ -15,6 +15,17 @@ House rules:
   between the loop and a thread costs more than the small file work it
   carries. The order inside the job is the order of the steps it replaces:
   each Maildir copy is fsynced (file and new/) before the queue file goes.
+- The messages one scan takes go on in a few groups (`GROUPS`, at most
+  `GROUP_SIZE` each), one task and one executor job per group, which runs
+  `_prepare` for each message in turn; a single message is a group of its
+  own at once, nothing waits for a group to fill. Each message keeps its own
+  fate: the job hands back each one's result or exception with its queue id,
+  and what `_prepare` left (remote recipients, a notice, a recipient pending,
+  a corrupt file, an error) goes on on the loop for that message alone, as
+  it would have alone. Every message of a group is in `_inflight` (so the
+  sweep of active/ and `stop()` see it) until its own part is done. A
+  shutdown cannot stop a group's job halfway: what it delivered but did not
+  remove stays in active/ and is delivered again at restart (a duplicate).
 - A large message body is never held whole: it is read from the queue file
   in chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
   Only a DKIM signature needs the whole message at once, once. A small queue
@@ -80,6 +91,15 @@ SCAN_INTERVAL = 1.0
 # Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
 # a small server with Python threads for file I/O needs far fewer).
 MAX_ACTIVE = 200
+# A scan's messages go on in this many groups when there are as many (a
+# group per executor job; see the house rules): several threads still deliver
+# at once while one waits on an fsync, with far fewer hand-offs than a job
+# per message. The default executor has more threads (6 on 2 cores): beside
+# a burst's groups, a retry's or a notice's job finds one free.
+GROUPS = 4
+# ... of at most this many messages each: a larger burst makes more groups,
+# not longer ones, so no message of it waits behind more than this many.
+GROUP_SIZE = 32
 
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
 
@@ -176,16 +196,15 @@ class QueueManager:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        tasks = list(self._inflight.values())
+        tasks = set(self._inflight.values())  # a group's task once, for all its messages
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
+            abandoned = sum(1 for t in self._inflight.values() if t in pending)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending)
-                log.warning(
-                    "queue stop: %d deliveries abandoned, retried at next start", len(pending)
-                )
+                log.warning("queue stop: %d deliveries abandoned, retried at next start", abandoned)
         await self.remote.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -230,7 +249,8 @@ class QueueManager:
         )
         for qid in taken:
             self._next_try.pop(qid, None)
-            self._spawn(qid)
+        for group in _groups(taken):
+            self._spawn(group)
         if limited:
             self._full = True
             self._resume_full = full
@@ -259,7 +279,7 @@ class QueueManager:
                 due = self._next_try[qid] = status.next_try
             if due <= now and self.queue.move(qid, DEFERRED, ACTIVE):
                 del self._next_try[qid]
-                self._spawn(qid)
+                self._spawn([qid])
 
     def _list_and_take(
         self, inflight: frozenset[str], free: int, full: bool
@@ -300,16 +320,53 @@ class QueueManager:
             if due <= now:
                 log.warning("queue_id=%s found in active/ without a delivery; tried again", qid)
                 del self._stranded[qid]
-                self._spawn(qid)
+                self._spawn([qid])
 
-    def _spawn(self, qid: str) -> None:
+    def _spawn(self, qids: list[str]) -> None:
+        """One task for a group of messages in active/ (see the house rules)."""
         assert self._loop is not None
-        task = self._loop.create_task(self._guarded(qid))
-        self._inflight[qid] = task
+        task = self._loop.create_task(self._deliver_group(qids))
+        for qid in qids:
+            self._inflight[qid] = task
 
-    async def _guarded(self, qid: str) -> None:
+    async def _deliver_group(self, qids: list[str]) -> None:
+        """One executor job for the group; then, on the loop, each message that
+        needs more, each on its own: one's failure or slow peer is not
+        another's. A message the job finished costs no more than its result."""
+        assert self._loop is not None
+        job = self._loop.run_in_executor(None, self._prepare_each, qids)
         try:
-            await self.process(qid)
+            outcomes = await asyncio.shield(job)
+        except BaseException:
+            # Shutdown (or a job that died): the job cannot stop halfway; what
+            # it delivered without removing the queue file stays in active/,
+            # delivered again after the restart.
+            job.add_done_callback(_release)
+            self._finish(qids)
+            raise
+        done: list[str] = []
+        rest = []
+        for qid, outcome in outcomes:
+            if isinstance(outcome, FileNotFoundError):
+                done.append(qid)  # held or deleted by the admin meanwhile
+            elif isinstance(outcome, _Prepared) and outcome.finished:
+                done.append(qid)
+            else:
+                rest.append(self._guarded(qid, outcome))
+        self._finish(done)
+        if rest:
+            await asyncio.gather(*rest)
+
+    def _finish(self, qids: list[str]) -> None:
+        """These messages' parts are done: their slots are free."""
+        for qid in qids:
+            self._inflight.pop(qid, None)
+        if self._full and qids:
+            self.wake()  # a slot is free and mail waits for one: take it now
+
+    async def _guarded(self, qid: str, outcome: _Prepared | Exception) -> None:
+        try:
+            await self._complete(qid, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -334,9 +391,7 @@ class QueueManager:
                 if nxt is not None:
                     self._next_try[qid] = nxt
         finally:
-            self._inflight.pop(qid, None)
-            if self._full:
-                self.wake()  # a slot is free and mail waits for one: take it now
+            self._finish([qid])
 
     def _defer_after_error(self, qid: str) -> float | None:
         """active/ -> deferred/ after an error. The status is saved if it can be;
@@ -355,26 +410,28 @@ class QueueManager:
 
     # ------------------------------------------------------------ one message
 
-    async def process(self, qid: str) -> None:
-        q = self.queue
-        assert self._loop is not None
-        job = self._loop.run_in_executor(None, self._prepare, qid)
-        try:
-            prep = await asyncio.shield(job)
-        except FileNotFoundError:
-            return  # held or deleted by the admin meanwhile
-        except CorruptEntry as e:
-            await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
+    def _prepare_each(self, qids: list[str]) -> list[tuple[str, _Prepared | Exception]]:
+        """A group's executor job: `_prepare` for each message in turn. A
+        message's exception is handed back with its queue id, and the next
+        message goes on as if it had been alone."""
+        outcomes: list[tuple[str, _Prepared | Exception]] = []
+        for qid in qids:
+            try:
+                outcomes.append((qid, self._prepare(qid)))
+            except Exception as e:
+                outcomes.append((qid, e))
+        return outcomes
+
+    async def _complete(self, qid: str, outcome: _Prepared | Exception) -> None:
+        """What `_prepare` left of one message, on the loop."""
+        if isinstance(outcome, CorruptEntry):
+            await asyncio.to_thread(self.queue.quarantine, qid, ACTIVE, str(outcome))
             return
-        except asyncio.CancelledError:
-            # Shutdown: the job cannot stop halfway; what it delivered without
-            # removing the queue file is delivered again after the restart.
-            job.add_done_callback(_release)
-            raise
-        # Any other OSError (no descriptors, an I/O error) is not the file's
-        # fault: it reaches _guarded and the message is deferred.
-        if prep.finished:
-            return
+        if isinstance(outcome, Exception):
+            # Any other OSError (no descriptors, an I/O error) is not the
+            # file's fault: _guarded defers the message.
+            raise outcome
+        prep = outcome
         try:
             if prep.delivered:
                 await self._settle(qid, prep.msg, prep.source, prep.status, prep.status.last_try)
@@ -775,13 +832,22 @@ class _Prepared:
     finished: bool = False
 
 
-def _release(job: asyncio.Future[_Prepared]) -> None:
-    """Close the descriptor of a `_prepare` job nobody waits for any more."""
+def _release(job: asyncio.Future[list[tuple[str, _Prepared | Exception]]]) -> None:
+    """Close the descriptors of a group's job nobody waits for any more."""
     if job.cancelled() or job.exception() is not None:
         return
-    prep = job.result()
-    if not prep.finished and prep.source.fd is not None:
-        os.close(prep.source.fd)
+    for _, outcome in job.result():
+        if isinstance(outcome, _Prepared) and not outcome.finished:
+            if outcome.source.fd is not None:
+                os.close(outcome.source.fd)
+
+
+def _groups(qids: list[str]) -> list[list[str]]:
+    """`qids` in order, in GROUPS groups of about the same size (fewer
+    messages are one each), more when GROUP_SIZE calls for them."""
+    n = len(qids)
+    count = max(min(n, GROUPS), -(-n // GROUP_SIZE))
+    return [qids[i * n // count : (i + 1) * n // count] for i in range(count)]
 
 
 # Only the client's SENT (a 2xx to the body) makes a recipient done.
