@@ -11,16 +11,21 @@ House rules:
   never a loss.
 - File I/O runs in the default executor; the event loop only waits on the
   network. A message for local mailboxes only is read, expanded, delivered
-  into every Maildir and removed in one executor job (`_prepare`): each hand-off
-  between the loop and a thread costs more than the small file work it
-  carries. The order inside the job is the order of the steps it replaces:
-  each Maildir copy is fsynced (file and new/) before the queue file goes.
+  into every Maildir and removed in its group's one executor job: each
+  hand-off between the loop and a thread costs more than the small file work
+  it carries.
 - The messages one scan takes go on in a few groups (`GROUPS`, at most
-  `GROUP_SIZE` each), one task and one executor job per group, which runs
-  `_prepare` for each message in turn; a single message is a group of its
-  own at once, nothing waits for a group to fill. Each message keeps its own
+  `GROUP_SIZE` each), one task and one executor job per group
+  (`_prepare_each`); a single message is a group of its own at once,
+  nothing waits for a group to fill. The job reads, expands and writes the
+  Maildir copies of each message in turn (`_prepare`: each file fsynced
+  before its link into new/), then fsyncs each new/ it linked into once,
+  then settles and removes each message (`_finish_copies`): no queue file
+  goes before the new/ of each of its copies is fsynced, and a copy whose
+  new/ failed its fsync counts as not delivered (a temporary failure; the
+  message stays, a duplicate at worst). Each message keeps its own
   fate: the job hands back each one's result or exception with its queue id,
-  and what `_prepare` left (remote recipients, a notice, a recipient pending,
+  and what the job left (remote recipients, a notice, a recipient pending,
   a corrupt file, an error) goes on on the loop for that message alone, as
   it would have alone. Every message of a group is in `_inflight` (so the
   sweep of active/ and `stop()` see it) until its own part is done. A
@@ -48,7 +53,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -257,7 +262,7 @@ class QueueManager:
             return
         if not full:
             return
-        self._sweep_active(active)
+        self._sweep_active(active, inflight)
         if self._full:
             self._resume_full = True
             return
@@ -300,11 +305,14 @@ class QueueManager:
         deferred = self.queue.ids(DEFERRED) if full and not limited else []
         return taken, active, deferred, limited
 
-    def _sweep_active(self, active: list[str]) -> None:
+    def _sweep_active(self, active: list[str], held: frozenset[str]) -> None:
         """Take up messages in active/ that no delivery holds: an error left them
         there (see the house rules). Only this manager puts messages there, and
         each delivery is in `_inflight` from the rename on, so nothing live is
-        taken twice; one just finished is gone from active/ and found missing."""
+        taken twice. `active` was listed while the deliveries in `held` ran:
+        one of them that finished since is in the listing but no longer in
+        `_inflight`, and is left alone (a whole group finishes at once; if an
+        error left it there, the next full scan finds it)."""
         present = set(active)
         for qid in list(self._stranded):
             if qid not in present:
@@ -314,7 +322,7 @@ class QueueManager:
             if len(self._inflight) >= MAX_ACTIVE:
                 self._full = True
                 return
-            if qid in self._inflight:
+            if qid in self._inflight or qid in held:
                 continue
             due = self._stranded.setdefault(qid, now)
             if due <= now:
@@ -411,15 +419,26 @@ class QueueManager:
     # ------------------------------------------------------------ one message
 
     def _prepare_each(self, qids: list[str]) -> list[tuple[str, _Prepared | Exception]]:
-        """A group's executor job: `_prepare` for each message in turn. A
+        """A group's executor job: `_prepare` for each message in turn, then
+        one fsync of each Maildir's new/ for all the copies linked there,
+        then each local message settled and removed (`_finish_copies`). A
         message's exception is handed back with its queue id, and the next
         message goes on as if it had been alone."""
-        outcomes: list[tuple[str, _Prepared | Exception]] = []
+        started: list[tuple[str, _Prepared | _Copies | Exception]] = []
         for qid in qids:
             try:
-                outcomes.append((qid, self._prepare(qid)))
+                started.append((qid, self._prepare(qid)))
             except Exception as e:
-                outcomes.append((qid, e))
+                started.append((qid, e))
+        unsynced = _sync_maildirs(c for _, c in started if isinstance(c, _Copies))
+        outcomes: list[tuple[str, _Prepared | Exception]] = []
+        for qid, outcome in started:
+            if isinstance(outcome, _Copies):
+                try:
+                    outcome = self._finish_copies(qid, outcome, unsynced)
+                except Exception as e:
+                    outcome = e
+            outcomes.append((qid, outcome))
         return outcomes
 
     async def _complete(self, qid: str, outcome: _Prepared | Exception) -> None:
@@ -441,12 +460,11 @@ class QueueManager:
             if prep.source.fd is not None:
                 os.close(prep.source.fd)
 
-    def _prepare(self, qid: str) -> _Prepared:
-        """One executor job: read the message and its status, expand it on the
-        first try; when every recipient left is local, deliver to each Maildir
-        and, when nothing is left to do (nothing pending, no notice to queue),
-        remove the message. The rest (remote recipients, notices, a retry)
-        goes back to the event loop."""
+    def _prepare(self, qid: str) -> _Prepared | _Copies:
+        """Read the message and its status, expand it on the first try; when
+        every recipient left is local, write and link a copy into each
+        Maildir, new/ not yet fsynced (`_Copies`). A message with remote
+        recipients goes back to the event loop as it is."""
         msg, source = self._read(qid)
         try:
             status, expanded, saved = self._status_and_units(qid, msg.envelope)
@@ -454,19 +472,43 @@ class QueueManager:
                 if u.state == FAILED:
                     self._log(qid, u, 0.0, "bounced")
             assert status.units is not None
-            units = list(status.units)
-            if any(u.state == PENDING and not u.local for u in units):
+            if any(u.state == PENDING and not u.local for u in status.units):
                 return _Prepared(msg, source, status)
             env = msg.envelope
-            for i, u in enumerate(units):
-                if u.state == PENDING:
-                    units[i] = self._deliver_local(qid, env, source, u)
+            copies = tuple(
+                (i, self._copy(env, source, u.address, sync=False))
+                for i, u in enumerate(status.units)
+                if u.state == PENDING
+            )
+        except BaseException:
+            if source.fd is not None:
+                os.close(source.fd)
+            raise
+        return _Copies(msg, source, status, saved, copies)
+
+    def _finish_copies(
+        self, qid: str, copies: _Copies, unsynced: dict[Path, DeliveryError]
+    ) -> _Prepared:
+        """The try of a local message, once new/ is fsynced: each copy settled
+        and logged (one whose new/ failed its fsync is not delivered: a
+        temporary failure); when nothing is left to do (nothing pending, no
+        notice to queue), the message removed. The rest (notices, a retry)
+        goes back to the event loop."""
+        msg, source, status = copies.msg, copies.source, copies.status
+        try:
+            assert status.units is not None
+            units = list(status.units)
+            for i, result in copies.results:
+                if isinstance(result, Path):
+                    result = unsynced.get(result.parent, result)
+                units[i] = self._settled(qid, msg.envelope, units[i], result)
             now = time.time()
             status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
             if status.pending or self._notices_due(msg.envelope, status, now):
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
             # No status file was read: none to remove (this job is the only writer).
+            saved = copies.saved
             if not self.queue.remove(qid, ACTIVE, status=saved, spare=source.body is not None):
                 self.queue.delete(qid)
         except BaseException:
@@ -597,19 +639,31 @@ class QueueManager:
         units[i] = await asyncio.to_thread(self._deliver_local, qid, env, source, units[i])
 
     def _deliver_local(self, qid: str, env: Envelope, source: MessageSource, u: Unit) -> Unit:
-        """One Maildir copy, settled and logged. Blocking."""
+        """One Maildir copy (new/ fsynced), settled and logged. Blocking."""
+        return self._settled(qid, env, u, self._copy(env, source, u.address, sync=True))
+
+    def _copy(
+        self, env: Envelope, source: MessageSource, mailbox: str, *, sync: bool
+    ) -> Path | DeliveryError:
+        """One Maildir copy: its path in new/, or why it failed. Blocking."""
+        path = self.directory.maildir(mailbox)
         try:
-            path = self._maildir_deliver(env, source, u.address)
+            return maildir.deliver(
+                path, source, return_path=env.sender, delivered_to=mailbox, sync=sync
+            )
         except DeliveryError as e:
-            u = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
+            return e
+
+    def _settled(self, qid: str, env: Envelope, u: Unit, result: Path | DeliveryError) -> Unit:
+        """A local unit after its copy, logged."""
+        if isinstance(result, DeliveryError):
+            u = u.settle(PENDING if result.temporary else FAILED, result.reply, "local")
         else:
-            u = u.settle(DONE, Reply(250, "2.0.0", f"delivered to maildir as {path.name}"), "local")
+            u = u.settle(
+                DONE, Reply(250, "2.0.0", f"delivered to maildir as {result.name}"), "local"
+            )
         self._log(qid, u, time.time() - env.received_at, _word(u))
         return u
-
-    def _maildir_deliver(self, env: Envelope, source: MessageSource, mailbox: str) -> Path:
-        path = self.directory.maildir(mailbox)
-        return maildir.deliver(path, source, return_path=env.sender, delivered_to=mailbox)
 
     async def _remote(
         self,
@@ -821,15 +875,41 @@ class QueueManager:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What `QueueManager._prepare` did: `finished` (delivered and removed;
-    the descriptor is closed), `delivered` (every local copy tried, the
-    settling is left), or neither (remote recipients wait)."""
+    """What a group's job did for a message: `finished` (delivered and
+    removed; the descriptor is closed), `delivered` (every local copy tried,
+    the settling is left), or neither (remote recipients wait)."""
 
     msg: QueuedMessage
     source: MessageSource
     status: Status
     delivered: bool = False
     finished: bool = False
+
+
+@dataclass(frozen=True)
+class _Copies:
+    """What `QueueManager._prepare` did for a local message: each pending
+    unit's copy (its path in new/, or why it failed), new/ not yet fsynced;
+    the descriptor is open."""
+
+    msg: QueuedMessage
+    source: MessageSource
+    status: Status
+    saved: bool  # a status file was read (and goes with the message)
+    results: tuple[tuple[int, Path | DeliveryError], ...]
+
+
+def _sync_maildirs(started: Iterable[_Copies]) -> dict[Path, DeliveryError]:
+    """fsync each new/ that copies of a group were linked into, once; the
+    ones whose fsync failed, with the error their copies take."""
+    dirs = {r.parent for c in started for _, r in c.results if isinstance(r, Path)}
+    failed: dict[Path, DeliveryError] = {}
+    for d in dirs:
+        try:
+            maildir.sync_new(d)
+        except DeliveryError as e:
+            failed[d] = e
+    return failed
 
 
 def _release(job: asyncio.Future[list[tuple[str, _Prepared | Exception]]]) -> None:
