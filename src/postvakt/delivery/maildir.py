@@ -160,7 +160,7 @@ def _link(maildir: Path, tmp: Path, new: Path) -> None:
         os.link(tmp, new)
 
 
-def sync_new(new: Path) -> None:
+def sync_new(new: Path | str) -> None:
     """fsync a Maildir's new/ directory: only then is a link made there
     durable. Raises DeliveryError."""
     try:
