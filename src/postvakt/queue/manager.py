@@ -442,7 +442,7 @@ class QueueManager:
         return outcomes
 
     async def _complete(self, qid: str, outcome: _Prepared | Exception) -> None:
-        """What `_prepare` left of one message, on the loop."""
+        """What the group's job left of one message, on the loop."""
         if isinstance(outcome, CorruptEntry):
             await asyncio.to_thread(self.queue.quarantine, qid, ACTIVE, str(outcome))
             return
