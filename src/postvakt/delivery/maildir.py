@@ -160,11 +160,35 @@ def _link(maildir: Path, tmp: str, new: str) -> None:
         os.link(tmp, new)
 
 
+def sync_new(new: Path | str) -> None:
+    """fsync a Maildir's new/ directory: only then is a link made there
+    durable. Raises DeliveryError."""
+    try:
+        fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DeliveryError(_write_error(e)) from e
+
+
+def _write_error(e: OSError) -> Reply:
+    return Reply(451, "4.3.0", f"Mailbox write error: {e.strerror or e}")
+
+
 def deliver(
-    maildir: Path, message: MessageSource | bytes, *, return_path: str, delivered_to: str
+    maildir: Path,
+    message: MessageSource | bytes,
+    *,
+    return_path: str,
+    delivered_to: str,
+    sync: bool = True,
 ) -> Path:
     """Deliver one copy; returns the path in new/. Raises DeliveryError.
-    The message's header must be whole in `message.prefix` (the loop check reads it)."""
+    The message's header must be whole in `message.prefix` (the loop check reads it).
+    With `sync=False`, new/ is not fsynced: the caller does it (`sync_new`,
+    once for several copies) and counts the copy as delivered only after it."""
     if isinstance(message, bytes):
         message = MessageSource.from_bytes(message)
     target = delivered_to.encode("utf-8")
@@ -200,12 +224,9 @@ def deliver(
                 os.unlink(tmp)
                 continue
             os.unlink(tmp)
-            dfd = os.open(f"{base}/new", os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            if sync:
+                sync_new(f"{base}/new")
             return Path(new)
     except OSError as e:
-        raise DeliveryError(Reply(451, "4.3.0", f"Mailbox write error: {e.strerror or e}")) from e
+        raise DeliveryError(_write_error(e)) from e
     raise DeliveryError(Reply(451, "4.3.0", "Mailbox write error: no unique file name"))

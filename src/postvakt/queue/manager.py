@@ -11,10 +11,26 @@ House rules:
   never a loss.
 - File I/O runs in the default executor; the event loop only waits on the
   network. A message for local mailboxes only is read, expanded, delivered
-  into every Maildir and removed in one executor job (`_prepare`): each hand-off
-  between the loop and a thread costs more than the small file work it
-  carries. The order inside the job is the order of the steps it replaces:
-  each Maildir copy is fsynced (file and new/) before the queue file goes.
+  into every Maildir and removed in its group's one executor job: each
+  hand-off between the loop and a thread costs more than the small file work
+  it carries.
+- The messages one scan takes go on in a few groups (`GROUPS`, at most
+  `GROUP_SIZE` each), one task and one executor job per group
+  (`_prepare_each`); a single message is a group of its own at once,
+  nothing waits for a group to fill. The job reads, expands and writes the
+  Maildir copies of each message in turn (`_prepare`: each file fsynced
+  before its link into new/), then fsyncs each new/ it linked into once,
+  then settles and removes each message (`_finish_copies`): no queue file
+  goes before the new/ of each of its copies is fsynced, and a copy whose
+  new/ failed its fsync counts as not delivered (a temporary failure; the
+  message stays, a duplicate at worst). Each message keeps its own
+  fate: the job hands back each one's result or exception with its queue id,
+  and what the job left (remote recipients, a notice, a recipient pending,
+  a corrupt file, an error) goes on on the loop for that message alone, as
+  it would have alone. Every message of a group is in `_inflight` (so the
+  sweep of active/ and `stop()` see it) until its own part is done. A
+  shutdown cannot stop a group's job halfway: what it delivered but did not
+  remove stays in active/ and is delivered again at restart (a duplicate).
 - A large message body is never held whole: it is read from the queue file
   in chunks (`delivery.source.MessageSource`) for each Maildir and each peer.
   Only a DKIM signature needs the whole message at once, once. A small queue
@@ -37,7 +53,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,6 +96,15 @@ SCAN_INTERVAL = 1.0
 # Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
 # a small server with Python threads for file I/O needs far fewer).
 MAX_ACTIVE = 200
+# A scan's messages go on in this many groups when there are as many (a
+# group per executor job; see the house rules): several threads still deliver
+# at once while one waits on an fsync, with far fewer hand-offs than a job
+# per message. The default executor has more threads (6 on 2 cores): beside
+# a burst's groups, a retry's or a notice's job finds one free.
+GROUPS = 4
+# ... of at most this many messages each: a larger burst makes more groups,
+# not longer ones, so no message of it waits behind more than this many.
+GROUP_SIZE = 32
 
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: User unknown")
 
@@ -176,16 +201,15 @@ class QueueManager:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-        tasks = list(self._inflight.values())
+        tasks = set(self._inflight.values())  # a group's task once, for all its messages
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
+            abandoned = sum(1 for t in self._inflight.values() if t in pending)
             for t in pending:
                 t.cancel()
             if pending:
                 await asyncio.wait(pending)
-                log.warning(
-                    "queue stop: %d deliveries abandoned, retried at next start", len(pending)
-                )
+                log.warning("queue stop: %d deliveries abandoned, retried at next start", abandoned)
         await self.remote.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -230,14 +254,15 @@ class QueueManager:
         )
         for qid in taken:
             self._next_try.pop(qid, None)
-            self._spawn(qid)
+        for group in _groups(taken):
+            self._spawn(group)
         if limited:
             self._full = True
             self._resume_full = full
             return
         if not full:
             return
-        self._sweep_active(active)
+        self._sweep_active(active, inflight)
         if self._full:
             self._resume_full = True
             return
@@ -259,7 +284,7 @@ class QueueManager:
                 due = self._next_try[qid] = status.next_try
             if due <= now and self.queue.move(qid, DEFERRED, ACTIVE):
                 del self._next_try[qid]
-                self._spawn(qid)
+                self._spawn([qid])
 
     def _list_and_take(
         self, inflight: frozenset[str], free: int, full: bool
@@ -280,11 +305,14 @@ class QueueManager:
         deferred = self.queue.ids(DEFERRED) if full and not limited else []
         return taken, active, deferred, limited
 
-    def _sweep_active(self, active: list[str]) -> None:
+    def _sweep_active(self, active: list[str], held: frozenset[str]) -> None:
         """Take up messages in active/ that no delivery holds: an error left them
         there (see the house rules). Only this manager puts messages there, and
         each delivery is in `_inflight` from the rename on, so nothing live is
-        taken twice; one just finished is gone from active/ and found missing."""
+        taken twice. `active` was listed while the deliveries in `held` ran:
+        one of them that finished since is in the listing but no longer in
+        `_inflight`, and is left alone (a whole group finishes at once; if an
+        error left it there, the next full scan finds it)."""
         present = set(active)
         for qid in list(self._stranded):
             if qid not in present:
@@ -294,22 +322,59 @@ class QueueManager:
             if len(self._inflight) >= MAX_ACTIVE:
                 self._full = True
                 return
-            if qid in self._inflight:
+            if qid in self._inflight or qid in held:
                 continue
             due = self._stranded.setdefault(qid, now)
             if due <= now:
                 log.warning("queue_id=%s found in active/ without a delivery; tried again", qid)
                 del self._stranded[qid]
-                self._spawn(qid)
+                self._spawn([qid])
 
-    def _spawn(self, qid: str) -> None:
+    def _spawn(self, qids: list[str]) -> None:
+        """One task for a group of messages in active/ (see the house rules)."""
         assert self._loop is not None
-        task = self._loop.create_task(self._guarded(qid))
-        self._inflight[qid] = task
+        task = self._loop.create_task(self._deliver_group(qids))
+        for qid in qids:
+            self._inflight[qid] = task
 
-    async def _guarded(self, qid: str) -> None:
+    async def _deliver_group(self, qids: list[str]) -> None:
+        """One executor job for the group; then, on the loop, each message that
+        needs more, each on its own: one's failure or slow peer is not
+        another's. A message the job finished costs no more than its result."""
+        assert self._loop is not None
+        job = self._loop.run_in_executor(None, self._prepare_each, qids)
         try:
-            await self.process(qid)
+            outcomes = await asyncio.shield(job)
+        except BaseException:
+            # Shutdown (or a job that died): the job cannot stop halfway; what
+            # it delivered without removing the queue file stays in active/,
+            # delivered again after the restart.
+            job.add_done_callback(_release)
+            self._finish(qids)
+            raise
+        done: list[str] = []
+        rest = []
+        for qid, outcome in outcomes:
+            if isinstance(outcome, FileNotFoundError):
+                done.append(qid)  # held or deleted by the admin meanwhile
+            elif isinstance(outcome, _Prepared) and outcome.finished:
+                done.append(qid)
+            else:
+                rest.append(self._guarded(qid, outcome))
+        self._finish(done)
+        if rest:
+            await asyncio.gather(*rest)
+
+    def _finish(self, qids: list[str]) -> None:
+        """These messages' parts are done: their slots are free."""
+        for qid in qids:
+            self._inflight.pop(qid, None)
+        if self._full and qids:
+            self.wake()  # a slot is free and mail waits for one: take it now
+
+    async def _guarded(self, qid: str, outcome: _Prepared | Exception) -> None:
+        try:
+            await self._complete(qid, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as error:
@@ -334,9 +399,7 @@ class QueueManager:
                 if nxt is not None:
                     self._next_try[qid] = nxt
         finally:
-            self._inflight.pop(qid, None)
-            if self._full:
-                self.wake()  # a slot is free and mail waits for one: take it now
+            self._finish([qid])
 
     def _defer_after_error(self, qid: str) -> float | None:
         """active/ -> deferred/ after an error. The status is saved if it can be;
@@ -355,26 +418,39 @@ class QueueManager:
 
     # ------------------------------------------------------------ one message
 
-    async def process(self, qid: str) -> None:
-        q = self.queue
-        assert self._loop is not None
-        job = self._loop.run_in_executor(None, self._prepare, qid)
-        try:
-            prep = await asyncio.shield(job)
-        except FileNotFoundError:
-            return  # held or deleted by the admin meanwhile
-        except CorruptEntry as e:
-            await asyncio.to_thread(q.quarantine, qid, ACTIVE, str(e))
+    def _prepare_each(self, qids: list[str]) -> list[tuple[str, _Prepared | Exception]]:
+        """A group's executor job: `_prepare` for each message in turn, then
+        one fsync of each Maildir's new/ for all the copies linked there,
+        then each local message settled and removed (`_finish_copies`). A
+        message's exception is handed back with its queue id, and the next
+        message goes on as if it had been alone."""
+        started: list[tuple[str, _Prepared | _Copies | Exception]] = []
+        for qid in qids:
+            try:
+                started.append((qid, self._prepare(qid)))
+            except Exception as e:
+                started.append((qid, e))
+        unsynced = _sync_maildirs(c for _, c in started if isinstance(c, _Copies))
+        outcomes: list[tuple[str, _Prepared | Exception]] = []
+        for qid, outcome in started:
+            if isinstance(outcome, _Copies):
+                try:
+                    outcome = self._finish_copies(qid, outcome, unsynced)
+                except Exception as e:
+                    outcome = e
+            outcomes.append((qid, outcome))
+        return outcomes
+
+    async def _complete(self, qid: str, outcome: _Prepared | Exception) -> None:
+        """What the group's job left of one message, on the loop."""
+        if isinstance(outcome, CorruptEntry):
+            await asyncio.to_thread(self.queue.quarantine, qid, ACTIVE, str(outcome))
             return
-        except asyncio.CancelledError:
-            # Shutdown: the job cannot stop halfway; what it delivered without
-            # removing the queue file is delivered again after the restart.
-            job.add_done_callback(_release)
-            raise
-        # Any other OSError (no descriptors, an I/O error) is not the file's
-        # fault: it reaches _guarded and the message is deferred.
-        if prep.finished:
-            return
+        if isinstance(outcome, Exception):
+            # Any other OSError (no descriptors, an I/O error) is not the
+            # file's fault: _guarded defers the message.
+            raise outcome
+        prep = outcome
         try:
             if prep.delivered:
                 await self._settle(qid, prep.msg, prep.source, prep.status, prep.status.last_try)
@@ -384,12 +460,11 @@ class QueueManager:
             if prep.source.fd is not None:
                 os.close(prep.source.fd)
 
-    def _prepare(self, qid: str) -> _Prepared:
-        """One executor job: read the message and its status, expand it on the
-        first try; when every recipient left is local, deliver to each Maildir
-        and, when nothing is left to do (nothing pending, no notice to queue),
-        remove the message. The rest (remote recipients, notices, a retry)
-        goes back to the event loop."""
+    def _prepare(self, qid: str) -> _Prepared | _Copies:
+        """Read the message and its status, expand it on the first try; when
+        every recipient left is local, write and link a copy into each
+        Maildir, new/ not yet fsynced (`_Copies`). A message with remote
+        recipients goes back to the event loop as it is."""
         msg, source = self._read(qid)
         try:
             status, expanded, saved = self._status_and_units(qid, msg.envelope)
@@ -397,19 +472,43 @@ class QueueManager:
                 if u.state == FAILED:
                     self._log(qid, u, 0.0, "bounced")
             assert status.units is not None
-            units = list(status.units)
-            if any(u.state == PENDING and not u.local for u in units):
+            if any(u.state == PENDING and not u.local for u in status.units):
                 return _Prepared(msg, source, status)
             env = msg.envelope
-            for i, u in enumerate(units):
-                if u.state == PENDING:
-                    units[i] = self._deliver_local(qid, env, source, u)
+            copies = tuple(
+                (i, self._copy(env, source, u.address, sync=False))
+                for i, u in enumerate(status.units)
+                if u.state == PENDING
+            )
+        except BaseException:
+            if source.fd is not None:
+                os.close(source.fd)
+            raise
+        return _Copies(msg, source, status, saved, copies)
+
+    def _finish_copies(
+        self, qid: str, copies: _Copies, unsynced: dict[str, DeliveryError]
+    ) -> _Prepared:
+        """The try of a local message, once new/ is fsynced: each copy settled
+        and logged (one whose new/ failed its fsync is not delivered: a
+        temporary failure); when nothing is left to do (nothing pending, no
+        notice to queue), the message removed. The rest (notices, a retry)
+        goes back to the event loop."""
+        msg, source, status = copies.msg, copies.source, copies.status
+        try:
+            assert status.units is not None
+            units = list(status.units)
+            for i, result in copies.results:
+                if unsynced and isinstance(result, Path):
+                    result = unsynced.get(os.path.dirname(result), result)
+                units[i] = self._settled(qid, msg.envelope, units[i], result)
             now = time.time()
             status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
             if status.pending or self._notices_due(msg.envelope, status, now):
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
             # No status file was read: none to remove (this job is the only writer).
+            saved = copies.saved
             if not self.queue.remove(qid, ACTIVE, status=saved, spare=source.body is not None):
                 self.queue.delete(qid)
         except BaseException:
@@ -540,19 +639,31 @@ class QueueManager:
         units[i] = await asyncio.to_thread(self._deliver_local, qid, env, source, units[i])
 
     def _deliver_local(self, qid: str, env: Envelope, source: MessageSource, u: Unit) -> Unit:
-        """One Maildir copy, settled and logged. Blocking."""
+        """One Maildir copy (new/ fsynced), settled and logged. Blocking."""
+        return self._settled(qid, env, u, self._copy(env, source, u.address, sync=True))
+
+    def _copy(
+        self, env: Envelope, source: MessageSource, mailbox: str, *, sync: bool
+    ) -> Path | DeliveryError:
+        """One Maildir copy: its path in new/, or why it failed. Blocking."""
+        path = self.directory.maildir(mailbox)
         try:
-            path = self._maildir_deliver(env, source, u.address)
+            return maildir.deliver(
+                path, source, return_path=env.sender, delivered_to=mailbox, sync=sync
+            )
         except DeliveryError as e:
-            u = u.settle(PENDING if e.temporary else FAILED, e.reply, "local")
+            return e
+
+    def _settled(self, qid: str, env: Envelope, u: Unit, result: Path | DeliveryError) -> Unit:
+        """A local unit after its copy, logged."""
+        if isinstance(result, DeliveryError):
+            u = u.settle(PENDING if result.temporary else FAILED, result.reply, "local")
         else:
-            u = u.settle(DONE, Reply(250, "2.0.0", f"delivered to maildir as {path.name}"), "local")
+            u = u.settle(
+                DONE, Reply(250, "2.0.0", f"delivered to maildir as {result.name}"), "local"
+            )
         self._log(qid, u, time.time() - env.received_at, _word(u))
         return u
-
-    def _maildir_deliver(self, env: Envelope, source: MessageSource, mailbox: str) -> Path:
-        path = self.directory.maildir(mailbox)
-        return maildir.deliver(path, source, return_path=env.sender, delivered_to=mailbox)
 
     async def _remote(
         self,
@@ -764,9 +875,9 @@ class QueueManager:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What `QueueManager._prepare` did: `finished` (delivered and removed;
-    the descriptor is closed), `delivered` (every local copy tried, the
-    settling is left), or neither (remote recipients wait)."""
+    """What a group's job did for a message: `finished` (delivered and
+    removed; the descriptor is closed), `delivered` (every local copy tried,
+    the settling is left), or neither (remote recipients wait)."""
 
     msg: QueuedMessage
     source: MessageSource
@@ -775,13 +886,49 @@ class _Prepared:
     finished: bool = False
 
 
-def _release(job: asyncio.Future[_Prepared]) -> None:
-    """Close the descriptor of a `_prepare` job nobody waits for any more."""
+@dataclass(frozen=True)
+class _Copies:
+    """What `QueueManager._prepare` did for a local message: each pending
+    unit's copy (its path in new/, or why it failed), new/ not yet fsynced;
+    the descriptor is open."""
+
+    msg: QueuedMessage
+    source: MessageSource
+    status: Status
+    saved: bool  # a status file was read (and goes with the message)
+    results: tuple[tuple[int, Path | DeliveryError], ...]
+
+
+def _sync_maildirs(started: Iterable[_Copies]) -> dict[str, DeliveryError]:
+    """fsync each new/ that copies of a group were linked into, once; the
+    ones whose fsync failed, with the error their copies take. (Directories
+    as text: a Path's parent costs more than the rest of the work here.)"""
+    dirs = {os.path.dirname(r) for c in started for _, r in c.results if isinstance(r, Path)}
+    failed: dict[str, DeliveryError] = {}
+    for d in dirs:
+        try:
+            maildir.sync_new(d)
+        except DeliveryError as e:
+            failed[d] = e
+    return failed
+
+
+def _release(job: asyncio.Future[list[tuple[str, _Prepared | Exception]]]) -> None:
+    """Close the descriptors of a group's job nobody waits for any more."""
     if job.cancelled() or job.exception() is not None:
         return
-    prep = job.result()
-    if not prep.finished and prep.source.fd is not None:
-        os.close(prep.source.fd)
+    for _, outcome in job.result():
+        if isinstance(outcome, _Prepared) and not outcome.finished:
+            if outcome.source.fd is not None:
+                os.close(outcome.source.fd)
+
+
+def _groups(qids: list[str]) -> list[list[str]]:
+    """`qids` in order, in GROUPS groups of about the same size (fewer
+    messages are one each), more when GROUP_SIZE calls for them."""
+    n = len(qids)
+    count = max(min(n, GROUPS), -(-n // GROUP_SIZE))
+    return [qids[i * n // count : (i + 1) * n // count] for i in range(count)]
 
 
 # Only the client's SENT (a 2xx to the body) makes a recipient done.
