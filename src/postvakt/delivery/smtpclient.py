@@ -437,11 +437,17 @@ class SMTPClient:
             await self._after_failure(r)
             return [x or failed for x in results]
         enc = WireEncoder(LINE_LENGTH_LIMIT)
-        async for piece in message.achunks():
-            out = enc.feed(piece)
-            if out:
-                await self.send(out, TIMEOUT_DATA_BLOCK)
-        await self.send(enc.end() + b".\r\n", TIMEOUT_DATA_BLOCK)
+        if message.in_memory:
+            # A small message goes in one write with its final dot: each write
+            # is a send to the peer, made while the event loop waits.
+            wire = [enc.feed(piece) for piece in message.chunks()]
+            await self.send(b"".join([*wire, enc.end(), b".\r\n"]), TIMEOUT_DATA_BLOCK)
+        else:
+            async for piece in message.achunks():
+                out = enc.feed(piece)
+                if out:
+                    await self.send(out, TIMEOUT_DATA_BLOCK)
+            await self.send(enc.end() + b".\r\n", TIMEOUT_DATA_BLOCK)
         self.lines_broken = enc.broken
         final = await self.read_reply(TIMEOUT_DATA_END)
         if final.code // 100 == 2:
