@@ -7,13 +7,14 @@ import ssl
 
 import pytest
 import trustme
-from smtp_peer import Peer
+from smtp_peer import DROP, Peer
 
 from postvakt import config as C
 from postvakt.delivery.remote import RemoteDelivery
 from postvakt.delivery.smtpclient import (
     Hop,
     MailParams,
+    Outcome,
     RcptParams,
     SMTPClient,
     SMTPClientError,
@@ -324,6 +325,36 @@ def test_connection_reuse_and_one_transaction_per_domain() -> None:
     assert peer.connections == 1
     assert len(peer.transactions) == 3
     assert [len(t.rcpts) for t in peer.transactions] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("rset", ["421 4.3.2 shutting down", DROP], ids=["421", "dropped"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+def test_an_idle_connection_that_fails_its_rset_is_replaced(pipelining: bool, rset: str) -> None:
+    """A connection taken from the idle ones is probed with RSET (pipelined:
+    in the same write as MAIL, RCPT and DATA). When the probe fails, nothing
+    of that transaction counts: the message goes on a new connection, neither
+    deferred nor sent on the stale one."""
+    peer = Peer(ehlo=["PIPELINING"] if pipelining else [], replies={"RSET": rset})
+
+    async def body(p: Peer) -> list[Outcome]:
+        rd = RemoteDelivery(cfg({"x.example": f"127.0.0.1:{p.port}"}), NoDNS())
+        try:
+            outcomes = []
+            for i in range(2):
+                [res] = await rd.deliver(
+                    "x.example", MailParams("a@pv.test", 10), [RcptParams(f"u{i}@x.example")], MSG
+                )
+                outcomes.append(res.outcome)
+            return outcomes
+        finally:
+            await rd.close()
+
+    assert run_peer(peer, body) == [Outcome.SENT, Outcome.SENT]
+    assert peer.connections == 2
+    assert [t.rcpts for t in peer.transactions] == [
+        ["RCPT TO:<u0@x.example>"],
+        ["RCPT TO:<u1@x.example>"],
+    ]
 
 
 def test_concurrency_limit_per_destination() -> None:

@@ -23,6 +23,7 @@ import enum
 import os
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from postvakt.delivery.source import MessageSource
@@ -87,6 +88,17 @@ class SMTPClientError(Exception):
     def __init__(self, reply: Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
+
+
+class StaleConnection(SMTPClientError):
+    """A connection taken from the idle ones did not answer its RSET: nothing
+    of the transaction was done, so it is tried on another connection."""
+
+
+def _odd(r: Reply) -> bool:
+    """A reply to MAIL or RCPT that is neither 2xx nor 4xx/5xx: nothing is
+    certain about the session after it."""
+    return r.code // 100 != 2 and not 400 <= r.code < 600
 
 
 class WireEncoder:
@@ -371,7 +383,12 @@ class SMTPClient:
     # ------------------------------------------------------------ mail
 
     async def transaction(
-        self, mail: MailParams, rcpts: list[RcptParams], message: MessageSource
+        self,
+        mail: MailParams,
+        rcpts: list[RcptParams],
+        message: MessageSource,
+        *,
+        probe: bool = False,
     ) -> list[RcptResult]:
         """One MAIL/RCPT.../DATA; a result per recipient, in order.
 
@@ -382,7 +399,10 @@ class SMTPClient:
         fails them temporarily and the connection is dropped, as its state is
         unknown. A 252 to MAIL or RCPT is a 2xx: the transaction goes on, and
         still nothing is sent until the body is accepted.
-        Raises SMTPClientError when the connection breaks."""
+
+        `probe` (a connection that sat idle): RSET first, and StaleConnection
+        when it does not get its 250, before anything of the transaction
+        counts. Raises SMTPClientError when the connection breaks."""
         self.transactions += 1
         n = len(rcpts)
         ext = self.extensions
@@ -405,12 +425,8 @@ class SMTPClient:
             params.append(f"RET={mail.ret}")
         if dsn and mail.envid:
             params.append(f"ENVID={xtext(mail.envid)}")
-        r = await self.command(" ".join([f"MAIL FROM:<{mail.sender}>", *params]), TIMEOUT_COMMAND)
-        if r.code // 100 != 2:
-            failed = self._failed("MAIL FROM", r)
-            await self._after_failure(r)
-            return [failed] * n
-        results: list[RcptResult | None] = []
+        mail_line = " ".join([f"MAIL FROM:<{mail.sender}>", *params])
+        rcpt_lines = []
         for rc in rcpts:
             rparams = []
             if dsn and rc.notify:
@@ -418,24 +434,111 @@ class SMTPClient:
             if dsn and rc.orcpt:
                 kind, _, addr = rc.orcpt.partition(";")
                 rparams.append(f"ORCPT={kind};{xtext(addr)}")
-            r = await self.command(" ".join([f"RCPT TO:<{rc.address}>", *rparams]), TIMEOUT_COMMAND)
-            if r.code // 100 == 2:
-                results.append(None)  # accepted: its result is the reply to the body
-            elif 400 <= r.code < 600:
-                results.append(RcptResult.failure(r))
-            else:
+            rcpt_lines.append(" ".join([f"RCPT TO:<{rc.address}>", *rparams]))
+        if "PIPELINING" in ext:
+            results, go = await self._pipelined(mail_line, rcpt_lines, probe)
+        else:
+            if probe and not await self.rset():
+                raise StaleConnection(Reply(451, "4.4.2", f"idle connection to {self.hop} lost"))
+            results, go = await self._lockstep(mail_line, rcpt_lines)
+        if not go:
+            return [x for x in results if x is not None]
+        return await self._data(results, message)
+
+    async def _lockstep(
+        self, mail_line: str, rcpt_lines: list[str]
+    ) -> tuple[Sequence[RcptResult | None], bool]:
+        """MAIL, each RCPT and DATA, each sent after the reply to the one
+        before. The results so far (None: accepted, its result is the reply
+        to the body) and whether the body is to be sent (DATA got its 354);
+        when not, every recipient has its result."""
+        n = len(rcpt_lines)
+        r = await self.command(mail_line, TIMEOUT_COMMAND)
+        if r.code // 100 != 2:
+            failed = self._failed("MAIL FROM", r)
+            await self._after_failure(r)
+            return [failed] * n, False
+        results: list[RcptResult | None] = []
+        for line in rcpt_lines:
+            r = await self.command(line, TIMEOUT_COMMAND)
+            if _odd(r):
                 # Nothing certain about this session any more: no body is sent in it.
                 failed = self._failed("RCPT TO", r)
                 self.close()
-                return [x or failed for x in results] + [failed] * (n - len(results))
+                return [x or failed for x in results] + [failed] * (n - len(results)), False
+            results.append(None if r.code // 100 == 2 else RcptResult.failure(r))
         if all(x is not None for x in results):
             await self.rset()
-            return [x for x in results if x is not None]
+            return results, False
         r = await self.command("DATA", TIMEOUT_DATA_INIT)
         if r.code != 354:
             failed = self._failed("DATA", r)
             await self._after_failure(r)
-            return [x or failed for x in results]
+            return [x or failed for x in results], False
+        return results, True
+
+    async def _pipelined(
+        self, mail_line: str, rcpt_lines: list[str], probe: bool
+    ) -> tuple[Sequence[RcptResult | None], bool]:
+        """`_lockstep` in one write (RFC 2920 §3.1: [RSET,] MAIL, every RCPT,
+        then DATA, which must end a group), the replies read in order. A
+        stage's reply means what it means in `_lockstep`; a refused MAIL
+        fails every recipient whatever the RCPTs got, and a 354 to a DATA
+        that has no recipient to go to (or follows a refused MAIL) drops the
+        connection, as no body is ever sent for it. A reply outside its
+        stage's classes drops the connection at once."""
+        n = len(rcpt_lines)
+        group = (["RSET"] if probe else []) + [mail_line, *rcpt_lines, "DATA"]
+        wire = "".join(line + "\r\n" for line in group).encode("utf-8")
+        if probe:
+            await self._probe(wire)
+        else:
+            await self.send(wire, TIMEOUT_COMMAND)
+        mail_r = await self.read_reply(TIMEOUT_COMMAND)
+        refused = mail_r.code // 100 != 2
+        if _odd(mail_r):
+            self.close()
+            return [self._failed("MAIL FROM", mail_r)] * n, False
+        results: list[RcptResult | None] = []
+        for _ in rcpt_lines:
+            r = await self.read_reply(TIMEOUT_COMMAND)
+            if _odd(r):
+                self.close()
+                if refused:
+                    return [self._failed("MAIL FROM", mail_r)] * n, False
+                failed = self._failed("RCPT TO", r)
+                return [x or failed for x in results] + [failed] * (n - len(results)), False
+            results.append(None if r.code // 100 == 2 else RcptResult.failure(r))
+        data_r = await self.read_reply(TIMEOUT_DATA_INIT)
+        if refused or all(x is not None for x in results):
+            await self._after_failure(data_r)  # a 354 here sends no body: dropped
+            if refused:
+                return [self._failed("MAIL FROM", mail_r)] * n, False
+            return results, False
+        if data_r.code != 354:
+            failed = self._failed("DATA", data_r)
+            await self._after_failure(data_r)
+            return [x or failed for x in results], False
+        return results, True
+
+    async def _probe(self, wire: bytes) -> None:
+        """Send a group that starts with RSET and read the RSET's reply: a
+        connection that sat idle is known to be alive, or StaleConnection."""
+        try:
+            await self.send(wire, TIMEOUT_COMMAND)
+            r = await self.read_reply(TIMEOUT_COMMAND)
+        except SMTPClientError as e:
+            self.close()
+            raise StaleConnection(e.reply) from None
+        if r.code != 250:
+            self.close()
+            raise StaleConnection(r)
+
+    async def _data(
+        self, results: Sequence[RcptResult | None], message: MessageSource
+    ) -> list[RcptResult]:
+        """The body after a 354, and the results: the accepted recipients'
+        (None in `results`) is the reply to the final dot."""
         enc = WireEncoder(LINE_LENGTH_LIMIT)
         if message.in_memory:
             # A small message goes in one write with its final dot: each write
