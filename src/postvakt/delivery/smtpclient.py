@@ -365,10 +365,15 @@ class SMTPClient:
         return parse_reply(lines)
 
     async def send(self, data: bytes, timeout: float) -> None:
+        """Write `data`; wait (at most `timeout`) only when the kernel did not
+        take it all at once, and let a lost connection raise here. Each wait
+        is a timer set and cancelled on the loop, for nothing when all went."""
         try:
             self.writer.write(data)
-            async with asyncio.timeout(timeout):
-                await self.writer.drain()
+            transport = self.writer.transport
+            if transport.is_closing() or transport.get_write_buffer_size():
+                async with asyncio.timeout(timeout):
+                    await self.writer.drain()
         except TimeoutError:
             raise SMTPClientError(Reply(451, "4.4.2", f"timeout sending to {self.hop}")) from None
         except (OSError, ConnectionError) as e:
