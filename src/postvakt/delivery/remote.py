@@ -131,9 +131,11 @@ class RemoteDelivery:
         except DeliveryError as e:
             outcome = Outcome.DEFERRED if e.temporary else Outcome.BOUNCED
             return [RemoteResult(e.reply, outcome)] * len(rcpts)
-        limit = self._limits.setdefault(
-            dest.key, asyncio.Semaphore(max(1, self.config.delivery.concurrency_per_destination))
-        )
+        limit = self._limits.get(dest.key)
+        if limit is None:
+            limit = self._limits[dest.key] = asyncio.Semaphore(
+                max(1, self.config.delivery.concurrency_per_destination)
+            )
         last = Reply(451, "4.4.1", f"no host to try for {domain}")
         async with limit:
             # Try the next MX (or address) when a host cannot be talked to at
