@@ -122,6 +122,8 @@ class WireEncoder:
         self._cr = data.endswith(b"\r")
         if not data:
             return b""
+        if self._as_is(data):
+            return data
         out = bytearray()
         parts = _LINE_END.split(data)
         for part in parts[:-1]:
@@ -130,6 +132,23 @@ class WireEncoder:
             self._col = 0
         self._add(parts[-1], out)
         return bytes(out)
+
+    def _as_is(self, data: bytes) -> bool:
+        """Whether `data` goes out unchanged, as nearly all mail does (CRLF
+        line ends, no line to dot-stuff or to break); then the column moves
+        past it. A few scans in C, where the encoding takes a Python step per
+        line: a third of the client's work on a 1 KiB message."""
+        crlf = data.count(b"\r\n")
+        if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+            return False
+        if b"\n." in data or (self._col == 0 and data.startswith(b".")):
+            return False
+        lines = data.split(b"\r\n")
+        first = self._col + len(lines[0])
+        if self.limit and (first > self.limit or max(map(len, lines)) > self.limit):
+            return False
+        self._col = first if len(lines) == 1 else len(lines[-1])
+        return True
 
     def end(self) -> bytes:
         """What closes the payload: the last line's CRLF if it had none."""
