@@ -10,6 +10,7 @@ import trustme
 from smtp_peer import DROP, Peer
 
 from postvakt import config as C
+from postvakt.delivery import smtpclient
 from postvakt.delivery.remote import RemoteDelivery
 from postvakt.delivery.smtpclient import (
     Hop,
@@ -138,6 +139,38 @@ def test_connect_refused_is_temporary() -> None:
         asyncio.run(go())
     assert e.value.reply.code == 451 and e.value.reply.enhanced == "4.4.1"
     assert "Connection refused" in e.value.reply.text
+
+
+@pytest.mark.parametrize("lines", [[], [b"250-peer.test\r\n"]], ids=["silent", "half a reply"])
+def test_a_reply_that_does_not_come_times_out(
+    monkeypatch: pytest.MonkeyPatch, lines: list[bytes]
+) -> None:
+    """A peer that greets, then leaves EHLO unanswered (or half answered):
+    the wait ends at the command's timeout with a temporary failure, though
+    the greeting's much longer deadline was set first (the connection's one
+    timer is moved to the earlier deadline)."""
+    monkeypatch.setattr(smtpclient, "TIMEOUT_GREETING", 60.0)
+    monkeypatch.setattr(smtpclient, "TIMEOUT_COMMAND", 0.2)
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 peer.test ESMTP\r\n" + b"".join(lines))
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            # The guard fails the test if the 60 s deadline were the one kept.
+            await asyncio.wait_for(SMTPClient.connect(hop(port), "mx.pv.test", timeout=5), 20)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with pytest.raises(SMTPClientError) as e:
+        asyncio.run(go())
+    assert (e.value.reply.code, e.value.reply.enhanced) == (451, "4.4.2")
+    assert "timeout waiting for reply" in e.value.reply.text
 
 
 def run_peer(peer: Peer, body) -> object:  # type: ignore[no-untyped-def]

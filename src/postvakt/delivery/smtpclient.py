@@ -277,6 +277,12 @@ class SMTPClient:
         self.closed = False
         self.transactions = 0
         self.lines_broken = 0  # in the last body sent
+        self._loop = asyncio.get_running_loop()
+        # The reply being waited for: when it is overdue (`_expect`).
+        self._waiting = False
+        self._deadline = 0.0
+        self._overdue = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ setup
 
@@ -343,45 +349,71 @@ class SMTPClient:
     # ------------------------------------------------------------ I/O
 
     async def read_reply(self, timeout: float) -> Reply:
-        """The next reply. A reply outside RFC 5321's grammar (no code, a code
-        outside 2xx-5xx, codes that change within one reply, too many lines)
-        leaves nothing certain about the peer's state: SMTPClientError, a
-        temporary failure, and the connection is not used again."""
+        """The next reply, within `timeout` (see `_expect`). A reply outside
+        RFC 5321's grammar (no code, a code outside 2xx-5xx, codes that change
+        within one reply, too many lines) leaves nothing certain about the
+        peer's state: SMTPClientError, a temporary failure, and the connection
+        is not used again."""
         lines: list[str] = []
+        self._expect(timeout)
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    raw = await self.reader.readline()
-                    if not raw:
-                        raise SMTPClientError(
-                            Reply(451, "4.4.2", f"lost connection with {self.hop}")
+            while True:
+                raw = await self.reader.readline()
+                if self._overdue:
+                    raise SMTPClientError(self._timeout_reply())
+                if not raw:
+                    raise SMTPClientError(Reply(451, "4.4.2", f"lost connection with {self.hop}"))
+                line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+                why = reply_line_error(line, lines[0] if lines else None)
+                if why is not None:
+                    raise SMTPClientError(
+                        Reply(
+                            451, "4.5.0", f"malformed reply from {self.hop} ({why}): {line[:80]!r}"
                         )
-                    line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-                    why = reply_line_error(line, lines[0] if lines else None)
-                    if why is not None:
-                        raise SMTPClientError(
-                            Reply(
-                                451,
-                                "4.5.0",
-                                f"malformed reply from {self.hop} ({why}): {line[:80]!r}",
-                            )
-                        )
-                    lines.append(line)
-                    if len(line) == 3 or line[3] == " ":
-                        break
-                    if len(lines) >= MAX_REPLY_LINES:
-                        raise SMTPClientError(
-                            Reply(451, "4.5.0", f"reply from {self.hop} too long")
-                        )
-        except TimeoutError:
-            raise SMTPClientError(
-                Reply(451, "4.4.2", f"timeout waiting for reply from {self.hop}")
-            ) from None
+                    )
+                lines.append(line)
+                if len(line) == 3 or line[3] == " ":
+                    break
+                if len(lines) >= MAX_REPLY_LINES:
+                    raise SMTPClientError(Reply(451, "4.5.0", f"reply from {self.hop} too long"))
         except (OSError, ValueError, asyncio.LimitOverrunError) as e:
+            if self._overdue:
+                raise SMTPClientError(self._timeout_reply()) from None
             raise SMTPClientError(
                 Reply(451, "4.4.2", f"lost connection with {self.hop}: {e}")
             ) from None
+        finally:
+            self._waiting = False
         return parse_reply(lines)
+
+    def _expect(self, timeout: float) -> None:
+        """Give the reply about to be read `timeout` seconds. One timer per
+        connection (`_watch`) keeps the deadline, moved only when a deadline
+        comes earlier than the one it is set for: a timer made and cancelled
+        for every reply cost more than reading the reply."""
+        self._deadline = self._loop.time() + timeout
+        self._waiting = True
+        watchdog = self._watchdog
+        if watchdog is None or self._deadline < watchdog.when():
+            if watchdog is not None:
+                watchdog.cancel()
+            self._watchdog = self._loop.call_at(self._deadline, self._watch)
+
+    def _watch(self) -> None:
+        """The timer. Past the deadline of a reply still waited for, the
+        connection is ended and its read raises the timeout; before it (the
+        deadline moved on since the timer was set), the timer is set again."""
+        self._watchdog = None
+        if not self._waiting or self.closed:
+            return
+        if self._loop.time() < self._deadline:
+            self._watchdog = self._loop.call_at(self._deadline, self._watch)
+            return
+        self._overdue = True
+        self.writer.transport.abort()
+
+    def _timeout_reply(self) -> Reply:
+        return Reply(451, "4.4.2", f"timeout waiting for reply from {self.hop}")
 
     async def send(self, data: bytes, timeout: float) -> None:
         """Write `data`; wait (at most `timeout`) only when the kernel did not
@@ -626,4 +658,7 @@ class SMTPClient:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             self.writer.close()
