@@ -46,6 +46,11 @@ MAX_LINE = 4096
 # the SPACE keeps a broken header field one folded field (RFC 5322 §2.2.3).
 LINE_LENGTH_LIMIT = 998
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# Replies already parsed, by their lines: a peer gives the same few to every
+# MAIL, RCPT, DATA and RSET (a reply is a frozen value, so one serves all).
+# Emptied when full, so unique ones (a queue id after the dot) cannot grow it.
+_PARSED: dict[tuple[str, ...], Reply] = {}
+PARSED_MAX = 256
 
 
 class Outcome(enum.Enum):
@@ -384,7 +389,13 @@ class SMTPClient:
             ) from None
         finally:
             self._waiting = False
-        return parse_reply(lines)
+        key = tuple(lines)
+        reply = _PARSED.get(key)
+        if reply is None:
+            if len(_PARSED) >= PARSED_MAX:
+                _PARSED.clear()
+            reply = _PARSED[key] = parse_reply(lines)
+        return reply
 
     def _expect(self, timeout: float) -> None:
         """Give the reply about to be read `timeout` seconds. One timer per
