@@ -8,6 +8,10 @@ House rules:
   4.7.0 TLS), so the log, the status file and a bounce all quote one text.
 - Outbound data never carries a bare CR or LF: every line ending is CRLF and
   lines starting with "." are dot-stuffed (RFC 5321 §4.5.2).
+- PIPELINING (RFC 2920) when the peer offers it: [RSET,] MAIL, the RCPTs and
+  DATA go in one write, their replies are read in order and each means what
+  it means in lock step. No body goes after a refused MAIL or to a DATA with
+  no recipient accepted, whatever the peer answered to the rest.
 - TLS is opportunistic: STARTTLS whenever the peer offers it; the certificate
   is not verified (RFC 7435: something beats nothing). If the peer offered
   STARTTLS and the handshake fails, the delivery is deferred rather than sent
