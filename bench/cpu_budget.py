@@ -3,6 +3,7 @@
 
     python3 bench/cpu_budget.py                       # 2000 messages, one per connection
     python3 bench/cpu_budget.py --messages 2000 --reuse
+    python3 bench/cpu_budget.py --relay               # relayed to smtp-sink instead
     python3 bench/cpu_budget.py --json --keep /tmp/stacks
 
 Starts `postvakt serve` configured as bench/run.py's server, sends a warm-up,
@@ -10,7 +11,10 @@ then attaches the sampling profiler py-spy (`pip install py-spy`; it needs
 ptrace, so run as root) to the front process and to the queue manager, and
 sends `--messages` 1 KiB messages to the local user with smtp-source (50
 sessions; one message per connection, or connection reuse with `--reuse`)
-and waits until each is in the Maildir.
+and waits until each is in the Maildir. With `--relay` the warm-up and the
+messages go to the foreign domain that bench/run.py routes to its own
+`smtp-sink` (as its "relay to smtp-sink" row), and the run ends when the sink
+has counted every message and the queue is empty.
 
 py-spy runs with `--gil`: a sample counts only when one of the process's
 threads holds the interpreter lock, so waits on fsync, the disk or the
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import Literal
 
 import run
-from manager_cpu import start_warm, user_system
+from manager_cpu import relayed, start_warm, user_system
 from run import USER, BenchError, Postvakt, Sink, free_port, smtp_source
 
 Process = Literal["front", "manager"]
@@ -88,6 +92,9 @@ HEADERS = "Received: and headers"
 MANAGER = "queue manager (load, schedule, status)"
 QUEUE_FILES = "queue file reads and removal (spool)"
 MAILDIR = "Maildir delivery"
+SMTP_CLIENT = "SMTP client (commands, replies, body)"
+REMOTE = "remote delivery (destination, connections)"
+STREAMS = "asyncio streams and timeouts (the client's reads and writes)"
 OTHER = "other"
 
 # How a sample is sorted (`categorize`): the innermost frame matched by a rule
@@ -145,7 +152,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     # The sans-IO protocol core and the reply values it produces.
     Rule("postvakt.smtp", "*", SMTP_CORE),
     Rule("postvakt.smtp.*", "*", SMTP_CORE),
-    Rule("postvakt.reply", "*", SMTP_CORE),
+    Rule("postvakt.reply", "*", SMTP_CORE, "front"),
     # The rest of the SMTP side of the server: the asyncio protocol, accepting
     # connections, TLS and PROXY handshakes, slots.
     Rule("postvakt.server.smtp", "*", ADAPTER),
@@ -164,6 +171,13 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("postvakt.delivery.maildir", "*", MAILDIR),
     Rule("postvakt.mailbox", "*", MAILDIR),
     Rule("postvakt.mailbox.*", "*", MAILDIR),
+    # Relayed mail: the outbound client and what picks its destination and
+    # connection; the message's pieces (`delivery.source`) count for the client.
+    Rule("postvakt.delivery.smtpclient", "*", SMTP_CLIENT, "manager"),
+    Rule("postvakt.delivery.source", "*", SMTP_CLIENT, "manager"),
+    Rule("postvakt.reply", "*", SMTP_CLIENT, "manager"),
+    Rule("postvakt.delivery.remote", "*", REMOTE, "manager"),
+    Rule("postvakt.delivery.resolver", "*", REMOTE, "manager"),
     Rule("postvakt.queue", "*", MANAGER),
     Rule("postvakt.queue.*", "*", MANAGER),
     Rule("postvakt.delivery", "*", MANAGER),
@@ -181,6 +195,9 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("asyncio.threads", "*", HANDOFFS),
     Rule("uvloop.*", "*.run_in_executor", HANDOFFS),
     Rule("uvloop.*", "*.call_soon_threadsafe", HANDOFFS),
+    # The client's stream reader and writer and the timeouts around each read.
+    Rule("asyncio.streams", "*", STREAMS, "manager"),
+    Rule("asyncio.timeouts", "*", STREAMS, "manager"),
     # The event loop itself: callbacks, task steps, transports.
     Rule("asyncio", "*", ASYNCIO),
     Rule("asyncio.*", "*", ASYNCIO),
@@ -306,13 +323,15 @@ def cpu(pid: int) -> float:
     return u + s
 
 
-def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[str, object]]:
+def measure(
+    spy: str, messages: int, reuse: bool, relay: bool, root: Path
+) -> dict[str, dict[str, object]]:
     sink = Sink(free_port())
     server = Postvakt(root / "postvakt", sink.port)
     spies: dict[Process, subprocess.Popen[bytes]] = {}
     raw: dict[Process, Path] = {p: root / f"{p}.raw" for p in ("front", "manager")}
     try:
-        manager = start_warm(sink, server, reuse=reuse)
+        manager = start_warm(sink, server, reuse=reuse, relay=relay)
         assert server.proc is not None
         pids: dict[Process, int] = {
             "front": server.proc.pid,
@@ -326,9 +345,12 @@ def measure(spy: str, messages: int, reuse: bool, root: Path) -> dict[str, dict[
                 finish(spies.pop(p), p)
                 raise BenchError(f"py-spy on the {p} exited at once")
         before = {p: cpu(pid) for p, pid in pids.items()}
-        smtp_source(server.port, messages, USER, reuse=reuse)
-        server.delivered_base += messages
-        server.wait_drained(server.delivered_base)
+        if relay:
+            relayed(server, sink, messages, reuse=reuse)
+        else:
+            smtp_source(server.port, messages, USER, reuse=reuse)
+            server.delivered_base += messages
+            server.wait_drained(server.delivered_base)
         after = {p: cpu(pid) for p, pid in pids.items()}
         for p, s in spies.items():
             finish(s, p)
@@ -379,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--reuse", action="store_true", help="smtp-source -d: connection reuse")
+    ap.add_argument(
+        "--relay", action="store_true", help="to a foreign domain, relayed to smtp-sink"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     ap.add_argument("--keep", type=Path, help="copy py-spy's raw stacks into this directory")
     args = ap.parse_args(argv)
@@ -392,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="postvakt-cpubudget-"))
     load = [os.getloadavg()[0]]
     try:
-        result = measure(spy, args.messages, args.reuse, tmp)
+        result = measure(spy, args.messages, args.reuse, args.relay, tmp)
         load.append(os.getloadavg()[0])
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
@@ -407,12 +432,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(
         f"  {args.messages} messages, {'connection reuse' if args.reuse else '1 per connection'}, "
+        f"{'relayed to smtp-sink' if args.relay else 'local'}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"load average {load[0]:.1f} before, {load[1]:.1f} after",
         file=sys.stderr,
     )
     if args.json:
-        out = {"messages": args.messages, "reuse": args.reuse, "load_average": load, **result}
+        out = {
+            "messages": args.messages,
+            "reuse": args.reuse,
+            "relay": args.relay,
+            "load_average": load,
+            **result,
+        }
         print(json.dumps(out))
     else:
         print(table(result))

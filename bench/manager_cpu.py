@@ -29,6 +29,8 @@ from pathlib import Path
 
 import run
 from run import (
+    DRAIN_TIMEOUT,
+    SINK_DOMAIN,
     USER,
     WARMUP_MESSAGES,
     BenchError,
@@ -53,17 +55,29 @@ def manager_pid(root_pid: int) -> int:
     raise BenchError("no queue manager process found")
 
 
-def start_warm(sink: Sink, server: Postvakt, *, reuse: bool = True) -> int:
+def start_warm(sink: Sink, server: Postvakt, *, reuse: bool = True, relay: bool = False) -> int:
     """Start the sink and the server, deliver the warm-up messages (connection
-    reuse, or one per connection) and wait until they are in the Maildir; the
-    queue manager's process id."""
+    reuse, or one per connection) and wait until they are in the Maildir, or
+    (`relay`) relayed to the sink; the queue manager's process id."""
     sink.start()
     server.start()
     assert server.proc is not None
-    smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
-    server.delivered_base += WARMUP_MESSAGES
-    server.wait_drained(server.delivered_base)
+    if relay:
+        relayed(server, sink, WARMUP_MESSAGES, reuse=reuse)
+    else:
+        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
+        server.delivered_base += WARMUP_MESSAGES
+        server.wait_drained(server.delivered_base)
     return manager_pid(server.proc.pid)
+
+
+def relayed(server: Postvakt, sink: Sink, count: int, *, reuse: bool) -> None:
+    """`count` messages to the sink's domain, sent and relayed: the sink has
+    counted each and the queue is empty."""
+    base = sink.messages
+    smtp_source(server.port, count, f"user@{SINK_DOMAIN}", reuse=reuse)
+    sink.wait_for(base + count, DRAIN_TIMEOUT)
+    server.wait_drained()
 
 
 def user_system(pid: int) -> tuple[float, float]:

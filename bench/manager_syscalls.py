@@ -4,6 +4,7 @@
     python3 bench/manager_syscalls.py                 # 1000 messages
     python3 bench/manager_syscalls.py --messages 500 --json
     python3 bench/manager_syscalls.py --rate 5 --messages 100
+    python3 bench/manager_syscalls.py --relay         # relayed to smtp-sink
 
 Starts `postvakt serve` as bench/run.py does (same configuration), sends a
 warm-up, attaches `strace -f -c` to the `--role queue-manager` child (every
@@ -12,7 +13,11 @@ thread), sends `--messages` 1 KiB messages to the local user with smtp-source
 prints the calls per message, by call. The per-message file work (open,
 read, write, fsync, link, unlink) counts exactly; futex (the interpreter
 lock between threads) and the scans (getdents64) depend on timing, which
-strace changes, and on how many wake-ups a burst coalesces into.
+strace changes, and on how many wake-ups a burst coalesces into. With
+`--relay` the warm-up and the messages go to the sink's domain (one message
+per connection, as bench/run.py's relay row), relayed to the server's
+`smtp-sink`, and the run ends when the sink has every message and the queue
+is empty.
 
 With `--rate N` the manager runs as bench/manager_instructions.py runs it
 (in a process of its own, under `strace -f -c` from its start), the messages
@@ -37,7 +42,7 @@ from pathlib import Path
 
 import manager_instructions
 import run
-from manager_cpu import start_warm
+from manager_cpu import relayed, start_warm
 from run import (
     USER,
     BenchError,
@@ -110,10 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="feed the manager this many messages a second, a wake-up each (see above)",
     )
+    ap.add_argument(
+        "--relay", action="store_true", help="to a foreign domain, relayed to smtp-sink"
+    )
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
     if shutil.which("strace") is None:
         raise BenchError("strace not found")
+    if args.rate > 0 and args.relay:
+        raise BenchError("--rate is for local mail only")
     if args.rate > 0:
         root = Path(tempfile.mkdtemp(prefix="postvakt-mgrsys-"))
         try:
@@ -132,16 +142,19 @@ def main(argv: list[str] | None = None) -> int:
     server = Postvakt(root / "postvakt", sink.port)
     summary = root / "strace.txt"
     try:
-        mgr = start_warm(sink, server)
+        mgr = start_warm(sink, server, reuse=not args.relay, relay=args.relay)
         tracer = subprocess.Popen(
             ["strace", "-f", "-c", "-o", str(summary), "-p", str(mgr)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         time.sleep(ATTACH_WAIT)
-        smtp_source(server.port, args.messages, USER, reuse=True)
-        server.delivered_base += args.messages
-        server.wait_drained(server.delivered_base)
+        if args.relay:
+            relayed(server, sink, args.messages, reuse=False)
+        else:
+            smtp_source(server.port, args.messages, USER, reuse=True)
+            server.delivered_base += args.messages
+            server.wait_drained(server.delivered_base)
         tracer.send_signal(signal.SIGINT)
         tracer.wait(60)
     finally:
@@ -149,10 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         sink.stop()
     calls = parse_summary(summary.read_text())
     shutil.rmtree(root, ignore_errors=True)
-    return report(calls, args.messages, args.json)
+    return report(calls, args.messages, args.json, "relayed" if args.relay else "local")
 
 
-def report(calls: dict[str, tuple[int, int]], messages: int, as_json: bool) -> int:
+def report(
+    calls: dict[str, tuple[int, int]], messages: int, as_json: bool, kind: str = "local"
+) -> int:
     per = {
         name: {"calls": round(c / messages, 2), "errors": round(e / messages, 2)}
         for name, (c, e) in sorted(calls.items(), key=lambda kv: -kv[1][0])
@@ -165,7 +180,7 @@ def report(calls: dict[str, tuple[int, int]], messages: int, as_json: bool) -> i
         for name, v in per.items():
             errors = f"  ({v['errors']} failed)" if v["errors"] else ""
             print(f"  {name:<20} {v['calls']:8.2f}{errors}")
-        print(f"queue manager: {total} system calls per local message")
+        print(f"queue manager: {total} system calls per {kind} message")
     return 0
 
 

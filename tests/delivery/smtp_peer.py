@@ -6,6 +6,9 @@ import asyncio
 import ssl
 from dataclasses import dataclass, field
 
+# A scripted "reply" that closes the connection instead.
+DROP = "DROP"
+
 
 @dataclass
 class Transaction:
@@ -20,6 +23,8 @@ class Peer:
 
     `replies` maps an upper-cased command word (or "RCPT:<addr>") to a reply
     line; the default is a plain 250. `ehlo` lists the extensions offered.
+    For a command without a branch of its own (RSET, NOOP ...) the reply
+    `DROP` closes the connection instead of answering.
     """
 
     port: int = 0
@@ -103,6 +108,8 @@ class Peer:
                 elif verb == "QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
                     await writer.drain()
+                    return
+                elif self.replies.get(verb) == DROP:
                     return
                 else:
                     writer.write(self.replies.get(verb, "250 2.0.0 Ok").encode() + b"\r\n")

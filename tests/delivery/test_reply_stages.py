@@ -50,6 +50,13 @@ REPLIES: list[tuple[str, str, str, str]] = [
 STAGES = ("MAIL", "RCPT", "DATA", ".")
 
 
+@pytest.fixture(params=[True, False], ids=["pipelining", "lockstep"])
+def ehlo(request: pytest.FixtureRequest) -> list[str]:
+    """The peer's extensions: with PIPELINING the client sends MAIL, the RCPTs
+    and DATA in one write (RFC 2920), without it one command per reply."""
+    return ["PIPELINING", "8BITMIME"] if request.param else ["8BITMIME"]
+
+
 def cfg(port: int) -> C.Config:
     return C.from_dict(
         {
@@ -97,8 +104,8 @@ def expected(stage: str, reply: str) -> str:
 
 @pytest.mark.parametrize("reply", [r[0] for r in REPLIES])
 @pytest.mark.parametrize("stage", STAGES)
-def test_stage_reply_gives_a_classified_result(stage: str, reply: str) -> None:
-    peer = Peer(replies={stage: reply})
+def test_stage_reply_gives_a_classified_result(stage: str, reply: str, ehlo: list[str]) -> None:
+    peer = Peer(ehlo=ehlo, replies={stage: reply})
     [res] = deliver(peer, ["b@x.example"])
     want = expected(stage, reply)
     body_taken = bool(peer.transactions)
@@ -116,9 +123,9 @@ def test_stage_reply_gives_a_classified_result(stage: str, reply: str) -> None:
         assert not body_taken  # the body was never sent, so never "sent"
 
 
-def test_252_to_mail_and_rcpt_still_needs_the_body_accepted() -> None:
+def test_252_to_mail_and_rcpt_still_needs_the_body_accepted(ehlo: list[str]) -> None:
     """The report's case: 252 to MAIL and to RCPT, 250 to DATA: not sent."""
-    peer = Peer(replies={"MAIL": "252 ok", "RCPT": "252 ok", "DATA": "250 2.0.0 Ok"})
+    peer = Peer(ehlo=ehlo, replies={"MAIL": "252 ok", "RCPT": "252 ok", "DATA": "250 2.0.0 Ok"})
     [res] = deliver(peer, ["b@x.example"])
     assert res.outcome is Outcome.DEFERRED
     assert (res.reply.code, res.reply.enhanced) == (451, "4.5.0")
@@ -126,13 +133,14 @@ def test_252_to_mail_and_rcpt_still_needs_the_body_accepted() -> None:
     assert peer.transactions == []
 
 
-def test_results_per_recipient() -> None:
+def test_results_per_recipient(ehlo: list[str]) -> None:
     peer = Peer(
+        ehlo=ehlo,
         replies={
             "RCPT:gone@x.example": "550 5.1.1 gone",
             "RCPT:later@x.example": "450 4.2.0 later",
             "RCPT:maybe@x.example": "252 2.1.5 maybe",
-        }
+        },
     )
     res = deliver(peer, ["ok@x.example", "gone@x.example", "later@x.example", "maybe@x.example"])
     assert [r.outcome for r in res] == [
@@ -145,17 +153,39 @@ def test_results_per_recipient() -> None:
     assert len(peer.transactions) == 1
 
 
-def test_odd_rcpt_reply_fails_every_recipient_of_that_session() -> None:
-    peer = Peer(replies={"RCPT:odd@x.example": "354 go"})
+def test_odd_rcpt_reply_fails_every_recipient_of_that_session(ehlo: list[str]) -> None:
+    peer = Peer(ehlo=ehlo, replies={"RCPT:odd@x.example": "354 go"})
     res = deliver(peer, ["ok@x.example", "odd@x.example", "after@x.example"])
     assert [r.outcome for r in res] == [Outcome.DEFERRED] * 3
     assert all(r.reply.code == 451 for r in res)
+    assert peer.transactions == []  # no body, though the pipelined DATA got its 354
+    if "PIPELINING" not in ehlo:
+        # One command per reply: nothing follows the odd one. (Pipelined, the
+        # later RCPT went in the same write as the others, before any reply.)
+        assert not any(c.startswith("RCPT TO:<after@") for c in peer.commands)
+
+
+def test_refused_mail_fails_every_recipient_whatever_the_rcpts_got() -> None:
+    """Pipelined, the RCPTs and DATA are sent before MAIL's reply is read: a
+    peer that (against RFC 2920) accepts them after refusing MAIL still gets
+    no body, and every recipient has MAIL's answer."""
+    peer = Peer(replies={"MAIL": "550 5.7.1 sender refused"})
+    res = deliver(peer, ["a@x.example", "b@x.example"])
+    assert [(r.outcome, r.reply.text) for r in res] == [(Outcome.BOUNCED, "sender refused")] * 2
     assert peer.transactions == []
-    assert not any(c.startswith("RCPT TO:<after@") for c in peer.commands)
+    assert [c.split(":")[0] for c in peer.commands[1:]] == [
+        "MAIL FROM",
+        "RCPT TO",
+        "RCPT TO",
+        "DATA",
+    ]
 
 
-def test_final_reply_refused_fails_only_accepted_recipients() -> None:
-    peer = Peer(replies={"RCPT:gone@x.example": "550 5.1.1 gone", ".": "554 5.6.0 body refused"})
+def test_final_reply_refused_fails_only_accepted_recipients(ehlo: list[str]) -> None:
+    peer = Peer(
+        ehlo=ehlo,
+        replies={"RCPT:gone@x.example": "550 5.1.1 gone", ".": "554 5.6.0 body refused"},
+    )
     res = deliver(peer, ["ok@x.example", "gone@x.example"])
     assert [(r.outcome, r.reply.text) for r in res] == [
         (Outcome.BOUNCED, "body refused"),

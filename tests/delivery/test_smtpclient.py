@@ -7,13 +7,15 @@ import ssl
 
 import pytest
 import trustme
-from smtp_peer import Peer
+from smtp_peer import DROP, Peer
 
 from postvakt import config as C
+from postvakt.delivery import smtpclient
 from postvakt.delivery.remote import RemoteDelivery
 from postvakt.delivery.smtpclient import (
     Hop,
     MailParams,
+    Outcome,
     RcptParams,
     SMTPClient,
     SMTPClientError,
@@ -137,6 +139,38 @@ def test_connect_refused_is_temporary() -> None:
         asyncio.run(go())
     assert e.value.reply.code == 451 and e.value.reply.enhanced == "4.4.1"
     assert "Connection refused" in e.value.reply.text
+
+
+@pytest.mark.parametrize("lines", [[], [b"250-peer.test\r\n"]], ids=["silent", "half a reply"])
+def test_a_reply_that_does_not_come_times_out(
+    monkeypatch: pytest.MonkeyPatch, lines: list[bytes]
+) -> None:
+    """A peer that greets, then leaves EHLO unanswered (or half answered):
+    the wait ends at the command's timeout with a temporary failure, though
+    the greeting's much longer deadline was set first (the connection's one
+    timer is moved to the earlier deadline)."""
+    monkeypatch.setattr(smtpclient, "TIMEOUT_GREETING", 60.0)
+    monkeypatch.setattr(smtpclient, "TIMEOUT_COMMAND", 0.2)
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 peer.test ESMTP\r\n" + b"".join(lines))
+        await reader.read()  # until the client gives up
+        writer.close()
+
+    async def go() -> None:
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            # The guard fails the test if the 60 s deadline were the one kept.
+            await asyncio.wait_for(SMTPClient.connect(hop(port), "mx.pv.test", timeout=5), 20)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    with pytest.raises(SMTPClientError) as e:
+        asyncio.run(go())
+    assert (e.value.reply.code, e.value.reply.enhanced) == (451, "4.4.2")
+    assert "timeout waiting for reply" in e.value.reply.text
 
 
 def run_peer(peer: Peer, body) -> object:  # type: ignore[no-untyped-def]
@@ -324,6 +358,36 @@ def test_connection_reuse_and_one_transaction_per_domain() -> None:
     assert peer.connections == 1
     assert len(peer.transactions) == 3
     assert [len(t.rcpts) for t in peer.transactions] == [2, 2, 2]
+
+
+@pytest.mark.parametrize("rset", ["421 4.3.2 shutting down", DROP], ids=["421", "dropped"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "lockstep"])
+def test_an_idle_connection_that_fails_its_rset_is_replaced(pipelining: bool, rset: str) -> None:
+    """A connection taken from the idle ones is probed with RSET (pipelined:
+    in the same write as MAIL, RCPT and DATA). When the probe fails, nothing
+    of that transaction counts: the message goes on a new connection, neither
+    deferred nor sent on the stale one."""
+    peer = Peer(ehlo=["PIPELINING"] if pipelining else [], replies={"RSET": rset})
+
+    async def body(p: Peer) -> list[Outcome]:
+        rd = RemoteDelivery(cfg({"x.example": f"127.0.0.1:{p.port}"}), NoDNS())
+        try:
+            outcomes = []
+            for i in range(2):
+                [res] = await rd.deliver(
+                    "x.example", MailParams("a@pv.test", 10), [RcptParams(f"u{i}@x.example")], MSG
+                )
+                outcomes.append(res.outcome)
+            return outcomes
+        finally:
+            await rd.close()
+
+    assert run_peer(peer, body) == [Outcome.SENT, Outcome.SENT]
+    assert peer.connections == 2
+    assert [t.rcpts for t in peer.transactions] == [
+        ["RCPT TO:<u0@x.example>"],
+        ["RCPT TO:<u1@x.example>"],
+    ]
 
 
 def test_concurrency_limit_per_destination() -> None:

@@ -79,6 +79,48 @@ def test_wire_encoder_in_pieces_equals_whole(data: bytes, cuts: list[int], limit
             assert _unbreak(out) == to_wire(data, 0)
 
 
+def _reference_wire(data: bytes, limit: int) -> bytes:
+    """The DATA payload by the rules, written out plainly: every line end
+    CRLF, a leading dot doubled, a line over `limit` broken by CRLF SPACE
+    (the first piece `limit` octets, each further one `limit - 1` after its
+    space), and a last line without an end given one."""
+    if not data:
+        return b""
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if lines[-1] == b"":
+        lines.pop()
+    out = []
+    for line in lines:
+        if line.startswith(b"."):
+            line = b"." + line
+        if limit and len(line) > limit:
+            rest = range(limit, len(line), limit - 1)
+            line = b"\r\n ".join([line[:limit], *(line[i : i + limit - 1] for i in rest)])
+        out.append(line + b"\r\n")
+    return b"".join(out)
+
+
+# Mail as it mostly is: CRLF lines of text, now and then a dot, a long line or a bare LF.
+plain = st.lists(
+    st.sampled_from([b"Subject: x", b"text .", b".", b"", b"y" * 1200, b"a\nb"]), max_size=30
+).map(lambda lines: b"\r\n".join(lines) + b"\r\n")
+
+
+@given(
+    st.one_of(messy, plain),
+    st.lists(st.integers(min_value=0), max_size=8),
+    st.sampled_from([0, 5, 998]),
+)
+@settings(max_examples=500, deadline=None)
+def test_wire_encoder_follows_the_rules_in_any_pieces(
+    data: bytes, cuts: list[int], limit: int
+) -> None:
+    """Whatever the pieces, whether each goes out as it is or line by line."""
+    enc = WireEncoder(limit)
+    out = b"".join(enc.feed(p) for p in split(data, cuts)) + enc.end()
+    assert out == _reference_wire(data, limit)
+
+
 def test_long_line_is_broken_with_crlf_space_like_postfix() -> None:
     line = b"<p>" + b"y" * 2500 + b"</p>"
     out = to_wire(b"Subject: x\r\n\r\n" + line + b"\r\n")

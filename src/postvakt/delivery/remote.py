@@ -21,6 +21,7 @@ from postvakt.delivery.smtpclient import (
     RcptResult,
     SMTPClient,
     SMTPClientError,
+    StaleConnection,
 )
 from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
@@ -80,18 +81,36 @@ class RemoteDelivery:
                         loop.create_task(c.quit())
                 self._idle[hop] = keep
 
-    async def _client(self, hop: Hop) -> SMTPClient:
-        lst = self._idle.get(hop, [])
-        while lst:
-            client, _ = lst.pop()
-            if not client.closed and await client.rset():
-                return client
-        return await SMTPClient.connect(
+    async def _attempt(
+        self, hop: Hop, mail: MailParams, rcpts: list[RcptParams], message: MessageSource
+    ) -> tuple[SMTPClient, list[RcptResult]]:
+        """The transactions on an idle connection to `hop` (probed with RSET
+        in the same write as the transaction when the peer pipelines), or on
+        a new one when none is left alive. Raises SMTPClientError when `hop`
+        cannot be talked to; the connection is closed then."""
+        idle = self._idle.get(hop, [])
+        while idle:
+            client, _ = idle.pop()
+            if client.closed:
+                continue
+            try:
+                return client, await self._transactions(client, mail, rcpts, message, probe=True)
+            except StaleConnection:
+                continue
+            except BaseException:
+                client.close()
+                raise
+        client = await SMTPClient.connect(
             hop,
             self.config.hostname,
             timeout=self.config.delivery.connect_timeout,
             starttls=self.config.delivery.tls == "opportunistic",
         )
+        try:
+            return client, await self._transactions(client, mail, rcpts, message)
+        except BaseException:
+            client.close()
+            raise
 
     def _release(self, client: SMTPClient) -> None:
         if client.closed:
@@ -112,28 +131,21 @@ class RemoteDelivery:
         except DeliveryError as e:
             outcome = Outcome.DEFERRED if e.temporary else Outcome.BOUNCED
             return [RemoteResult(e.reply, outcome)] * len(rcpts)
-        limit = self._limits.setdefault(
-            dest.key, asyncio.Semaphore(max(1, self.config.delivery.concurrency_per_destination))
-        )
+        limit = self._limits.get(dest.key)
+        if limit is None:
+            limit = self._limits[dest.key] = asyncio.Semaphore(
+                max(1, self.config.delivery.concurrency_per_destination)
+            )
         last = Reply(451, "4.4.1", f"no host to try for {domain}")
         async with limit:
             # Try the next MX (or address) when a host cannot be talked to at
             # all; once a host answers MAIL, its answers are the results.
             for hop in dest.hops:
                 try:
-                    client = await self._client(hop)
+                    client, results = await self._attempt(hop, mail, rcpts, message)
                 except SMTPClientError as e:
                     last = e.reply
                     continue
-                try:
-                    results = await self._transactions(client, mail, rcpts, message)
-                except SMTPClientError as e:
-                    client.close()
-                    last = e.reply
-                    continue
-                except BaseException:
-                    client.close()
-                    raise
                 if client.lines_broken:
                     log.info(
                         "relay=%s lines longer than %d octets broken for the peer: %d",
@@ -153,12 +165,15 @@ class RemoteDelivery:
         mail: MailParams,
         rcpts: list[RcptParams],
         message: MessageSource,
+        *,
+        probe: bool = False,
     ) -> list[RcptResult]:
-        """One transaction, and more on the same connection for recipients the
-        peer put off with 452 "too many recipients" (RFC 5321 §4.5.3.1.10)
-        as long as each round gets at least one through. A connection lost in
-        a later round fails only that round's recipients: the ones sent stay sent."""
-        results = await client.transaction(mail, rcpts, message)
+        """One transaction (`probe`: see `SMTPClient.transaction`), and more
+        on the same connection for recipients the peer put off with 452 "too
+        many recipients" (RFC 5321 §4.5.3.1.10) as long as each round gets at
+        least one through. A connection lost in a later round fails only that
+        round's recipients: the ones sent stay sent."""
+        results = await client.transaction(mail, rcpts, message, probe=probe)
         while True:
             rest = [i for i, r in enumerate(results) if r.reply.code == TOO_MANY_RECIPIENTS]
             if not rest or len(rest) == len(results) or not await client.rset():

@@ -6,6 +6,7 @@ project's one DNS client (`postvakt.dnsclient`, configured by `[dns]`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from dataclasses import dataclass
@@ -76,6 +77,15 @@ def _ip(host: str) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=256)
+def _fixed_address(fixed: HostPort) -> Destination | None:
+    """A route or smarthost given as an IP address: its destination, the same
+    for every message (made once, not parsed and built again per message);
+    None for a host name, which is looked up each time."""
+    ip = _ip(fixed.host)
+    return None if ip is None else Destination(str(fixed), (Hop(fixed.host, ip, fixed.port),))
+
+
 async def _hops_for(resolver: Resolver, host: str, port: int) -> list[Hop]:
     ip = _ip(host)
     if ip is not None:
@@ -98,6 +108,9 @@ async def destination(
         return Destination(domain, (Hop(literal, literal, port),))
     fixed = delivery.route_for(domain) or delivery.smarthost
     if fixed is not None:
+        known = _fixed_address(fixed)
+        if known is not None:
+            return known
         try:
             hops = await _hops_for(resolver, fixed.host, fixed.port)
         except DNSError as e:

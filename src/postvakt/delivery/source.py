@@ -37,6 +37,11 @@ class MessageSource:
         return cls(data)
 
     @property
+    def in_memory(self) -> bool:
+        """Nothing is read from a file: `chunks` never blocks."""
+        return self.fd is None
+
+    @property
     def size(self) -> int:
         rest = self.fd is not None or self.body is not None
         return len(self.prefix) + (self.end - self.start if rest else 0)
