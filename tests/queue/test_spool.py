@@ -487,6 +487,26 @@ def test_a_delivered_small_messages_file_becomes_the_next_messages_file(tmp_path
     assert q2.remove(second, INCOMING) and os.listdir(q.root / spool.SPARE) == []
 
 
+def test_a_spare_files_old_bytes_are_never_read_as_the_new_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spare file is written over, not emptied first: what a check reads
+    back before the commit, and the committed file, hold the new message only,
+    though the old one was longer."""
+    monkeypatch.setattr(spool, "SPILL", 64)  # the message spills to its file
+    q = Queue(tmp_path / "queue")
+    (q.root / spool.SPARE / "0A").write_bytes(b"#OLD#" * 1000)
+    q._spares = ["0A"]
+    m = q.new_message()
+    body = b"Subject: new\r\n\r\n" + b"n" * 200 + b"\r\n"
+    m.write(body)
+    assert os.listdir(q.root / spool.SPARE) == []  # it took the spare file
+    assert m.read_back() == body
+    m.commit(env())
+    assert q.read_body(q.load(m.queue_id, INCOMING)) == body
+    assert b"#OLD#" not in (q.root / INCOMING / m.queue_id).read_bytes()
+
+
 def test_a_spare_file_is_locked_before_it_is_in_tmp(tmp_path: Path) -> None:
     """Recovery removes a tmp/ file whose writer holds no lock: a spare file
     must never be there unlocked, and one another writer holds is left alone."""
@@ -501,7 +521,7 @@ def test_a_spare_file_is_locked_before_it_is_in_tmp(tmp_path: Path) -> None:
         fd = writer.take_spare(q.root / "tmp" / "0C")
         assert fd is not None
         assert sorted(os.listdir(q.root / spool.SPARE)) == ["0B"]
-        assert os.fstat(fd).st_size == 0
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # written from its start
         probe = os.open(q.root / "tmp" / "0C", os.O_RDONLY)
         with pytest.raises(BlockingIOError):
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
