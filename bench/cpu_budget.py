@@ -51,8 +51,8 @@ from pathlib import Path
 from typing import Literal
 
 import run
-from manager_cpu import relayed, start_warm, user_system
-from run import USER, BenchError, Postvakt, Sink, free_port, smtp_source
+from manager_cpu import send_through, start_warm, user_system
+from run import BenchError, Postvakt, Sink, free_port
 
 Process = Literal["front", "manager"]
 
@@ -345,12 +345,7 @@ def measure(
                 finish(spies.pop(p), p)
                 raise BenchError(f"py-spy on the {p} exited at once")
         before = {p: cpu(pid) for p, pid in pids.items()}
-        if relay:
-            relayed(server, sink, messages, reuse=reuse)
-        else:
-            smtp_source(server.port, messages, USER, reuse=reuse)
-            server.delivered_base += messages
-            server.wait_drained(server.delivered_base)
+        send_through(server, sink, messages, reuse=reuse, relay=relay)
         after = {p: cpu(pid) for p, pid in pids.items()}
         for p, s in spies.items():
             finish(s, p)

@@ -62,13 +62,19 @@ def start_warm(sink: Sink, server: Postvakt, *, reuse: bool = True, relay: bool 
     sink.start()
     server.start()
     assert server.proc is not None
-    if relay:
-        relayed(server, sink, WARMUP_MESSAGES, reuse=reuse)
-    else:
-        smtp_source(server.port, WARMUP_MESSAGES, USER, reuse=reuse)
-        server.delivered_base += WARMUP_MESSAGES
-        server.wait_drained(server.delivered_base)
+    send_through(server, sink, WARMUP_MESSAGES, reuse=reuse, relay=relay)
     return manager_pid(server.proc.pid)
+
+
+def send_through(server: Postvakt, sink: Sink, count: int, *, reuse: bool, relay: bool) -> None:
+    """`count` messages sent and gone on: in the local Maildir, or (`relay`)
+    relayed to the sink; the queue is empty."""
+    if relay:
+        relayed(server, sink, count, reuse=reuse)
+    else:
+        smtp_source(server.port, count, USER, reuse=reuse)
+        server.delivered_base += count
+        server.wait_drained(server.delivered_base)
 
 
 def relayed(server: Postvakt, sink: Sink, count: int, *, reuse: bool) -> None:
