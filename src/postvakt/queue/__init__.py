@@ -10,8 +10,9 @@ Design (the state of a message is which file exists where; qmail's rule)
       hold/<id>       held by the admin or by outbound limits; never delivered
       corrupt/<id>    quarantined: unreadable, kept for the admin, never delivered
       status/<id>     per-recipient results, written only by the manager
-      spare/<id>      emptied files of finished messages, renamed into tmp/
-                      for new ones instead of making a file (no mail)
+      spare/<id>      files of finished messages, renamed into tmp/ and
+                      written over for new ones instead of making a file
+                      (their old bytes are no message of any state)
 
 A queue file is the message bytes as received (the front's `Received:` line
 first), then the envelope as JSON, then a fixed-width trailer with sizes and
@@ -49,7 +50,7 @@ Manager's cycle (`manager.QueueManager`): incoming/ -> active/ (rename) ->
 deliver each pending recipient -> status/<id> rewritten (write, fsync,
 rename) -> either everything is final (bounce for failures, committed as a new
 queue message *before* the original is removed, so a crash duplicates a
-bounce rather than losing it) and the file is removed (renamed into spare/ and emptied, or unlinked when
+bounce rather than losing it) and the file is removed (renamed into spare/, or unlinked when
 spare/ is full), or active/ -> deferred/
 until the next try (`schedule`). Errors are temporary unless the peer says 5xx.
 

@@ -431,7 +431,8 @@ class Queue:
     # (perf, 1 KiB messages). So the file of a delivered small message is
     # kept in spare/, and the next message's file is one of them: no inode
     # made or freed. Only queue files go there and only queue files come from
-    # there; the writer empties one once it is its own (locked, in tmp/).
+    # there; the writer writes over one once it is its own (locked, in tmp/)
+    # and cuts it to its own length before the fsync.
 
     def recycle(self, path: Path | str, name: str) -> bool:
         """Move a finished queue file into spare/; False when spare/ is full
