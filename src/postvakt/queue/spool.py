@@ -489,7 +489,7 @@ class Queue:
                 if now < self._spare_look:
                     return None
                 try:
-                    self._spares = os.listdir(self.root / SPARE)
+                    self._spares = os.listdir(self.paths[SPARE])
                 except OSError:
                     self._spares = []
                 if not self._spares:
@@ -739,9 +739,7 @@ def parse_footer(footer: bytes) -> tuple[int, int, int, int]:
 
 def _trailer(fd: int, total: int) -> tuple[int, int, int, int]:
     """The trailer of the queue file open on `fd`, `total` octets long."""
-    if total < FOOTER_LEN:
-        raise CorruptEntry("shorter than its trailer")
-    return _parse_trailer(os.pread(fd, FOOTER_LEN, total - FOOTER_LEN), total)
+    return _parse_trailer(os.pread(fd, FOOTER_LEN, max(total - FOOTER_LEN, 0)), total)
 
 
 def _parse_trailer(footer: bytes, total: int) -> tuple[int, int, int, int]:
