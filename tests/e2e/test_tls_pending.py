@@ -105,7 +105,9 @@ def test_command_arriving_with_the_last_handshake_flight_is_kept(tmp_path: Path)
         assert while_pending == [b"EHLO after-tls.test\r\n"]
     finally:
         sock.close()
-        server.close()
+        # On the loop's thread: asyncio's Server is not thread-safe, and the
+        # loop may be ending this connection (and detaching it) at the same time.
+        loop.call_soon_threadsafe(server.close)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
