@@ -612,3 +612,18 @@ def test_empty_networks_trusts_nobody() -> None:
     d = check_rcpt(client("T"), parse_path("<v@other.example>"), config, DictDirectory())
     assert d.verdict is REJECT
     assert "[relay] networks is empty" in d.log_line()
+
+
+def test_a_reload_with_other_networks_decides_anew_for_the_same_client() -> None:
+    """The network roads are remembered per client and list: the same client
+    under a config whose lists changed (a reload) gets the new lists' answer,
+    both ways, and the first config still gives its own."""
+    who = Client(ip="192.0.2.7", now=NOW)
+    rcpt = parse_path("<v@other.example>")
+    trusting = make_config(relay={"networks": ["192.0.2.0/24"], "clients": []})
+    closed = make_config(relay={"networks": ["198.51.100.0/24"], "clients": []})
+    listed = make_config(relay={"networks": [], "clients": ["192.0.2.7/32"]})
+    for _ in range(2):  # the second round answers from what was remembered
+        assert check_rcpt(who, rcpt, trusting, DictDirectory()).rule == PERMIT_NETWORKS
+        assert check_rcpt(who, rcpt, closed, DictDirectory()).verdict is REJECT
+        assert check_rcpt(who, rcpt, listed, DictDirectory()).rule == PERMIT_CLIENTS
