@@ -18,7 +18,7 @@ import pytest
 
 from postvakt import config as C
 from postvakt.directory import Directory
-from postvakt.queue import Envelope, Queue, Recipient, manager
+from postvakt.queue import Envelope, Queue, Recipient, manager, spool
 from postvakt.queue.envelope import Status
 from postvakt.queue.manager import QueueManager, QueueManagerError
 from support import free_port
@@ -741,3 +741,23 @@ def test_stop_while_a_group_is_in_its_job_loses_nothing(  # type: ignore[no-unty
 
     run(w, again)
     assert len(w.maildir("bob@pv.test")) == 3
+
+
+def test_a_delivered_small_file_is_kept_as_a_spare_and_a_bigger_one_unlinked(
+    tmp_path: Path,
+) -> None:
+    """spare/ keeps the files of delivered messages up to SPARE_FILE_MAX octets
+    (no inode freed for them); a bigger one is unlinked, so spare/ never holds
+    more than SPARE_MAX times that."""
+    w = World(tmp_path, {})
+    small = w.submit("alice@pv.test", ["bob@pv.test"], "small")
+    big_body = BODY % b"big" + b"x" * spool.SPARE_FILE_MAX
+    big = w.submit("alice@pv.test", ["bob@pv.test"], data=big_body)
+
+    async def body(qm: QueueManager) -> None:
+        qm.wake()
+        await until(lambda: w.empty() and len(w.maildir("bob@pv.test")) == 2)
+
+    run(w, body)
+    assert os.listdir(w.queue.root / spool.SPARE) == [small]
+    assert big not in os.listdir(w.queue.root / spool.SPARE)

@@ -573,6 +573,34 @@ def test_recovery_leaves_a_tmp_file_made_while_it_runs(
     assert q.recover().removed_tmp == 1 and files(q)["tmp"] == []
 
 
+def test_a_new_tmp_file_recovery_removed_before_its_flock_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery runs while the fronts accept mail: it may find a writer's new
+    file between its creation and its flock, unlocked, and remove it (the
+    change time it goes by is coarse). The writer makes its file again, and
+    the message is committed, not refused for a file that went missing."""
+    q = Queue(tmp_path / "queue")
+    real_flock = fcntl.flock
+    removed: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        if op == fcntl.LOCK_EX and not removed:  # the writer's own lock, the first time
+            made = os.fstat(fd).st_ctime
+            monkeypatch.setattr(spool.time, "time", lambda: made + 1.0)
+            removed.append(Queue(q.root).recover().removed_tmp)
+            monkeypatch.setattr(spool.time, "time", time.time)
+        real_flock(fd, op)
+
+    monkeypatch.setattr(spool.fcntl, "flock", flock)
+    m = q.new_message()
+    m.write(BODY)
+    m.commit(env())
+    assert removed == [1]  # recovery did take the first file
+    assert files(q)["tmp"] == [] and files(q)["incoming"] == [m.queue_id]
+    assert q.read_body(q.load(m.queue_id, INCOMING)) == BODY
+
+
 def test_settling_a_unit_keeps_every_field_it_does_not_settle() -> None:
     """Unit.settle builds a new Unit field by field: a field added to Unit and
     left out there would silently fall back to its default on every try."""

@@ -78,6 +78,7 @@ from postvakt.queue.spool import (
     QueuedMessage,
     QueueWriteError,
     read_head,
+    spare_worthy,
     split_head,
 )
 from postvakt.reply import Reply
@@ -509,7 +510,7 @@ class QueueManager:
             # All done. If the admin held it meanwhile, there is nothing left to hold.
             # No status file was read: none to remove (this job is the only writer).
             saved = copies.saved
-            if not self.queue.remove(qid, ACTIVE, status=saved, spare=source.body is not None):
+            if not self.queue.remove(qid, ACTIVE, status=saved, spare=spare_worthy(source.body)):
                 self.queue.delete(qid)
         except BaseException:
             if source.fd is not None:
@@ -795,7 +796,7 @@ class QueueManager:
             )
         if not pending and queued_all:
             # All done. If the admin held it meanwhile, there is nothing left to hold.
-            small = source.body is not None  # read whole: a file worth keeping in spare/
+            small = spare_worthy(source.body)
             if not await asyncio.to_thread(q.remove, qid, ACTIVE, spare=small):
                 await asyncio.to_thread(q.delete, qid)
             return
