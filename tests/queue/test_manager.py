@@ -587,7 +587,7 @@ def open_here(path: Path) -> bool:
 
 @pytest.mark.parametrize(
     ("taken", "sizes"),
-    [(0, []), (1, [1]), (3, [1, 1, 1]), (5, [1, 1, 1, 2]), (8, [2, 2, 2, 2]), (128, [32] * 4)],
+    [(0, []), (1, [1]), (3, [1, 2]), (5, [2, 3]), (8, [4, 4]), (128, [32] * 4)],
 )
 def test_a_scan_takes_its_messages_in_a_few_groups(taken: int, sizes: list[int]) -> None:
     qids = [f"{n:03d}" for n in range(taken)]

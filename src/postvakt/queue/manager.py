@@ -9,8 +9,8 @@ House rules:
 - Status is written before the message leaves active/, and a bounce is
   committed before the original is removed: after a crash, a duplicate,
   never a loss.
-- File I/O runs in the default executor; the event loop only waits on the
-  network. A message for local mailboxes only is read, expanded, delivered
+- File I/O runs in the default executor (`THREADS` threads, set by
+  `start`); the event loop only waits on the network. A message for local mailboxes only is read, expanded, delivered
   into every Maildir and removed in its group's one executor job: each
   hand-off between the loop and a thread costs more than the small file work
   it carries.
@@ -54,6 +54,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,12 +98,19 @@ SCAN_INTERVAL = 1.0
 # Messages in delivery at once (Postfix qmgr_message_active_limit is 20000;
 # a small server with Python threads for file I/O needs far fewer).
 MAX_ACTIVE = 200
+# Threads for the manager's file work: its event loop's default executor
+# (`start`). Every thread more contends for the interpreter lock at each
+# system call of the others: for 2,000 local messages the manager made 8-14
+# futex calls a message with two threads, 30-43 with three and about 90 with
+# asyncio's default of six on 2 cores, 24-31 system calls a message in all
+# against about 105 (`bench/manager_syscalls.py`), for 5% more accepted
+# messages a second and the same relay rate (bench/README.md).
+THREADS = 2
 # A scan's messages go on in this many groups when there are as many (a
-# group per executor job; see the house rules): several threads still deliver
-# at once while one waits on an fsync, with far fewer hand-offs than a job
-# per message. The default executor has more threads (6 on 2 cores): beside
-# a burst's groups, a retry's or a notice's job finds one free.
-GROUPS = 4
+# group per executor job; see the house rules): one thread delivers while the
+# other waits on an fsync, with far fewer hand-offs than a job per message.
+# A retry's or a notice's job waits for the one of them that ends first.
+GROUPS = THREADS
 # ... of at most this many messages each: a larger burst makes more groups,
 # not longer ones, so no message of it waits behind more than this many.
 GROUP_SIZE = 32
@@ -181,6 +189,9 @@ class QueueManager:
                 f"another queue manager is running on {self.queue.root}"
             ) from None
         self._lock_fd = fd
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(THREADS, thread_name_prefix="postvakt-queue")
+        )
         await asyncio.to_thread(self.queue.recover)
         self.remote.start()
         self._runner = self._loop.create_task(self._run())
