@@ -19,9 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Protocol
 
 from postvakt.queue.envelope import Envelope, Status
 from postvakt.reply import Reply
+
+if TYPE_CHECKING:
+    from postvakt.queue.commitproc import CommitHelper
 
 log = logging.getLogger("postvakt.queue")
 
@@ -165,6 +169,15 @@ class Recovery:
     removed_status: int = 0
 
 
+class Sealable(Protocol):
+    """What a commit needs of an envelope: its JSON and whether it is held."""
+
+    @property
+    def hold(self) -> str | None: ...
+
+    def to_json(self) -> bytes: ...
+
+
 class IncomingMessage:
     """A message being received: `write` chunks, then `commit` or `abort`.
 
@@ -192,6 +205,44 @@ class IncomingMessage:
         self._fd: int | None = None
         self._written = 0  # octets in the file from this message
         self._reused = False  # the file is a spare one: old bytes past `_written`
+
+    @classmethod
+    def carried(
+        cls,
+        queue: Queue,
+        queue_id: str,
+        pending: bytes,
+        size: int,
+        crc: int,
+        written: int,
+        reused: bool,
+    ) -> IncomingMessage:
+        """The message as the front handed it to the commit helper
+        (`queue.commitproc`): `pending`, the octets not yet in a file. A
+        message that outgrew SPILL has its tmp file (`written` > 0), which the
+        front still holds locked; the helper writes the rest through its own
+        descriptor, from where the front stopped."""
+        msg = cls(queue)
+        msg.queue_id = queue_id
+        msg._tmp = queue.paths["tmp"] + queue_id
+        msg._size, msg._crc = size, crc
+        msg._buf = bytearray(pending)
+        msg._written, msg._reused = written, reused
+        if written:
+            fd = os.open(msg._tmp, os.O_WRONLY)
+            os.lseek(fd, written, os.SEEK_SET)
+            msg._fd = fd
+        return msg
+
+    def handed(self) -> tuple[str, bytes, int, int, int, bool]:
+        """What `carried` rebuilds the message from, in another process."""
+        return self.queue_id, bytes(self._buf), self._size, self._crc, self._written, self._reused
+
+    def settled(self) -> None:
+        """The commit helper committed the message (or undid it): done here."""
+        self._done = True
+        self._buf = bytearray()
+        self._close()
 
     def _open(self) -> int:
         """Make the tmp file (locked); the caller writes what waits in `_buf`."""
@@ -242,13 +293,13 @@ class IncomingMessage:
         except OSError as e:
             raise QueueWriteError(f"read {self._tmp}: {e}") from e
 
-    def commit(self, envelope: Envelope) -> None:
+    def commit(self, envelope: Sealable) -> None:
         """Make the message durable. Returns only once a crash cannot lose it."""
         error = commit_batch([(self, envelope)])[0]
         if error is not None:
             raise error
 
-    def _seal(self, envelope: Envelope) -> str:
+    def _seal(self, envelope: Sealable) -> str:
         """Write the envelope and the trailer; the path the commit will rename to."""
         if self._done:
             raise QueueWriteError("message already committed or aborted")
@@ -265,6 +316,13 @@ class IncomingMessage:
     def _fsync(self) -> None:
         assert self._fd is not None
         os.fsync(self._fd)
+
+    def undone(self, envelope: Sealable, error: BaseException) -> QueueWriteError:
+        """The commit helper died with this message in its batch: whatever it
+        did of the commit is undone (the client gets a 451, as for any failed
+        commit), and a rename it may have made is taken back."""
+        state = HOLD if envelope.hold is not None else INCOMING
+        return self._fail(self.queue.paths[state] + self.queue_id, error)
 
     def _fail(self, final: str | None, error: BaseException) -> QueueWriteError:
         """Undo a commit that did not complete: the client gets a 451 and must not
@@ -333,7 +391,7 @@ def _write_all(fd: int, data: bytes | bytearray) -> None:
 
 
 def commit_batch(
-    batch: list[tuple[IncomingMessage, Envelope]],
+    batch: list[tuple[IncomingMessage, Sealable]],
 ) -> list[QueueWriteError | None]:
     """Make several messages durable together (group commit); one result each.
 
@@ -404,9 +462,14 @@ class Committer:
         self,
         on_batch: Callable[[list[tuple[object, QueueWriteError | None]]], object],
         max_batch: int = 256,
+        helper: CommitHelper | None = None,
     ) -> None:
         self._on_batch = on_batch
         self._max_batch = max_batch
+        # Who commits a batch: the commit helper process (`queue.commitproc`),
+        # or this thread itself (`commit_batch`).
+        self._helper = helper
+        self._commit = helper.commit if helper is not None else commit_batch
         self._pending: SimpleQueue[tuple[IncomingMessage, Envelope, object] | None] = SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="postvakt-commit", daemon=True)
         self._thread.start()
@@ -415,9 +478,11 @@ class Committer:
         self._pending.put((msg, envelope, token))
 
     def close(self) -> None:
-        """Commit what was submitted, then stop the thread."""
+        """Commit what was submitted, then stop the thread (and the helper)."""
         self._pending.put(None)
         self._thread.join()
+        if self._helper is not None:
+            self._helper.close()
 
     def _run(self) -> None:
         stopping = False
@@ -436,7 +501,7 @@ class Committer:
                     break
                 batch.append(more)
             try:
-                errors = commit_batch([(msg, env) for msg, env, _ in batch])
+                errors = self._commit([(msg, env) for msg, env, _ in batch])
             except BaseException as e:  # a bug must fail the batch, not hang its sessions
                 log.exception("group commit failed")
                 errors = [msg._fail(None, e) for msg, _, _ in batch]

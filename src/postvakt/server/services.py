@@ -19,6 +19,7 @@ from postvakt.directory import Directory
 from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.queue import Queue, crash_point
+from postvakt.queue.commitproc import CommitHelper
 from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.reply import Reply
@@ -68,7 +69,11 @@ class App:
                 if not fut.done():  # a session cancelled meanwhile
                     fut.set_result(error)
 
-        self.committer = Committer(lambda results: loop.call_soon_threadsafe(resolve, results))
+        helper = CommitHelper(self.queue.root)
+        helper.start()
+        self.committer = Committer(
+            lambda results: loop.call_soon_threadsafe(resolve, results), helper=helper
+        )
 
     async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None:
         """Make an accepted message durable; returns once a crash cannot lose it."""

@@ -1,0 +1,214 @@
+"""The front's commit helper: group commit in a process of its own.
+
+Each front process (and each worker, `[server] workers`) starts one helper,
+`python -m postvakt.queue.commitproc QUEUE_ROOT FD`, and hands it every
+batch its committer thread takes (`spool.Committer`) over a socket pair:
+
+- a batch goes as one frame: for each message its queue id, the octets not
+  yet in a file, its size and CRC, how much of it a spilled tmp file already
+  holds (the front keeps that file's flock until the answer), and its
+  envelope's JSON; the answer is one frame with one result per message;
+- the helper commits the batch exactly as the thread did (`commit_batch`:
+  write, fsync each file, rename, fsync each directory) and answers only
+  then; the front says 250 only after that answer.
+
+Why a process: every system call of a commit gives up the interpreter lock,
+and in the front the committer thread then waited for the event loop to give
+it back, at each of a message's eight calls. In a process of its own the
+commit waits for the disk only (bench/README.md: 1,145 -> 1,400 messages a
+second with one message per connection, 1,235 -> 1,758 with PIPELINING).
+
+The helper lives as long as its front's end of the socket: it ignores
+SIGINT, SIGTERM and SIGHUP (a stop of the service signals every process of
+it; the front decides when its commits end) and exits at end of file. When
+it dies in the middle of a batch, the front undoes what it may have done of
+that batch, answers 451 for each message (a crash's outcome: never a 250 for
+a message not on disk), and starts another for the next batch. With
+`POSTVAKT_CRASH_AT` set (crash tests) a crash point kills the helper and the
+front exits with it, as one server would have died there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from postvakt.queue import spool
+from postvakt.queue.spool import IncomingMessage, Queue, QueueWriteError, Sealable, commit_batch
+
+log = logging.getLogger("postvakt.queue")
+
+# A frame: its length, then a pickle (the two ends are one program, over a
+# socket pair nobody else holds).
+_LENGTH = struct.Struct("!I")
+# How long `close` waits for the helper to finish and exit.
+STOP_WAIT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sealed:
+    """An envelope as the helper needs it (`spool.Sealable`)."""
+
+    hold: str | None
+    json: bytes
+
+    def to_json(self) -> bytes:
+        return self.json
+
+
+def _send(sock: socket.socket, obj: Any) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes | None:
+    """`n` octets, or None at end of file before the first."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            if buf:
+                raise EOFError("the frame was cut short")
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _receive(sock: socket.socket) -> Any:
+    """The next frame's object; None at end of file."""
+    head = _exactly(sock, _LENGTH.size)
+    if head is None:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = _exactly(sock, size)
+    if data is None:
+        raise EOFError("the frame was cut short")
+    return pickle.loads(data)
+
+
+class CommitHelper:
+    """The front's handle on its helper: `commit` a batch, `close` at the end.
+    Used by the committer thread only."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = str(root)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair()
+        try:
+            args = [sys.executable, "-m", "postvakt.queue.commitproc", self.root]
+            self._proc = subprocess.Popen(
+                [*args, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self._sock = ours
+
+    def commit(self, batch: list[tuple[IncomingMessage, Sealable]]) -> list[QueueWriteError | None]:
+        """`spool.commit_batch`, done by the helper."""
+        if self._sock is None:
+            self.start()  # the first batch, or the first after a helper died
+        assert self._sock is not None
+        items = [(*msg.handed(), env.to_json(), env.hold) for msg, env in batch]
+        try:
+            _send(self._sock, items)
+            replies = _receive(self._sock)
+            if not isinstance(replies, list) or len(replies) != len(batch):
+                raise EOFError("the commit helper exited")
+        except (OSError, EOFError, pickle.PickleError) as e:
+            if spool.CRASH_AT:
+                os._exit(137)  # crash tests: the server dies where its helper did
+            log.error(
+                "commit helper failed in a batch of %d (%s); they get a 451, another starts",
+                len(batch),
+                e,
+            )
+            self._stop(kill=True)
+            return [msg.undone(env, e) for msg, env in batch]
+        results: list[QueueWriteError | None] = []
+        for (msg, _), reply in zip(batch, replies, strict=True):
+            msg.settled()  # committed, or undone by the helper
+            results.append(None if reply is None else QueueWriteError(str(reply)))
+        return results
+
+    def close(self) -> None:
+        """End of file for the helper, which then exits."""
+        self._stop(kill=False)
+
+    def _stop(self, *, kill: bool) -> None:
+        sock, self._sock = self._sock, None
+        proc, self._proc = self._proc, None
+        if sock is not None:
+            sock.close()
+        if proc is None:
+            return
+        if kill:
+            proc.kill()
+        try:
+            proc.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve(queue: Queue, sock: socket.socket) -> None:
+    """The helper: commit each batch that comes, answer, until end of file."""
+    while True:
+        items = _receive(sock)
+        if items is None:
+            return
+        replies: list[str | None] = [None] * len(items)
+        batch: list[tuple[int, IncomingMessage, Sealed]] = []
+        for i, (qid, pending, size, crc, written, reused, json, hold) in enumerate(items):
+            try:
+                msg = IncomingMessage.carried(queue, qid, pending, size, crc, written, reused)
+            except OSError as e:  # a spilled message's file is gone
+                replies[i] = f"commit {qid}: {e}"
+                continue
+            batch.append((i, msg, Sealed(hold, json)))
+        try:
+            errors = commit_batch([(msg, sealed) for _, msg, sealed in batch])
+        except Exception as e:  # a bug must fail the batch, not the front
+            log.exception("group commit failed")
+            errors = [msg._fail(None, e) for _, msg, _ in batch]
+        for (i, _, _), error in zip(batch, errors, strict=True):
+            replies[i] = None if error is None else str(error)
+        _send(sock, replies)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m postvakt.queue.commitproc QUEUE_ROOT FD", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # the front decides: end of file
+    logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    sock = socket.socket(fileno=int(argv[1]))
+    try:
+        serve(Queue(argv[0]), sock)
+    except (OSError, EOFError) as e:
+        log.error("commit helper: %s", e)
+        return 1
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
