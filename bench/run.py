@@ -258,11 +258,14 @@ def resident_pages(pid: int) -> set[int]:
 
 
 def process_role(pid: int) -> str:
-    """front, queue-manager or worker, from a postvakt process's command line."""
+    """front, queue-manager, worker or commit-helper, from a postvakt process's
+    command line."""
     try:
         args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
+    if b"postvakt.server.commit_process" in args:
+        return "commit-helper"
     if b"--role" in args and args.index(b"--role") + 1 < len(args):
         return args[args.index(b"--role") + 1].decode()
     return "front"

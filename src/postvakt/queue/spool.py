@@ -19,13 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, SimpleQueue
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from postvakt.queue.envelope import Envelope, Status
 from postvakt.reply import Reply
-
-if TYPE_CHECKING:
-    from postvakt.queue.commitproc import CommitHelper
 
 log = logging.getLogger("postvakt.queue")
 
@@ -218,7 +215,7 @@ class IncomingMessage:
         reused: bool,
     ) -> IncomingMessage:
         """The message as the front handed it to the commit helper
-        (`queue.commitproc`): `pending`, the octets not yet in a file. A
+        (server/commit_process.py): `pending`, the octets not yet in a file. A
         message that outgrew SPILL has its tmp file (`written` > 0), which the
         front still holds locked; the helper writes the rest through its own
         descriptor, from where the front stopped."""
@@ -448,6 +445,16 @@ def commit_batch(
     return errors
 
 
+class BatchHelper(Protocol):
+    """Commits a batch in another process (server/commit_process.py)."""
+
+    def commit(
+        self, batch: list[tuple[IncomingMessage, Sealable]]
+    ) -> list[QueueWriteError | None]: ...
+
+    def close(self) -> None: ...
+
+
 class Committer:
     """The front's one committer thread: group commit for every session.
 
@@ -462,11 +469,11 @@ class Committer:
         self,
         on_batch: Callable[[list[tuple[object, QueueWriteError | None]]], object],
         max_batch: int = 256,
-        helper: CommitHelper | None = None,
+        helper: BatchHelper | None = None,
     ) -> None:
         self._on_batch = on_batch
         self._max_batch = max_batch
-        # Who commits a batch: the commit helper process (`queue.commitproc`),
+        # Who commits a batch: the commit helper process (server/commit_process.py),
         # or this thread itself (`commit_batch`).
         self._helper = helper
         self._commit = helper.commit if helper is not None else commit_batch

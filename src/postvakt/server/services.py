@@ -19,11 +19,11 @@ from postvakt.directory import Directory
 from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.queue import Queue, crash_point
-from postvakt.queue.commitproc import CommitHelper
 from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
 from postvakt.reply import Reply
 from postvakt.server.accept import Connections, Refused, client_limit
+from postvakt.server.commit_process import CommitHelper
 from postvakt.server.idle import Deadlines
 from postvakt.server.listeners import Opener
 from postvakt.store import State

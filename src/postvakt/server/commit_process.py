@@ -1,7 +1,7 @@
 """The front's commit helper: group commit in a process of its own.
 
 Each front process (and each worker, `[server] workers`) starts one helper,
-`python -m postvakt.queue.commitproc QUEUE_ROOT FD`, and hands it every
+`python -m postvakt.server.commit_process QUEUE_ROOT FD`, and hands it every
 batch its committer thread takes (`spool.Committer`) over a socket pair:
 
 - a batch goes as one frame: for each message its queue id, the octets not
@@ -52,6 +52,8 @@ log = logging.getLogger("postvakt.queue")
 _LENGTH = struct.Struct("!I")
 # How long `close` waits for the helper to finish and exit.
 STOP_WAIT = 10.0
+# What the helper ignores: a stop of the service signals all its processes.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,12 @@ class CommitHelper:
 
     def start(self) -> None:
         ours, theirs = socket.socketpair()
+        # The child starts with the stop signals blocked (a signal mask
+        # survives exec) and ignores them before it lets them in: a stop in
+        # its first moments does not kill it either.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            args = [sys.executable, "-m", "postvakt.queue.commitproc", self.root]
+            args = [sys.executable, "-m", "postvakt.server.commit_process", self.root]
             self._proc = subprocess.Popen(
                 [*args, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
@@ -117,11 +123,15 @@ class CommitHelper:
             ours.close()
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         self._sock = ours
 
     def commit(self, batch: list[tuple[IncomingMessage, Sealable]]) -> list[QueueWriteError | None]:
         """`spool.commit_batch`, done by the helper."""
+        if self._proc is not None and self._proc.poll() is not None:
+            log.error("commit helper exited with %s; another starts", self._proc.returncode)
+            self._stop(kill=False)  # it died between batches: none of them is lost
         if self._sock is None:
             self.start()  # the first batch, or the first after a helper died
         assert self._sock is not None
@@ -194,10 +204,11 @@ def serve(queue: Queue, sock: socket.socket) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m postvakt.queue.commitproc QUEUE_ROOT FD", file=sys.stderr)
+        print("usage: python -m postvakt.server.commit_process QUEUE_ROOT FD", file=sys.stderr)
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)  # the front decides: end of file
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     logging.basicConfig(stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sock = socket.socket(fileno=int(argv[1]))
     try:
