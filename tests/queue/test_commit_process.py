@@ -78,15 +78,17 @@ def test_a_spilled_message_is_finished_by_the_helper_from_where_the_front_stoppe
     assert m._fd is None  # the front's descriptor, and with it the lock, is gone
 
 
+@pytest.mark.parametrize("point", ["after_write", "after_fsync", "mid_batch", "after_rename"])
 def test_a_helper_that_dies_mid_batch_gives_451s_and_leaves_nothing(
-    tmp_path: Path, helper: CommitHelper, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, helper: CommitHelper, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """The helper dies after renaming the batch into incoming/, before the
-    directory fsync that would acknowledge it: every message gets an error (a
-    451), none stays in the queue to be delivered as well, and the next batch
+    """The helper dies in the middle of a batch (its files written, fsynced,
+    some or all renamed into incoming/, before the directory fsync that would
+    acknowledge them): every message gets an error (a 451), none stays in the
+    queue to be delivered as well, no file of it is left, and the next batch
     goes to a new helper."""
     q = Queue(tmp_path / "queue")
-    monkeypatch.setenv("POSTVAKT_CRASH_AT", "after_rename")  # the helper's, not this process's
+    monkeypatch.setenv("POSTVAKT_CRASH_AT", point)  # the helper's, not this process's
     batch = [(message(q), env()) for _ in range(3)]
     results = helper.commit(list(batch))
     assert all(isinstance(r, QueueWriteError) for r in results)

@@ -315,11 +315,16 @@ class IncomingMessage:
         os.fsync(self._fd)
 
     def undone(self, envelope: Sealable, error: BaseException) -> QueueWriteError:
-        """The commit helper died with this message in its batch: whatever it
-        did of the commit is undone (the client gets a 451, as for any failed
-        commit), and a rename it may have made is taken back."""
+        """The commit helper died with this message in its batch (and is gone):
+        whatever it did of the commit is undone (the client gets a 451, as for
+        any failed commit), the file it made and a rename it may have made."""
         state = HOLD if envelope.hold is not None else INCOMING
-        return self._fail(self.queue.paths[state] + self.queue_id, error)
+        error = self._fail(self.queue.paths[state] + self.queue_id, error)
+        try:
+            os.unlink(self._tmp)  # the helper's own tmp file, if it made one
+        except OSError:
+            pass
+        return error
 
     def _fail(self, final: str | None, error: BaseException) -> QueueWriteError:
         """Undo a commit that did not complete: the client gets a 451 and must not
