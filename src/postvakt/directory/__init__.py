@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
-
 from postvakt.address import mailbox_problem
 from postvakt.directory.rows import DirectoryUnavailable, Rows, SchemaError, SqliteRows
 
 if TYPE_CHECKING:
+    from argon2 import PasswordHasher
+
     from postvakt.config import Config
 
 # Alias chains longer than this are a loop or a mistake (Postfix: 1000 recursion; we are small).
@@ -87,8 +86,21 @@ class Directory:
         self.data_dir = data_dir
         self.mail_dir = mail_dir if mail_dir is not None else data_dir / "mail"
         self.rows: Rows = rows if rows is not None else SqliteRows(path)
-        self._hasher = PasswordHasher()
-        self._dummy_hash = self._hasher.hash(_DUMMY_PASSWORD)
+        self._hasher: PasswordHasher | None = None
+        self._dummy_hash = ""
+
+    def _argon2(self) -> PasswordHasher:
+        """The password hasher, made at the first password hashed or checked:
+        the queue manager, which reads users and aliases only, never loads
+        argon2 (1.6 MB of its memory) nor pays the dummy hash (an Argon2 run at
+        each start), and neither does a command that checks no password."""
+        if self._hasher is None:
+            from argon2 import PasswordHasher
+
+            hasher = PasswordHasher()
+            self._dummy_hash = hasher.hash(_DUMMY_PASSWORD)
+            self._hasher = hasher
+        return self._hasher
 
     @classmethod
     def for_config(cls, config: Config, rows: Rows | None = None, live: bool = False) -> Directory:
@@ -131,7 +143,7 @@ class Directory:
             raise DirectoryError("the password is empty")
         if self.user_exists(a):
             raise DirectoryError(f"{a}: user exists already")
-        h = self._hasher.hash(password)
+        h = self._argon2().hash(password)
         try:
             self.rows.add_user(a, h)
         except KeyError:
@@ -150,7 +162,7 @@ class Directory:
             raise DirectoryError(f"{a}: no such user")
         if not password:
             raise DirectoryError("the password is empty")
-        self.rows.set_password(a, self._hasher.hash(password))
+        self.rows.set_password(a, self._argon2().hash(password))
 
     def users(self) -> list[str]:
         return self.rows.users()
@@ -163,10 +175,13 @@ class Directory:
 
     def verify_password(self, login: str, password: str) -> str | None:
         """The canonical login if the password is right, else None. Costs one Argon2 run either way."""
+        from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
         a = canonical(login)
         stored = self.password_hash(a)
+        hasher = self._argon2()
         try:
-            self._hasher.verify(stored or self._dummy_hash, password)
+            hasher.verify(stored or self._dummy_hash, password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
         return a if stored is not None else None
