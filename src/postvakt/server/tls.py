@@ -10,6 +10,13 @@ so the names matter). When the wanted names change, it is made anew.
 
 The context remembers which names its certificate covers, so that a failed
 handshake's log line can say "the client asked for a name we do not cover".
+
+The server never loads `cryptography` (10 MB of each front's memory, for
+two jobs done at start): it reads the names of the certificate it serves with
+the `ssl` module's own decoder (`served_names`), and a self-signed
+certificate that must be made is made by a short-lived child,
+`python -m postvakt.server.tls` (`ensure_self_signed(..., child=True)`). The
+commands (`postvakt init`, `check`, `dovecot`) use `cryptography` directly.
 """
 
 from __future__ import annotations
@@ -19,13 +26,10 @@ import ipaddress
 import logging
 import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from postvakt.config import ConfigError
 
@@ -58,6 +62,9 @@ def wanted_names(config: Config) -> tuple[str, ...]:
 
 def certificate_names(cert_pem: bytes) -> tuple[str, ...]:
     """The DNS names and IP addresses a certificate covers (its CN when it has no SAN)."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -71,8 +78,37 @@ def certificate_names(cert_pem: bytes) -> tuple[str, ...]:
 
 def fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of the certificate, as `openssl x509 -fingerprint -sha256` shows it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
     digest = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256())
     return ":".join(f"{b:02X}" for b in digest)
+
+
+def served_names(cert_path: Path) -> tuple[str, ...]:
+    """`certificate_names` of the (first) certificate in a PEM file, read with
+    the `ssl` module's decoder where it has one (the form of a peer's
+    certificate, `getpeercert()`), so that the server need not load
+    `cryptography`. The same names in the same order; IP addresses as
+    `ipaddress` writes them."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return certificate_names(cert_path.read_bytes())
+    try:
+        info = decode(str(cert_path))
+    except ssl.SSLError as e:
+        raise ValueError(f"not a certificate: {e}") from None
+    sans = info.get("subjectAltName", ())
+    if not sans:
+        return tuple(
+            value.lower()
+            for rdn in info.get("subject", ())
+            for key, value in rdn
+            if key == "commonName"
+        )
+    dns = [value.lower() for kind, value in sans if kind == "DNS"]
+    ips = [str(ipaddress.ip_address(value)) for kind, value in sans if kind == "IP Address"]
+    return tuple(dns + ips)
 
 
 def covers(names: tuple[str, ...], host: str) -> bool:
@@ -94,12 +130,15 @@ def _ip_or_none(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | No
         return None
 
 
-def ensure_self_signed(config: Config) -> tuple[Path, Path]:
+def ensure_self_signed(config: Config, *, child: bool = False) -> tuple[Path, Path]:
+    """The self-signed certificate and key, made when missing or when they do
+    not cover the configured names. `child`: made by a short-lived process
+    (the server's way: it never loads `cryptography` itself)."""
     cert_path, key_path = self_signed_paths(config)
     names = wanted_names(config)
     if cert_path.exists() and key_path.exists():
         try:
-            have = certificate_names(cert_path.read_bytes())
+            have = served_names(cert_path)
         except (OSError, ValueError):
             have = ()
         # Only the configured names decide: a certificate from before ::1 was
@@ -114,8 +153,32 @@ def ensure_self_signed(config: Config) -> tuple[Path, Path]:
             ", ".join(missing),
             ", ".join(names),
         )
+    if child:
+        _make_in_child(cert_path, key_path, config.hostname, names)
+    else:
+        make_self_signed(cert_path, key_path, config.hostname, names)
+    return cert_path, key_path
+
+
+def _make_in_child(cert_path: Path, key_path: Path, hostname: str, names: tuple[str, ...]) -> None:
+    args = [sys.executable, "-m", "postvakt.server.tls", str(cert_path), str(key_path), hostname]
+    done = subprocess.run([*args, *names], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise OSError(f"cannot make a self-signed certificate: {done.stderr.strip()}")
+
+
+def make_self_signed(
+    cert_path: Path, key_path: Path, hostname: str, names: tuple[str, ...]
+) -> None:
+    """A new key and a self-signed certificate for `names` (CN `hostname`),
+    each file replaced whole (the key mode 0600)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, config.hostname)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = datetime.datetime.now(datetime.UTC)
     sans: list[x509.GeneralName] = []
     for n in names:
@@ -151,14 +214,13 @@ def ensure_self_signed(config: Config) -> tuple[Path, Path]:
     tmp_cert = cert_path.with_suffix(".tmp")
     tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp_cert, cert_path)
-    return cert_path, key_path
 
 
 def certificate_paths(config: Config) -> tuple[Path, Path, str]:
     """The certificate and key files to serve (making the self-signed ones), and their key name."""
     if config.tls.cert is not None and config.tls.key is not None:
         return config.tls.cert, config.tls.key, "[tls] cert"
-    cert, key = ensure_self_signed(config)
+    cert, key = ensure_self_signed(config, child=True)
     return cert, key, "[tls] (self-signed in data_dir)"
 
 
@@ -189,7 +251,7 @@ def server_context(config: Config) -> ServerContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(str(cert), str(key))
-        ctx.names = certificate_names(Path(cert).read_bytes())
+        ctx.names = served_names(Path(cert))
     except FileNotFoundError as e:
         raise ConfigError(
             config.source, source_key, f"cannot read {e.filename}: no such file"
@@ -213,3 +275,22 @@ def server_context(config: Config) -> ServerContext:
                     ", ".join(ctx.names) or "no names",
                 )
     return ctx
+
+
+def main(argv: list[str]) -> int:
+    """`python -m postvakt.server.tls CERT KEY HOSTNAME NAME...`: the server's
+    child that makes a self-signed certificate (`ensure_self_signed`)."""
+    if len(argv) < 4:
+        print("usage: python -m postvakt.server.tls CERT KEY HOSTNAME NAME...", file=sys.stderr)
+        return 2
+    cert, key, hostname, *names = argv
+    try:
+        make_self_signed(Path(cert), Path(key), hostname, tuple(names))
+    except (OSError, ValueError) as e:
+        print(f"postvakt: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
