@@ -108,3 +108,19 @@ def test_postmaster_mailbox_exists_without_a_user(tmp_path: Path) -> None:
     assert d.resolve("nobody@pv.test") == []
     external = Directory(tmp_path / "e.sqlite3", ["pv.test"], "admin@isp.example", tmp_path)
     assert external.resolve("postmaster@pv.test") == ["admin@isp.example"]
+
+
+def test_the_unknown_users_hash_costs_what_a_real_one_costs(tmp_path: Path) -> None:
+    """"No such user" is checked against a stored hash of the same Argon2
+    parameters as every user's (no timing oracle), and it is the hash of the
+    password it says it is."""
+    from argon2 import PasswordHasher
+
+    from postvakt import directory
+
+    hasher = PasswordHasher()
+    assert not hasher.check_needs_rehash(directory._DUMMY_HASH)
+    assert hasher.verify(directory._DUMMY_HASH, directory._DUMMY_PASSWORD)
+    d = Directory(tmp_path / "d.sqlite3", ["pv.test"], "postmaster@pv.test", tmp_path)
+    assert d.verify_password("nobody@pv.test", "x") is None
+    assert d._dummy_hash == directory._DUMMY_HASH

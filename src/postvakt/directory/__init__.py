@@ -30,6 +30,10 @@ MAX_ALIAS_DEPTH = 10
 # A password hash computed for unknown users, so that "no such user" costs the
 # same Argon2 time as "wrong password" (no timing oracle).
 _DUMMY_PASSWORD = "postvakt-timing-equaliser"
+# Its hash with argon2-cffi's default parameters, made once here instead of at
+# every start (an Argon2 run: the first login of each process paid it twice).
+# Made again at run time only if the library's defaults change.
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$/P1R2wqNp9pgaB+XKaIhgQ$KFSQrI3UKK6Ln1hPnOqCcvRcx1VLqJcHQSzceUGvHec"
 
 
 class DirectoryError(Exception):
@@ -92,13 +96,14 @@ class Directory:
     def _argon2(self) -> PasswordHasher:
         """The password hasher, made at the first password hashed or checked:
         the queue manager, which reads users and aliases only, never loads
-        argon2 (1.6 MB of its memory) nor pays the dummy hash (an Argon2 run at
-        each start), and neither does a command that checks no password."""
+        argon2 (1.6 MB of its memory), and neither does a command that checks
+        no password."""
         if self._hasher is None:
             from argon2 import PasswordHasher
 
             hasher = PasswordHasher()
-            self._dummy_hash = hasher.hash(_DUMMY_PASSWORD)
+            fresh = hasher.check_needs_rehash(_DUMMY_HASH)
+            self._dummy_hash = hasher.hash(_DUMMY_PASSWORD) if fresh else _DUMMY_HASH
             self._hasher = hasher
         return self._hasher
 
