@@ -111,7 +111,7 @@ def test_postmaster_mailbox_exists_without_a_user(tmp_path: Path) -> None:
 
 
 def test_the_unknown_users_hash_costs_what_a_real_one_costs(tmp_path: Path) -> None:
-    """"No such user" is checked against a stored hash of the same Argon2
+    """ "No such user" is checked against a stored hash of the same Argon2
     parameters as every user's (no timing oracle), and it is the hash of the
     password it says it is."""
     from argon2 import PasswordHasher
