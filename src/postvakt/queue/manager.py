@@ -10,8 +10,9 @@ House rules:
   committed before the original is removed: after a crash, a duplicate,
   never a loss.
 - File I/O runs in the default executor (`THREADS` threads, set by
-  `start`); the event loop only waits on the network. A message for local mailboxes only is read, expanded, delivered
-  into every Maildir and removed in its group's one executor job: each
+  `start`); the event loop only waits on the network. A message for local
+  mailboxes only is read, expanded, delivered into every Maildir and
+  removed in its group's one executor job: each
   hand-off between the loop and a thread costs more than the small file work
   it carries.
 - The messages one scan takes go on in a few groups (`GROUPS`, at most
