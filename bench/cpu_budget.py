@@ -124,11 +124,11 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     Rule("postvakt.server.smtp", "SMTPSession._received_header", HEADERS, callees=True),
     Rule("postvakt.server.smtp", "received_protocol", HEADERS),
     Rule("postvakt.mailauth.*", "*", HEADERS),
-    # The front hands each message to the commit thread and is woken with the
-    # results of a batch (the thread's own commit work is the spool's, below).
+    # The front hands each batch to its commit helper and reads the answers
+    # (the helper's own commit work is a process of its own, not sampled).
     Rule("postvakt.server.services", "App.commit", HANDOFFS),
     Rule("postvakt.server.services", "App.start_committer.*", HANDOFFS),
-    Rule("postvakt.queue.spool", "Committer.*", HANDOFFS),
+    Rule("postvakt.server.commit_process", "*", HANDOFFS),
     # The front wakes the queue manager after each commit.
     Rule("postvakt.server.manager_process", "*", HANDOFFS, "front"),
     # The manager looks recipients up to expand them and to find their Maildirs.

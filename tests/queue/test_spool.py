@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -389,27 +388,6 @@ def test_group_commit_one_bad_message_does_not_fail_the_others(tmp_path: Path) -
     errors = commit_batch([(msgs[0], env()), (msgs[1], env())])
     assert isinstance(errors[0], QueueWriteError) and errors[1] is None
     assert files(q)["incoming"] == [msgs[1].queue_id] and files(q)["tmp"] == []
-
-
-def test_committer_thread_hands_back_every_result_once(tmp_path: Path) -> None:
-    q = Queue(tmp_path / "queue")
-    results: list[tuple[object, object]] = []
-    done = threading.Event()
-
-    def on_batch(batch: list[tuple[object, QueueWriteError | None]]) -> None:
-        results.extend(batch)
-        if len(results) == 40:
-            done.set()
-
-    committer = spool.Committer(on_batch)
-    msgs = _filled(q, 40)
-    for i, m in enumerate(msgs):
-        committer.submit(m, env(), i)
-    assert done.wait(60)
-    committer.close()
-    assert sorted(t for t, _ in results) == list(range(40))  # type: ignore[type-var]
-    assert all(e is None for _, e in results)
-    assert files(q)["incoming"] == sorted(m.queue_id for m in msgs)
 
 
 @pytest.mark.parametrize("fill", [0, spool.WHOLE_READ - 600, spool.WHOLE_READ])

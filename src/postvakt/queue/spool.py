@@ -18,7 +18,6 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Empty, SimpleQueue
 from typing import Protocol
 
 from postvakt.queue.envelope import Envelope, Status
@@ -448,76 +447,6 @@ def commit_batch(
             msg._done = True
             msg._close()
     return errors
-
-
-class BatchHelper(Protocol):
-    """Commits a batch in another process (server/commit_process.py)."""
-
-    def commit(
-        self, batch: list[tuple[IncomingMessage, Sealable]]
-    ) -> list[QueueWriteError | None]: ...
-
-    def close(self) -> None: ...
-
-
-class Committer:
-    """The front's one committer thread: group commit for every session.
-
-    Sessions `submit` a sealed-to-be message with a token; the thread takes
-    everything waiting, commits it as one batch (`commit_batch`) and hands all
-    results to `on_batch` at once, so the event loop is woken once per batch,
-    not once per message. A batch of one goes at once: nothing waits for
-    company, so a lone session's latency does not grow.
-    """
-
-    def __init__(
-        self,
-        on_batch: Callable[[list[tuple[object, QueueWriteError | None]]], object],
-        max_batch: int = 256,
-        helper: BatchHelper | None = None,
-    ) -> None:
-        self._on_batch = on_batch
-        self._max_batch = max_batch
-        # Who commits a batch: the commit helper process (server/commit_process.py),
-        # or this thread itself (`commit_batch`).
-        self._helper = helper
-        self._commit = helper.commit if helper is not None else commit_batch
-        self._pending: SimpleQueue[tuple[IncomingMessage, Envelope, object] | None] = SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="postvakt-commit", daemon=True)
-        self._thread.start()
-
-    def submit(self, msg: IncomingMessage, envelope: Envelope, token: object) -> None:
-        self._pending.put((msg, envelope, token))
-
-    def close(self) -> None:
-        """Commit what was submitted, then stop the thread (and the helper)."""
-        self._pending.put(None)
-        self._thread.join()
-        if self._helper is not None:
-            self._helper.close()
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            item = self._pending.get()
-            if item is None:
-                return
-            batch = [item]
-            while len(batch) < self._max_batch:
-                try:
-                    more = self._pending.get_nowait()
-                except Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
-            try:
-                errors = self._commit([(msg, env) for msg, env, _ in batch])
-            except BaseException as e:  # a bug must fail the batch, not hang its sessions
-                log.exception("group commit failed")
-                errors = [msg._fail(None, e) for msg, _, _ in batch]
-            self._on_batch([(token, err) for (_, _, token), err in zip(batch, errors, strict=True)])
 
 
 class Queue:

@@ -184,7 +184,7 @@ async def stop_front(app: App, servers: list[tuple[str, Listening]]) -> None:
         if s.transport is not None:
             s.transport.close()
     if app.committer is not None:
-        await asyncio.to_thread(app.committer.close)
+        await app.committer.close()
 
 
 def reload_config(app: App, path: Path, servers: list[tuple[str, Listening]]) -> None:

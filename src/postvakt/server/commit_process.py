@@ -1,8 +1,10 @@
 """The front's commit helper: group commit in a process of its own.
 
 Each front process (and each worker, `[server] workers`) starts one helper,
-`python -m postvakt.server.commit_process QUEUE_ROOT FD`, and hands it every
-batch its committer thread takes (`spool.Committer`) over a socket pair:
+`python -m postvakt.server.commit_process QUEUE_ROOT FD`, and its event loop
+talks to it over a socket pair (`HelperClient`): the messages whose commit
+the sessions asked for in one turn of the loop, or while the helper was busy
+with the batch before, go as the next batch, one batch at a time:
 
 - a batch goes as one frame: for each message its queue id, the octets not
   yet in a file, its size and CRC, how much of it a spilled tmp file already
@@ -13,23 +15,28 @@ batch its committer thread takes (`spool.Committer`) over a socket pair:
   then; the front says 250 only after that answer.
 
 Why a process: every system call of a commit gives up the interpreter lock,
-and in the front the committer thread then waited for the event loop to give
+and in the front a committer thread then waited for the event loop to give
 it back, at each of a message's eight calls. In a process of its own the
 commit waits for the disk only (bench/README.md: 1,145 -> 1,400 messages a
 second with one message per connection, 1,235 -> 1,758 with PIPELINING).
+The loop writes the batch and reads the answer itself, with no thread
+between them (1,124 -> 1,236 with one message per connection); it does no
+file system work for it, but close a spilled message's descriptor.
 
 The helper lives as long as its front's end of the socket: it ignores
 SIGINT, SIGTERM and SIGHUP (a stop of the service signals every process of
 it; the front decides when its commits end) and exits at end of file. When
 it dies in the middle of a batch, the front undoes what it may have done of
-that batch, answers 451 for each message (a crash's outcome: never a 250 for
-a message not on disk), and starts another for the next batch. With
+that batch (in a thread, off the loop), answers 451 for each message (a
+crash's outcome: never a 250 for a message not on disk), and starts another;
+the messages that waited go to the new one. With
 `POSTVAKT_CRASH_AT` set (crash tests) a crash point kills the helper and the
 front exits with it, as one server would have died there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import marshal
 import os
@@ -55,6 +62,10 @@ log = logging.getLogger("postvakt.queue")
 _LENGTH = struct.Struct("!I")
 # How long `close` waits for the helper to finish and exit.
 STOP_WAIT = 10.0
+# The most messages in one batch (one frame).
+MAX_BATCH = 256
+# How long a front waits before it starts a helper again after a failed start.
+RESTART_DELAY = 1.0
 # What the helper ignores: a stop of the service signals all its processes.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -101,15 +112,14 @@ def _receive(sock: socket.socket) -> Any:
 
 
 class CommitHelper:
-    """The front's handle on its helper: `commit` a batch, `close` at the end.
-    Used by the committer thread only."""
+    """The helper process: started, and stopped (killed if it must be)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = str(root)
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._sock: socket.socket | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self) -> socket.socket:
+        """Start a helper; the front's end of its socket pair."""
         # Here, not at the top: the helper, which imports this module, never
         # starts a process (subprocess and what it loads: 1 MB of its memory).
         import subprocess
@@ -121,7 +131,7 @@ class CommitHelper:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             args = [sys.executable, "-m", "postvakt.server.commit_process", self.root]
-            self._proc = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [*args, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -132,51 +142,15 @@ class CommitHelper:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
-        self._sock = ours
+        return ours
 
-    def commit(self, batch: list[tuple[IncomingMessage, Sealable]]) -> list[QueueWriteError | None]:
-        """`spool.commit_batch`, done by the helper."""
-        if self._proc is not None and self._proc.poll() is not None:
-            log.error("commit helper exited with %s; another starts", self._proc.returncode)
-            self._stop(kill=False)  # it died between batches: none of them is lost
-        if self._sock is None:
-            self.start()  # the first batch, or the first after a helper died
-        assert self._sock is not None
-        items = [(*msg.handed(), env.to_json(), env.hold) for msg, env in batch]
-        try:
-            _send(self._sock, items)
-            replies = _receive(self._sock)
-            if not isinstance(replies, list) or len(replies) != len(batch):
-                raise EOFError("the commit helper exited")
-        except (OSError, EOFError, ValueError, TypeError) as e:
-            if spool.CRASH_AT:
-                os._exit(137)  # crash tests: the server dies where its helper did
-            log.error(
-                "commit helper failed in a batch of %d (%s); they get a 451, another starts",
-                len(batch),
-                e,
-            )
-            self._stop(kill=True)
-            return [msg.undone(env, e) for msg, env in batch]
-        results: list[QueueWriteError | None] = []
-        for (msg, _), reply in zip(batch, replies, strict=True):
-            msg.settled()  # committed, or undone by the helper
-            results.append(None if reply is None else QueueWriteError(str(reply)))
-        return results
-
-    def close(self) -> None:
-        """End of file for the helper, which then exits."""
-        self._stop(kill=False)
-
-    def _stop(self, *, kill: bool) -> None:
-        sock, self._sock = self._sock, None
-        proc, self._proc = self._proc, None
-        if sock is not None:
-            sock.close()
-        if proc is None:
-            return
+    def stop(self, *, kill: bool) -> None:
+        """Wait for the helper to exit (blocking); `kill`: make it exit now."""
         import subprocess  # loaded already: the front started the helper with it
 
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         if kill:
             proc.kill()
         try:
@@ -184,6 +158,153 @@ class CommitHelper:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+Waiting = tuple[IncomingMessage, Sealable, "asyncio.Future[QueueWriteError | None]"]
+
+
+class HelperClient(asyncio.Protocol):
+    """The front's side of its commit helper, on its event loop: `commit` a
+    message (the future's result: None, or the error for a 451), `close` at
+    the end."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.helper = CommitHelper(root)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._waiting: list[Waiting] = []  # not yet sent
+        self._batch: list[Waiting] | None = None  # sent, not yet answered
+        self._buf = bytearray()
+        self._flush_due = False
+        self._starting = False
+        self._closing = False
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._starting = True
+        try:
+            sock = self.helper.start()
+            await self._loop.create_connection(lambda: self, sock=sock)
+        finally:
+            self._starting = False
+
+    def commit(
+        self, msg: IncomingMessage, envelope: Sealable
+    ) -> asyncio.Future[QueueWriteError | None]:
+        assert self._loop is not None
+        done: asyncio.Future[QueueWriteError | None] = self._loop.create_future()
+        self._waiting.append((msg, envelope, done))
+        if self._transport is None:
+            if not self._starting and not self._closing:
+                self._loop.create_task(self._restart(None))
+        elif self._batch is None and not self._flush_due:
+            # The rest of this turn of the loop joins the batch.
+            self._flush_due = True
+            self._loop.call_soon(self._flush)
+        return done
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        if self._batch is not None or not self._waiting or self._transport is None:
+            return
+        batch = self._waiting[:MAX_BATCH]
+        del self._waiting[:MAX_BATCH]
+        self._batch = batch
+        items = [(*msg.handed(), env.to_json(), env.hold) for msg, env, _ in batch]
+        data = marshal.dumps(items)
+        self._transport.write(_LENGTH.pack(len(data)) + data)
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._buf.clear()
+        self._flush()  # what waited for this helper
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        while len(self._buf) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(self._buf)
+            if len(self._buf) < _LENGTH.size + size:
+                return
+            frame = bytes(self._buf[_LENGTH.size : _LENGTH.size + size])
+            del self._buf[: _LENGTH.size + size]
+            self._answered(frame)
+
+    def _answered(self, frame: bytes) -> None:
+        batch = self._batch
+        try:
+            replies = marshal.loads(frame)
+        except (ValueError, EOFError, TypeError):
+            replies = None
+        if batch is None or not isinstance(replies, list) or len(replies) != len(batch):
+            log.error("commit helper answered out of turn; it is stopped")
+            if self._transport is not None:
+                self._transport.abort()  # connection_lost undoes the batch
+            return
+        self._batch = None
+        for (msg, _, done), reply in zip(batch, replies, strict=True):
+            msg.settled()  # committed, or undone by the helper
+            if not done.done():
+                done.set_result(None if reply is None else QueueWriteError(str(reply)))
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._closing:
+            return
+        if spool.CRASH_AT:
+            os._exit(137)  # crash tests: the server dies where its helper did
+        batch, self._batch = self._batch, None
+        log.error(
+            "commit helper exited%s; another starts",
+            f" in a batch of {len(batch)}, which gets 451s" if batch else "",
+        )
+        assert self._loop is not None
+        self._loop.create_task(self._restart(batch))
+
+    async def _restart(self, batch: list[Waiting] | None) -> None:
+        """The helper is gone: undo its batch (off the loop), start another."""
+        self._starting = True
+        try:
+            await asyncio.to_thread(self.helper.stop, kill=True)
+            if batch:
+                error = QueueWriteError("the commit helper exited in the middle of a batch")
+                errors = await asyncio.to_thread(
+                    lambda: [msg.undone(env, error) for msg, env, _ in batch]
+                )
+                for (_, _, done), err in zip(batch, errors, strict=True):
+                    if not done.done():
+                        done.set_result(err)
+            while not self._closing:
+                try:
+                    await self.start()
+                    return
+                except OSError as e:
+                    log.error("commit helper cannot start: %s", e)
+                    self._fail_waiting(QueueWriteError(f"commit helper cannot start: {e}"))
+                    await asyncio.sleep(RESTART_DELAY)
+        finally:
+            self._starting = False
+
+    def _fail_waiting(self, error: QueueWriteError) -> None:
+        waiting, self._waiting = self._waiting, []
+        for _, _, done in waiting:  # each session aborts its message on the error
+            if not done.done():
+                done.set_result(error)
+
+    async def close(self) -> None:
+        """Commit what was handed over, then end the helper (end of file)."""
+        deadline = asyncio.get_running_loop().time() + STOP_WAIT
+        while (self._waiting or self._batch) and self._transport is not None:
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.01)
+        self._closing = True
+        self._fail_waiting(QueueWriteError("the server is stopping"))
+        if self._transport is not None:
+            self._transport.close()
+        await asyncio.to_thread(self.helper.stop, kill=False)
 
 
 def serve(queue: Queue, sock: socket.socket) -> None:

@@ -74,7 +74,7 @@ async def _run_single(config: Config, config_path: Path | None) -> int:
             srv.close()
         raise
     await manager.start()
-    app.start_committer()
+    await app.start_committer()
     await node.start_reports(app)
     announce_ready(config, bound)
 

@@ -20,10 +20,10 @@ from postvakt.grants import GrantStore
 from postvakt.grants.logins import LoginThrottle
 from postvakt.queue import Queue, crash_point
 from postvakt.queue.envelope import Envelope
-from postvakt.queue.spool import Committer, IncomingMessage, QueueWriteError
+from postvakt.queue.spool import IncomingMessage
 from postvakt.reply import Reply
 from postvakt.server.accept import Connections, Refused, client_limit
-from postvakt.server.commit_process import CommitHelper
+from postvakt.server.commit_process import HelperClient
 from postvakt.server.idle import Deadlines
 from postvakt.server.listeners import Opener
 from postvakt.store import State
@@ -54,36 +54,26 @@ class App:
     _free_bytes: int | None = None
     _free_checked: float = -1e9
     tasks: set[asyncio.Future[Any]] = field(default_factory=set)
-    # Group commit (queue.spool.Committer), started by `run`; None: each commit
-    # runs alone in the default executor (tests that build an App themselves).
-    committer: Committer | None = None
+    # Group commit in the commit helper (server/commit_process.py), started by
+    # `run`; None: each commit runs alone in the default executor (tests that
+    # build an App themselves).
+    committer: HelperClient | None = None
     # The SMTP sessions' idle deadlines, on a few shared timers.
     deadlines: Deadlines = field(default_factory=Deadlines)
 
-    def start_committer(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def resolve(results: list[tuple[object, QueueWriteError | None]]) -> None:
-            for fut, error in results:
-                assert isinstance(fut, asyncio.Future)
-                if not fut.done():  # a session cancelled meanwhile
-                    fut.set_result(error)
-
-        helper = CommitHelper(self.queue.root)
-        helper.start()
-        self.committer = Committer(
-            lambda results: loop.call_soon_threadsafe(resolve, results), helper=helper
-        )
+    async def start_committer(self) -> None:
+        """Start the commit helper (after the privilege drop: it runs as the front)."""
+        committer = HelperClient(self.queue.root)
+        await committer.start()
+        self.committer = committer
 
     async def commit(self, msg: IncomingMessage, envelope: Envelope) -> None:
         """Make an accepted message durable; returns once a crash cannot lose it."""
-        loop = asyncio.get_running_loop()
         if self.committer is None:
+            loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, msg.commit, envelope)
             return
-        done: asyncio.Future[QueueWriteError | None] = loop.create_future()
-        self.committer.submit(msg, envelope, done)
-        error = await done
+        error = await self.committer.commit(msg, envelope)
         if error is not None:
             raise error
 

@@ -319,7 +319,7 @@ async def run_worker(config: Config, config_path: Path | None, spec_text: str) -
     app.manager = notifier
     descriptors = raise_descriptor_limit()
     app.connections.limit = connection_limit(config.server.max_connections, descriptors)
-    app.start_committer()
+    await app.start_committer()
     servers = await listen(app)
     loop = asyncio.get_running_loop()
     path = config_path
