@@ -178,10 +178,12 @@ class HelperClient(asyncio.Protocol):
         self._flush_due = False
         self._starting = False
         self._closing = False
+        self._started_at = 0.0
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._starting = True
+        self._started_at = self._loop.time()
         try:
             sock = self.helper.start()
             await self._loop.create_connection(lambda: self, sock=sock)
@@ -193,6 +195,9 @@ class HelperClient(asyncio.Protocol):
     ) -> asyncio.Future[QueueWriteError | None]:
         assert self._loop is not None
         done: asyncio.Future[QueueWriteError | None] = self._loop.create_future()
+        if self._closing:
+            done.set_result(QueueWriteError("the server is stopping"))
+            return done
         self._waiting.append((msg, envelope, done))
         if self._transport is None:
             if not self._starting and not self._closing:
@@ -276,6 +281,11 @@ class HelperClient(asyncio.Protocol):
                 for (_, _, done), err in zip(batch, errors, strict=True):
                     if not done.done():
                         done.set_result(err)
+            assert self._loop is not None
+            if self._loop.time() - self._started_at < RESTART_DELAY:
+                await asyncio.sleep(
+                    RESTART_DELAY
+                )  # one that dies at once is not restarted in a loop
             while not self._closing:
                 try:
                     await self.start()
