@@ -128,7 +128,7 @@ CATEGORY_RULES: tuple[Rule, ...] = (
     # (the helper's own commit work is a process of its own, not sampled).
     Rule("postvakt.server.services", "App.commit", HANDOFFS),
     Rule("postvakt.server.services", "App.start_committer.*", HANDOFFS),
-    Rule("postvakt.server.commit_process", "*", HANDOFFS),
+    Rule("postvakt.server.commit_client", "*", HANDOFFS),
     # The front wakes the queue manager after each commit.
     Rule("postvakt.server.manager_process", "*", HANDOFFS, "front"),
     # The manager looks recipients up to expand them and to find their Maildirs.

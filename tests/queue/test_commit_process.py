@@ -13,7 +13,7 @@ import pytest
 
 from postvakt.queue import Envelope, Queue, QueueWriteError, Recipient, spool
 from postvakt.queue.spool import HOLD, INCOMING, IncomingMessage
-from postvakt.server.commit_process import HelperClient
+from postvakt.server.commit_client import HelperClient
 
 BODY = b"From: alice@pv.test\r\nSubject: by the helper\r\n\r\nhello\r\n"
 

@@ -2,7 +2,7 @@
 
 Each front process (and each worker, `[server] workers`) starts one helper,
 `python -m postvakt.server.commit_process QUEUE_ROOT FD`, and its event loop
-talks to it over a socket pair (`HelperClient`): the messages whose commit
+talks to it over a socket pair (`server/commit_client.py`): the messages whose commit
 the sessions asked for in one turn of the loop, or while the helper was busy
 with the batch before, go as the next batch, one batch at a time:
 
@@ -36,10 +36,8 @@ front exits with it, as one server would have died there.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import marshal
-import os
 import signal
 import socket
 import struct
@@ -48,8 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from postvakt.queue import spool
-from postvakt.queue.spool import IncomingMessage, Queue, QueueWriteError, Sealable, commit_batch
+from postvakt.queue.spool import IncomingMessage, Queue, commit_batch
 
 if TYPE_CHECKING:
     import subprocess
@@ -62,10 +59,6 @@ log = logging.getLogger("postvakt.queue")
 _LENGTH = struct.Struct("!I")
 # How long `close` waits for the helper to finish and exit.
 STOP_WAIT = 10.0
-# The most messages in one batch (one frame).
-MAX_BATCH = 256
-# How long a front waits before it starts a helper again after a failed start.
-RESTART_DELAY = 1.0
 # What the helper ignores: a stop of the service signals all its processes.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -158,163 +151,6 @@ class CommitHelper:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-Waiting = tuple[IncomingMessage, Sealable, "asyncio.Future[QueueWriteError | None]"]
-
-
-class HelperClient(asyncio.Protocol):
-    """The front's side of its commit helper, on its event loop: `commit` a
-    message (the future's result: None, or the error for a 451), `close` at
-    the end."""
-
-    def __init__(self, root: Path | str) -> None:
-        self.helper = CommitHelper(root)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport: asyncio.Transport | None = None
-        self._waiting: list[Waiting] = []  # not yet sent
-        self._batch: list[Waiting] | None = None  # sent, not yet answered
-        self._buf = bytearray()
-        self._flush_due = False
-        self._starting = False
-        self._closing = False
-        self._started_at = 0.0
-
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._starting = True
-        self._started_at = self._loop.time()
-        try:
-            sock = self.helper.start()
-            await self._loop.create_connection(lambda: self, sock=sock)
-        finally:
-            self._starting = False
-
-    def commit(
-        self, msg: IncomingMessage, envelope: Sealable
-    ) -> asyncio.Future[QueueWriteError | None]:
-        assert self._loop is not None
-        done: asyncio.Future[QueueWriteError | None] = self._loop.create_future()
-        if self._closing:
-            done.set_result(QueueWriteError("the server is stopping"))
-            return done
-        self._waiting.append((msg, envelope, done))
-        if self._transport is None:
-            if not self._starting and not self._closing:
-                self._loop.create_task(self._restart(None))
-        elif self._batch is None and not self._flush_due:
-            # The rest of this turn of the loop joins the batch.
-            self._flush_due = True
-            self._loop.call_soon(self._flush)
-        return done
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        if self._batch is not None or not self._waiting or self._transport is None:
-            return
-        batch = self._waiting[:MAX_BATCH]
-        del self._waiting[:MAX_BATCH]
-        self._batch = batch
-        items = [(*msg.handed(), env.to_json(), env.hold) for msg, env, _ in batch]
-        data = marshal.dumps(items)
-        self._transport.write(_LENGTH.pack(len(data)) + data)
-
-    # ------------------------------------------------------------ asyncio callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        self._buf.clear()
-        self._flush()  # what waited for this helper
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        while len(self._buf) >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(self._buf)
-            if len(self._buf) < _LENGTH.size + size:
-                return
-            frame = bytes(self._buf[_LENGTH.size : _LENGTH.size + size])
-            del self._buf[: _LENGTH.size + size]
-            self._answered(frame)
-
-    def _answered(self, frame: bytes) -> None:
-        batch = self._batch
-        try:
-            replies = marshal.loads(frame)
-        except (ValueError, EOFError, TypeError):
-            replies = None
-        if batch is None or not isinstance(replies, list) or len(replies) != len(batch):
-            log.error("commit helper answered out of turn; it is stopped")
-            if self._transport is not None:
-                self._transport.abort()  # connection_lost undoes the batch
-            return
-        self._batch = None
-        for (msg, _, done), reply in zip(batch, replies, strict=True):
-            msg.settled()  # committed, or undone by the helper
-            if not done.done():
-                done.set_result(None if reply is None else QueueWriteError(str(reply)))
-        self._flush()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        if self._closing:
-            return
-        if spool.CRASH_AT:
-            os._exit(137)  # crash tests: the server dies where its helper did
-        batch, self._batch = self._batch, None
-        log.error(
-            "commit helper exited%s; another starts",
-            f" in a batch of {len(batch)}, which gets 451s" if batch else "",
-        )
-        assert self._loop is not None
-        self._loop.create_task(self._restart(batch))
-
-    async def _restart(self, batch: list[Waiting] | None) -> None:
-        """The helper is gone: undo its batch (off the loop), start another."""
-        self._starting = True
-        try:
-            await asyncio.to_thread(self.helper.stop, kill=True)
-            if batch:
-                error = QueueWriteError("the commit helper exited in the middle of a batch")
-                errors = await asyncio.to_thread(
-                    lambda: [msg.undone(env, error) for msg, env, _ in batch]
-                )
-                for (_, _, done), err in zip(batch, errors, strict=True):
-                    if not done.done():
-                        done.set_result(err)
-            assert self._loop is not None
-            if self._loop.time() - self._started_at < RESTART_DELAY:
-                await asyncio.sleep(
-                    RESTART_DELAY
-                )  # one that dies at once is not restarted in a loop
-            while not self._closing:
-                try:
-                    await self.start()
-                    return
-                except OSError as e:
-                    log.error("commit helper cannot start: %s", e)
-                    self._fail_waiting(QueueWriteError(f"commit helper cannot start: {e}"))
-                    await asyncio.sleep(RESTART_DELAY)
-        finally:
-            self._starting = False
-
-    def _fail_waiting(self, error: QueueWriteError) -> None:
-        waiting, self._waiting = self._waiting, []
-        for _, _, done in waiting:  # each session aborts its message on the error
-            if not done.done():
-                done.set_result(error)
-
-    async def close(self) -> None:
-        """Commit what was handed over, then end the helper (end of file)."""
-        deadline = asyncio.get_running_loop().time() + STOP_WAIT
-        while (self._waiting or self._batch) and self._transport is not None:
-            if asyncio.get_running_loop().time() > deadline:
-                break
-            await asyncio.sleep(0.01)
-        self._closing = True
-        self._fail_waiting(QueueWriteError("the server is stopping"))
-        if self._transport is not None:
-            self._transport.close()
-        await asyncio.to_thread(self.helper.stop, kill=False)
 
 
 def serve(queue: Queue, sock: socket.socket) -> None:

@@ -23,7 +23,7 @@ from postvakt.queue.envelope import Envelope
 from postvakt.queue.spool import IncomingMessage
 from postvakt.reply import Reply
 from postvakt.server.accept import Connections, Refused, client_limit
-from postvakt.server.commit_process import HelperClient
+from postvakt.server.commit_client import HelperClient
 from postvakt.server.idle import Deadlines
 from postvakt.server.listeners import Opener
 from postvakt.store import State
