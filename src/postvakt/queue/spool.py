@@ -186,9 +186,9 @@ class IncomingMessage:
     a dead one.
     """
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, queue_id: str | None = None) -> None:
         self.queue = queue
-        self.queue_id = new_queue_id()
+        self.queue_id = queue_id if queue_id is not None else new_queue_id()
         # Paths as text, made once per message: pathlib's joins cost the front
         # 3% of its CPU per message here.
         self._tmp = queue.paths["tmp"] + self.queue_id
@@ -218,9 +218,7 @@ class IncomingMessage:
         message that outgrew SPILL has its tmp file (`written` > 0), which the
         front still holds locked; the helper writes the rest through its own
         descriptor, from where the front stopped."""
-        msg = cls(queue)
-        msg.queue_id = queue_id
-        msg._tmp = queue.paths["tmp"] + queue_id
+        msg = cls(queue, queue_id)
         msg._size, msg._crc = size, crc
         msg._buf = bytearray(pending)
         msg._written, msg._reused = written, reused
@@ -300,13 +298,17 @@ class IncomingMessage:
         if self._done:
             raise QueueWriteError("message already committed or aborted")
         env = envelope.to_json()
-        state = HOLD if envelope.hold is not None else INCOMING
         self._buf += env
         self._buf += _FOOTER % (self._size, self._crc, len(env), zlib.crc32(env))
         self._drain()
         if self._reused:
             assert self._fd is not None
             os.ftruncate(self._fd, self._written)  # the trailer must end the file
+        return self._final(envelope)
+
+    def _final(self, envelope: Sealable) -> str:
+        """The path the commit renames the file to: incoming/, or hold/."""
+        state = HOLD if envelope.hold is not None else INCOMING
         return self.queue.paths[state] + self.queue_id
 
     def _fsync(self) -> None:
@@ -317,8 +319,7 @@ class IncomingMessage:
         """The commit helper died with this message in its batch (and is gone):
         whatever it did of the commit is undone (the client gets a 451, as for
         any failed commit), the file it made and a rename it may have made."""
-        state = HOLD if envelope.hold is not None else INCOMING
-        error = self._fail(self.queue.paths[state] + self.queue_id, error)
+        error = self._fail(self._final(envelope), error)
         try:
             os.unlink(self._tmp)  # the helper's own tmp file, if it made one
         except OSError:

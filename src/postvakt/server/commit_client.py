@@ -12,7 +12,7 @@ from pathlib import Path
 
 from postvakt.queue import spool
 from postvakt.queue.spool import IncomingMessage, QueueWriteError, Sealable
-from postvakt.server.commit_process import _LENGTH, STOP_WAIT, CommitHelper
+from postvakt.server.commit_process import STOP_WAIT, CommitHelper, batch_frame, take_frame
 
 log = logging.getLogger("postvakt.queue")
 
@@ -77,9 +77,7 @@ class HelperClient(asyncio.Protocol):
         batch = self._waiting[:MAX_BATCH]
         del self._waiting[:MAX_BATCH]
         self._batch = batch
-        items = [(*msg.handed(), env.to_json(), env.hold) for msg, env, _ in batch]
-        data = marshal.dumps(items)
-        self._transport.write(_LENGTH.pack(len(data)) + data)
+        self._transport.write(batch_frame((msg, env) for msg, env, _ in batch))
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -90,12 +88,7 @@ class HelperClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buf += data
-        while len(self._buf) >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(self._buf)
-            if len(self._buf) < _LENGTH.size + size:
-                return
-            frame = bytes(self._buf[_LENGTH.size : _LENGTH.size + size])
-            del self._buf[: _LENGTH.size + size]
+        while (frame := take_frame(self._buf)) is not None:
             self._answered(frame)
 
     def _answered(self, frame: bytes) -> None:

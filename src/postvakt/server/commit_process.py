@@ -42,11 +42,12 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from postvakt.queue.spool import IncomingMessage, Queue, commit_batch
+from postvakt.queue.spool import IncomingMessage, Queue, Sealable, commit_batch
 
 if TYPE_CHECKING:
     import subprocess
@@ -74,9 +75,27 @@ class Sealed:
         return self.json
 
 
-def _send(sock: socket.socket, obj: Any) -> None:
+def frame(obj: Any) -> bytes:
     data = marshal.dumps(obj)
-    sock.sendall(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def batch_frame(batch: Iterable[tuple[IncomingMessage, Sealable]]) -> bytes:
+    """A batch as the helper reads it (`serve`): one tuple per message."""
+    return frame([(*msg.handed(), env.to_json(), env.hold) for msg, env in batch])
+
+
+def take_frame(buf: bytearray) -> bytes | None:
+    """The first whole frame's contents, taken off `buf`; None until it is whole."""
+    if len(buf) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack_from(buf)
+    end = _LENGTH.size + size
+    if len(buf) < end:
+        return None
+    data = bytes(buf[_LENGTH.size : end])
+    del buf[:end]
+    return data
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes | None:
@@ -175,7 +194,7 @@ def serve(queue: Queue, sock: socket.socket) -> None:
             errors = [msg._fail(None, e) for _, msg, _ in batch]
         for (i, _, _), error in zip(batch, errors, strict=True):
             replies[i] = None if error is None else str(error)
-        _send(sock, replies)
+        sock.sendall(frame(replies))
 
 
 def main(argv: list[str]) -> int:
