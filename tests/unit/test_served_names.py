@@ -12,6 +12,7 @@ import pytest
 import trustme
 
 from postvakt.server.tls import certificate_names, make_self_signed, served_names
+from support import start_server
 
 
 @pytest.mark.parametrize(
@@ -64,3 +65,35 @@ def test_the_server_side_of_tls_loads_no_cryptography(tmp_path: Path) -> None:
     assert names == "mx.pv.test,localhost,127.0.0.1,::1"
     assert loaded == "False"
     assert (tmp_path / "data" / "tls" / "cert.pem").exists()
+
+
+def test_postvakt_serve_loads_only_its_own_command() -> None:
+    """`postvakt serve` imports the serve command's module and no other
+    command's (`check` reads certificates with `cryptography`; the doctor
+    brings its client): each front process would carry them (9 MB PSS,
+    measured with 10,000 idle connections)."""
+    probe = (
+        "import sys, click\n"
+        "from postvakt.cli import main\n"
+        "main.get_command(click.Context(main), 'serve')\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('postvakt.cli.'))))\n"
+        "print(any(m == 'cryptography' or m.startswith('cryptography.') for m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    commands, loaded = out.stdout.splitlines()
+    assert commands.split() == ["postvakt.cli.common", "postvakt.cli.serve"]
+    assert loaded == "False"
+
+
+def test_the_running_server_has_no_cryptography_mapped(tmp_path: Path) -> None:
+    """The live front, started as an admin starts it (`postvakt serve`, with
+    TLS listeners and a self-signed certificate made at start): no library of
+    `cryptography` is in its address space."""
+    srv = start_server(tmp_path)
+    try:
+        assert srv.proc is not None
+        maps = Path(f"/proc/{srv.proc.pid}/maps").read_text()
+    finally:
+        srv.stop()
+    assert "/cryptography/" not in maps
+    assert "_ssl" in maps  # the probe reads the mapping it means to
