@@ -22,23 +22,13 @@ import threading
 import time
 from pathlib import Path
 
+from postvakt import pid
 from postvakt.delivery import DeliveryError
 from postvakt.delivery.source import MessageSource
 from postvakt.reply import Reply
 
 _seq = itertools.count()
 _seq_lock = threading.Lock()
-# The process id in file names, read once (getpid is a system call each time
-# with glibc): a forked child reads its own.
-_pid = os.getpid()
-
-
-def _refresh_pid() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_refresh_pid)
 # Small pieces (the Return-Path: and Delivered-To: lines, the header, a small
 # body) are gathered and written with one write up to this many octets.
 WRITE_GATHER = 64 * 1024
@@ -59,7 +49,7 @@ def _unique_name() -> str:
     with _seq_lock:
         seq = next(_seq)
     now = time.time_ns()
-    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{_pid}Q{seq}.{_HOST}"
+    return f"{now // 1_000_000_000}.M{(now // 1000) % 1_000_000}P{pid.current()}Q{seq}.{_HOST}"
 
 
 def header_lines(message: bytes, name: bytes) -> list[bytes]:

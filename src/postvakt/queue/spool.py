@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from postvakt import pid
 from postvakt.queue.envelope import Envelope, Status
 from postvakt.reply import Reply
 
@@ -125,7 +126,7 @@ def new_queue_id() -> str:
     with _counter_lock:
         seq = next(_counter)
     usec = time.time_ns() // 1000
-    return f"{usec:014X}{os.getpid() & 0xFFFFF:05X}{seq & 0xFFF:03X}"
+    return f"{usec:014X}{pid.current() & 0xFFFFF:05X}{seq & 0xFFF:03X}"
 
 
 def fsync_dir(path: Path | str) -> None:

@@ -212,6 +212,7 @@ class SMTPSession(asyncio.Protocol):
         "idle_key",
         "ip",
         "kind",
+        "loop",
         "msg",
         "msg_failed",
         "proxied",
@@ -234,6 +235,9 @@ class SMTPSession(asyncio.Protocol):
         # to the sessions that start after it, as Postfix's and Dovecot's do.
         self.config = app.config
         self.kind: Port = port_kind(kind)
+        # Made by the loop, which is asked once: `asyncio.get_running_loop()` is a
+        # system call (getpid) each time, and a session needs the loop for every reply.
+        self.loop = asyncio.get_running_loop()
         # This connection's place in the accept path's counts, given back when it ends.
         self.slot = slot
         self.transport: asyncio.Transport | None = None
@@ -348,8 +352,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _reset_idle(self) -> None:
         """A per-request deadline: reset when we answer a command, not by every byte."""
-        loop = asyncio.get_running_loop()
-        self.deadline = loop.time() + self.config.smtp.idle_timeout
+        self.deadline = self.loop.time() + self.config.smtp.idle_timeout
         if self.idle_key is None:
             self.idle_key = self.app.deadlines.arm(self, self.deadline)
 
@@ -362,7 +365,7 @@ class SMTPSession(asyncio.Protocol):
         self.idle_key = None
         if self.conn is None or self.closing:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if loop.time() < self.deadline or self.busy:
             self.idle_key = self.app.deadlines.arm(self, max(self.deadline, loop.time() + 0.5))
             return
@@ -473,7 +476,7 @@ class SMTPSession(asyncio.Protocol):
             if out and self.transport is not None:
                 self.busy = True
                 self.transport.pause_reading()
-                asyncio.get_running_loop().call_later(cfg.error_sleep, self._delayed_write, out)
+                self.loop.call_later(cfg.error_sleep, self._delayed_write, out)
             return
         self._flush()
 
@@ -492,7 +495,7 @@ class SMTPSession(asyncio.Protocol):
         self.busy = True
         assert self.transport is not None
         self.transport.pause_reading()
-        task = asyncio.ensure_future(coro)
+        task = self.loop.create_task(coro)
         self.app.tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -559,7 +562,7 @@ class SMTPSession(asyncio.Protocol):
             client = self._client_as(grant, now)
             return grant, app.limiter.usage(app.limiter.subject(app.config, client), now)
 
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.shared_grant, self.shared_usage = await loop.run_in_executor(None, read, time.time())
         self._decide(handler, event)
 
@@ -787,7 +790,7 @@ class SMTPSession(asyncio.Protocol):
         from postvakt.mailauth.inbound import Inbound, judge
 
         assert self.conn is not None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         try:
             message = await loop.run_in_executor(None, msg.read_back)
         except QueueWriteError as e:
@@ -810,7 +813,7 @@ class SMTPSession(asyncio.Protocol):
         conn = self.conn
         assert conn is not None
         throttle = self.app.login_throttle
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         started = loop.time()
         reservation = await throttle.reserve(self.ip, ev.username, time.time())
         if not reservation.granted:
