@@ -13,6 +13,7 @@ postmaster@<first local domain>), unless a user or alias of that name exists.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,13 @@ class DirectoryError(Exception):
     """A directory change that cannot be made; the message is for the admin."""
 
 
+@functools.lru_cache(maxsize=4096)
 def canonical(address: str) -> str:
-    """The stored form of an address: lower case, no brackets, no trailing dot, IDNA domain."""
+    """The stored form of an address: lower case, no brackets, no trailing dot, IDNA domain.
+
+    Kept for the addresses seen last: the front asks it at every RCPT and the
+    queue manager at every delivery, and Python's IDNA codec costs more than
+    the rest of a lookup."""
     a = address.strip()
     if a.startswith("<") and a.endswith(">"):
         a = a[1:-1]

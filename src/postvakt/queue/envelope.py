@@ -159,6 +159,16 @@ class Status:
     warned: bool = False
     notified: tuple[int, ...] = field(default=())  # unit indexes already reported by DSN
 
+    def with_units(self, units: tuple[Unit, ...]) -> Status:
+        # A new Status, not dataclasses.replace (see Unit.settle): twice a local message.
+        return Status(
+            units, self.attempts, self.next_try, self.last_try, self.warned, self.notified
+        )
+
+    def tried(self, units: tuple[Unit, ...], now: float) -> Status:
+        """After a try at `now` that left `units`."""
+        return Status(units, self.attempts + 1, self.next_try, now, self.warned, self.notified)
+
     def to_json(self) -> bytes:
         d: dict[str, Any] = asdict(self)
         return json.dumps(d, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -516,7 +516,7 @@ class QueueManager:
                     result = unsynced.get(os.path.dirname(result), result)
                 units[i] = self._settled(qid, msg.envelope, units[i], result)
             now = time.time()
-            status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
+            status = status.tried(tuple(units), now)
             if status.pending or self._notices_due(msg.envelope, status, now):
                 return _Prepared(msg, source, status, delivered=True)
             # All done. If the admin held it meanwhile, there is nothing left to hold.
@@ -555,11 +555,11 @@ class QueueManager:
             await self._deliver(qid, msg, source, units)
         except asyncio.CancelledError:
             # Shutdown cut the delivery short: keep what is known to be done.
-            partial = replace(status, units=tuple(units))
+            partial = status.with_units(tuple(units))
             await asyncio.shield(asyncio.to_thread(self._save_only, qid, partial))
             raise
         now = time.time()
-        status = replace(status, units=tuple(units), attempts=status.attempts + 1, last_try=now)
+        status = status.tried(tuple(units), now)
         await self._settle(qid, msg, source, status, now)
 
     def _read(self, qid: str) -> tuple[QueuedMessage, MessageSource]:
@@ -590,7 +590,7 @@ class QueueManager:
         if status.units is not None:
             return status, (), saved is not None
         expanded = self.expand(env)
-        return replace(status, units=expanded), expanded, saved is not None
+        return status.with_units(expanded), expanded, saved is not None
 
     def _save_only(self, qid: str, status: Status) -> None:
         """Keep what was done when shutdown cuts a delivery short."""
@@ -763,7 +763,7 @@ class QueueManager:
                 if u.state == PENDING:
                     units[i] = replace(u, state=FAILED)
                     self._log(qid, units[i], now - env.received_at, "expired")
-            status = replace(status, units=tuple(units))
+            status = status.with_units(tuple(units))
         notified = set(status.notified)
         fresh = [(i, u) for i, u in enumerate(units) if i not in notified and u.state != PENDING]
         failed = [

@@ -363,7 +363,7 @@ class SMTPServer:
             self._emit(replies.helo_ok(self.settings.hostname))
         self._events.append(Helo(name, extended))
 
-    def _keywords(self) -> list[str]:
+    def _keywords(self) -> tuple[str, ...]:
         s = self.settings
         words = [
             "PIPELINING",
@@ -379,7 +379,7 @@ class SMTPServer:
         if self.tls and mechanisms:
             words.append("AUTH " + " ".join(mechanisms))
         words.append("HELP")
-        return words
+        return tuple(words)
 
     def _mechanisms(self) -> tuple[str, ...]:
         return tuple(m.upper() for m in self.settings.auth_mechanisms if m.upper() in MECHANISMS)

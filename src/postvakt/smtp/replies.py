@@ -7,20 +7,28 @@ RFC 3463 enhanced status code (ENHANCEDSTATUSCODES, RFC 2034).
 
 from __future__ import annotations
 
+import functools
+
 from postvakt.reply import Reply
 
 # --- session
 
+# The replies every connection gets (banner, HELO, EHLO) are made once per
+# hostname and keyword list: the same Reply, whose wire form it keeps.
 
+
+@functools.lru_cache(maxsize=64)
 def banner(hostname: str) -> Reply:
     return Reply(220, "", f"{hostname} ESMTP postvakt")
 
 
+@functools.lru_cache(maxsize=64)
 def helo_ok(hostname: str) -> Reply:
     return Reply(250, "", hostname)
 
 
-def ehlo_ok(hostname: str, keywords: list[str]) -> Reply:
+@functools.lru_cache(maxsize=64)
+def ehlo_ok(hostname: str, keywords: tuple[str, ...]) -> Reply:
     return Reply(250, "", "\n".join([hostname, *keywords]))
 
 
