@@ -24,9 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
 from postvakt.reply import Reply, parse_reply
 
 # Commands the probe may send. DATA and BDAT are absent on purpose.
@@ -491,6 +488,11 @@ class POP3Probe(_ProbeClient):
 def describe_certificate(
     der: bytes, expected_name: str, *, verified: bool, verify_error: str
 ) -> CertInfo:
+    # Here, not at the top: `postvakt serve` imports this module with the
+    # command line, and the server never loads `cryptography` (server/tls.py).
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     cert = x509.load_der_x509_certificate(der)
     names: list[str] = []
     try:

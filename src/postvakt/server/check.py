@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from cryptography import x509
-
 from postvakt.config import Config, ConfigError, HostPort
 from postvakt.directory import Directory
 from postvakt.permissions import loose_modes
@@ -153,6 +151,10 @@ def check_certificate(config: Config, now: datetime.datetime | None = None) -> l
         where = "self-signed certificate"
         if not cert.exists():
             return []  # made at the first start
+    # Here, not at the top: `postvakt serve` imports this module with the
+    # command line, and the server never loads `cryptography` (server/tls.py).
+    from cryptography import x509
+
     try:
         pem = cert.read_bytes()
         parsed = x509.load_pem_x509_certificate(pem)
