@@ -190,13 +190,16 @@ DEFINED = _defined_replies()
 # Catalogue functions with the arguments that could empty or break a line.
 EDGE_ARGS = ["mx.pv.test", "x", "Q1B2C3", "SIZE", "a b", "räksmörgås.example"]
 # Arguments that are the program's own values, never input: kept valid.
-FIXED_ARGS: dict[str, object] = {"code": "SYS/TEMP", "keywords": ["PIPELINING", "SIZE 10"]}
+FIXED_ARGS: dict[str, object] = {"code": "SYS/TEMP", "keywords": ("PIPELINING", "SIZE 10")}
 
 
 def _catalogue_calls() -> list[tuple[str, Reply | POP3Reply]]:
     out: list[tuple[str, Reply | POP3Reply]] = []
     for module in (smtp_replies, pop3_replies):
-        for name, fn in vars(module).items():
+        for name, value in vars(module).items():
+            # A catalogue function kept behind a cache (the banner, HELO and
+            # EHLO replies) is swept as the function it wraps.
+            fn = inspect.unwrap(value) if callable(value) else value
             if not inspect.isfunction(fn) or fn.__module__ != module.__name__:
                 continue
             params = inspect.signature(fn).parameters
