@@ -62,7 +62,7 @@ class HelperClient(asyncio.Protocol):
             return done
         self._waiting.append((msg, envelope, done))
         if self._transport is None:
-            if not self._starting and not self._closing:
+            if not self._starting:
                 self._loop.create_task(self._restart(None))
         elif self._batch is None and not self._flush_due:
             # The rest of this turn of the loop joins the batch.
@@ -138,9 +138,8 @@ class HelperClient(asyncio.Protocol):
                         done.set_result(err)
             assert self._loop is not None
             if self._loop.time() - self._started_at < RESTART_DELAY:
-                await asyncio.sleep(
-                    RESTART_DELAY
-                )  # one that dies at once is not restarted in a loop
+                # One that dies at once is not restarted in a loop.
+                await asyncio.sleep(RESTART_DELAY)
             while not self._closing:
                 try:
                     await self.start()
@@ -160,9 +159,10 @@ class HelperClient(asyncio.Protocol):
 
     async def close(self) -> None:
         """Commit what was handed over, then end the helper (end of file)."""
-        deadline = asyncio.get_running_loop().time() + STOP_WAIT
+        assert self._loop is not None
+        deadline = self._loop.time() + STOP_WAIT
         while (self._waiting or self._batch) and self._transport is not None:
-            if asyncio.get_running_loop().time() > deadline:
+            if self._loop.time() > deadline:
                 break
             await asyncio.sleep(0.01)
         self._closing = True

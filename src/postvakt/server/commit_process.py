@@ -98,28 +98,16 @@ def take_frame(buf: bytearray) -> bytes | None:
     return data
 
 
-def _exactly(sock: socket.socket, n: int) -> bytes | None:
-    """`n` octets, or None at end of file before the first."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
+def _receive(sock: socket.socket, buf: bytearray) -> Any:
+    """The next frame's object (`take_frame` over what `sock` sends, `buf`
+    holding what came beyond it); None at end of file between frames."""
+    while (data := take_frame(buf)) is None:
+        chunk = sock.recv(65536)
         if not chunk:
             if buf:
                 raise EOFError("the frame was cut short")
             return None
         buf += chunk
-    return bytes(buf)
-
-
-def _receive(sock: socket.socket) -> Any:
-    """The next frame's object; None at end of file."""
-    head = _exactly(sock, _LENGTH.size)
-    if head is None:
-        return None
-    (size,) = _LENGTH.unpack(head)
-    data = _exactly(sock, size)
-    if data is None:
-        raise EOFError("the frame was cut short")
     return marshal.loads(data)
 
 
@@ -174,8 +162,9 @@ class CommitHelper:
 
 def serve(queue: Queue, sock: socket.socket) -> None:
     """The helper: commit each batch that comes, answer, until end of file."""
+    buf = bytearray()
     while True:
-        items = _receive(sock)
+        items = _receive(sock, buf)
         if items is None:
             return
         replies: list[str | None] = [None] * len(items)
