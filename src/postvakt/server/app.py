@@ -27,6 +27,7 @@ import errno
 import functools
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from postvakt import config as config_mod
@@ -63,22 +64,32 @@ def dkim_key_problems(config: Config) -> tuple[str, ...]:
     return Signer.load(config).problems
 
 
-def build_app(config: Config) -> App:
-    if not any(
-        getattr(config.listen, k) for k in ("smtp", "submission", "submissions", "pop3", "pop3s")
-    ):
-        raise ConfigError(config.source, "[listen]", "no listener configured: nothing to serve")
+def check_data_dir(config: Config) -> None:
+    """`data_dir` exists (made if missing) and this process may write in it.
+
+    The probe is a file without a name (O_TMPFILE where the file system has
+    it, else a unique name removed at once): the processes of `[server]
+    workers` check at the same moment, and with one fixed name one of them
+    removed the probe another was about to remove ("No such file or
+    directory": a start that failed now and then)."""
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        probe = config.data_dir / ".postvakt-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=config.data_dir) as probe:
+            probe.write(b"\0")
     except OSError as e:
         raise ConfigError(
             config.source,
             "data_dir",
             f"{config.data_dir} is not a usable directory: {e.strerror or e}",
         ) from None
+
+
+def build_app(config: Config) -> App:
+    if not any(
+        getattr(config.listen, k) for k in ("smtp", "submission", "submissions", "pop3", "pop3s")
+    ):
+        raise ConfigError(config.source, "[listen]", "no listener configured: nothing to serve")
+    check_data_dir(config)
     dkim_problems = dkim_key_problems(config)
     if dkim_problems:
         raise ConfigError(config.source, "[dkim] sign", "; ".join(dkim_problems))
